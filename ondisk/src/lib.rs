@@ -1,0 +1,1 @@
+//! ringpool on-disk formats.
