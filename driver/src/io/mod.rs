@@ -1,0 +1,1 @@
+//! Per-core io_uring reactors, buffers, devices and I/O engines.

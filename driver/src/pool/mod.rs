@@ -1,0 +1,1 @@
+//! The pool: labels, uberblocks, txgs, the CoW object store, volumes, checkpoints.
