@@ -1,0 +1,182 @@
+//! Checksums of blocks and self-checksummed structures.
+//!
+//! A [`Checksum`] is an algorithm tag plus a 128-bit value, wide enough for a future 128-bit
+//! hash (xxh3-128) without changing the block-pointer layout. Today only crc32c exists; its
+//! 32-bit value is stored zero-extended and decoders reject non-zero high bits so that the
+//! encoding stays canonical (one value, one byte pattern).
+//!
+//! Encoded checksum (inside a block pointer): 1 byte algorithm (in the pointer's header) and
+//! 16 bytes value, little endian.
+//!
+//! Self-checksummed structures (label header, uberblock) end with a "seal": the last 8 bytes
+//! hold the crc32c of every byte before them, zero-extended to a u64.
+
+use std::fmt;
+
+use crate::error::{OnDiskError, Result};
+
+/// Checksum algorithms. The numeric value is the on-disk tag; 0 means "no checksum" (holes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum ChecksumAlgo {
+    /// CRC-32C (Castagnoli), hardware accelerated by the `crc32c` crate.
+    Crc32c = 1,
+}
+
+impl ChecksumAlgo {
+    /// On-disk tag.
+    pub fn tag(self) -> u8 {
+        self as u8
+    }
+
+    /// Decodes an on-disk tag (0 is not an algorithm: callers handle "no checksum" first).
+    pub fn from_tag(tag: u8) -> Result<Self> {
+        match tag {
+            1 => Ok(ChecksumAlgo::Crc32c),
+            other => Err(OnDiskError::UnsupportedChecksum(other)),
+        }
+    }
+}
+
+/// A checksum value with its algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Checksum {
+    /// The algorithm that produced `value`.
+    pub algo: ChecksumAlgo,
+    /// The value (crc32c: the low 32 bits, the rest zero).
+    pub value: u128,
+}
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.algo {
+            ChecksumAlgo::Crc32c => write!(f, "crc32c:{:08x}", self.value),
+        }
+    }
+}
+
+impl Checksum {
+    /// Computes the checksum of `data` with `algo`.
+    pub fn compute(algo: ChecksumAlgo, data: &[u8]) -> Checksum {
+        match algo {
+            ChecksumAlgo::Crc32c => Checksum {
+                algo,
+                value: u128::from(crc32c::crc32c(data)),
+            },
+        }
+    }
+
+    /// Verifies that `data` has this checksum; `what` names the block in the error.
+    pub fn verify(&self, data: &[u8], what: &'static str) -> Result<()> {
+        let actual = Checksum::compute(self.algo, data);
+        if actual != *self {
+            return Err(OnDiskError::ChecksumMismatch {
+                what,
+                expected: *self,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// The 16-byte on-disk form of the value.
+    pub fn value_bytes(&self) -> [u8; 16] {
+        self.value.to_le_bytes()
+    }
+
+    /// Rebuilds a checksum from its tag and 16 value bytes, rejecting non-canonical values.
+    pub fn from_parts(tag: u8, value: [u8; 16], what: &'static str) -> Result<Checksum> {
+        let algo = ChecksumAlgo::from_tag(tag)?;
+        let value = u128::from_le_bytes(value);
+        match algo {
+            ChecksumAlgo::Crc32c => {
+                if value > u128::from(u32::MAX) {
+                    return Err(OnDiskError::InvalidField {
+                        what,
+                        field: "checksum",
+                        value: u64::try_from(value >> 64).unwrap_or(u64::MAX),
+                        reason: "crc32c value wider than 32 bits",
+                    });
+                }
+            }
+        }
+        Ok(Checksum { algo, value })
+    }
+}
+
+/// Size of the seal at the end of a self-checksummed structure.
+pub const SEAL_SIZE: usize = 8;
+
+/// Writes the seal: crc32c of `buf[..len-8]` into the last 8 bytes of `buf`.
+pub(crate) fn seal(buf: &mut [u8]) {
+    let Some(body_len) = buf.len().checked_sub(SEAL_SIZE) else {
+        return;
+    };
+    let (body, tail) = buf.split_at_mut(body_len);
+    let crc = u64::from(crc32c::crc32c(body));
+    tail.copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Checks the seal of `buf` (see [`seal`]).
+pub(crate) fn check_seal(buf: &[u8], what: &'static str) -> Result<()> {
+    let body_len = buf
+        .len()
+        .checked_sub(SEAL_SIZE)
+        .ok_or(OnDiskError::BufferTooSmall {
+            what,
+            need: SEAL_SIZE,
+            have: buf.len(),
+        })?;
+    let (body, tail) = buf.split_at(body_len);
+    let mut word = [0u8; 8];
+    word.copy_from_slice(tail);
+    let stored = u128::from(u64::from_le_bytes(word));
+    let actual = u128::from(crc32c::crc32c(body));
+    if stored != actual {
+        return Err(OnDiskError::ChecksumMismatch {
+            what,
+            expected: Checksum {
+                algo: ChecksumAlgo::Crc32c,
+                value: stored,
+            },
+            actual: Checksum {
+                algo: ChecksumAlgo::Crc32c,
+                value: actual,
+            },
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_known_vector() {
+        // RFC 3720 test vector: 32 bytes of zeroes.
+        let c = Checksum::compute(ChecksumAlgo::Crc32c, &[0u8; 32]);
+        assert_eq!(c.value, 0x8a91_36aa);
+        assert!(c.verify(&[0u8; 32], "t").is_ok());
+        assert!(c.verify(&[1u8; 32], "t").unwrap_err().is_checksum_error());
+    }
+
+    #[test]
+    fn non_canonical_crc_rejected() {
+        let mut v = [0u8; 16];
+        v[4] = 1;
+        assert!(Checksum::from_parts(1, v, "t").is_err());
+        assert!(Checksum::from_parts(9, [0; 16], "t").is_err());
+        assert!(Checksum::from_parts(0, [0; 16], "t").is_err());
+    }
+
+    #[test]
+    fn seal_roundtrip_and_detects_flip() {
+        let mut b = vec![7u8; 64];
+        seal(&mut b);
+        check_seal(&b, "t").unwrap();
+        b[3] ^= 0x10;
+        assert!(check_seal(&b, "t").unwrap_err().is_checksum_error());
+    }
+}

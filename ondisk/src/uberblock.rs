@@ -1,0 +1,192 @@
+//! The uberblock: the root of everything, the only structure written in place (into a ring
+//! slot of every label, see [`crate::layout`]).
+//!
+//! Import reads every slot of every label of every device, keeps those that decode (magic,
+//! version, checksum, fields) and belong to the pool, and takes the highest `(txg, timestamp)`
+//! ([`Uberblock::is_newer_than`]).
+//!
+//! # Encoding (128 bytes, little endian; written zero padded into a slot)
+//!
+//! | offset | size | field                                                               |
+//! |--------|------|---------------------------------------------------------------------|
+//! | 0      | 8    | magic [`UBERBLOCK_MAGIC`] ("RPUBERBK")                              |
+//! | 8      | 8    | format version ([`UBERBLOCK_VERSION`])                              |
+//! | 16     | 8    | txg that wrote it (≥ 1)                                             |
+//! | 24     | 8    | sum of the pool's device GUIDs (wrapping), a config sanity check    |
+//! | 32     | 8    | timestamp: UTC seconds of the sync                                  |
+//! | 40     | 8    | checkpoint txg: 0 normally, = txg in a checkpointed uberblock, kept by a rewind |
+//! | 48     | 64   | root block pointer (the pool's root object set)                     |
+//! | 112    | 8    | pool GUID (a slot left by an older pool on a reused device is ignored) |
+//! | 120    | 8    | crc32c of bytes 0..120, zero-extended                               |
+//!
+//! A slot of zeroes decodes to [`OnDiskError::Empty`]; any other damage (including a flipped
+//! bit anywhere in the 128 bytes) to [`OnDiskError::ChecksumMismatch`], because the checksum is
+//! verified before any field is interpreted.
+
+use crate::blkptr::{BlockPointer, BLKPTR_SIZE};
+use crate::bytes::{need, Reader};
+use crate::checksum::{check_seal, seal};
+use crate::error::{OnDiskError, Result};
+use crate::object::ObjectType;
+
+/// Encoded size of an uberblock.
+pub const UBERBLOCK_SIZE: usize = 128;
+/// Uberblock magic ("RPUBERBK" read as a little-endian u64).
+pub const UBERBLOCK_MAGIC: u64 = u64::from_le_bytes(*b"RPUBERBK");
+/// Current uberblock format version.
+pub const UBERBLOCK_VERSION: u64 = 1;
+
+const WHAT: &str = "uberblock";
+
+/// An uberblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Uberblock {
+    /// Txg that wrote it.
+    pub txg: u64,
+    /// Wrapping sum of the device GUIDs.
+    pub guid_sum: u64,
+    /// UTC seconds.
+    pub timestamp: u64,
+    /// Checkpoint txg (0 = not a checkpointed uberblock).
+    pub checkpoint_txg: u64,
+    /// Root block pointer.
+    pub root: BlockPointer,
+    /// Pool GUID.
+    pub pool_guid: u64,
+}
+
+fn invalid(field: &'static str, value: u64, reason: &'static str) -> OnDiskError {
+    OnDiskError::InvalidField {
+        what: WHAT,
+        field,
+        value,
+        reason,
+    }
+}
+
+impl Uberblock {
+    /// Checks the fields.
+    pub fn validate(&self) -> Result<()> {
+        if self.txg == 0 {
+            return Err(invalid("txg", 0, "txg 0 is never synced"));
+        }
+        if self.checkpoint_txg > self.txg {
+            return Err(invalid(
+                "checkpoint_txg",
+                self.checkpoint_txg,
+                "after the uberblock's own txg",
+            ));
+        }
+        if self.pool_guid == 0 {
+            return Err(invalid("pool_guid", 0, "GUIDs are non-zero"));
+        }
+        self.root.validate()?;
+        if self.root.birth_txg() > self.txg {
+            return Err(invalid(
+                "root birth_txg",
+                self.root.birth_txg(),
+                "born after the uberblock",
+            ));
+        }
+        if !self.root.is_hole() && self.root.kind() != ObjectType::ObjectSet {
+            return Err(invalid(
+                "root type",
+                u64::from(self.root.kind().tag()),
+                "the root is an object set",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encodes into exactly [`UBERBLOCK_SIZE`] bytes.
+    pub fn to_bytes(&self) -> Result<[u8; UBERBLOCK_SIZE]> {
+        self.validate()?;
+        let mut b = [0u8; UBERBLOCK_SIZE];
+        b[0..8].copy_from_slice(&UBERBLOCK_MAGIC.to_le_bytes());
+        b[8..16].copy_from_slice(&UBERBLOCK_VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.txg.to_le_bytes());
+        b[24..32].copy_from_slice(&self.guid_sum.to_le_bytes());
+        b[32..40].copy_from_slice(&self.timestamp.to_le_bytes());
+        b[40..48].copy_from_slice(&self.checkpoint_txg.to_le_bytes());
+        b[48..48 + BLKPTR_SIZE].copy_from_slice(&self.root.to_bytes()?);
+        b[112..120].copy_from_slice(&self.pool_guid.to_le_bytes());
+        seal(&mut b);
+        Ok(b)
+    }
+
+    /// Encodes into a ring slot (any length ≥ [`UBERBLOCK_SIZE`]), zeroing the rest of it.
+    pub fn encode_slot(&self, slot: &mut [u8]) -> Result<()> {
+        need(slot, UBERBLOCK_SIZE, WHAT)?;
+        let bytes = self.to_bytes()?;
+        let (head, tail) = slot.split_at_mut(UBERBLOCK_SIZE);
+        head.copy_from_slice(&bytes);
+        tail.fill(0);
+        Ok(())
+    }
+
+    /// Decodes the uberblock at the start of `buf` (a slot or exactly 128 bytes).
+    pub fn decode(buf: &[u8]) -> Result<Uberblock> {
+        need(buf, UBERBLOCK_SIZE, WHAT)?;
+        let b = &buf[..UBERBLOCK_SIZE];
+        if b.iter().all(|&x| x == 0) {
+            return Err(OnDiskError::Empty { what: WHAT });
+        }
+        check_seal(b, WHAT)?;
+        let mut r = Reader::new(b, WHAT);
+        let magic = r.u64()?;
+        if magic != UBERBLOCK_MAGIC {
+            return Err(OnDiskError::BadMagic {
+                what: WHAT,
+                found: magic,
+            });
+        }
+        let version = r.u64()?;
+        if version != UBERBLOCK_VERSION {
+            return Err(OnDiskError::UnsupportedVersion {
+                what: WHAT,
+                version,
+            });
+        }
+        let txg = r.u64()?;
+        let guid_sum = r.u64()?;
+        let timestamp = r.u64()?;
+        let checkpoint_txg = r.u64()?;
+        let root = BlockPointer::decode(r.bytes(BLKPTR_SIZE)?)?;
+        let pool_guid = r.u64()?;
+        let ub = Uberblock {
+            txg,
+            guid_sum,
+            timestamp,
+            checkpoint_txg,
+            root,
+            pool_guid,
+        };
+        ub.validate()?;
+        Ok(ub)
+    }
+
+    /// Import's ordering: higher txg wins, then the later timestamp.
+    pub fn is_newer_than(&self, other: &Uberblock) -> bool {
+        (self.txg, self.timestamp) > (other.txg, other.timestamp)
+    }
+
+    /// True for a checkpointed uberblock as stored in the pool directory.
+    pub fn is_checkpoint(&self) -> bool {
+        self.checkpoint_txg != 0 && self.checkpoint_txg == self.txg
+    }
+}
+
+/// The newest of `candidates` with txg ≤ `max_txg` (use `u64::MAX` for no bound), as import
+/// chooses among every valid slot of every label.
+pub fn select_best<'a, I>(candidates: I, max_txg: u64) -> Option<&'a Uberblock>
+where
+    I: IntoIterator<Item = &'a Uberblock>,
+{
+    candidates
+        .into_iter()
+        .filter(|u| u.txg <= max_txg)
+        .fold(None, |best: Option<&Uberblock>, u| match best {
+            Some(b) if !u.is_newer_than(b) => Some(b),
+            _ => Some(u),
+        })
+}
