@@ -132,7 +132,7 @@ proptest! {
         let mut n_entries = 0;
         for block in map.chunks(block_size) {
             for item in decode_block(block).unwrap() {
-                prop_assert!(item.pos as usize + item.len as usize <= block.len());
+                prop_assert!(item.pos + u64::from(item.len) <= block.len() as u64);
                 if matches!(item.record, SmRecord::Entry(_)) {
                     n_entries += 1;
                 }
