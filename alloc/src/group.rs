@@ -1,0 +1,356 @@
+//! Metaslab group: the metaslabs of one device, each behind its own lock.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+
+use crate::class::DeviceSyncOutput;
+use crate::error::AllocError;
+use crate::metaslab::{Metaslab, MetaslabConfig};
+
+/// Geometry of one device's allocatable region, as the pool's label records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// Device index in the pool.
+    pub dev: u32,
+    /// First allocatable byte (after the front labels), a multiple of `2^ashift`.
+    pub start: u64,
+    /// One past the last allocatable byte (before the back labels); rounded down to the unit.
+    pub end: u64,
+    /// log2 of the allocation unit (the device's physical block size).
+    pub ashift: u32,
+    /// log2 of the metaslab size; metaslab `i` covers `[start + i<<ms_shift, ...)`, the last one
+    /// may be shorter.
+    pub ms_shift: u32,
+}
+
+/// ZFS's metaslab sizing (`vdev_metaslab_set_size`): 512 MiB metaslabs while that gives 16 to
+/// 200 of them; fewer than 16 -> `highbit(size / 16)`; more than 200 -> `highbit(size / 200)`;
+/// at most 2^34 (16 GiB) unless that exceeds 131072 metaslabs; never below 2^24 (16 MiB).
+pub fn default_ms_shift(region_bytes: u64) -> u32 {
+    let highbit = |x: u64| 64 - x.leading_zeros();
+    let count = region_bytes >> 29;
+    let mut shift = if count < 16 {
+        highbit(region_bytes / 16)
+    } else if count > 200 {
+        highbit(region_bytes / 200)
+    } else {
+        29
+    };
+    if shift >= 34 {
+        shift = 34;
+        if (region_bytes >> shift) > 131_072 {
+            shift = highbit(region_bytes / 131_072);
+        }
+    }
+    shift.max(24)
+}
+
+/// Owner value of a metaslab no shard has activated.
+pub(crate) const NO_OWNER: u32 = u32::MAX;
+
+/// One metaslab with the lock-free selection hints read by allocating shards. Aligned so that
+/// neighbouring metaslabs' locks do not share a cache line.
+#[repr(align(128))]
+#[derive(Debug)]
+pub(crate) struct MsSlot {
+    pub(crate) ms: Mutex<Metaslab>,
+    /// Segment-based weight as of the last update (hint).
+    pub(crate) weight: AtomicU64,
+    /// Largest allocatable segment as of the last update (hint).
+    pub(crate) max_free: AtomicU64,
+    /// Shard that has this metaslab active, or [`NO_OWNER`].
+    pub(crate) owner: AtomicU32,
+}
+
+impl MsSlot {
+    fn refresh(&self, ms: &Metaslab) {
+        self.weight.store(ms.weight(), Relaxed);
+        self.max_free.store(ms.max_free(), Relaxed);
+    }
+}
+
+/// The metaslabs of one device.
+#[derive(Debug)]
+pub struct MetaslabGroup {
+    spec: DeviceSpec,
+    pub(crate) slots: Box<[MsSlot]>,
+    /// Bytes held by the checkpoint on this device (-smp_alloc of its checkpoint map).
+    pub(crate) ckpt_space: AtomicU64,
+    /// Allocatable bytes as of the last sync_done (for the rotor's free-space bias).
+    pub(crate) free_hint: AtomicU64,
+}
+
+impl MetaslabGroup {
+    /// Cut `spec`'s region into fully free metaslabs.
+    pub fn new(spec: DeviceSpec, cfg: MetaslabConfig) -> Result<Self, AllocError> {
+        if !(9..=24).contains(&spec.ashift) {
+            return Err(AllocError::InvalidGeometry(format!(
+                "ashift {} not in 9..=24",
+                spec.ashift
+            )));
+        }
+        if spec.ms_shift < spec.ashift || spec.ms_shift > 62 || spec.ms_shift - spec.ashift > 31 {
+            return Err(AllocError::InvalidGeometry(format!(
+                "ms_shift {} with ashift {}: a metaslab must hold 1..2^31 units",
+                spec.ms_shift, spec.ashift
+            )));
+        }
+        let unit = 1u64 << spec.ashift;
+        let end = spec.end & !(unit - 1);
+        if !spec.start.is_multiple_of(unit) || end <= spec.start {
+            return Err(AllocError::InvalidGeometry(format!(
+                "device {} region [{:#x}, {:#x}) empty or misaligned",
+                spec.dev, spec.start, spec.end
+            )));
+        }
+        let spec = DeviceSpec { end, ..spec };
+        let ms_size = 1u64 << spec.ms_shift;
+        let count = (end - spec.start).div_ceil(ms_size);
+        let mut slots = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        for i in 0..count {
+            let s = spec.start + i * ms_size;
+            let len = ms_size.min(end - s);
+            let ms = Metaslab::new(spec.dev, i, s, len, spec.ashift, cfg)?;
+            slots.push(MsSlot {
+                weight: AtomicU64::new(ms.weight()),
+                max_free: AtomicU64::new(ms.max_free()),
+                owner: AtomicU32::new(NO_OWNER),
+                ms: Mutex::new(ms),
+            });
+        }
+        Ok(Self {
+            spec,
+            slots: slots.into_boxed_slice(),
+            ckpt_space: AtomicU64::new(0),
+            free_hint: AtomicU64::new(end - spec.start),
+        })
+    }
+
+    /// The device geometry (with `end` rounded down to the unit).
+    pub fn spec(&self) -> &DeviceSpec {
+        &self.spec
+    }
+
+    /// Allocatable region size in bytes.
+    pub fn size(&self) -> u64 {
+        self.spec.end - self.spec.start
+    }
+
+    /// Number of metaslabs.
+    pub fn metaslab_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Bytes held by the checkpoint on this device.
+    pub fn checkpoint_space(&self) -> u64 {
+        self.ckpt_space.load(Relaxed)
+    }
+
+    /// Index of the metaslab holding `[start, start + len)`; the range must not cross one.
+    pub fn metaslab_of(&self, start: u64, len: u64) -> Result<usize, AllocError> {
+        let out = || AllocError::OutOfRange {
+            start,
+            len,
+            region_start: self.spec.start,
+            region_end: self.spec.end,
+        };
+        if start < self.spec.start || len == 0 {
+            return Err(out());
+        }
+        let end = start.checked_add(len).ok_or_else(out)?;
+        if end > self.spec.end {
+            return Err(out());
+        }
+        let i = (start - self.spec.start) >> self.spec.ms_shift;
+        let last = (end - 1 - self.spec.start) >> self.spec.ms_shift;
+        if i != last {
+            let ms_start = self.spec.start + (i << self.spec.ms_shift);
+            return Err(AllocError::OutOfRange {
+                start,
+                len,
+                region_start: ms_start,
+                region_end: ms_start + (1 << self.spec.ms_shift),
+            });
+        }
+        usize::try_from(i).map_err(|_| out())
+    }
+
+    /// Run `f` on metaslab `index` under its lock.
+    pub fn with_metaslab<R>(&self, index: usize, f: impl FnOnce(&mut Metaslab) -> R) -> Option<R> {
+        let slot = self.slots.get(index)?;
+        let mut ms = slot.ms.lock();
+        let r = f(&mut ms);
+        slot.refresh(&ms);
+        Some(r)
+    }
+
+    /// Allocate `asize` bytes for `txg` on behalf of `shard`, preferring the shard's active
+    /// metaslab `*active`; on failure activate the heaviest metaslab no other shard has active
+    /// (any metaslab when `try_hard`). Returns the offset.
+    pub(crate) fn alloc(
+        &self,
+        active: &mut Option<usize>,
+        asize: u64,
+        txg: u64,
+        shard: u32,
+        try_hard: bool,
+    ) -> Result<u64, AllocError> {
+        if let Some(i) = *active {
+            let slot = &self.slots[i];
+            if slot.max_free.load(Relaxed) >= asize {
+                let mut ms = slot.ms.lock();
+                match ms.alloc(asize, txg) {
+                    Ok(off) => {
+                        slot.max_free.store(ms.max_free(), Relaxed);
+                        return Ok(off);
+                    }
+                    Err(AllocError::NoSpace { .. }) => slot.refresh(&ms),
+                    Err(e) => return Err(e),
+                }
+            }
+            // Passivate: release it for other shards.
+            let _ = slot
+                .owner
+                .compare_exchange(shard, NO_OWNER, Relaxed, Relaxed);
+            *active = None;
+        }
+        // Each metaslab is tried at most once per call.
+        let mut tried = vec![false; self.slots.len()];
+        loop {
+            let mut best: Option<(u64, usize)> = None;
+            for (i, slot) in self.slots.iter().enumerate() {
+                if tried[i] || slot.max_free.load(Relaxed) < asize {
+                    continue;
+                }
+                let owner = slot.owner.load(Relaxed);
+                if !try_hard && owner != NO_OWNER && owner != shard {
+                    continue;
+                }
+                let w = slot.weight.load(Relaxed);
+                if best.is_none_or(|(bw, _)| w > bw) {
+                    best = Some((w, i));
+                }
+            }
+            let Some((_, i)) = best else {
+                return Err(AllocError::NoSpace { size: asize });
+            };
+            tried[i] = true;
+            let slot = &self.slots[i];
+            let owned = slot
+                .owner
+                .compare_exchange(NO_OWNER, shard, Relaxed, Relaxed)
+                .is_ok()
+                || slot.owner.load(Relaxed) == shard;
+            if !owned && !try_hard {
+                continue;
+            }
+            let mut ms = slot.ms.lock();
+            match ms.alloc(asize, txg) {
+                Ok(off) => {
+                    slot.max_free.store(ms.max_free(), Relaxed);
+                    *active = Some(i);
+                    return Ok(off);
+                }
+                Err(AllocError::NoSpace { .. }) => {
+                    slot.refresh(&ms);
+                    if owned {
+                        let _ = slot
+                            .owner
+                            .compare_exchange(shard, NO_OWNER, Relaxed, Relaxed);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Release every activation held by `shard`.
+    pub(crate) fn release_shard(&self, shard: u32) {
+        for slot in self.slots.iter() {
+            let _ = slot
+                .owner
+                .compare_exchange(shard, NO_OWNER, Relaxed, Relaxed);
+        }
+    }
+
+    /// Sync every metaslab with work for `txg`.
+    pub(crate) fn sync(
+        &self,
+        txg: u64,
+        checkpoint_txg: u64,
+    ) -> Result<DeviceSyncOutput, AllocError> {
+        let mut outs = Vec::new();
+        let mut ck = Vec::new();
+        let mut ck_space = 0;
+        for slot in self.slots.iter() {
+            let mut ms = slot.ms.lock();
+            if !ms.needs_sync(txg) {
+                continue;
+            }
+            let mut out = ms.sync(txg, checkpoint_txg)?;
+            ck.append(&mut out.ckpt_records);
+            ck_space += out.ckpt_space;
+            if !out.sm_records.is_empty() || out.condensed || out.ckpt_space != 0 {
+                outs.push((ms.index(), out));
+            }
+        }
+        self.ckpt_space.fetch_add(ck_space, Relaxed);
+        Ok(DeviceSyncOutput {
+            dev: self.spec.dev,
+            metaslabs: outs,
+            ckpt_records: ck,
+            ckpt_space: ck_space,
+        })
+    }
+
+    /// `sync_done(txg)` on every metaslab; returns the change of allocatable bytes.
+    pub(crate) fn sync_done(&self, txg: u64) -> Result<i128, AllocError> {
+        let mut before = 0u64;
+        let mut after = 0u64;
+        for slot in self.slots.iter() {
+            let mut ms = slot.ms.lock();
+            before += ms.free_space();
+            ms.sync_done(txg)?;
+            after += ms.free_space();
+            slot.refresh(&ms);
+        }
+        self.free_hint.store(after, Relaxed);
+        Ok(i128::from(after) - i128::from(before))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ms_shift_follows_zfs_sizing() {
+        assert_eq!(default_ms_shift(128 << 30), 30);
+        assert_eq!(default_ms_shift(100 << 30), 29);
+        assert_eq!(default_ms_shift(8 << 30), 29);
+        assert_eq!(default_ms_shift(1 << 40), 33);
+        assert_eq!(default_ms_shift(64 << 20), 24);
+        assert_eq!(default_ms_shift(4 << 30), 29);
+        assert_eq!(default_ms_shift(1 << 50), 34);
+        assert_eq!(default_ms_shift(1 << 52), 36);
+    }
+
+    #[test]
+    fn partial_last_metaslab() {
+        let spec = DeviceSpec {
+            dev: 3,
+            start: 4 << 20,
+            end: (4 << 20) + (40 << 20) + 0x234,
+            ashift: 12,
+            ms_shift: 24,
+        };
+        let g = MetaslabGroup::new(spec, MetaslabConfig::default()).unwrap();
+        assert_eq!(g.metaslab_count(), 3);
+        assert_eq!(g.size(), 40 << 20);
+        assert!(g
+            .metaslab_of((4 << 20) + (16 << 20) - 0x1000, 0x2000)
+            .is_err());
+        assert_eq!(g.metaslab_of((4 << 20) + (16 << 20), 0x2000).unwrap(), 1);
+    }
+}

@@ -1,0 +1,821 @@
+//! Metaslab: one `2^ms_shift`-byte slice of a device with its txg pipeline of range trees.
+//!
+//! Life of a segment (DESIGN.md section 5, reference C.1-C.3):
+//! * allocation: `allocatable` -> `allocating[txg & 3]` -> ALLOC appended at `sync(txg)`;
+//! * free in txg `t`: queued for `t` -> at `sync(t)` routed to `freeing` (FREE appended to the
+//!   metaslab's map) or, for a block born at or before the checkpoint txg while syncing a later
+//!   txg, to `checkpointing` (FREE appended to the device's checkpoint map, never to the
+//!   metaslab's own map) -> `freed` -> `defer[t % 2]` at `sync_done(t)` -> `allocatable` at
+//!   `sync_done(t + 2)`;
+//! * free-now (undo within the still-open txg): `allocating[t & 3]` -> `allocatable`.
+//!
+//! Frees are queued per txg and routed at sync time, not at call time, because the checkpoint
+//! txg is set (or cleared) by an early sync task of the very txg that syncs them: a free issued in
+//! open txg `T+1` of a block born at `T` must be checkpointed when the checkpoint `T` is created at
+//! the start of `T+1`'s sync, although no checkpoint existed when the free was issued.
+
+use std::collections::BTreeMap;
+
+use crate::error::AllocError;
+use crate::frag::{fragmentation, segment_weight};
+use crate::range_tree::{RangeTree, HISTOGRAM_BUCKETS};
+use crate::record::{SmAction, SmRecord};
+
+/// Per-txg arrays are indexed by `txg & TXG_MASK` (ZFS `TXG_SIZE`).
+pub const TXG_SIZE: usize = 4;
+/// Mask for the per-txg slot.
+pub const TXG_MASK: u64 = 3;
+/// Frees become allocatable this many txgs after the txg that freed them.
+pub const TXG_DEFER_SIZE: usize = 2;
+
+/// Largest run (in units) a one-word space-map entry can carry; longer runs and offsets of
+/// 2^47 units or more need a two-word entry. Used only to estimate the encoded map length.
+const SM_ONE_WORD_MAX_RUN: u64 = 1 << 15;
+const SM_ONE_WORD_MAX_OFFSET: u64 = 1 << 47;
+
+/// Tunables of the block picker and the condense decision (ZFS names in brackets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaslabConfig {
+    /// Switch from first fit to best fit when the largest free segment is smaller than this
+    /// [`metaslab_df_alloc_threshold`, 128 KiB].
+    pub df_alloc_threshold: u64,
+    /// ... or when less than this percentage of the metaslab is free [`metaslab_df_free_pct`, 4].
+    pub df_free_pct: u64,
+    /// First-fit search limit in bytes past the first segment examined
+    /// [`metaslab_df_max_search`, 16 MiB].
+    pub df_max_search: u64,
+    /// Condense when the map is at least this percentage of its optimal size
+    /// [`zfs_condense_pct`, 200].
+    pub condense_pct: u64,
+    /// ... and at least this many bytes long [4 x 16 KiB blocks].
+    pub condense_min_bytes: u64,
+}
+
+impl Default for MetaslabConfig {
+    fn default() -> Self {
+        Self {
+            df_alloc_threshold: 128 << 10,
+            df_free_pct: 4,
+            df_max_search: 16 << 20,
+            condense_pct: 200,
+            condense_min_bytes: 64 << 10,
+        }
+    }
+}
+
+/// What one `sync(txg)` call of a metaslab produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaslabSyncOutput {
+    /// When true the metaslab's space map must be truncated and replaced by `sm_records` (a
+    /// condense); otherwise `sm_records` are appended.
+    pub condensed: bool,
+    /// Records for the metaslab's own space map: ALLOC (allocations of the txg) first, then FREE.
+    pub sm_records: Vec<SmRecord>,
+    /// FREE records destined for the DEVICE's checkpoint space map.
+    pub ckpt_records: Vec<SmRecord>,
+    /// Bytes described by `ckpt_records` (newly held by the checkpoint).
+    pub ckpt_space: u64,
+}
+
+impl MetaslabSyncOutput {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        !self.condensed && self.sm_records.is_empty() && self.ckpt_records.is_empty()
+    }
+}
+
+/// Frees queued for one txg: start -> (len, birth txg). Not coalesced (each free keeps its
+/// birth for the routing decision at sync), but overlap-checked on insert.
+type QueuedFrees = BTreeMap<u64, (u64, u64)>;
+
+fn queued_overlaps(q: &QueuedFrees, start: u64, len: u64) -> bool {
+    let end = start + len;
+    if let Some((&s, &(l, _))) = q.range(..=start).next_back() {
+        if s + l > start {
+            return true;
+        }
+    }
+    matches!(q.range(start..).next(), Some((&s, _)) if s < end)
+}
+
+/// A metaslab. Not thread-safe: the group keeps each one behind its own lock.
+#[derive(Debug)]
+pub struct Metaslab {
+    dev: u32,
+    index: u64,
+    start: u64,
+    size: u64,
+    ashift: u32,
+    cfg: MetaslabConfig,
+    allocatable: RangeTree,
+    allocating: [RangeTree; TXG_SIZE],
+    allocating_txg: [u64; TXG_SIZE],
+    pending_frees: [QueuedFrees; TXG_SIZE],
+    pending_txg: [u64; TXG_SIZE],
+    freeing: RangeTree,
+    freed: RangeTree,
+    defer: [RangeTree; TXG_DEFER_SIZE],
+    checkpointing: RangeTree,
+    /// First-fit cursors, one per power-of-two alignment class of the request size.
+    cursors: [u64; 64],
+    /// Net allocated bytes according to the records emitted so far (ZFS `smp_alloc`).
+    sm_alloc: u64,
+    /// Estimated encoded length of the space map in bytes (ZFS `smp_length`).
+    sm_length: u64,
+    /// Last txg through `sync_done`.
+    synced_txg: u64,
+    /// Txg of the last `sync` call (detects the first pass of a txg).
+    last_sync_txg: u64,
+    /// True once anything was allocated, freed or loaded (load requires a pristine metaslab).
+    touched: bool,
+}
+
+impl Metaslab {
+    /// A fully free metaslab covering `[start, start + size)` of device `dev` in units of
+    /// `2^ashift` bytes (an empty space map).
+    pub fn new(
+        dev: u32,
+        index: u64,
+        start: u64,
+        size: u64,
+        ashift: u32,
+        cfg: MetaslabConfig,
+    ) -> Result<Self, AllocError> {
+        if size == 0 {
+            return Err(AllocError::InvalidGeometry("empty metaslab".into()));
+        }
+        let mut allocatable = RangeTree::with_index(start, size, ashift, true)?;
+        allocatable.add(start, size)?;
+        let plain = || RangeTree::with_index(start, size, ashift, false);
+        Ok(Self {
+            dev,
+            index,
+            start,
+            size,
+            ashift,
+            cfg,
+            allocatable,
+            allocating: [plain()?, plain()?, plain()?, plain()?],
+            allocating_txg: [0; TXG_SIZE],
+            pending_frees: Default::default(),
+            pending_txg: [0; TXG_SIZE],
+            freeing: plain()?,
+            freed: plain()?,
+            defer: [plain()?, plain()?],
+            checkpointing: plain()?,
+            cursors: [start; 64],
+            sm_alloc: 0,
+            sm_length: 0,
+            synced_txg: 0,
+            last_sync_txg: 0,
+            touched: false,
+        })
+    }
+
+    /// Device index.
+    pub fn dev(&self) -> u32 {
+        self.dev
+    }
+    /// Index of this metaslab within its device.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+    /// First byte (absolute device offset).
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.start + self.size
+    }
+    /// Allocation unit shift.
+    pub fn ashift(&self) -> u32 {
+        self.ashift
+    }
+    /// The tree of segments that may be allocated now.
+    pub fn allocatable(&self) -> &RangeTree {
+        &self.allocatable
+    }
+    /// Bytes allocatable now.
+    pub fn free_space(&self) -> u64 {
+        self.allocatable.space()
+    }
+    /// Bytes free on disk but not yet allocatable (`freed` + `defer[]`).
+    pub fn deferred_space(&self) -> u64 {
+        self.freed.space() + self.defer[0].space() + self.defer[1].space()
+    }
+    /// Net allocated bytes per the space-map records emitted so far (ZFS `smp_alloc`).
+    pub fn sm_allocated(&self) -> u64 {
+        self.sm_alloc
+    }
+    /// Estimated encoded space-map length in bytes.
+    pub fn sm_length(&self) -> u64 {
+        self.sm_length
+    }
+    /// Override the space-map length estimate with the real encoded length (after import).
+    pub fn set_sm_length(&mut self, bytes: u64) {
+        self.sm_length = bytes;
+    }
+    /// Largest allocatable segment in bytes.
+    pub fn max_free(&self) -> u64 {
+        self.allocatable.largest()
+    }
+    /// Segment-based weight of the allocatable tree (see [`crate::frag::segment_weight`]).
+    pub fn weight(&self) -> u64 {
+        segment_weight(self.allocatable.histogram())
+    }
+    /// Last txg through `sync_done`.
+    pub fn synced_txg(&self) -> u64 {
+        self.synced_txg
+    }
+
+    /// Byte-length histogram of the space free on disk (allocatable + freed + defer), what ZFS
+    /// keeps in the space-map header.
+    pub fn sm_histogram(&self) -> [u64; HISTOGRAM_BUCKETS] {
+        let mut h = *self.allocatable.histogram();
+        for t in [&self.freed, &self.defer[0], &self.defer[1]] {
+            for (a, b) in h.iter_mut().zip(t.histogram()) {
+                *a += b;
+            }
+        }
+        h
+    }
+
+    /// ZFS fragmentation metric (percent) of the space free on disk.
+    pub fn fragmentation(&self) -> u64 {
+        fragmentation(&self.sm_histogram())
+    }
+
+    fn unit(&self) -> u64 {
+        1 << self.ashift
+    }
+
+    fn check_range(&self, start: u64, len: u64) -> Result<(), AllocError> {
+        let unit = self.unit();
+        if len == 0 || !start.is_multiple_of(unit) || !len.is_multiple_of(unit) {
+            return Err(AllocError::Misaligned { start, len, unit });
+        }
+        if start < self.start || start.checked_add(len).is_none_or(|e| e > self.end()) {
+            return Err(AllocError::OutOfRange {
+                start,
+                len,
+                region_start: self.start,
+                region_end: self.end(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_open(&self, txg: u64) -> Result<(), AllocError> {
+        if txg <= self.synced_txg {
+            return Err(AllocError::TxgClosed {
+                txg,
+                synced: self.synced_txg,
+            });
+        }
+        Ok(())
+    }
+
+    fn slot(txg: u64) -> usize {
+        // txg & 3 is in 0..4.
+        usize::try_from(txg & TXG_MASK).unwrap_or(0)
+    }
+
+    /// Replay space-map records into a pristine metaslab (ALLOC removes from `allocatable`,
+    /// FREE adds), in order. A record outside the metaslab or inconsistent with the replayed
+    /// state is an error (the metaslab is then left partially loaded: drop it).
+    pub fn load<I: IntoIterator<Item = SmRecord>>(&mut self, records: I) -> Result<(), AllocError> {
+        if self.touched || self.allocatable.space() != self.size {
+            return Err(AllocError::AlreadyLoaded {
+                dev: self.dev,
+                index: self.index,
+            });
+        }
+        self.touched = true;
+        let mut length = 0u64;
+        let mut prev_action = None;
+        for r in records {
+            self.check_range(r.start, r.len)?;
+            match r.action {
+                SmAction::Alloc => self.allocatable.remove(r.start, r.len)?,
+                SmAction::Free => self.allocatable.add(r.start, r.len)?,
+            }
+            if prev_action != Some(r.action) {
+                length += 8; // a debug word starts each batch
+                prev_action = Some(r.action);
+            }
+            length += self.entry_bytes(&r);
+        }
+        self.sm_alloc = self.size - self.allocatable.space();
+        self.sm_length = length;
+        Ok(())
+    }
+
+    /// Encoded size of one record (one- or two-word entry).
+    fn entry_bytes(&self, r: &SmRecord) -> u64 {
+        let run = r.len >> self.ashift;
+        let off = (r.start - self.start) >> self.ashift;
+        if run <= SM_ONE_WORD_MAX_RUN && off < SM_ONE_WORD_MAX_OFFSET {
+            8
+        } else {
+            16
+        }
+    }
+
+    fn records_bytes(&self, recs: &[SmRecord]) -> u64 {
+        let mut len = 0;
+        let mut prev = None;
+        for r in recs {
+            if prev != Some(r.action) {
+                len += 8;
+                prev = Some(r.action);
+            }
+            len += self.entry_bytes(r);
+        }
+        len
+    }
+
+    /// Allocate `size` bytes (a non-zero multiple of the unit) for `txg` with the dynamic-fit
+    /// picker: first fit from the cursor of the size's alignment class with a bounded forward
+    /// search, best fit when the metaslab is fragmented (largest free segment below the
+    /// threshold, or free space below the percentage) or when first fit finds nothing.
+    pub fn alloc(&mut self, size: u64, txg: u64) -> Result<u64, AllocError> {
+        let unit = self.unit();
+        if size == 0 || !size.is_multiple_of(unit) {
+            return Err(AllocError::Misaligned {
+                start: 0,
+                len: size,
+                unit,
+            });
+        }
+        self.check_open(txg)?;
+        let slot = Self::slot(txg);
+        if self.allocating_txg[slot] != txg && !self.allocating[slot].is_empty() {
+            return Err(AllocError::Invariant(format!(
+                "allocating slot {slot} still holds txg {} while allocating for txg {txg}",
+                self.allocating_txg[slot]
+            )));
+        }
+        let largest = self.allocatable.largest();
+        if largest < size {
+            return Err(AllocError::NoSpace { size });
+        }
+        let cursor_idx = size.trailing_zeros() as usize;
+        let free_pct = self.allocatable.space() * 100 / self.size;
+        let mut off = None;
+        if largest >= self.cfg.df_alloc_threshold && free_pct >= self.cfg.df_free_pct {
+            off = self.allocatable.find_first_from(
+                self.cursors[cursor_idx],
+                size,
+                unit,
+                self.cfg.df_max_search,
+            );
+        }
+        if off.is_none() {
+            off = self.allocatable.find_best(size, unit);
+        }
+        let Some(off) = off else {
+            return Err(AllocError::NoSpace { size });
+        };
+        self.cursors[cursor_idx] = off + size;
+        self.allocatable.remove(off, size)?;
+        self.allocating[slot].add(off, size)?;
+        self.allocating_txg[slot] = txg;
+        self.touched = true;
+        Ok(off)
+    }
+
+    /// Allocate the specific range `[start, start + len)` for `txg` (it must be allocatable).
+    pub fn claim(&mut self, start: u64, len: u64, txg: u64) -> Result<(), AllocError> {
+        self.check_range(start, len)?;
+        self.check_open(txg)?;
+        let slot = Self::slot(txg);
+        if self.allocating_txg[slot] != txg && !self.allocating[slot].is_empty() {
+            return Err(AllocError::Invariant(format!(
+                "allocating slot {slot} still holds txg {}",
+                self.allocating_txg[slot]
+            )));
+        }
+        self.allocatable.remove(start, len)?;
+        self.allocating[slot].add(start, len)?;
+        self.allocating_txg[slot] = txg;
+        self.touched = true;
+        Ok(())
+    }
+
+    /// Queue the free of `[start, start + len)`, born in `birth_txg`, as part of txg `txg`
+    /// (the txg whose sync commits the removal of the last reference). At `sync(txg)` it goes to
+    /// `checkpointing` if a checkpoint txg `C` is set, `birth_txg <= C` and `txg > C`, else to
+    /// `freeing`. A range that is already free (allocatable, freeing, freed, deferred) or
+    /// already queued for freeing in any open txg is [`AllocError::DoubleFree`].
+    pub fn free(
+        &mut self,
+        start: u64,
+        len: u64,
+        birth_txg: u64,
+        txg: u64,
+    ) -> Result<(), AllocError> {
+        self.check_range(start, len)?;
+        self.check_open(txg)?;
+        let slot = Self::slot(txg);
+        if self.pending_txg[slot] != txg && !self.pending_frees[slot].is_empty() {
+            return Err(AllocError::Invariant(format!(
+                "free slot {slot} still holds txg {} while freeing for txg {txg}",
+                self.pending_txg[slot]
+            )));
+        }
+        if self.is_free_somewhere(start, len)
+            || self
+                .pending_frees
+                .iter()
+                .any(|q| queued_overlaps(q, start, len))
+        {
+            return Err(AllocError::DoubleFree { start, len });
+        }
+        self.pending_frees[slot].insert(start, (len, birth_txg));
+        self.pending_txg[slot] = txg;
+        self.touched = true;
+        Ok(())
+    }
+
+    /// Whether any part of the range is in a tree of free space.
+    fn is_free_somewhere(&self, start: u64, len: u64) -> bool {
+        self.allocatable.overlaps(start, len)
+            || self.freeing.overlaps(start, len)
+            || self.freed.overlaps(start, len)
+            || self.defer[0].overlaps(start, len)
+            || self.defer[1].overlaps(start, len)
+            || self.checkpointing.overlaps(start, len)
+    }
+
+    /// Undo an allocation made for the still-open `txg`: the range goes straight back to
+    /// `allocatable`. It must be inside `allocating[txg & 3]` (else [`AllocError::DoubleAlloc`]).
+    pub fn free_now(&mut self, start: u64, len: u64, txg: u64) -> Result<(), AllocError> {
+        self.check_range(start, len)?;
+        self.check_open(txg)?;
+        let slot = Self::slot(txg);
+        if self.allocating_txg[slot] != txg {
+            return Err(AllocError::DoubleAlloc { start, len });
+        }
+        self.allocating[slot].remove(start, len)?;
+        self.allocatable.add(start, len)?;
+        Ok(())
+    }
+
+    /// Move a checkpoint-map extent back into `freeing`: it is written FREE to this
+    /// metaslab's map at the next `sync` and becomes allocatable after the defer period. Call it
+    /// from a sync task of the txg that removes the extent from the checkpoint map, before
+    /// that txg's `sync`. The range must currently be allocated (in no free tree).
+    pub fn discard_checkpoint_extent(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
+        self.check_range(start, len)?;
+        if self.range_is_free_anywhere(start, len) {
+            return Err(AllocError::DoubleFree { start, len });
+        }
+        self.freeing.add(start, len)?;
+        self.touched = true;
+        Ok(())
+    }
+
+    /// Whether `sync(txg)` has anything to do (or would condense).
+    pub fn needs_sync(&self, txg: u64) -> bool {
+        let slot = Self::slot(txg);
+        !self.allocating[slot].is_empty()
+            || !self.pending_frees[slot].is_empty()
+            || !self.freeing.is_empty()
+            || !self.checkpointing.is_empty()
+            || (self.last_sync_txg != txg && self.condense_wanted())
+    }
+
+    /// Whether the map is long enough, relative to the state it describes, to be rewritten.
+    pub fn condense_wanted(&self) -> bool {
+        // Optimal: about one one-word entry per allocated segment (~ free segments + 1) plus
+        // the batch's debug word.
+        let optimal = (self.allocatable.segment_count() as u64 + 1) * 8 + 8;
+        self.sm_length >= self.cfg.condense_min_bytes
+            && self.sm_length.saturating_mul(100) >= optimal.saturating_mul(self.cfg.condense_pct)
+    }
+
+    /// The condensed map for the txg about to sync: ALLOC records for exactly the ranges that
+    /// are allocated on disk once this txg is synced, in offset order. Free on disk are the
+    /// allocatable, freeing, freed and deferred ranges and allocations of later txgs (not yet
+    /// synced); allocations of `txg`, pending frees and checkpointed ranges stay allocated (so
+    /// checkpointed blocks are never exposed by a condense, I1).
+    pub fn condensed_records(&self, txg: u64) -> Vec<SmRecord> {
+        let slot = Self::slot(txg);
+        let mut free: Vec<(u64, u64)> = Vec::with_capacity(self.allocatable.segment_count() + 16);
+        free.extend(self.allocatable.iter());
+        for t in [&self.freeing, &self.freed, &self.defer[0], &self.defer[1]] {
+            free.extend(t.iter());
+        }
+        for (s, t) in self.allocating.iter().enumerate() {
+            if s != slot {
+                free.extend(t.iter());
+            }
+        }
+        free.sort_unstable();
+        let mut out = Vec::with_capacity(free.len() + 1);
+        let mut pos = self.start;
+        for (s, l) in free {
+            if s > pos {
+                out.push(SmRecord::alloc(pos, s - pos));
+            }
+            pos = pos.max(s + l);
+        }
+        if pos < self.end() {
+            out.push(SmRecord::alloc(pos, self.end() - pos));
+        }
+        out
+    }
+
+    /// Sync `txg` (may be called once per pass): route the txg's queued frees (see
+    /// [`Metaslab::free`]) using `checkpoint_txg` (0 = none), then emit ALLOC(allocating[txg&3])
+    /// and FREE(freeing) for the metaslab's map (or, on the first pass when the map is too long,
+    /// the condensed map) and FREE(checkpointing) for the device's checkpoint map. Afterwards
+    /// `freeing` has moved to `freed` and the txg's allocating tree is empty.
+    pub fn sync(
+        &mut self,
+        txg: u64,
+        checkpoint_txg: u64,
+    ) -> Result<MetaslabSyncOutput, AllocError> {
+        self.check_open(txg)?;
+        let slot = Self::slot(txg);
+        if !self.allocating[slot].is_empty() && self.allocating_txg[slot] != txg {
+            return Err(AllocError::Invariant(format!(
+                "sync of txg {txg} found allocations of txg {}",
+                self.allocating_txg[slot]
+            )));
+        }
+        if !self.pending_frees[slot].is_empty() && self.pending_txg[slot] != txg {
+            return Err(AllocError::Invariant(format!(
+                "sync of txg {txg} found frees of txg {}",
+                self.pending_txg[slot]
+            )));
+        }
+        let first_pass = self.last_sync_txg != txg;
+        self.last_sync_txg = txg;
+
+        for (start, (len, birth)) in std::mem::take(&mut self.pending_frees[slot]) {
+            let held = checkpoint_txg != 0 && birth <= checkpoint_txg && txg > checkpoint_txg;
+            if held {
+                self.checkpointing.add(start, len)?;
+            } else {
+                self.freeing.add(start, len)?;
+            }
+        }
+
+        let mut out = MetaslabSyncOutput::default();
+        if first_pass && self.condense_wanted() {
+            out.sm_records = self.condensed_records(txg);
+            out.condensed = true;
+            self.sm_alloc = out.sm_records.iter().map(|r| r.len).sum();
+            self.sm_length = self.records_bytes(&out.sm_records);
+        } else {
+            let alloc_space = self.allocating[slot].space();
+            let free_space = self.freeing.space();
+            let mut recs = Vec::with_capacity(
+                self.allocating[slot].segment_count() + self.freeing.segment_count(),
+            );
+            self.allocating[slot].walk(|s, l| recs.push(SmRecord::alloc(s, l)));
+            self.freeing.walk(|s, l| recs.push(SmRecord::free(s, l)));
+            self.sm_length += self.records_bytes(&recs);
+            self.sm_alloc = self.sm_alloc + alloc_space - free_space;
+            out.sm_records = recs;
+        }
+        self.allocating[slot].clear();
+        let freed = &mut self.freed;
+        self.freeing.move_into(freed)?;
+
+        out.ckpt_space = self.checkpointing.space();
+        let mut ck = Vec::with_capacity(self.checkpointing.segment_count());
+        self.checkpointing
+            .vacate(|s, l| ck.push(SmRecord::free(s, l)));
+        out.ckpt_records = ck;
+        Ok(out)
+    }
+
+    /// Finish `txg` after its uberblock is durable: the frees of `txg - 2` (in `defer[txg % 2]`)
+    /// become allocatable and this txg's `freed` takes their place.
+    pub fn sync_done(&mut self, txg: u64) -> Result<(), AllocError> {
+        self.check_open(txg)?;
+        let slot = Self::slot(txg);
+        if !self.pending_frees[slot].is_empty() && self.pending_txg[slot] == txg {
+            return Err(AllocError::Invariant(format!(
+                "sync_done({txg}) with unsynced frees of that txg"
+            )));
+        }
+        if !self.allocating[slot].is_empty() && self.allocating_txg[slot] == txg {
+            return Err(AllocError::Invariant(format!(
+                "sync_done({txg}) with unsynced allocations of that txg"
+            )));
+        }
+        let d = usize::try_from(txg % 2).unwrap_or(0);
+        let alloc = &mut self.allocatable;
+        self.defer[d].move_into(alloc)?;
+        let dst = &mut self.defer[d];
+        self.freed.move_into(dst)?;
+        self.synced_txg = txg;
+        debug_assert!(self.verify().is_ok(), "{:?}", self.verify());
+        Ok(())
+    }
+
+    /// Check the invariants local to the metaslab: every tree internally consistent, the trees
+    /// pairwise disjoint (a checkpointed or deferred range is never allocatable, I1), queued frees
+    /// not free anywhere, and the space identity I4:
+    /// `size - sm_allocated = |allocatable| + sum |allocating| + |freed| + sum |defer|`.
+    pub fn verify(&self) -> Result<(), AllocError> {
+        let mut all: Vec<(u64, u64, &'static str)> = Vec::new();
+        let named: [(&RangeTree, &'static str); 10] = [
+            (&self.allocatable, "allocatable"),
+            (&self.allocating[0], "allocating[0]"),
+            (&self.allocating[1], "allocating[1]"),
+            (&self.allocating[2], "allocating[2]"),
+            (&self.allocating[3], "allocating[3]"),
+            (&self.freeing, "freeing"),
+            (&self.freed, "freed"),
+            (&self.defer[0], "defer[0]"),
+            (&self.defer[1], "defer[1]"),
+            (&self.checkpointing, "checkpointing"),
+        ];
+        for (t, name) in &named {
+            t.verify().map_err(|e| {
+                AllocError::Invariant(format!("ms {}/{} {name}: {e}", self.dev, self.index))
+            })?;
+            all.extend(t.iter().map(|(s, l)| (s, l, *name)));
+        }
+        all.sort_unstable_by_key(|x| x.0);
+        for w in all.windows(2) {
+            if w[0].0 + w[0].1 > w[1].0 {
+                return Err(AllocError::Invariant(format!(
+                    "ms {}/{}: {} [{:#x},+{:#x}) overlaps {} [{:#x},+{:#x})",
+                    self.dev, self.index, w[0].2, w[0].0, w[0].1, w[1].2, w[1].0, w[1].1
+                )));
+            }
+        }
+        let mut pend: Vec<(u64, u64)> = self
+            .pending_frees
+            .iter()
+            .flatten()
+            .map(|(&s, &(l, _))| (s, l))
+            .collect();
+        pend.sort_unstable();
+        for w in pend.windows(2) {
+            if w[0].0 + w[0].1 > w[1].0 {
+                return Err(AllocError::Invariant(format!(
+                    "ms {}/{}: queued frees [{:#x},+{:#x}) and [{:#x},+{:#x}) overlap",
+                    self.dev, self.index, w[0].0, w[0].1, w[1].0, w[1].1
+                )));
+            }
+        }
+        for &(s, l) in &pend {
+            if self.is_free_somewhere(s, l) {
+                return Err(AllocError::Invariant(format!(
+                    "ms {}/{}: queued free [{s:#x},+{l:#x}) is already free",
+                    self.dev, self.index
+                )));
+            }
+        }
+        let rhs = self.allocatable.space()
+            + self.allocating.iter().map(RangeTree::space).sum::<u64>()
+            + self.freed.space()
+            + self.defer[0].space()
+            + self.defer[1].space();
+        if self.size.checked_sub(self.sm_alloc) != Some(rhs) {
+            return Err(AllocError::Invariant(format!(
+                "ms {}/{}: I4 size {} - sm_alloc {} != free trees {rhs}",
+                self.dev, self.index, self.size, self.sm_alloc
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`Metaslab::verify`] plus I6: between txgs `freeing`, `freed`, `checkpointing` are empty.
+    pub fn verify_quiesced(&self) -> Result<(), AllocError> {
+        self.verify()?;
+        if !self.freeing.is_empty() || !self.freed.is_empty() || !self.checkpointing.is_empty() {
+            return Err(AllocError::Invariant(format!(
+                "ms {}/{}: I6 freeing/freed/checkpointing not empty between txgs",
+                self.dev, self.index
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether any part of the range is free on disk, allocatable, or queued for freeing (used
+    /// to check that a checkpoint-map extent is still allocated and untouched, I1/I2).
+    pub fn range_is_free_anywhere(&self, start: u64, len: u64) -> bool {
+        self.is_free_somewhere(start, len)
+            || self.allocating.iter().any(|t| t.overlaps(start, len))
+            || self
+                .pending_frees
+                .iter()
+                .any(|q| queued_overlaps(q, start, len))
+    }
+
+    /// Visit the allocatable segments.
+    pub fn walk_free(&self, f: impl FnMut(u64, u64)) {
+        self.allocatable.walk(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1 << 20;
+
+    fn ms() -> Metaslab {
+        Metaslab::new(0, 0, MS, MS, 12, MetaslabConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn alloc_sync_free_defer_cycle() {
+        let mut m = ms();
+        let a = m.alloc(0x4000, 5).unwrap();
+        assert_eq!(a, MS);
+        let out = m.sync(5, 0).unwrap();
+        assert_eq!(out.sm_records, vec![SmRecord::alloc(MS, 0x4000)]);
+        m.sync_done(5).unwrap();
+        m.free(a, 0x4000, 5, 6).unwrap();
+        assert!(matches!(
+            m.free(a, 0x1000, 5, 6),
+            Err(AllocError::DoubleFree { .. }) | Ok(())
+        ));
+        let mut m = ms();
+        let a = m.alloc(0x4000, 5).unwrap();
+        m.sync(5, 0).unwrap();
+        m.sync_done(5).unwrap();
+        m.free(a, 0x4000, 5, 6).unwrap();
+        let out = m.sync(6, 0).unwrap();
+        assert_eq!(out.sm_records, vec![SmRecord::free(a, 0x4000)]);
+        m.sync_done(6).unwrap();
+        assert_eq!(m.free_space(), MS - 0x4000);
+        m.sync(7, 0).unwrap();
+        m.sync_done(7).unwrap();
+        assert_eq!(m.free_space(), MS - 0x4000);
+        m.sync(8, 0).unwrap();
+        m.sync_done(8).unwrap();
+        assert_eq!(m.free_space(), MS);
+        m.verify_quiesced().unwrap();
+    }
+
+    #[test]
+    fn checkpointed_free_is_held() {
+        let mut m = ms();
+        let a = m.alloc(0x2000, 5).unwrap();
+        m.sync(5, 0).unwrap();
+        m.sync_done(5).unwrap();
+        // Free issued in open txg 6 before the checkpoint (txg 5) is created at 6's sync.
+        m.free(a, 0x2000, 5, 6).unwrap();
+        let out = m.sync(6, 5).unwrap();
+        assert!(out.sm_records.is_empty());
+        assert_eq!(out.ckpt_records, vec![SmRecord::free(a, 0x2000)]);
+        assert_eq!(out.ckpt_space, 0x2000);
+        for t in 6..12 {
+            if t > 6 {
+                m.sync(t, 5).unwrap();
+            }
+            m.sync_done(t).unwrap();
+        }
+        assert_eq!(m.free_space(), MS - 0x2000);
+        m.discard_checkpoint_extent(a, 0x2000).unwrap();
+        assert!(m.discard_checkpoint_extent(a, 0x2000).is_err());
+        let out = m.sync(12, 0).unwrap();
+        assert_eq!(out.sm_records, vec![SmRecord::free(a, 0x2000)]);
+        for t in 12..15 {
+            if t > 12 {
+                m.sync(t, 0).unwrap();
+            }
+            m.sync_done(t).unwrap();
+        }
+        assert_eq!(m.free_space(), MS);
+    }
+
+    #[test]
+    fn free_now_returns_immediately() {
+        let mut m = ms();
+        let a = m.alloc(0x3000, 9).unwrap();
+        m.free_now(a, 0x3000, 9).unwrap();
+        assert_eq!(m.free_space(), MS);
+        assert!(m.free_now(a, 0x3000, 9).is_err());
+        assert!(m.sync(9, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn load_replays() {
+        let mut m = ms();
+        m.load([
+            SmRecord::alloc(MS, 0x10000),
+            SmRecord::free(MS + 0x4000, 0x1000),
+        ])
+        .unwrap();
+        assert_eq!(m.free_space(), MS - 0x10000 + 0x1000);
+        assert_eq!(m.sm_allocated(), 0x10000 - 0x1000);
+        m.verify().unwrap();
+        let mut m = ms();
+        assert!(m.load([SmRecord::free(MS, 0x1000)]).is_err());
+    }
+}

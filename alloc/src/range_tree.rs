@@ -1,0 +1,710 @@
+//! Range tree: a set of disjoint, coalesced `[start, end)` segments.
+//!
+//! Segments are indexed by offset (a `BTreeMap` start -> length) and, optionally, by size (a
+//! `BTreeSet` of `(length, start)`), and a power-of-two histogram of segment sizes is kept (bucket
+//! `i` counts segments whose byte length lies in `[2^i, 2^(i+1))`), as in ZFS's `range_tree.c`.
+//!
+//! The API speaks bytes (absolute device offsets). Internally a segment is stored in units of
+//! `2^shift` bytes relative to the tree's `base`, in a [`SegUnit`] word: `u32` for metaslab trees
+//! (ZFS's 32-bit segment packing: a metaslab holds at most 2^32 units), which keeps a free segment
+//! at about 2 x 8 bytes of payload in the two B-trees, or `u64` for trees that span a whole device.
+//!
+//! Adding a range that overlaps an existing segment is [`AllocError::DoubleFree`]; removing a
+//! range that is not entirely inside one segment is [`AllocError::DoubleAlloc`]. Neither changes
+//! the tree.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::ops::Bound::{Excluded, Unbounded};
+
+use crate::error::AllocError;
+
+/// How many segments a first-fit search examines at least before its byte limit may stop it
+/// (ZFS `metaslab_min_search_count`).
+pub const MIN_SEARCH_COUNT: usize = 100;
+
+/// Number of histogram buckets (one per bit of a `u64` length).
+pub const HISTOGRAM_BUCKETS: usize = 64;
+
+/// The word a segment's start and length are stored in (units of `2^shift` bytes).
+pub trait SegUnit: Copy + Ord + Eq + Debug + Default + Send + Sync + 'static {
+    /// Largest representable value.
+    const MAX: u64;
+    /// Convert from `u64`; the caller guarantees `v <= Self::MAX`.
+    fn from_u64(v: u64) -> Self;
+    /// Widen to `u64`.
+    fn get(self) -> u64;
+}
+
+impl SegUnit for u32 {
+    const MAX: u64 = u32::MAX as u64;
+    #[inline]
+    fn from_u64(v: u64) -> Self {
+        debug_assert!(v <= <Self as SegUnit>::MAX);
+        // Truncation is impossible: every caller converts values it checked against
+        // the tree's span, which `RangeTree::with_index` bounds by `Self::MAX`.
+        #[allow(clippy::cast_possible_truncation)]
+        let w = v as u32;
+        w
+    }
+    #[inline]
+    fn get(self) -> u64 {
+        u64::from(self)
+    }
+}
+
+impl SegUnit for u64 {
+    const MAX: u64 = u64::MAX;
+    #[inline]
+    fn from_u64(v: u64) -> Self {
+        v
+    }
+    #[inline]
+    fn get(self) -> u64 {
+        self
+    }
+}
+
+/// Bucket of the size histogram for a length in bytes (`floor(log2(len))`).
+#[inline]
+pub fn hist_bucket(len_bytes: u64) -> usize {
+    debug_assert!(len_bytes > 0);
+    // 63 - leading_zeros is in 0..=63 for a non-zero value.
+    (63 - len_bytes.leading_zeros()) as usize
+}
+
+/// Round `v` up to a multiple of the power of two `align`; `None` on overflow.
+#[inline]
+pub fn align_up(v: u64, align: u64) -> Option<u64> {
+    debug_assert!(align.is_power_of_two());
+    v.checked_add(align - 1).map(|x| x & !(align - 1))
+}
+
+/// A set of disjoint, coalesced segments. See the module documentation.
+#[derive(Clone)]
+pub struct RangeTree<U: SegUnit = u32> {
+    base: u64,
+    shift: u32,
+    /// Number of units the tree may cover, `<= U::MAX`.
+    span: u64,
+    by_start: BTreeMap<U, U>,
+    by_size: Option<BTreeSet<(U, U)>>,
+    hist: [u64; HISTOGRAM_BUCKETS],
+    space: u64,
+}
+
+impl<U: SegUnit> Debug for RangeTree<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeTree")
+            .field("base", &self.base)
+            .field("shift", &self.shift)
+            .field("segments", &self.by_start.len())
+            .field("space", &self.space)
+            .field("indexed", &self.by_size.is_some())
+            .finish()
+    }
+}
+
+impl<U: SegUnit> RangeTree<U> {
+    /// A tree over `[base, base + size)` in units of `2^shift` bytes, with the size index.
+    pub fn new(base: u64, size: u64, shift: u32) -> Result<Self, AllocError> {
+        Self::with_index(base, size, shift, true)
+    }
+
+    /// Like [`RangeTree::new`]; `indexed = false` omits the by-size index (cheaper add/remove,
+    /// less memory; `find_best` and `largest` then scan). For trees that are only walked.
+    pub fn with_index(base: u64, size: u64, shift: u32, indexed: bool) -> Result<Self, AllocError> {
+        let unit = 1u64.checked_shl(shift).filter(|_| shift < 63);
+        let Some(unit) = unit else {
+            return Err(AllocError::InvalidGeometry(format!(
+                "shift {shift} too large"
+            )));
+        };
+        if !base.is_multiple_of(unit)
+            || !size.is_multiple_of(unit)
+            || base.checked_add(size).is_none()
+        {
+            return Err(AllocError::InvalidGeometry(format!(
+                "range tree region [{base:#x}, +{size:#x}) not aligned to {unit:#x}"
+            )));
+        }
+        let span = size >> shift;
+        if span > U::MAX {
+            return Err(AllocError::InvalidGeometry(format!(
+                "range tree region of {span} units exceeds the segment word ({} units)",
+                U::MAX
+            )));
+        }
+        Ok(Self {
+            base,
+            shift,
+            span,
+            by_start: BTreeMap::new(),
+            by_size: indexed.then(BTreeSet::new),
+            hist: [0; HISTOGRAM_BUCKETS],
+            space: 0,
+        })
+    }
+
+    /// An empty tree with the same region, unit and indexing as `self`.
+    pub fn empty_like(&self) -> Self {
+        Self {
+            base: self.base,
+            shift: self.shift,
+            span: self.span,
+            by_start: BTreeMap::new(),
+            by_size: self.by_size.as_ref().map(|_| BTreeSet::new()),
+            hist: [0; HISTOGRAM_BUCKETS],
+            space: 0,
+        }
+    }
+
+    /// First byte of the region the tree may cover.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// One past the last byte of the region.
+    pub fn region_end(&self) -> u64 {
+        self.base + (self.span << self.shift)
+    }
+
+    /// The unit shift (ashift).
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// Whether the by-size index is kept.
+    pub fn is_indexed(&self) -> bool {
+        self.by_size.is_some()
+    }
+
+    /// Total bytes covered by segments.
+    pub fn space(&self) -> u64 {
+        self.space
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.by_start.len()
+    }
+
+    /// No segments.
+    pub fn is_empty(&self) -> bool {
+        self.by_start.is_empty()
+    }
+
+    /// The size histogram (bucket `i`: segments with byte length in `[2^i, 2^(i+1))`).
+    pub fn histogram(&self) -> &[u64; HISTOGRAM_BUCKETS] {
+        &self.hist
+    }
+
+    /// Convert a byte range to (start unit, length unit), validating alignment and bounds.
+    #[inline]
+    fn to_units(&self, start: u64, len: u64) -> Result<(u64, u64), AllocError> {
+        let mask = (1u64 << self.shift) - 1;
+        if len == 0 || (start | len) & mask != 0 {
+            return Err(AllocError::Misaligned {
+                start,
+                len,
+                unit: mask + 1,
+            });
+        }
+        let out = || AllocError::OutOfRange {
+            start,
+            len,
+            region_start: self.base,
+            region_end: self.region_end(),
+        };
+        let rel = start.checked_sub(self.base).ok_or_else(out)? >> self.shift;
+        let ulen = len >> self.shift;
+        match rel.checked_add(ulen) {
+            Some(end) if end <= self.span => Ok((rel, ulen)),
+            _ => Err(out()),
+        }
+    }
+
+    #[inline]
+    fn to_bytes(&self, unit: u64) -> u64 {
+        self.base + (unit << self.shift)
+    }
+
+    #[inline]
+    fn index_insert(&mut self, start: u64, len: u64) {
+        self.hist[hist_bucket(len << self.shift)] += 1;
+        if let Some(ix) = self.by_size.as_mut() {
+            ix.insert((U::from_u64(len), U::from_u64(start)));
+        }
+    }
+
+    #[inline]
+    fn index_remove(&mut self, start: u64, len: u64) {
+        self.hist[hist_bucket(len << self.shift)] -= 1;
+        if let Some(ix) = self.by_size.as_mut() {
+            ix.remove(&(U::from_u64(len), U::from_u64(start)));
+        }
+    }
+
+    /// The segment containing unit `u`, or the last one starting before it: `(start, len)`.
+    #[inline]
+    fn seg_at_or_before(&self, u: u64) -> Option<(u64, u64)> {
+        self.by_start
+            .range(..=U::from_u64(u))
+            .next_back()
+            .map(|(s, l)| (s.get(), l.get()))
+    }
+
+    /// The first segment starting strictly after unit `u`.
+    #[inline]
+    fn seg_after(&self, u: u64) -> Option<(u64, u64)> {
+        self.by_start
+            .range((Excluded(U::from_u64(u)), Unbounded))
+            .next()
+            .map(|(s, l)| (s.get(), l.get()))
+    }
+
+    /// Add `[start, start + len)`, merging with touching neighbours. Overlap with an existing
+    /// segment is [`AllocError::DoubleFree`] and leaves the tree unchanged.
+    pub fn add(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
+        let (s, l) = self.to_units(start, len)?;
+        let e = s + l;
+        let prev = self.seg_at_or_before(s);
+        let next = self.seg_after(s);
+        if let Some((ps, pl)) = prev {
+            if ps + pl > s {
+                return Err(AllocError::DoubleFree { start, len });
+            }
+        }
+        if let Some((ns, _)) = next {
+            if ns < e {
+                return Err(AllocError::DoubleFree { start, len });
+            }
+        }
+        let merge_prev = prev.filter(|&(ps, pl)| ps + pl == s);
+        let merge_next = next.filter(|&(ns, _)| ns == e);
+        match (merge_prev, merge_next) {
+            (Some((ps, pl)), Some((ns, nl))) => {
+                self.index_remove(ps, pl);
+                self.index_remove(ns, nl);
+                self.by_start.remove(&U::from_u64(ns));
+                let nlen = pl + l + nl;
+                self.by_start.insert(U::from_u64(ps), U::from_u64(nlen));
+                self.index_insert(ps, nlen);
+            }
+            (Some((ps, pl)), None) => {
+                self.index_remove(ps, pl);
+                let nlen = pl + l;
+                self.by_start.insert(U::from_u64(ps), U::from_u64(nlen));
+                self.index_insert(ps, nlen);
+            }
+            (None, Some((ns, nl))) => {
+                self.index_remove(ns, nl);
+                self.by_start.remove(&U::from_u64(ns));
+                let nlen = l + nl;
+                self.by_start.insert(U::from_u64(s), U::from_u64(nlen));
+                self.index_insert(s, nlen);
+            }
+            (None, None) => {
+                self.by_start.insert(U::from_u64(s), U::from_u64(l));
+                self.index_insert(s, l);
+            }
+        }
+        self.space += len;
+        Ok(())
+    }
+
+    /// Remove `[start, start + len)`, which must lie entirely inside one segment (trimming or
+    /// splitting it). Otherwise [`AllocError::DoubleAlloc`] and the tree is unchanged.
+    pub fn remove(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
+        let (s, l) = self.to_units(start, len)?;
+        let e = s + l;
+        let Some((ps, pl)) = self.seg_at_or_before(s) else {
+            return Err(AllocError::DoubleAlloc { start, len });
+        };
+        let pe = ps + pl;
+        if pe < e {
+            return Err(AllocError::DoubleAlloc { start, len });
+        }
+        self.index_remove(ps, pl);
+        let left = s - ps;
+        let right = pe - e;
+        if left > 0 {
+            self.by_start.insert(U::from_u64(ps), U::from_u64(left));
+            self.index_insert(ps, left);
+        } else {
+            self.by_start.remove(&U::from_u64(ps));
+        }
+        if right > 0 {
+            self.by_start.insert(U::from_u64(e), U::from_u64(right));
+            self.index_insert(e, right);
+        }
+        self.space -= len;
+        Ok(())
+    }
+
+    /// Remove whatever part of `[start, start + len)` is present (ZFS `range_tree_clear`).
+    pub fn clear_range(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
+        let (s, l) = self.to_units(start, len)?;
+        let e = s + l;
+        let mut pieces = Vec::new();
+        if let Some((ps, pl)) = self.seg_at_or_before(s) {
+            if ps + pl > s {
+                pieces.push((s, (ps + pl).min(e) - s));
+            }
+        }
+        for (ns, nl) in self.by_start.range((Excluded(U::from_u64(s)), Unbounded)) {
+            let (ns, nl) = (ns.get(), nl.get());
+            if ns >= e {
+                break;
+            }
+            pieces.push((ns, (ns + nl).min(e) - ns));
+        }
+        for (ps, pl) in pieces {
+            self.remove(self.to_bytes(ps), pl << self.shift)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `[start, start + len)` lies entirely inside one segment. Invalid ranges are not
+    /// contained.
+    pub fn contains(&self, start: u64, len: u64) -> bool {
+        let Ok((s, l)) = self.to_units(start, len) else {
+            return false;
+        };
+        matches!(self.seg_at_or_before(s), Some((ps, pl)) if ps + pl >= s + l)
+    }
+
+    /// Whether any byte of `[start, start + len)` is inside a segment. The range need not be
+    /// aligned; parts outside the region are ignored.
+    pub fn overlaps(&self, start: u64, len: u64) -> bool {
+        if len == 0 || self.by_start.is_empty() {
+            return false;
+        }
+        let end = start.saturating_add(len).min(self.region_end());
+        let start = start.max(self.base);
+        if start >= end {
+            return false;
+        }
+        // Units covering [start, end): round start down, end up.
+        let s = (start - self.base) >> self.shift;
+        let e = (end - self.base).div_ceil(1 << self.shift);
+        if let Some((ps, pl)) = self.seg_at_or_before(s) {
+            if ps + pl > s {
+                return true;
+            }
+        }
+        matches!(self.seg_after(s), Some((ns, _)) if ns < e)
+    }
+
+    /// Best fit: the start of an `align`-aligned range of `len` bytes inside the smallest segment
+    /// that can hold it (ties: lowest offset). Does not modify the tree.
+    pub fn find_best(&self, len: u64, align: u64) -> Option<u64> {
+        if len == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let unit = 1u64 << self.shift;
+        let ulen = len.div_ceil(unit);
+        if ulen > self.span {
+            return None;
+        }
+        let fits = |s: u64, l: u64| -> Option<u64> {
+            let sb = self.to_bytes(s);
+            let a = align_up(sb, align.max(unit))?;
+            (a + len <= sb + (l << self.shift)).then_some(a)
+        };
+        match &self.by_size {
+            Some(ix) => {
+                let mut examined = 0usize;
+                for &(l, s) in ix.range((U::from_u64(ulen), U::default())..) {
+                    if let Some(a) = fits(s.get(), l.get()) {
+                        return Some(a);
+                    }
+                    examined += 1;
+                    if examined >= MIN_SEARCH_COUNT {
+                        break;
+                    }
+                }
+                if align <= unit {
+                    return None;
+                }
+                // Any segment of at least len + align - unit bytes fits whatever its start.
+                let need = (len + align - unit).div_ceil(unit);
+                if need > U::MAX {
+                    return None;
+                }
+                ix.range((U::from_u64(need), U::default())..)
+                    .find_map(|&(l, s)| fits(s.get(), l.get()))
+            }
+            None => {
+                let mut best: Option<(u64, u64)> = None;
+                for (s, l) in &self.by_start {
+                    let (s, l) = (s.get(), l.get());
+                    if let Some(a) = fits(s, l) {
+                        if best.is_none_or(|(bl, _)| l < bl) {
+                            best = Some((l, a));
+                        }
+                    }
+                }
+                best.map(|(_, a)| a)
+            }
+        }
+    }
+
+    /// First fit from a cursor (ZFS `metaslab_block_picker`): starting with the segment that
+    /// contains `cursor` (or the first one after it), return the first `align`-aligned start
+    /// where `len` bytes fit. The search examines at least [`MIN_SEARCH_COUNT`] segments and
+    /// then stops once it is more than `max_search` bytes past the first segment examined.
+    pub fn find_first_from(
+        &self,
+        cursor: u64,
+        len: u64,
+        align: u64,
+        max_search: u64,
+    ) -> Option<u64> {
+        if len == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let unit = 1u64 << self.shift;
+        let cu = cursor.saturating_sub(self.base) >> self.shift;
+        let cu = cu.min(self.span);
+        let first_key = match self.seg_at_or_before(cu) {
+            Some((ps, pl)) if ps + pl > cu => ps,
+            _ => cu,
+        };
+        let mut first: Option<u64> = None;
+        for (count, (s, l)) in self.by_start.range(U::from_u64(first_key)..).enumerate() {
+            let sb = self.to_bytes(s.get());
+            let f = *first.get_or_insert(sb);
+            if count >= MIN_SEARCH_COUNT && sb - f > max_search {
+                break;
+            }
+            if let Some(a) = align_up(sb, align.max(unit)) {
+                if a + len <= sb + (l.get() << self.shift) {
+                    return Some(a);
+                }
+            }
+        }
+        None
+    }
+
+    /// Length in bytes of the largest segment (0 when empty).
+    pub fn largest(&self) -> u64 {
+        let units = match &self.by_size {
+            Some(ix) => ix.last().map_or(0, |&(l, _)| l.get()),
+            None => self.by_start.values().map(|l| l.get()).max().unwrap_or(0),
+        };
+        units << self.shift
+    }
+
+    /// The segments in offset order as `(start, len)` in bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.by_start
+            .iter()
+            .map(|(s, l)| (self.to_bytes(s.get()), l.get() << self.shift))
+    }
+
+    /// The segments starting at or after `from` (byte offset), in offset order.
+    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let u = (from.saturating_sub(self.base) >> self.shift).min(self.span);
+        self.by_start
+            .range(U::from_u64(u)..)
+            .map(|(s, l)| (self.to_bytes(s.get()), l.get() << self.shift))
+    }
+
+    /// Visit every segment (offset order) without removing it.
+    pub fn walk(&self, mut f: impl FnMut(u64, u64)) {
+        for (s, l) in self.iter() {
+            f(s, l);
+        }
+    }
+
+    /// Empty the tree, calling `f(start, len)` for every segment in offset order.
+    pub fn vacate(&mut self, mut f: impl FnMut(u64, u64)) {
+        let map = std::mem::take(&mut self.by_start);
+        for (s, l) in map {
+            f(self.to_bytes(s.get()), l.get() << self.shift);
+        }
+        self.clear();
+    }
+
+    /// Empty the tree into `dst` (every segment added there). O(1) when `dst` is empty and has
+    /// the same geometry and indexing. On error (overlap), the segments not yet moved stay
+    /// in `self` and the ones moved stay in `dst`.
+    pub fn move_into(&mut self, dst: &mut RangeTree<U>) -> Result<(), AllocError> {
+        if dst.is_empty()
+            && dst.base == self.base
+            && dst.shift == self.shift
+            && dst.span == self.span
+            && dst.by_size.is_some() == self.by_size.is_some()
+        {
+            std::mem::swap(self, dst);
+            return Ok(());
+        }
+        while let Some((s, l)) = self
+            .by_start
+            .first_key_value()
+            .map(|(s, l)| (s.get(), l.get()))
+        {
+            dst.add(self.to_bytes(s), l << self.shift)?;
+            self.by_start.remove(&U::from_u64(s));
+            self.index_remove(s, l);
+            self.space -= l << self.shift;
+        }
+        Ok(())
+    }
+
+    /// Remove every segment.
+    pub fn clear(&mut self) {
+        self.by_start.clear();
+        if let Some(ix) = self.by_size.as_mut() {
+            ix.clear();
+        }
+        self.hist = [0; HISTOGRAM_BUCKETS];
+        self.space = 0;
+    }
+
+    /// Check the internal consistency of the tree (indexes, histogram, space, coalescing).
+    pub fn verify(&self) -> Result<(), AllocError> {
+        let bad = |m: String| Err(AllocError::Invariant(m));
+        let mut hist = [0u64; HISTOGRAM_BUCKETS];
+        let mut space = 0u64;
+        let mut prev_end: Option<u64> = None;
+        for (s, l) in &self.by_start {
+            let (s, l) = (s.get(), l.get());
+            if l == 0 || s + l > self.span {
+                return bad(format!(
+                    "segment {s}+{l} empty or outside span {}",
+                    self.span
+                ));
+            }
+            if let Some(pe) = prev_end {
+                if s <= pe {
+                    return bad(format!(
+                        "segment at {s} overlaps or touches previous end {pe}"
+                    ));
+                }
+            }
+            prev_end = Some(s + l);
+            hist[hist_bucket(l << self.shift)] += 1;
+            space += l << self.shift;
+            if let Some(ix) = &self.by_size {
+                if !ix.contains(&(U::from_u64(l), U::from_u64(s))) {
+                    return bad(format!("segment {s}+{l} missing from the size index"));
+                }
+            }
+        }
+        if let Some(ix) = &self.by_size {
+            if ix.len() != self.by_start.len() {
+                return bad("size index length differs".into());
+            }
+        }
+        if hist != self.hist {
+            return bad("histogram differs from segments".into());
+        }
+        if space != self.space {
+            return bad(format!("space {} != sum of segments {space}", self.space));
+        }
+        Ok(())
+    }
+}
+
+impl<U: SegUnit> PartialEq for RangeTree<U> {
+    /// Same segments (region and indexing are not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.space == other.space && self.iter().eq(other.iter())
+    }
+}
+
+/// A range tree over a whole device (64-bit segment words).
+pub type WideRangeTree = RangeTree<u64>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> RangeTree {
+        RangeTree::new(0x1000, 0x100_0000, 12).unwrap()
+    }
+
+    #[test]
+    fn add_merges_both_sides() {
+        let mut t = tree();
+        t.add(0x1000, 0x1000).unwrap();
+        t.add(0x3000, 0x1000).unwrap();
+        assert_eq!(t.segment_count(), 2);
+        t.add(0x2000, 0x1000).unwrap();
+        assert_eq!(t.iter().collect::<Vec<_>>(), vec![(0x1000, 0x3000)]);
+        assert_eq!(t.largest(), 0x3000);
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn overlap_and_missing_are_errors() {
+        let mut t = tree();
+        t.add(0x4000, 0x4000).unwrap();
+        assert!(matches!(
+            t.add(0x7000, 0x2000),
+            Err(AllocError::DoubleFree { .. })
+        ));
+        assert!(matches!(
+            t.add(0x2000, 0x3000),
+            Err(AllocError::DoubleFree { .. })
+        ));
+        assert!(matches!(
+            t.remove(0x7000, 0x2000),
+            Err(AllocError::DoubleAlloc { .. })
+        ));
+        assert!(matches!(
+            t.remove(0x2000, 0x1000),
+            Err(AllocError::DoubleAlloc { .. })
+        ));
+        assert!(matches!(
+            t.add(0x1800, 0x1000),
+            Err(AllocError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            t.add(0x0, 0x1000),
+            Err(AllocError::OutOfRange { .. })
+        ));
+        assert_eq!(t.space(), 0x4000);
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn remove_splits() {
+        let mut t = tree();
+        t.add(0x1000, 0x10000).unwrap();
+        t.remove(0x5000, 0x2000).unwrap();
+        assert_eq!(
+            t.iter().collect::<Vec<_>>(),
+            vec![(0x1000, 0x4000), (0x7000, 0xa000)]
+        );
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn pickers() {
+        let mut t = tree();
+        t.add(0x1000, 0x2000).unwrap();
+        t.add(0x10000, 0x8000).unwrap();
+        t.add(0x40000, 0x3000).unwrap();
+        assert_eq!(t.find_best(0x3000, 0x1000), Some(0x40000));
+        assert_eq!(t.find_best(0x2000, 0x1000), Some(0x1000));
+        assert_eq!(t.find_best(0x2000, 0x8000), Some(0x40000));
+        assert_eq!(t.find_best(0x4000, 0x8000), Some(0x10000));
+        assert_eq!(t.find_best(0x9000, 0x1000), None);
+        assert_eq!(
+            t.find_first_from(0x2000, 0x1000, 0x1000, 1 << 30),
+            Some(0x1000)
+        );
+        assert_eq!(
+            t.find_first_from(0x3000, 0x1000, 0x1000, 1 << 30),
+            Some(0x10000)
+        );
+        assert_eq!(
+            t.find_first_from(0x41000, 0x3000, 0x1000, 1 << 30),
+            Some(0x40000)
+        );
+        assert_eq!(t.find_first_from(0x50000, 0x1000, 0x1000, 1 << 30), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! Class-level behaviour: sharded allocation over devices, slop, sync records, checkpoint.
+
+use ringpool_alloc::{
+    AllocClass, AllocError, ClassConfig, DeviceSpec, MetaslabClass, SmAction, SmRecord,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn class(devs: u32, shards: usize) -> MetaslabClass {
+    let c = MetaslabClass::new(ClassConfig {
+        shards,
+        slop_min: 2 * MIB,
+        ..ClassConfig::default()
+    });
+    for dev in 0..devs {
+        c.add_device(DeviceSpec {
+            dev,
+            start: 4 * MIB,
+            end: 68 * MIB,
+            ashift: 12,
+            ms_shift: 24,
+        })
+        .unwrap();
+    }
+    c
+}
+
+#[test]
+fn fills_to_slop_then_reserved_gets_the_rest() {
+    let c = class(2, 2);
+    let slop = c.slop_space();
+    assert_eq!(slop, 4 * MIB); // 128 MiB >> 5
+    let mut got = 0u64;
+    let mut per_dev = [0u64; 2];
+    loop {
+        match c.alloc(64 << 10, 5, (got >> 16) as usize % 2, AllocClass::Normal) {
+            Ok(e) => {
+                got += e.len;
+                per_dev[e.dev as usize] += e.len;
+            }
+            Err(AllocError::NoSpace { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(got >= 128 * MIB - slop - 2 * (1 << 20), "got {got}");
+    assert!(got <= 128 * MIB - slop + 2 * (1 << 20), "got {got}");
+    assert!(
+        per_dev[0] > 0 && per_dev[1] > 0,
+        "rotor spreads: {per_dev:?}"
+    );
+    while c.alloc(64 << 10, 5, 0, AllocClass::Reserved).is_ok() {
+        got += 64 << 10;
+    }
+    assert_eq!(got, 128 * MIB);
+    let st = c.stats();
+    assert_eq!(st.total.free, 0);
+    assert_eq!(st.total.allocated, 128 * MIB);
+    c.verify().unwrap();
+    let out = c.sync(5).unwrap();
+    let allocs: u64 = out
+        .devices
+        .iter()
+        .flat_map(|d| d.metaslabs.iter())
+        .flat_map(|(_, o)| o.sm_records.iter())
+        .map(|r| {
+            assert_eq!(r.action, SmAction::Alloc);
+            r.len
+        })
+        .sum();
+    assert_eq!(allocs, 128 * MIB);
+    c.sync_done(5).unwrap();
+    c.verify_quiesced().unwrap();
+}
+
+#[test]
+fn checkpoint_holds_and_discard_releases() {
+    let c = class(1, 1);
+    let e = c.alloc(8192, 5, 0, AllocClass::Normal).unwrap();
+    c.sync(5).unwrap();
+    c.sync_done(5).unwrap();
+    // checkpoint of txg 5 taken by an early task of txg 6
+    c.set_checkpoint_txg(5);
+    c.free(e, 5, 6).unwrap();
+    assert!(matches!(
+        c.free(e, 5, 6),
+        Err(AllocError::DoubleFree { .. })
+    ));
+    assert!(matches!(
+        c.free(e, 5, 7),
+        Err(AllocError::DoubleFree { .. })
+    ));
+    let out = c.sync(6).unwrap();
+    assert_eq!(
+        out.devices[0].ckpt_records,
+        vec![SmRecord::free(e.start, e.len)]
+    );
+    assert!(out.devices[0]
+        .metaslabs
+        .iter()
+        .all(|(_, o)| o.sm_records.is_empty()));
+    c.sync_done(6).unwrap();
+    assert_eq!(c.stats().total.checkpointed, 8192);
+    c.verify_checkpoint_extents(0, out.devices[0].ckpt_records.clone())
+        .unwrap();
+    for txg in 7..10 {
+        c.sync(txg).unwrap();
+        c.sync_done(txg).unwrap();
+    }
+    assert_eq!(c.stats().total.free, 64 * MIB - 8192);
+    // discard: early task clears the txg, then the extent goes back to freeing
+    c.clear_checkpoint_txg();
+    c.discard_checkpoint_extent(0, e.start, e.len).unwrap();
+    let out = c.sync(10).unwrap();
+    let recs: Vec<_> = out.devices[0]
+        .metaslabs
+        .iter()
+        .flat_map(|(_, o)| o.sm_records.clone())
+        .collect();
+    assert_eq!(recs, vec![SmRecord::free(e.start, e.len)]);
+    c.sync_done(10).unwrap();
+    assert_eq!(c.stats().total.checkpointed, 0);
+    c.sync(11).unwrap();
+    c.sync_done(11).unwrap();
+    c.sync(12).unwrap();
+    c.sync_done(12).unwrap();
+    assert_eq!(c.stats().total.free, 64 * MIB);
+    c.verify_quiesced().unwrap();
+}
+
+#[test]
+fn errors_are_typed() {
+    let c = class(1, 1);
+    let e = c.alloc(4096, 5, 0, AllocClass::Normal).unwrap();
+    assert!(matches!(
+        c.free(ringpool_alloc::Extent { dev: 9, ..e }, 5, 5),
+        Err(AllocError::UnknownDevice { dev: 9 })
+    ));
+    assert!(matches!(
+        c.free(
+            ringpool_alloc::Extent {
+                start: e.start + 1,
+                ..e
+            },
+            5,
+            5
+        ),
+        Err(AllocError::Misaligned { .. })
+    ));
+    assert!(matches!(
+        c.free(
+            ringpool_alloc::Extent {
+                start: 20 * MIB - 4096,
+                len: 8192,
+                dev: 0
+            },
+            1,
+            5
+        ),
+        Err(AllocError::OutOfRange { .. })
+    ));
+    c.sync(5).unwrap();
+    c.sync_done(5).unwrap();
+    assert!(matches!(c.free(e, 5, 5), Err(AllocError::TxgClosed { .. })));
+    c.free(e, 5, 6).unwrap();
+    c.sync(6).unwrap();
+    c.sync_done(6).unwrap();
+    assert!(matches!(
+        c.free(e, 5, 7),
+        Err(AllocError::DoubleFree { .. })
+    ));
+    assert!(c
+        .add_device(DeviceSpec {
+            dev: 0,
+            start: 0,
+            end: 64 * MIB,
+            ashift: 12,
+            ms_shift: 24
+        })
+        .is_err());
+}
