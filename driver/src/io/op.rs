@@ -1,0 +1,85 @@
+//! The future of one ring operation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use io_uring::squeue;
+
+use crate::io::error::IoError;
+use crate::io::reactor::{current_core, Completion, Core, OpData};
+
+/// One submitted SQE. Resolves to its [`Completion`], which hands back the resources the op
+/// lent to the kernel. Dropping it before completion orphans the slot: the reactor keeps the
+/// resources until the CQE and asks the kernel to cancel.
+pub(crate) struct Op {
+    core: Rc<Core>,
+    key: usize,
+    done: bool,
+}
+
+impl Op {
+    /// Submit `entry` (whose pointers reference memory owned by `data`) to the current reactor.
+    ///
+    /// The caller guarantees that every pointer in `entry` points into `data` (or to memory
+    /// that outlives the op, such as the fd number).
+    pub(crate) fn submit(entry: squeue::Entry, data: OpData) -> Result<Op, (IoError, OpData)> {
+        let Some(core) = current_core() else {
+            return Err((IoError::NotInReactor, data));
+        };
+        let key = core.driver.borrow_mut().submit(entry, data);
+        Ok(Op {
+            core,
+            key,
+            done: false,
+        })
+    }
+}
+
+impl Future for Op {
+    type Output = Completion;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
+        let r = self.core.driver.borrow_mut().poll_op(self.key, cx);
+        if r.is_ready() {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if !self.done {
+            match self.core.driver.try_borrow_mut() {
+                Ok(mut d) => d.orphan(self.key),
+                Err(_) => {
+                    // Cannot happen (no driver borrow is held while futures are dropped); if
+                    // it did, the slot would simply keep its resources forever, which is safe.
+                    tracing::error!("Op dropped while the driver was borrowed; slot leaked");
+                }
+            }
+        }
+    }
+}
+
+/// Submit and await, resubmitting on EAGAIN/EINTR. `make` builds the SQE from the op's data
+/// (called again for each retry, so pointers always refer to the data's current owner).
+pub(crate) async fn run_op(
+    mut make: impl FnMut(&mut OpData) -> squeue::Entry,
+    mut data: OpData,
+) -> (Result<i32, IoError>, OpData) {
+    loop {
+        let entry = make(&mut data);
+        let op = match Op::submit(entry, data) {
+            Ok(op) => op,
+            Err((e, d)) => return (Err(e), d),
+        };
+        let c = op.await;
+        data = c.data;
+        if c.res == -libc::EAGAIN || c.res == -libc::EINTR {
+            continue;
+        }
+        return (Ok(c.res), data);
+    }
+}

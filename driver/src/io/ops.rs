@@ -1,0 +1,438 @@
+//! Ring operations, ownership-passing like tokio-uring: buffers go in by value and come back
+//! with the result, so the reactor's in-flight slot can own them while the kernel works.
+//!
+//! All functions must be awaited on a reactor thread; elsewhere they return
+//! [`IoError::NotInReactor`]. EAGAIN/EINTR completions are resubmitted transparently. Errors
+//! carry no device context ([`IoError::Os`]); the engines add it.
+//!
+//! Buffer regions:
+//! * `read_at`/`write_at` transfer `buf[..len]` (one op; may be short). `read_exact_at` /
+//!   `write_all_at` loop over short transfers; a read that hits EOF fails with
+//!   [`IoError::UnexpectedEof`].
+//! * `recv` appends: it receives into `buf[len..capacity]` and grows `len`. `recv_into`
+//!   receives into an explicit window `buf[range]` (any range within the capacity) and leaves
+//!   `len` alone; `recv_exact_into` loops until the window is full (EOF = UnexpectedEof).
+//! * `send` sends `buf[..len]` once; `send_all` loops until all of it is sent; `send_range`
+//!   sends a window. Sends use MSG_NOSIGNAL (a closed peer gives EPIPE, not SIGPIPE).
+//!
+//! A file descriptor is passed as [`FileRef`]: a raw fd (kept open by the caller until the op
+//! completes) or an index into the ring's registered file table.
+
+use std::ops::Range;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use io_uring::{opcode, squeue, types};
+
+use crate::io::buf::IoBuf;
+use crate::io::error::{IoError, OpKind};
+use crate::io::op::run_op;
+use crate::io::reactor::{current_registered_arena, OpData, SockAddrBuf};
+
+/// Largest single read/write/send/recv submitted; longer transfers are split by the loops.
+const MAX_XFER: usize = 1 << 30;
+
+/// A file for a ring op: a raw descriptor or a registered (fixed) file index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRef {
+    /// A plain descriptor.
+    Raw(RawFd),
+    /// An index into the current ring's registered file table.
+    Fixed(u32),
+}
+
+impl From<RawFd> for FileRef {
+    fn from(fd: RawFd) -> FileRef {
+        FileRef::Raw(fd)
+    }
+}
+
+/// Build an SQE with either a raw or a fixed fd.
+macro_rules! with_fd {
+    ($f:expr, |$t:ident| $e:expr) => {
+        match $f {
+            FileRef::Raw(r) => {
+                let $t = types::Fd(r);
+                $e
+            }
+            FileRef::Fixed(i) => {
+                let $t = types::Fixed(i);
+                $e
+            }
+        }
+    };
+}
+
+fn os(op: OpKind, res: i32) -> IoError {
+    IoError::Os {
+        op,
+        errno: res.saturating_neg(),
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n.min(MAX_XFER)).unwrap_or(u32::MAX)
+}
+
+/// Fixed-buffer index usable for `buf` on this ring, if any.
+fn fixed_index(buf: &IoBuf) -> Option<u16> {
+    let (idx, arena) = buf.fixed()?;
+    (current_registered_arena() == Some(arena)).then_some(idx)
+}
+
+/// Read into `buf[range]` at `offset` (one op). `range` must lie within the capacity.
+async fn read_window(
+    fd: FileRef,
+    mut buf: IoBuf,
+    range: Range<usize>,
+    offset: u64,
+) -> (Result<usize, IoError>, IoBuf) {
+    if range.start > range.end || range.end > buf.capacity() {
+        return (Err(os(OpKind::Read, -libc::EINVAL)), buf);
+    }
+    // SAFETY: range.start <= capacity, so the pointer stays within (or one past) the block.
+    let ptr = unsafe { buf.as_mut_ptr().add(range.start) };
+    let len = to_u32(range.end - range.start);
+    let fixed = fixed_index(&buf);
+    let make = move |_: &mut OpData| -> squeue::Entry {
+        match fixed {
+            Some(idx) => with_fd!(fd, |f| opcode::ReadFixed::new(f, ptr, len, idx)
+                .offset(offset)
+                .build()),
+            None => with_fd!(fd, |f| opcode::Read::new(f, ptr, len)
+                .offset(offset)
+                .build()),
+        }
+    };
+    let (r, data) = run_op(make, OpData::Buf(buf)).await;
+    let OpData::Buf(buf) = data else {
+        // run_op always returns the data it was given.
+        return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
+    };
+    match r {
+        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), buf),
+        Ok(n) => (Err(os(OpKind::Read, n)), buf),
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Write `buf[range]` at `offset` (one op).
+async fn write_window(
+    fd: FileRef,
+    buf: IoBuf,
+    range: Range<usize>,
+    offset: u64,
+) -> (Result<usize, IoError>, IoBuf) {
+    if range.start > range.end || range.end > buf.capacity() {
+        return (Err(os(OpKind::Write, -libc::EINVAL)), buf);
+    }
+    // SAFETY: range.start <= capacity.
+    let ptr = unsafe { buf.as_ptr().add(range.start) };
+    let len = to_u32(range.end - range.start);
+    let fixed = fixed_index(&buf);
+    let make = move |_: &mut OpData| -> squeue::Entry {
+        match fixed {
+            Some(idx) => with_fd!(fd, |f| opcode::WriteFixed::new(f, ptr, len, idx)
+                .offset(offset)
+                .build()),
+            None => with_fd!(fd, |f| opcode::Write::new(f, ptr, len)
+                .offset(offset)
+                .build()),
+        }
+    };
+    let (r, data) = run_op(make, OpData::Buf(buf)).await;
+    let OpData::Buf(buf) = data else {
+        return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
+    };
+    match r {
+        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), buf),
+        Ok(n) => (Err(os(OpKind::Write, n)), buf),
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Read up to `buf.len()` bytes at `offset` into `buf[..len]` (one op; may be short).
+pub async fn read_at(
+    fd: impl Into<FileRef>,
+    buf: IoBuf,
+    offset: u64,
+) -> (Result<usize, IoError>, IoBuf) {
+    let len = buf.len();
+    read_window(fd.into(), buf, 0..len, offset).await
+}
+
+/// Write up to `buf.len()` bytes of `buf[..len]` at `offset` (one op; may be short).
+pub async fn write_at(
+    fd: impl Into<FileRef>,
+    buf: IoBuf,
+    offset: u64,
+) -> (Result<usize, IoError>, IoBuf) {
+    let len = buf.len();
+    write_window(fd.into(), buf, 0..len, offset).await
+}
+
+/// Read exactly `buf.len()` bytes at `offset`, continuing after short reads.
+pub async fn read_exact_at(
+    fd: impl Into<FileRef>,
+    mut buf: IoBuf,
+    offset: u64,
+) -> (Result<(), IoError>, IoBuf) {
+    let fd = fd.into();
+    let total = buf.len();
+    let mut done = 0usize;
+    while done < total {
+        let off = offset + done as u64;
+        let (r, b) = read_window(fd, buf, done..total, off).await;
+        buf = b;
+        match r {
+            Ok(0) => {
+                return (
+                    Err(IoError::UnexpectedEof {
+                        op: OpKind::Read,
+                        offset,
+                        done: done as u64,
+                        expected: total as u64,
+                    }),
+                    buf,
+                )
+            }
+            Ok(n) => done += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// Write all of `buf[..len]` at `offset`, continuing after short writes.
+pub async fn write_all_at(
+    fd: impl Into<FileRef>,
+    mut buf: IoBuf,
+    offset: u64,
+) -> (Result<(), IoError>, IoBuf) {
+    let fd = fd.into();
+    let total = buf.len();
+    let mut done = 0usize;
+    while done < total {
+        let off = offset + done as u64;
+        let (r, b) = write_window(fd, buf, done..total, off).await;
+        buf = b;
+        match r {
+            Ok(0) => {
+                return (
+                    Err(IoError::UnexpectedEof {
+                        op: OpKind::Write,
+                        offset,
+                        done: done as u64,
+                        expected: total as u64,
+                    }),
+                    buf,
+                )
+            }
+            Ok(n) => done += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// fsync (or fdatasync when `datasync`) through the ring.
+pub async fn fsync(fd: impl Into<FileRef>, datasync: bool) -> Result<(), IoError> {
+    let fd = fd.into();
+    let flags = if datasync {
+        types::FsyncFlags::DATASYNC
+    } else {
+        types::FsyncFlags::empty()
+    };
+    let make = move |_: &mut OpData| with_fd!(fd, |f| opcode::Fsync::new(f).flags(flags).build());
+    match run_op(make, OpData::None).await.0 {
+        Ok(n) if n >= 0 => Ok(()),
+        Ok(n) => Err(os(OpKind::Flush, n)),
+        Err(e) => Err(e),
+    }
+}
+
+/// fallocate(2) through the ring (`mode` as in fallocate, e.g.
+/// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`).
+pub async fn fallocate(
+    fd: impl Into<FileRef>,
+    mode: i32,
+    offset: u64,
+    len: u64,
+) -> Result<(), IoError> {
+    let fd = fd.into();
+    let make = move |_: &mut OpData| {
+        with_fd!(fd, |f| opcode::Fallocate::new(f, len)
+            .offset(offset)
+            .mode(mode)
+            .build())
+    };
+    match run_op(make, OpData::None).await.0 {
+        Ok(n) if n >= 0 => Ok(()),
+        Ok(n) => Err(os(OpKind::Fallocate, n)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Receive into `buf[range]` (one op). Returns the byte count (0 = EOF). `len` is unchanged.
+pub async fn recv_into(
+    fd: impl Into<FileRef>,
+    mut buf: IoBuf,
+    range: Range<usize>,
+) -> (Result<usize, IoError>, IoBuf) {
+    let fd = fd.into();
+    if range.start > range.end || range.end > buf.capacity() {
+        return (Err(os(OpKind::Recv, -libc::EINVAL)), buf);
+    }
+    // SAFETY: range.start <= capacity.
+    let ptr = unsafe { buf.as_mut_ptr().add(range.start) };
+    let len = to_u32(range.end - range.start);
+    let make = move |_: &mut OpData| with_fd!(fd, |f| opcode::Recv::new(f, ptr, len).build());
+    let (r, data) = run_op(make, OpData::Buf(buf)).await;
+    let OpData::Buf(buf) = data else {
+        return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
+    };
+    match r {
+        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), buf),
+        Ok(n) => (Err(os(OpKind::Recv, n)), buf),
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Receive into the spare capacity `buf[len..capacity]` and grow `len` (one op).
+pub async fn recv(fd: impl Into<FileRef>, buf: IoBuf) -> (Result<usize, IoError>, IoBuf) {
+    let start = buf.len();
+    let cap = buf.capacity();
+    let (r, mut buf) = recv_into(fd, buf, start..cap).await;
+    if let Ok(n) = r {
+        buf.set_len(start + n);
+    }
+    (r, buf)
+}
+
+/// Receive until `buf[range]` is full. EOF before that is [`IoError::UnexpectedEof`].
+pub async fn recv_exact_into(
+    fd: impl Into<FileRef>,
+    mut buf: IoBuf,
+    range: Range<usize>,
+) -> (Result<(), IoError>, IoBuf) {
+    let fd = fd.into();
+    let mut at = range.start;
+    while at < range.end {
+        let (r, b) = recv_into(fd, buf, at..range.end).await;
+        buf = b;
+        match r {
+            Ok(0) => {
+                return (
+                    Err(IoError::UnexpectedEof {
+                        op: OpKind::Recv,
+                        offset: 0,
+                        done: (at - range.start) as u64,
+                        expected: (range.end - range.start) as u64,
+                    }),
+                    buf,
+                )
+            }
+            Ok(n) => at += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// Send `buf[range]` once (may be short).
+pub async fn send_range(
+    fd: impl Into<FileRef>,
+    buf: IoBuf,
+    range: Range<usize>,
+) -> (Result<usize, IoError>, IoBuf) {
+    let fd = fd.into();
+    if range.start > range.end || range.end > buf.capacity() {
+        return (Err(os(OpKind::Send, -libc::EINVAL)), buf);
+    }
+    // SAFETY: range.start <= capacity.
+    let ptr = unsafe { buf.as_ptr().add(range.start) };
+    let len = to_u32(range.end - range.start);
+    let make = move |_: &mut OpData| {
+        with_fd!(fd, |f| opcode::Send::new(f, ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build())
+    };
+    let (r, data) = run_op(make, OpData::Buf(buf)).await;
+    let OpData::Buf(buf) = data else {
+        return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
+    };
+    match r {
+        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), buf),
+        Ok(n) => (Err(os(OpKind::Send, n)), buf),
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Send `buf[..len]` once (may be short).
+pub async fn send(fd: impl Into<FileRef>, buf: IoBuf) -> (Result<usize, IoError>, IoBuf) {
+    let len = buf.len();
+    send_range(fd, buf, 0..len).await
+}
+
+/// Send all of `buf[..len]`.
+pub async fn send_all(fd: impl Into<FileRef>, mut buf: IoBuf) -> (Result<(), IoError>, IoBuf) {
+    let fd = fd.into();
+    let total = buf.len();
+    let mut at = 0;
+    while at < total {
+        let (r, b) = send_range(fd, buf, at..total).await;
+        buf = b;
+        match r {
+            Ok(0) => return (Err(os(OpKind::Send, -libc::EPIPE)), buf),
+            Ok(n) => at += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// Accept one connection on a listening socket (the new fd is CLOEXEC).
+pub async fn accept(fd: impl Into<FileRef>) -> Result<OwnedFd, IoError> {
+    let fd = fd.into();
+    let make = move |_: &mut OpData| {
+        with_fd!(fd, |f| opcode::Accept::new(
+            f,
+            std::ptr::null_mut(),
+            std::ptr::null_mut()
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build())
+    };
+    match run_op(make, OpData::None).await.0 {
+        // SAFETY: a non-negative accept result is a fresh descriptor owned by us.
+        Ok(n) if n >= 0 => Ok(unsafe { OwnedFd::from_raw_fd(n) }),
+        Ok(n) => Err(os(OpKind::Accept, n)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Connect a socket to `addr` through the ring.
+pub(crate) async fn connect_raw(fd: FileRef, addr: SockAddrBuf) -> Result<(), IoError> {
+    let addr = Box::new(addr);
+    let ptr = std::ptr::from_ref(&addr.storage).cast::<libc::sockaddr>();
+    let len = addr.len;
+    let make = move |_: &mut OpData| with_fd!(fd, |f| opcode::Connect::new(f, ptr, len).build());
+    match run_op(make, OpData::Addr(addr)).await.0 {
+        Ok(n) if n >= 0 => Ok(()),
+        Ok(n) => Err(os(OpKind::Connect, n)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Shut down one or both directions of a socket (plain syscall; never blocks).
+pub fn shutdown(fd: RawFd, how: std::net::Shutdown) -> Result<(), IoError> {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: plain syscall on a descriptor number.
+    if unsafe { libc::shutdown(fd, how) } < 0 {
+        return Err(IoError::last_os(OpKind::Other));
+    }
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! Per-thread reactors: a minimal single-threaded async executor driving one io_uring.
+//!
+//! * [`block_on`] runs a reactor on the calling thread until a future completes (tests, CLI,
+//!   the txg sync thread, the discard thread).
+//! * [`ReactorSet`] starts one pinned thread per reactor; [`ReactorSet::spawn_on`] ships a
+//!   `Send` closure to a reactor which builds the (possibly `!Send`) future there.
+//! * Inside a reactor: [`spawn_local`], [`current_reactor_index`], [`ring_info`],
+//!   [`crate::io::sleep`], [`crate::io::yield_now`] and the ring ops of [`crate::io::ops`].
+//!
+//! The loop: poll the root future when woken, drain cross-thread wake-ups and injected spawns,
+//! poll up to a budget of runnable tasks, then one ring turn (submit everything queued; block
+//! for a completion only when nothing is runnable). Cross-thread wakes write the reactor's
+//! eventfd, on which a read is kept armed in the ring, so a blocked reactor wakes up.
+
+mod driver;
+mod set;
+pub(crate) mod task;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+pub(crate) use driver::{Completion, Driver, OpData, SockAddrBuf};
+pub use set::{ReactorHandle, ReactorSet};
+pub use task::{JoinError, JoinHandle};
+
+use crate::io::buf::Arena;
+use crate::io::error::{IoError, OpKind};
+use task::{Executor, JoinInner, TaskFuture, TaskWaker, MAIN_TASK};
+
+/// Reactor configuration.
+#[derive(Debug, Clone)]
+pub struct ReactorConfig {
+    /// Number of reactor threads for [`ReactorSet`] (default: number of cores).
+    pub reactors: usize,
+    /// Pin reactor `i` to core `i % cores` (default true). Ignored by [`block_on`].
+    pub pin: bool,
+    /// SQ size (rounded up to a power of two; default 256). The CQ is twice as large.
+    pub entries: u32,
+    /// SQPOLL with this idle time in ms (default off: on 2 cores it costs a core).
+    pub sqpoll: Option<u32>,
+    /// Bytes of the per-reactor buffer arena used by [`crate::io::buf::alloc`] (default
+    /// 16 MiB; 0 disables the arena). Mapped lazily on first use.
+    pub arena_bytes: usize,
+    /// Register the arena with the ring (fixed buffers) when RLIMIT_MEMLOCK allows
+    /// (default true).
+    pub register_buffers: bool,
+    /// Maximum tasks polled per loop iteration before the ring is serviced (default 128).
+    pub task_budget: usize,
+    /// Thread name prefix for [`ReactorSet`] threads (default "ringpool-r").
+    pub thread_name: String,
+}
+
+impl Default for ReactorConfig {
+    fn default() -> ReactorConfig {
+        ReactorConfig {
+            reactors: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            pin: true,
+            entries: 256,
+            sqpoll: None,
+            arena_bytes: 16 << 20,
+            register_buffers: true,
+            task_budget: 128,
+            thread_name: "ringpool-r".to_string(),
+        }
+    }
+}
+
+/// How the ring runs completion task work (chosen by probing at setup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskRunMode {
+    /// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
+    DeferTaskrun,
+    /// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG.
+    CoopTaskrun,
+    /// No special flags.
+    Plain,
+}
+
+/// What a reactor's ring ended up with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingInfo {
+    /// Task-run mode chosen by the probe.
+    pub mode: TaskRunMode,
+    /// Actual SQ entries.
+    pub sq_entries: u32,
+    /// Actual CQ entries.
+    pub cq_entries: u32,
+    /// SQPOLL active.
+    pub sqpoll: bool,
+    /// The buffer arena is registered as fixed buffer 0.
+    pub registered_buffers: bool,
+    /// Bytes of the arena (0 until first [`crate::io::buf::alloc`] or when disabled).
+    pub arena_bytes: usize,
+}
+
+/// State of a reactor shared with other threads (wakers, spawners).
+pub(crate) struct Shared {
+    /// Cross-thread wake-ups (task key, generation).
+    pub(crate) remote: Mutex<Vec<(usize, u64)>>,
+    /// Closures shipped by spawn_on; called with `true` to spawn, `false` to reject.
+    injected: Mutex<Injected>,
+    /// An eventfd write is outstanding (its read CQE not yet processed).
+    pub(crate) signal_pending: AtomicBool,
+    /// The root future was woken.
+    pub(crate) main_woken: AtomicBool,
+    /// ReactorSet asked this reactor to stop.
+    shutdown: AtomicBool,
+    pub(crate) eventfd: OwnedFd,
+}
+
+type InjectedFn = Box<dyn FnOnce(bool) + Send>;
+
+struct Injected {
+    accepting: bool,
+    queue: Vec<InjectedFn>,
+}
+
+impl Shared {
+    fn new() -> Result<Arc<Shared>, IoError> {
+        // SAFETY: plain syscall without pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(IoError::last_os(OpKind::Other));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Arc::new(Shared {
+            remote: Mutex::new(Vec::new()),
+            injected: Mutex::new(Injected {
+                accepting: true,
+                queue: Vec::new(),
+            }),
+            signal_pending: AtomicBool::new(false),
+            main_woken: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            eventfd,
+        }))
+    }
+
+    /// Wake the reactor thread (at most one eventfd write per processed wake-up CQE).
+    pub(crate) fn signal(&self) {
+        if !self.signal_pending.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live local into our eventfd.
+            let r = unsafe {
+                libc::write(
+                    self.eventfd.as_raw_fd(),
+                    std::ptr::from_ref(&one).cast::<libc::c_void>(),
+                    8,
+                )
+            };
+            debug_assert_eq!(r, 8);
+        }
+    }
+
+    /// Queue a spawn closure; returns it back if the reactor no longer accepts work.
+    fn inject(&self, f: InjectedFn) -> Result<(), InjectedFn> {
+        {
+            let mut inj = self.injected.lock();
+            if !inj.accepting {
+                return Err(f);
+            }
+            inj.queue.push(f);
+        }
+        self.signal();
+        Ok(())
+    }
+}
+
+/// Everything a reactor thread owns.
+pub(crate) struct Core {
+    pub(crate) index: Option<usize>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) exec: Executor,
+    // Declared before `arena`: the ring is torn down (after quiescing) before the arena's
+    // Arc is released.
+    pub(crate) driver: RefCell<Driver>,
+    arena: RefCell<Option<Arc<Arena>>>,
+    arena_tried: std::cell::Cell<bool>,
+    cfg: ReactorConfig,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+}
+
+/// The reactor running on this thread, if any.
+pub(crate) fn current_core() -> Option<Rc<Core>> {
+    CURRENT
+        .try_with(|c| c.try_borrow().ok().and_then(|c| c.clone()))
+        .ok()
+        .flatten()
+}
+
+/// Run `f` with the current reactor's arena (mapping and registering it on first use).
+pub(crate) fn with_arena<R>(f: impl FnOnce(&Arc<Arena>) -> R) -> Option<R> {
+    let core = current_core()?;
+    core.ensure_arena();
+    let arena = core.arena.borrow().clone()?;
+    Some(f(&arena))
+}
+
+/// Id of the current reactor's registered arena (fixed buffers usable with this ring).
+pub(crate) fn current_registered_arena() -> Option<u64> {
+    let core = current_core()?;
+    let a = core.arena.borrow();
+    a.as_ref().filter(|a| a.registered).map(|a| a.id)
+}
+
+impl Core {
+    fn new(cfg: &ReactorConfig, index: Option<usize>) -> Result<Rc<Core>, IoError> {
+        let shared = Shared::new()?;
+        let driver = Driver::new(cfg.entries, cfg.sqpoll, Arc::clone(&shared))
+            .map_err(IoError::RingSetup)?;
+        Ok(Rc::new(Core {
+            index,
+            shared,
+            exec: Executor::new(),
+            driver: RefCell::new(driver),
+            arena: RefCell::new(None),
+            arena_tried: std::cell::Cell::new(false),
+            cfg: cfg.clone(),
+        }))
+    }
+
+    /// Map the arena and register it as fixed buffer 0 if allowed (once).
+    fn ensure_arena(&self) {
+        if self.arena_tried.replace(true) || self.cfg.arena_bytes == 0 {
+            return;
+        }
+        let Some(mut arena) = Arena::map(self.cfg.arena_bytes) else {
+            return;
+        };
+        if self.cfg.register_buffers && memlock_allows(arena.iovec().iov_len) {
+            let iov = [arena.iovec()];
+            let driver = self.driver.borrow();
+            // SAFETY: the iovec describes the arena mapping, which lives until the last Arc
+            // (held by the Core and by every arena IoBuf) is dropped; the kernel pins the pages
+            // at registration and unpins them when the ring closes.
+            let r = unsafe { driver.ring().submitter().register_buffers(&iov) };
+            if r.is_ok() {
+                arena.registered = true;
+            } else {
+                tracing::debug!("register_buffers refused ({r:?}); arena used unregistered");
+            }
+        }
+        {
+            let mut d = self.driver.borrow_mut();
+            let info = d.info_mut();
+            info.registered_buffers = arena.registered;
+            info.arena_bytes = arena.iovec().iov_len;
+        }
+        *self.arena.borrow_mut() = Some(Arc::new(arena));
+    }
+
+    /// Drain cross-thread wake-ups and injected spawns into the local run queue.
+    fn drain_remote(self: &Rc<Self>) {
+        let woken: Vec<(usize, u64)> = std::mem::take(&mut *self.shared.remote.lock());
+        for (k, g) in woken {
+            self.exec.schedule(k, g);
+        }
+        let injected: Vec<InjectedFn> = {
+            let mut inj = self.shared.injected.lock();
+            if inj.queue.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut inj.queue)
+            }
+        };
+        for f in injected {
+            f(true);
+        }
+    }
+
+    fn has_remote_work(&self) -> bool {
+        !self.shared.remote.lock().is_empty() || !self.shared.injected.lock().queue.is_empty()
+    }
+
+    /// Run the loop until `fut` completes.
+    fn run<F: Future>(self: &Rc<Self>, fut: F) -> Result<F::Output, IoError> {
+        let mut fut = pin!(fut);
+        let main_waker = Waker::from(Arc::new(TaskWaker {
+            shared: Arc::clone(&self.shared),
+            key: MAIN_TASK,
+            gen: 0,
+        }));
+        let mut cx = Context::from_waker(&main_waker);
+        self.shared.main_woken.store(true, Ordering::SeqCst);
+        let budget = self.cfg.task_budget.max(1);
+        loop {
+            if self.shared.main_woken.swap(false, Ordering::SeqCst) {
+                if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                    return Ok(v);
+                }
+            }
+            self.drain_remote();
+            self.exec.run_ready(budget);
+            let idle = self.exec.is_idle()
+                && !self.shared.main_woken.load(Ordering::SeqCst)
+                && !self.has_remote_work();
+            let r = self.driver.borrow_mut().turn(idle);
+            if let Err(e) = r {
+                return Err(IoError::from_std(OpKind::Other, &e));
+            }
+        }
+    }
+
+    /// Stop accepting injected work and reject what is queued.
+    fn close_injection(&self) {
+        let rejected: Vec<InjectedFn> = {
+            let mut inj = self.shared.injected.lock();
+            inj.accepting = false;
+            std::mem::take(&mut inj.queue)
+        };
+        for f in rejected {
+            f(false);
+        }
+    }
+}
+
+fn memlock_allows(bytes: usize) -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into our local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return false;
+    }
+    // Root normally has CAP_IPC_LOCK, which bypasses the limit.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root || lim.rlim_cur == libc::RLIM_INFINITY
+        || u64::try_from(bytes).is_ok_and(|b| b <= lim.rlim_cur)
+}
+
+/// Installs `core` as the thread's reactor; on drop cancels the tasks and uninstalls it.
+struct CurrentGuard {
+    core: Rc<Core>,
+}
+
+impl CurrentGuard {
+    fn install(core: Rc<Core>) -> Result<CurrentGuard, IoError> {
+        CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_some() {
+                return Err(IoError::ReactorStart {
+                    index: core.index.unwrap_or(0),
+                    reason: "a reactor is already running on this thread (nested block_on)".into(),
+                });
+            }
+            *c = Some(Rc::clone(&core));
+            Ok(())
+        })?;
+        Ok(CurrentGuard { core })
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        self.core.close_injection();
+        // Tasks are dropped while the reactor is still current, so their in-flight ops can
+        // orphan themselves into the slab.
+        self.core.exec.cancel_all();
+        let _ = CURRENT.try_with(|c| c.borrow_mut().take());
+    }
+}
+
+fn run_reactor<F: Future>(
+    cfg: &ReactorConfig,
+    index: Option<usize>,
+    fut: F,
+) -> Result<F::Output, IoError> {
+    let core = Core::new(cfg, index)?;
+    run_on_core(core, fut)
+}
+
+fn run_on_core<F: Future>(core: Rc<Core>, fut: F) -> Result<F::Output, IoError> {
+    let guard = CurrentGuard::install(Rc::clone(&core))?;
+    let r = core.run(fut);
+    drop(guard);
+    // The last Rc: the driver quiesces the ring (waits for every in-flight CQE) on drop.
+    drop(core);
+    r
+}
+
+/// Run a reactor on the current thread until `fut` completes. Tasks spawned with
+/// [`spawn_local`] that are still running when `fut` completes are cancelled (dropped).
+pub fn block_on<F: Future>(cfg: &ReactorConfig, fut: F) -> Result<F::Output, IoError> {
+    run_reactor(cfg, None, fut)
+}
+
+/// Spawn a task on the current reactor. The future need not be `Send`.
+///
+/// # Panics
+/// When called outside a reactor thread (a programming error; every caller of this is code
+/// that already runs inside `block_on` or a `ReactorSet`).
+pub fn spawn_local<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    let core = current_core().expect("io::spawn_local called outside a reactor");
+    let join = JoinInner::new();
+    core.exec.spawn(
+        &core.shared,
+        Box::pin(TaskFuture::new(fut, Arc::clone(&join))),
+    );
+    JoinHandle::from_inner(join)
+}
+
+/// Like [`spawn_local`] but returns `None` instead of panicking outside a reactor.
+pub fn try_spawn_local<F>(fut: F) -> Option<JoinHandle<F::Output>>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    current_core()?;
+    Some(spawn_local(fut))
+}
+
+/// Index of the current reactor within its [`ReactorSet`]; `None` in `block_on` or outside.
+pub fn current_reactor_index() -> Option<usize> {
+    current_core().and_then(|c| c.index)
+}
+
+/// True when the calling thread runs a reactor.
+pub fn in_reactor() -> bool {
+    current_core().is_some()
+}
+
+/// What the current reactor's ring setup probe chose.
+pub fn ring_info() -> Option<RingInfo> {
+    current_core().map(|c| c.driver.borrow().info().clone())
+}
+
+/// Number of live tasks and ops with a slot on the current reactor (diagnostics and tests).
+pub fn reactor_stats() -> Option<(usize, usize)> {
+    current_core().map(|c| (c.exec.task_count(), c.driver.borrow().op_count()))
+}
