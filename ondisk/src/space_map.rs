@@ -862,7 +862,7 @@ mod tests {
         assert_eq!(w.len(), 7);
         assert_eq!(
             enc.alloc_delta_units(),
-            3 - SM_RUN_MAX as i64 - (SM_RUN_MAX as i64 + 1) + 1
+            3 - 2 * i64::try_from(SM_RUN_MAX).unwrap() - 1 + 1
         );
     }
 
@@ -923,7 +923,10 @@ mod tests {
                 SpaceMapEntry::new(SmAction::Free, 10 + 2 * SM2_RUN_MAX, 5),
             ]
         );
-        assert_eq!(enc.alloc_delta_units(), -(2 * SM2_RUN_MAX as i64 + 5));
+        assert_eq!(
+            enc.alloc_delta_units(),
+            -(2 * i64::try_from(SM2_RUN_MAX).unwrap() + 5)
+        );
     }
 
     #[test]
