@@ -509,3 +509,60 @@ fn read_string(r: &mut Reader<'_>, len: usize, field: &'static str) -> Result<St
         reason: "not UTF-8",
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn largest_label_fits_the_area() {
+        let devices: Vec<_> = (1..=u64::from(MAX_DEVICES))
+            .map(|g| DeviceEntry {
+                guid: g,
+                size: 1 << 40,
+                ashift: 12,
+                ms_shift: 30,
+                added_txg: g,
+            })
+            .collect();
+        let h = LabelHeader {
+            pool_name: "p".repeat(MAX_POOL_NAME),
+            pool_guid: 1,
+            device_guid: 1024,
+            device_index: 1023,
+            devices,
+            ashift: 12,
+            ms_shift: 30,
+            state: PoolState::Exported,
+            host: HostInfo {
+                hostname: "h".repeat(MAX_HOSTNAME),
+                host_id: 1,
+                pid: 1,
+            },
+            creation_time: 0,
+            config_txg: 0,
+        };
+        let b = h.encode().unwrap();
+        assert!(b.len() <= LABEL_HEADER_AREA_SIZE);
+        assert_eq!(LabelHeader::decode(&b).unwrap(), h);
+        let mut too_many = h.clone();
+        too_many.devices.push(DeviceEntry {
+            guid: 5000,
+            size: 1 << 40,
+            ashift: 12,
+            ms_shift: 30,
+            added_txg: 0,
+        });
+        assert!(too_many.encode().is_err());
+    }
+
+    #[test]
+    fn pool_names() {
+        for ok in ["tank", "a", "Pool_1.x:y-z"] {
+            validate_pool_name(ok).unwrap();
+        }
+        for bad in ["", "1tank", "ta/nk", "tank ", "t\0", "tänk", "-x"] {
+            assert!(validate_pool_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -33,6 +33,6 @@ pub use nvlist::{NvList, NvValue};
 pub use object::{Bonus, ObjectFlags, ObjectRecord, ObjectType};
 pub use space_map::{
     ReplayEntry, SmAction, SmDebug, SmItem, SmRecord, SpaceMapEncoder, SpaceMapEntry,
-    SpaceMapHeader, SpaceMapIter,
+    SpaceMapHeader, SpaceMapIter, TailPop,
 };
 pub use uberblock::Uberblock;

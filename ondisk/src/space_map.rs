@@ -424,6 +424,34 @@ impl SpaceMapEncoder {
         Ok(())
     }
 
+    /// Like [`Self::write_batch`] with byte ranges `(start, len)` (absolute device offsets, as
+    /// the allocator reports them) converted to units of the map whose region starts at
+    /// `map_start` with unit `2^shift`.
+    pub fn write_byte_batch<I>(
+        &mut self,
+        action: SmAction,
+        sync_pass: u16,
+        txg: u64,
+        map_start: u64,
+        shift: u8,
+        ranges: I,
+    ) -> Result<()>
+    where
+        I: IntoIterator<Item = (u64, u64)>,
+    {
+        self.debug(SmDebug {
+            action,
+            sync_pass,
+            txg,
+        })?;
+        for (start, len) in ranges {
+            self.entry(SpaceMapEntry::from_bytes(
+                action, start, len, map_start, shift,
+            )?)?;
+        }
+        Ok(())
+    }
+
     /// The pending bytes cut at block boundaries: `(block id, offset in block, bytes)`.
     pub fn chunks(&self) -> SmChunks<'_> {
         SmChunks {
@@ -589,6 +617,58 @@ pub fn decode_block(block: &[u8]) -> Result<Vec<SmItem>> {
         });
         pos += usize::from(len);
     }
+    Ok(out)
+}
+
+/// What [`pop_tail`] removed from the end of a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailPop {
+    /// Entries removed, last one first (reverse log order).
+    pub entries: Vec<SpaceMapEntry>,
+    /// Bytes to cut from the map's length (entries, debug and padding words).
+    pub bytes_removed: u64,
+    /// Change to apply to the map's net allocation, in units (−run per ALLOC removed, +run per
+    /// FREE removed).
+    pub alloc_delta_units: i64,
+    /// True if the whole block was consumed (continue with the previous block).
+    pub block_emptied: bool,
+}
+
+/// Removes entries from the end of a map, for a tail-first incremental destroy (checkpoint
+/// discard): `block` is the valid part of the map's last block (from the block start up to the
+/// map length). Walks the block's records backwards, dropping debug and padding words and up to
+/// `max_entries` entries; stops before the first entry over budget (debug words after it are
+/// still dropped, as they describe nothing that remains).
+pub fn pop_tail(block: &[u8], max_entries: usize) -> Result<TailPop> {
+    let items = decode_block(block)?;
+    let mut out = TailPop {
+        entries: Vec::new(),
+        bytes_removed: 0,
+        alloc_delta_units: 0,
+        block_emptied: false,
+    };
+    let mut consumed_all = true;
+    for item in items.iter().rev() {
+        if let SmRecord::Entry(e) = item.record {
+            if out.entries.len() >= max_entries {
+                consumed_all = false;
+                break;
+            }
+            let run = i64::try_from(e.run).map_err(|_| invalid("run", e.run, "too long"))?;
+            let d = match e.action {
+                SmAction::Alloc => -run,
+                SmAction::Free => run,
+            };
+            out.alloc_delta_units = out.alloc_delta_units.checked_add(d).ok_or(invalid(
+                "run",
+                e.run,
+                "net allocation overflows i64",
+            ))?;
+            out.entries.push(e);
+        }
+        out.bytes_removed += u64::from(item.len);
+    }
+    out.block_emptied = consumed_all;
     Ok(out)
 }
 
@@ -762,6 +842,19 @@ impl SpaceMapHeader {
     pub fn histogram_remove(&mut self, size: u64, shift: u8) {
         let b = histogram_bucket(size, shift);
         self.histogram[b] = self.histogram[b].saturating_sub(1);
+    }
+
+    /// Replaces the histogram with a byte-length histogram (`bytes_hist[i]` counts segments
+    /// of `[2^i, 2^(i+1))` bytes, as the allocator's range trees keep it) folded into this
+    /// header's buckets for unit `2^shift`.
+    pub fn set_histogram_from_bytes(&mut self, bytes_hist: &[u64], shift: u8) {
+        self.histogram = [0; SPACE_MAP_HISTOGRAM_SIZE];
+        for (i, &n) in bytes_hist.iter().enumerate() {
+            let b = i
+                .saturating_sub(usize::from(shift))
+                .min(SPACE_MAP_HISTOGRAM_SIZE - 1);
+            self.histogram[b] = self.histogram[b].saturating_add(n);
+        }
     }
 
     /// Applies an encoder's output: new length and net allocation (`shift` converts units to
@@ -1060,6 +1153,13 @@ mod tests {
         assert_eq!(histogram_bucket(8192, 12), 1);
         assert_eq!(histogram_bucket(1 << 60, 12), SPACE_MAP_HISTOGRAM_SIZE - 1);
         assert_eq!(histogram_bucket(100, 12), 0);
+        let mut bytes_hist = [0u64; 64];
+        bytes_hist[12] = 3;
+        bytes_hist[13] = 1;
+        bytes_hist[63] = 2;
+        h.set_histogram_from_bytes(&bytes_hist, 12);
+        assert_eq!((h.histogram[0], h.histogram[1], h.histogram[31]), (3, 1, 2));
+        h.histogram = [0; SPACE_MAP_HISTOGRAM_SIZE];
         h.histogram_add(1 << 20, 12);
         assert_eq!(h.histogram[8], 1);
         h.histogram_remove(1 << 20, 12);
@@ -1069,6 +1169,72 @@ mod tests {
         let mut b = h.to_bytes();
         b[0] = 3;
         assert!(SpaceMapHeader::decode(&b).is_err());
+    }
+
+    #[test]
+    fn tail_pop_walks_backwards_with_budget() {
+        let mut enc = SpaceMapEncoder::new(512, 0).unwrap();
+        enc.write_batch(SmAction::Free, 1, 10, None, [(0, 1), (4, 2)])
+            .unwrap();
+        enc.write_batch(SmAction::Free, 1, 11, None, [(10, SM_RUN_MAX + 1)])
+            .unwrap();
+        // Layout: dbg, e(0,1), e(4,2), dbg, pair(10, big) = 6 words.
+        assert_eq!(enc.bytes().len(), 48);
+        let p = pop_tail(enc.bytes(), 2).unwrap();
+        assert_eq!(
+            p.entries,
+            vec![
+                SpaceMapEntry::new(SmAction::Free, 10, SM_RUN_MAX + 1),
+                SpaceMapEntry::new(SmAction::Free, 4, 2)
+            ]
+        );
+        // pair (16) + dbg (8) + one-word (8)
+        assert_eq!(p.bytes_removed, 32);
+        assert_eq!(p.alloc_delta_units, i64::try_from(SM_RUN_MAX).unwrap() + 3);
+        assert!(!p.block_emptied);
+        // The rest of the block.
+        let rest = &enc.bytes()[..48 - 32];
+        let p2 = pop_tail(rest, 100).unwrap();
+        assert_eq!(p2.entries, vec![SpaceMapEntry::new(SmAction::Free, 0, 1)]);
+        assert_eq!(p2.bytes_removed, 16);
+        assert!(p2.block_emptied);
+        // Zero budget still drops trailing debug words.
+        let mut enc = SpaceMapEncoder::new(512, 0).unwrap();
+        enc.entry(SpaceMapEntry::new(SmAction::Alloc, 0, 1))
+            .unwrap();
+        enc.debug(SmDebug {
+            action: SmAction::Alloc,
+            sync_pass: 1,
+            txg: 3,
+        })
+        .unwrap();
+        let p = pop_tail(enc.bytes(), 0).unwrap();
+        assert_eq!(
+            (p.entries.len(), p.bytes_removed, p.block_emptied),
+            (0, 8, false)
+        );
+    }
+
+    #[test]
+    fn byte_batch() {
+        let mut enc = SpaceMapEncoder::new(4096, 0).unwrap();
+        enc.write_byte_batch(
+            SmAction::Alloc,
+            1,
+            9,
+            1 << 22,
+            12,
+            [((1 << 22) + 4096, 8192)],
+        )
+        .unwrap();
+        let got: Vec<_> = SpaceMapIter::new(enc.bytes(), 4096, 0)
+            .unwrap()
+            .map(|r| r.unwrap().entry)
+            .collect();
+        assert_eq!(got, vec![SpaceMapEntry::new(SmAction::Alloc, 1, 2)]);
+        assert!(enc
+            .write_byte_batch(SmAction::Alloc, 1, 9, 1 << 22, 12, [(0, 4096)])
+            .is_err());
     }
 
     #[test]

@@ -165,6 +165,20 @@ impl Uberblock {
         Ok(ub)
     }
 
+    /// Decodes the uberblock of ring slot `slot` in a ring of `slots` slots, rejecting one whose
+    /// txg belongs to another slot (a misdirected write).
+    pub fn decode_slot(buf: &[u8], slot: u64, slots: u64) -> Result<Uberblock> {
+        let ub = Uberblock::decode(buf)?;
+        if crate::layout::uberblock_slot(ub.txg, slots) != slot {
+            return Err(invalid(
+                "txg",
+                ub.txg,
+                "uberblock found in the wrong ring slot",
+            ));
+        }
+        Ok(ub)
+    }
+
     /// Import's ordering: higher txg wins, then the later timestamp.
     pub fn is_newer_than(&self, other: &Uberblock) -> bool {
         (self.txg, self.timestamp) > (other.txg, other.timestamp)
@@ -189,4 +203,81 @@ where
             Some(b) if !u.is_newer_than(b) => Some(b),
             _ => Some(u),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ub(txg: u64, timestamp: u64) -> Uberblock {
+        Uberblock {
+            txg,
+            guid_sum: 1,
+            timestamp,
+            checkpoint_txg: 0,
+            root: BlockPointer::EMPTY,
+            pool_guid: 9,
+        }
+    }
+
+    #[test]
+    fn best_selection_and_slots() {
+        let all = [ub(5, 100), ub(7, 50), ub(7, 60), ub(6, 999)];
+        assert_eq!(select_best(&all, u64::MAX), Some(&all[2]));
+        assert_eq!(select_best(&all, 6), Some(&all[3]));
+        assert_eq!(select_best(&all, 4), None);
+        let mut slot = vec![0u8; 4096];
+        ub(33, 1).encode_slot(&mut slot).unwrap();
+        assert_eq!(Uberblock::decode_slot(&slot, 1, 32).unwrap().txg, 33);
+        assert!(Uberblock::decode_slot(&slot, 2, 32).is_err());
+    }
+
+    #[test]
+    fn field_rules() {
+        assert!(ub(0, 0).to_bytes().is_err());
+        assert!(Uberblock {
+            checkpoint_txg: 6,
+            ..ub(5, 0)
+        }
+        .to_bytes()
+        .is_err());
+        assert!(Uberblock {
+            pool_guid: 0,
+            ..ub(5, 0)
+        }
+        .to_bytes()
+        .is_err());
+        assert!(Uberblock {
+            checkpoint_txg: 5,
+            ..ub(5, 0)
+        }
+        .is_checkpoint());
+        assert!(!Uberblock {
+            checkpoint_txg: 4,
+            ..ub(5, 0)
+        }
+        .is_checkpoint());
+        let late_root = BlockPointer::hole(6);
+        assert!(Uberblock {
+            root: late_root,
+            ..ub(5, 0)
+        }
+        .to_bytes()
+        .is_err());
+        // Valid seal, wrong magic / version: typed errors, not a value.
+        let mut b = ub(5, 0).to_bytes().unwrap();
+        b[0] ^= 1;
+        crate::checksum::seal(&mut b);
+        assert!(matches!(
+            Uberblock::decode(&b),
+            Err(OnDiskError::BadMagic { .. })
+        ));
+        let mut b = ub(5, 0).to_bytes().unwrap();
+        b[8] = 2;
+        crate::checksum::seal(&mut b);
+        assert!(matches!(
+            Uberblock::decode(&b),
+            Err(OnDiskError::UnsupportedVersion { .. })
+        ));
+    }
 }

@@ -156,3 +156,40 @@ proptest! {
         prop_assert_eq!(back, l);
     }
 }
+
+proptest! {
+    /// Destroying a map from the tail with random budgets, block by block, yields exactly the
+    /// replayed entries in reverse, cuts the length to zero and brings the net allocation to zero.
+    #[test]
+    fn space_map_tail_destroy(ops in sm_ops(), budgets in proptest::collection::vec(0usize..20, 1..50)) {
+        use ringpool_ondisk::space_map::pop_tail;
+        let bs = 512usize;
+        let mut enc = SpaceMapEncoder::new(bs, 0).unwrap();
+        for op in &ops {
+            match op {
+                SmOp::Debug(d) => enc.debug(*d).unwrap(),
+                SmOp::Entry(e) => enc.entry(*e).unwrap(),
+            }
+        }
+        let map = enc.bytes().to_vec();
+        let forward: Vec<_> = SpaceMapIter::new(&map, bs, 0).unwrap().map(|r| r.unwrap().entry).collect();
+        let mut len = map.len();
+        let mut alloc = enc.alloc_delta_units();
+        let mut popped = Vec::new();
+        let mut i = 0;
+        while len > 0 {
+            let block_start = (len - 1) / bs * bs;
+            let budget = budgets[i % budgets.len()] + usize::from(i > 100);
+            i += 1;
+            let p = pop_tail(&map[block_start..len], budget).unwrap();
+            prop_assert!(p.entries.len() <= budget);
+            len -= usize::try_from(p.bytes_removed).unwrap();
+            prop_assert_eq!(p.block_emptied, len == block_start);
+            alloc += p.alloc_delta_units;
+            popped.extend(p.entries);
+        }
+        popped.reverse();
+        prop_assert_eq!(popped, forward);
+        prop_assert_eq!(alloc, 0);
+    }
+}
