@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::io::error::{IoError, OpKind};
+use crate::io::ops::FileRef;
+use crate::io::reactor::{file_for_device, FileRegistrations};
 
 // <linux/fs.h> ioctl numbers (not exported by the libc crate).
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -98,6 +100,14 @@ pub struct Device {
     geometry: Geometry,
     read_only: bool,
     id: u64,
+    /// Reactors whose rings hold this device as a fixed file (released on drop).
+    registrations: FileRegistrations,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.registrations.release(self.id);
+    }
 }
 
 fn errno_of(e: &std::io::Error) -> i32 {
@@ -326,6 +336,7 @@ impl Device {
             geometry,
             read_only: opts.read_only,
             id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+            registrations: FileRegistrations::default(),
         })
     }
 
@@ -365,6 +376,12 @@ impl Device {
     /// Opened read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The file reference for ring ops on the current reactor: its registered (fixed) slot,
+    /// registering lazily, or the raw descriptor when registration is unavailable.
+    pub fn ring_file(&self) -> FileRef {
+        file_for_device(self.id, self.fd(), &self.registrations)
     }
 
     /// Process-unique id (keys per-reactor fixed-file slots).

@@ -45,7 +45,7 @@ impl BlockEngine for UringEngine {
             if let Err(e) = check_io(&g, dev.name(), OpKind::Read, offset, len, addr) {
                 return (Err(e), buf);
             }
-            let (r, buf) = ops::read_exact_at(dev.fd(), buf, offset).await;
+            let (r, buf) = ops::read_exact_at(dev.ring_file(), buf, offset).await;
             (
                 r.map_err(|e| map(&dev, OpKind::Read, offset, len, addr, e)),
                 buf,
@@ -67,7 +67,7 @@ impl BlockEngine for UringEngine {
             if let Err(e) = check_io(&g, dev.name(), OpKind::Write, offset, len, addr) {
                 return (Err(e), buf);
             }
-            let (r, buf) = ops::write_all_at(dev.fd(), buf, offset).await;
+            let (r, buf) = ops::write_all_at(dev.ring_file(), buf, offset).await;
             (
                 r.map_err(|e| map(&dev, OpKind::Write, offset, len, addr, e)),
                 buf,
@@ -78,7 +78,7 @@ impl BlockEngine for UringEngine {
     fn flush(&self) -> UnitFuture {
         let dev = Arc::clone(&self.dev);
         Box::pin(async move {
-            ops::fsync(dev.fd(), true)
+            ops::fsync(dev.ring_file(), true)
                 .await
                 .map_err(|e| map(&dev, OpKind::Flush, 0, 0, 0, e))
         })
@@ -98,7 +98,7 @@ impl BlockEngine for UringEngine {
                 return dev.discard_blocking(offset, len);
             }
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-            match ops::fallocate(dev.fd(), mode, offset, len).await {
+            match ops::fallocate(dev.ring_file(), mode, offset, len).await {
                 Ok(()) => Ok(()),
                 Err(IoError::Os { errno, .. }) => Err(dev.discard_err(offset, errno)),
                 Err(e) => Err(e),

@@ -415,7 +415,7 @@ impl Driver {
     }
 
     /// Cancel everything and wait (bounded) until the kernel has released every resource.
-    fn quiesce(&mut self) -> bool {
+    pub(crate) fn quiesce(&mut self) -> bool {
         self.backlog.clear();
         // Entries already pushed but never submitted are submitted by the next enter and then
         // cancelled/complete normally; count is in `in_flight`.
@@ -447,7 +447,7 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        if !self.quiesce() {
+        if self.in_flight > 0 && !self.quiesce() {
             // The kernel may still write into these buffers: leak them rather than free memory
             // that is still in use.
             tracing::error!(

@@ -13,6 +13,7 @@
 //! eventfd, on which a read is kept armed in the ring, so a blocked reactor wakes up.
 
 mod driver;
+mod files;
 mod set;
 pub(crate) mod task;
 
@@ -28,6 +29,7 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::Mutex;
 
 pub(crate) use driver::{Completion, Driver, OpData, SockAddrBuf};
+pub(crate) use files::{file_for_device, FileRegistrations};
 pub use set::{ReactorHandle, ReactorSet};
 pub use task::{JoinError, JoinHandle};
 
@@ -187,6 +189,7 @@ pub(crate) struct Core {
     // Arc is released.
     pub(crate) driver: RefCell<Driver>,
     arena: RefCell<Option<Arc<Arena>>>,
+    files: RefCell<files::FileTable>,
     arena_tried: std::cell::Cell<bool>,
     cfg: ReactorConfig,
 }
@@ -229,6 +232,7 @@ impl Core {
             exec: Executor::new(),
             driver: RefCell::new(driver),
             arena: RefCell::new(None),
+            files: RefCell::new(files::FileTable::default()),
             arena_tried: std::cell::Cell::new(false),
             cfg: cfg.clone(),
         }))
@@ -373,6 +377,10 @@ impl Drop for CurrentGuard {
         // Tasks are dropped while the reactor is still current, so their in-flight ops can
         // orphan themselves into the slab.
         self.core.exec.cancel_all();
+        // Wait for every op (so no op uses a fixed slot), then release registered files
+        // synchronously so exclusive claims end when the reactor does.
+        self.core.driver.borrow_mut().quiesce();
+        self.core.unregister_all_files();
         let _ = CURRENT.try_with(|c| c.borrow_mut().take());
     }
 }

@@ -58,9 +58,15 @@ impl ReactorHandle {
                 j2.complete(Err(JoinError::Rejected));
                 return;
             };
-            let fut = f();
-            core.exec
-                .spawn(&core.shared, Box::pin(TaskFuture::new(fut, j2)));
+            // Building the future runs user code: contain a panic like a task panic.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                Ok(fut) => core
+                    .exec
+                    .spawn(&core.shared, Box::pin(TaskFuture::new(fut, j2))),
+                Err(_) => j2.complete(Err(JoinError::Panicked(
+                    "spawn_on closure panicked".to_string(),
+                ))),
+            }
         });
         if let Err(job) = self.shared.inject(job) {
             job(false);
