@@ -236,3 +236,63 @@ fn arena_buffers_use_fixed_io() {
     })
     .unwrap();
 }
+
+/// Every ring mode (and SQPOLL) completes file I/O, timers and cross-thread wakes.
+#[test]
+fn every_ring_mode_works() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![3u8; 1 << 20]).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let fd = file.as_raw_fd();
+    let variants = [
+        (Some(io::TaskRunMode::DeferTaskrun), None),
+        (Some(io::TaskRunMode::CoopTaskrun), None),
+        (Some(io::TaskRunMode::Plain), None),
+        (None, Some(50u32)),
+    ];
+    for (mode, sqpoll) in variants {
+        let c = ReactorConfig {
+            ring_mode: mode,
+            sqpoll,
+            entries: 16,
+            ..cfg()
+        };
+        let info = io::block_on(&c, async move {
+            let mut hs = Vec::new();
+            for i in 0..100u64 {
+                hs.push(io::spawn_local(async move {
+                    let mut b = io::buf::alloc(4096);
+                    b.fill(u8::try_from(i).unwrap());
+                    let (r, _) = io::write_all_at(fd, b, i * 4096).await;
+                    r.unwrap();
+                    let (r, b) = io::read_exact_at(fd, io::buf::alloc_zeroed(4096), i * 4096).await;
+                    r.unwrap();
+                    assert!(b.iter().all(|&x| u64::from(x) == i));
+                }));
+            }
+            for h in hs {
+                h.await.unwrap();
+            }
+            io::fsync(fd, true).await.unwrap();
+            let (tx, rx) = io::oneshot::channel();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                tx.send(()).unwrap();
+            });
+            rx.await.unwrap();
+            io::sleep(Duration::from_millis(1)).await;
+            io::ring_info().unwrap()
+        })
+        .unwrap();
+        println!("{mode:?} sqpoll={sqpoll:?}: {info:?}");
+        if let Some(m) = mode {
+            assert_eq!(info.mode, m);
+        }
+        assert_eq!(info.sqpoll, sqpoll.is_some());
+    }
+}

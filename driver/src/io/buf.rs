@@ -251,6 +251,15 @@ pub fn alloc(len: usize) -> IoBuf {
     IoBuf::zeroed(len)
 }
 
+/// Like [`alloc`], with every byte zeroed.
+pub fn alloc_zeroed(len: usize) -> IoBuf {
+    let mut b = alloc(len);
+    if b.is_arena() {
+        b.fill(0);
+    }
+    b
+}
+
 static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A registered (or registrable) region carved into [`ARENA_UNIT`] granules.

@@ -112,12 +112,16 @@ impl Driver {
     pub(crate) fn new(
         entries: u32,
         sqpoll_idle_ms: Option<u32>,
+        forced: Option<TaskRunMode>,
         shared: Arc<Shared>,
     ) -> io::Result<Driver> {
         let entries = entries.clamp(2, 32768).next_power_of_two();
         let cq = entries.saturating_mul(2);
         let mut last_err = None;
-        let modes: &[TaskRunMode] = if sqpoll_idle_ms.is_some() {
+        let forced = forced.map(|m| [m]);
+        let modes: &[TaskRunMode] = if let Some(m) = &forced {
+            m
+        } else if sqpoll_idle_ms.is_some() {
             &[TaskRunMode::Plain]
         } else {
             &[
@@ -356,7 +360,14 @@ impl Driver {
     pub(crate) fn turn(&mut self, wait: bool) -> io::Result<bool> {
         self.arm_eventfd();
         self.drain_backlog();
-        self.enter(wait)?;
+        // Nothing to submit and nothing but the eventfd read in flight: no completion can be
+        // pending except a wake-up, which the caller's queues already reflect; skip the syscall.
+        let idle_ring = self.ring.submission().is_empty()
+            && self.in_flight <= usize::from(self.efd_armed)
+            && self.ring.completion().is_empty();
+        if wait || !idle_ring {
+            self.enter(wait)?;
+        }
         let fired = self.reap();
         self.drain_backlog();
         Ok(fired)

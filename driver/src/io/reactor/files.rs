@@ -117,10 +117,15 @@ pub(crate) fn file_for_device(id: u64, fd: RawFd, regs: &FileRegistrations) -> F
 }
 
 impl FileRegistrations {
-    /// Remove device `id` from every reactor that registered it; waits up to a few seconds
-    /// per remote reactor for the acknowledgement.
+    /// Remove device `id` from every reactor that registered it.
+    ///
+    /// On a plain thread this waits (up to 5 s per reactor) for each reactor to acknowledge,
+    /// so the exclusive claim is gone when `Device` drop returns. On a reactor thread it only
+    /// posts the request to the other reactors (a reactor must never block on another one);
+    /// they clear the slot on their next loop iteration.
     pub(crate) fn release(&self, id: u64) {
         let reactors: Vec<Arc<Shared>> = std::mem::take(&mut *self.reactors.lock());
+        let on_reactor = current_core().is_some();
         for shared in reactors {
             if let Some(core) = current_core().filter(|c| Arc::ptr_eq(&c.shared, &shared)) {
                 core.unregister_file(id);
@@ -136,6 +141,7 @@ impl FileRegistrations {
                 let _ = tx.send(());
             });
             match shared.inject(job) {
+                Ok(()) if on_reactor => {}
                 Ok(()) => {
                     if rx.recv_timeout(Duration::from_secs(5)).is_err() {
                         tracing::warn!(device = id, "reactor did not release a fixed file in 5 s");

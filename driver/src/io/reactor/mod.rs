@@ -58,6 +58,9 @@ pub struct ReactorConfig {
     pub task_budget: usize,
     /// Thread name prefix for [`ReactorSet`] threads (default "ringpool-r").
     pub thread_name: String,
+    /// Force one task-run mode instead of probing (tests and benchmarks); setup fails if the
+    /// kernel refuses it. `None` (default) probes DeferTaskrun, CoopTaskrun, Plain in order.
+    pub ring_mode: Option<TaskRunMode>,
 }
 
 impl Default for ReactorConfig {
@@ -73,6 +76,7 @@ impl Default for ReactorConfig {
             register_buffers: true,
             task_budget: 128,
             thread_name: "ringpool-r".to_string(),
+            ring_mode: None,
         }
     }
 }
@@ -224,7 +228,7 @@ pub(crate) fn current_registered_arena() -> Option<u64> {
 impl Core {
     fn new(cfg: &ReactorConfig, index: Option<usize>) -> Result<Rc<Core>, IoError> {
         let shared = Shared::new()?;
-        let driver = Driver::new(cfg.entries, cfg.sqpoll, Arc::clone(&shared))
+        let driver = Driver::new(cfg.entries, cfg.sqpoll, cfg.ring_mode, Arc::clone(&shared))
             .map_err(IoError::RingSetup)?;
         Ok(Rc::new(Core {
             index,
