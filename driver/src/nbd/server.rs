@@ -1,0 +1,320 @@
+//! [`NbdServer`]: listeners, the acceptor and connection placement on the reactors.
+//!
+//! Listeners (TCP, by default 127.0.0.1:10809, and/or a unix socket) are bound synchronously in
+//! [`NbdServer::start`] so that errors and the actual port come back to the caller. Accepting
+//! runs on the first serving reactor; each accepted connection goes to the next serving reactor
+//! in round-robin order and lives there for its whole life (socket I/O through that reactor's
+//! ring). [`NbdServer::shutdown`] stops accepting, answers further handshake options with
+//! ERR_SHUTDOWN, stops reading requests, lets in-flight requests finish and their replies go
+//! out, then waits for every connection to close.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::conn;
+use super::exports::Exports;
+use super::handshake::HandshakeConfig;
+use super::NbdError;
+use crate::io::net::{Stream, TcpListener, UnixListener};
+use crate::io::{JoinHandle, ReactorHandle, ReactorSet};
+
+/// The IANA port of NBD.
+pub const DEFAULT_PORT: u16 = 10809;
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct NbdServerConfig {
+    /// TCP listen address (default 127.0.0.1:10809; `None`: no TCP).
+    pub tcp: Option<SocketAddr>,
+    /// Unix socket path (default none). A stale socket file is replaced.
+    pub unix: Option<PathBuf>,
+    /// Connections beyond this are closed right after accept (default 1024).
+    pub max_connections: usize,
+    /// Largest READ/WRITE payload (default 32 MiB), advertised in NBD_INFO_BLOCK_SIZE.
+    pub max_payload: u32,
+    /// Oversized WRITE payloads up to this size are read and discarded with EINVAL; larger
+    /// ones (and any oversized payload under extended headers) disconnect (default 128 MiB).
+    pub max_discard: u64,
+    /// Per-connection cap on bytes held by in-flight requests (default 64 MiB; at least
+    /// `max_payload`).
+    pub max_inflight_bytes: u64,
+    /// Per-connection cap on in-flight requests (default 512).
+    pub max_inflight_requests: usize,
+    /// Indexes of the reactors that serve connections (default: all of the set).
+    pub reactors: Option<Vec<usize>>,
+    /// Handshake limits and switches.
+    pub handshake: HandshakeConfig,
+}
+
+impl Default for NbdServerConfig {
+    fn default() -> Self {
+        NbdServerConfig {
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
+            unix: None,
+            max_connections: 1024,
+            max_payload: 32 << 20,
+            max_discard: 128 << 20,
+            max_inflight_bytes: 64 << 20,
+            max_inflight_requests: 512,
+            reactors: None,
+            handshake: HandshakeConfig::default(),
+        }
+    }
+}
+
+/// State shared by the server handle, the acceptors and every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cfg: NbdServerConfig,
+    pub(crate) exports: Arc<Exports>,
+    stopping: AtomicBool,
+    next_id: AtomicU64,
+    rr: AtomicUsize,
+    /// Live connections: a duplicate of each socket, to shut it down from another thread.
+    conns: Mutex<HashMap<u64, OwnedFd>>,
+    conns_changed: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Deregisters a connection when its task ends (or is never started).
+struct ConnGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut g = self.shared.conns.lock();
+        g.remove(&self.id);
+        self.shared.conns_changed.notify_all();
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Listener {
+    Tcp(Arc<TcpListener>),
+    Unix(Arc<UnixListener>),
+}
+
+impl Listener {
+    async fn accept(&self) -> Result<Stream, crate::io::IoError> {
+        match self {
+            Listener::Tcp(l) => l.accept().await,
+            Listener::Unix(l) => l.accept().await,
+        }
+    }
+    fn raw_fd(&self) -> i32 {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// A running NBD server. Dropping it shuts it down (see [`NbdServer::shutdown`]).
+#[derive(Debug)]
+pub struct NbdServer {
+    shared: Arc<Shared>,
+    tcp_addr: Option<SocketAddr>,
+    unix_path: Option<PathBuf>,
+    listeners: Vec<Listener>,
+    acceptors: Vec<JoinHandle<()>>,
+    stopped: bool,
+}
+
+impl NbdServer {
+    /// Binds the listeners and starts accepting on `reactors`.
+    pub fn start(cfg: NbdServerConfig, exports: Arc<Exports>, reactors: &ReactorSet) -> Result<NbdServer, NbdError> {
+        let targets: Vec<ReactorHandle> = match &cfg.reactors {
+            Some(list) => list.iter().filter_map(|&i| reactors.handle(i)).collect(),
+            None => (0..reactors.len()).filter_map(|i| reactors.handle(i)).collect(),
+        };
+        if targets.is_empty() {
+            return Err(NbdError::Config("no reactor to serve connections on".into()));
+        }
+        if cfg.tcp.is_none() && cfg.unix.is_none() {
+            return Err(NbdError::Config("neither a TCP address nor a unix socket to listen on".into()));
+        }
+        let mut cfg = cfg;
+        cfg.max_payload = cfg.max_payload.clamp(4096, 1 << 30);
+        cfg.max_inflight_bytes = cfg.max_inflight_bytes.max(u64::from(cfg.max_payload) * 2);
+        // An option must fit the receive buffer of a connection.
+        cfg.handshake.max_option_len = cfg.handshake.max_option_len.min(64 * 1024);
+        let mut listeners = Vec::new();
+        let mut tcp_addr = None;
+        if let Some(addr) = cfg.tcp {
+            let l = TcpListener::bind(addr).map_err(|e| NbdError::Listen { addr: addr.to_string(), source: e })?;
+            tcp_addr = Some(l.local_addr()?);
+            listeners.push(Listener::Tcp(Arc::new(l)));
+        }
+        let unix_path = cfg.unix.clone();
+        if let Some(p) = &unix_path {
+            // A socket left behind by a previous run would make bind fail: replace it.
+            if std::fs::symlink_metadata(p).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            }) {
+                let _ = std::fs::remove_file(p);
+            }
+            let l = UnixListener::bind(p).map_err(|e| NbdError::Listen { addr: p.display().to_string(), source: e })?;
+            listeners.push(Listener::Unix(Arc::new(l)));
+        }
+        let shared = Arc::new(Shared {
+            cfg,
+            exports,
+            stopping: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            rr: AtomicUsize::new(0),
+            conns: Mutex::new(HashMap::new()),
+            conns_changed: Condvar::new(),
+        });
+        let acceptors = listeners
+            .iter()
+            .map(|l| {
+                let (l, sh, t) = (l.clone(), Arc::clone(&shared), targets.clone());
+                targets[0].spawn(move || accept_loop(l, sh, t))
+            })
+            .collect();
+        tracing::info!(tcp = ?tcp_addr, unix = ?unix_path, reactors = targets.len(), "NBD server listening");
+        Ok(NbdServer { shared, tcp_addr, unix_path, listeners, acceptors, stopped: false })
+    }
+
+    /// The bound TCP address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The unix socket path.
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        self.unix_path.as_deref()
+    }
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.shared.conns.lock().len()
+    }
+
+    /// The export registry served.
+    pub fn exports(&self) -> &Arc<Exports> {
+        &self.shared.exports
+    }
+
+    /// Stops accepting, drains every connection (in-flight requests complete and are answered)
+    /// and waits up to `timeout` for them to close. Call it from outside the reactors (it
+    /// blocks). Returns the number of connections still open at the deadline.
+    pub fn shutdown_timeout(&mut self, timeout: Duration) -> usize {
+        if self.stopped {
+            return self.connections();
+        }
+        self.stopped = true;
+        self.shared.stopping.store(true, Ordering::Release);
+        for l in &self.listeners {
+            // Wakes an accept that is waiting in the ring.
+            // SAFETY: plain syscall on a descriptor the listener (kept alive by self) owns.
+            unsafe { libc::shutdown(l.raw_fd(), libc::SHUT_RDWR) };
+        }
+        for a in &self.acceptors {
+            a.abort();
+        }
+        let in_reactor = crate::io::in_reactor();
+        for a in self.acceptors.drain(..) {
+            if !in_reactor {
+                let _ = a.join_blocking();
+            }
+        }
+        {
+            let g = self.shared.conns.lock();
+            for fd in g.values() {
+                // Stop reading requests; replies still go out.
+                // SAFETY: syscall on a descriptor owned by the registry entry.
+                unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
+            }
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut left = 0;
+        if !in_reactor {
+            let mut g = self.shared.conns.lock();
+            while !g.is_empty() {
+                if self.shared.conns_changed.wait_until(&mut g, deadline).timed_out() {
+                    break;
+                }
+            }
+            left = g.len();
+        }
+        if left > 0 {
+            tracing::warn!(connections = left, "NBD shutdown: connections still open at the deadline");
+        }
+        if let Some(p) = &self.unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::info!("NBD server stopped");
+        left
+    }
+
+    /// [`NbdServer::shutdown_timeout`] with 30 seconds.
+    pub fn shutdown(&mut self) {
+        self.shutdown_timeout(Duration::from_secs(30));
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(l: Listener, shared: Arc<Shared>, targets: Vec<ReactorHandle>) {
+    loop {
+        let r = l.accept().await;
+        if shared.stopping() {
+            return;
+        }
+        let stream = match r {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                crate::io::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the stream owns this descriptor and is alive for the whole call.
+        let dup = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
+        let dup = match dup {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register connection");
+                continue;
+            }
+        };
+        {
+            let mut g = shared.conns.lock();
+            if g.len() >= shared.cfg.max_connections {
+                tracing::warn!(max = shared.cfg.max_connections, "too many NBD connections; refusing one");
+                continue;
+            }
+            g.insert(id, dup);
+        }
+        let guard = ConnGuard { shared: Arc::clone(&shared), id };
+        let k = shared.rr.fetch_add(1, Ordering::Relaxed) % targets.len();
+        let sh = Arc::clone(&shared);
+        tracing::debug!(conn = id, reactor = targets[k].index(), "connection accepted");
+        drop(targets[k].spawn(move || async move {
+            let _guard = guard;
+            conn::serve(stream, sh, id).await;
+        }));
+    }
+}
