@@ -51,7 +51,10 @@ pub struct BackendError {
 impl BackendError {
     /// A new error.
     pub fn new(errno: Errno, message: impl Into<Cow<'static, str>>) -> BackendError {
-        BackendError { errno, message: message.into() }
+        BackendError {
+            errno,
+            message: message.into(),
+        }
     }
     /// EIO.
     pub fn io(message: impl Into<Cow<'static, str>>) -> BackendError {
@@ -140,8 +143,15 @@ pub trait ExportBackend: Send + Sync + std::fmt::Debug {
         Box::pin(std::future::ready(Ok(())))
     }
     /// Allocation status of `[offset, offset + len)` (default: all data, which is always safe).
-    fn block_status(&self, offset: u64, len: u64) -> BackendFuture<'_, Result<Vec<Extent>, BackendError>> {
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> BackendFuture<'_, Result<Vec<Extent>, BackendError>> {
         let _ = offset;
-        Box::pin(std::future::ready(Ok(vec![Extent { length: len, flags: 0 }])))
+        Box::pin(std::future::ready(Ok(vec![Extent {
+            length: len,
+            flags: 0,
+        }])))
     }
 }

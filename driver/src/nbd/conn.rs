@@ -31,8 +31,8 @@ use super::request::{Command, Request, RequestDecoder};
 use super::server::Shared;
 use super::NbdError;
 use crate::io::net::Stream;
-use crate::io::Notify;
 use crate::io::IoBuf;
+use crate::io::Notify;
 
 /// Size of the receive buffer (headers and small payloads are parsed out of it).
 const RECV_BUF: usize = 256 * 1024;
@@ -53,7 +53,11 @@ struct RecvBuf {
 
 impl RecvBuf {
     fn new() -> RecvBuf {
-        RecvBuf { buf: Some(IoBuf::with_capacity(RECV_BUF)), start: 0, end: 0 }
+        RecvBuf {
+            buf: Some(IoBuf::with_capacity(RECV_BUF)),
+            start: 0,
+            end: 0,
+        }
     }
 
     fn buffered(&self) -> usize {
@@ -230,8 +234,10 @@ impl Conn {
     }
 
     fn release(&self, credit: u64, reqs: usize) {
-        self.inflight_bytes.set(self.inflight_bytes.get().saturating_sub(credit));
-        self.inflight_reqs.set(self.inflight_reqs.get().saturating_sub(reqs));
+        self.inflight_bytes
+            .set(self.inflight_bytes.get().saturating_sub(credit));
+        self.inflight_reqs
+            .set(self.inflight_reqs.get().saturating_sub(reqs));
         self.space.notify_one();
     }
 
@@ -263,13 +269,18 @@ impl Conn {
             self.release(credit, 1);
             return;
         }
-        self.out.borrow_mut().data.push_back(DataItem { buf, range, credit });
+        self.out
+            .borrow_mut()
+            .data
+            .push_back(DataItem { buf, range, credit });
         self.writer_wake.notify_one();
     }
 
     fn queue_error(&self, credit: u64, cookie: u64, offset: u64, errno: Errno, msg: &str) {
         let mode = self.mode;
-        self.queue_small(credit, |v| reply::error(v, mode, cookie, offset, errno, msg));
+        self.queue_small(credit, |v| {
+            reply::error(v, mode, cookie, offset, errno, msg)
+        });
     }
 
     fn queue_result(&self, credit: u64, cookie: u64, offset: u64, r: Result<(), BackendError>) {
@@ -320,7 +331,11 @@ async fn writer(conn: Rc<Conn>) {
         }
         batch.clear();
         // Keep the batch buffer for reuse unless it grew huge for a burst.
-        spare = if batch.capacity() <= 1 << 20 { batch } else { IoBuf::with_capacity(64 * 1024) };
+        spare = if batch.capacity() <= 1 << 20 {
+            batch
+        } else {
+            IoBuf::with_capacity(64 * 1024)
+        };
         for item in data {
             if !conn.broken.get() {
                 let mut buf = item.buf;
@@ -402,7 +417,9 @@ pub(crate) async fn serve(stream: Stream, shared: Arc<Shared>, id: u64) {
     let end = transmission(&conn, &mut rx, &decoder, &shared).await;
     match &end {
         Ok(()) => tracing::debug!(conn = id, "client disconnected"),
-        Err(NbdError::Truncated) => tracing::info!(conn = id, "connection closed in the middle of a request"),
+        Err(NbdError::Truncated) => {
+            tracing::info!(conn = id, "connection closed in the middle of a request")
+        }
         Err(e) => tracing::info!(conn = id, error = %e, "closing connection"),
     }
     // Drain: every request already received completes and its reply goes out.
@@ -443,7 +460,8 @@ async fn transmission(
         let credit = data_len + REQUEST_OVERHEAD;
         // Back-pressure: wait for replies to drain before taking on more.
         while conn.inflight_reqs.get() > 0
-            && (conn.inflight_bytes.get() + credit > max_bytes || conn.inflight_reqs.get() >= max_reqs)
+            && (conn.inflight_bytes.get() + credit > max_bytes
+                || conn.inflight_reqs.get() >= max_reqs)
         {
             if conn.broken.get() {
                 return Err(NbdError::Closed);
@@ -464,13 +482,22 @@ async fn transmission(
             }
         };
         let payload = if let Command::Write { length, .. } = command {
-            Some(rx.payload(&conn.stream, usize::try_from(length).unwrap_or(0)).await?)
+            Some(
+                rx.payload(&conn.stream, usize::try_from(length).unwrap_or(0))
+                    .await?,
+            )
         } else {
             None
         };
         conn.charge(credit);
         if conn.export.revoked() {
-            conn.queue_error(credit, req.cookie, req.offset, Errno::Shutdown, "export removed");
+            conn.queue_error(
+                credit,
+                req.cookie,
+                req.offset,
+                Errno::Shutdown,
+                "export removed",
+            );
             continue;
         }
         crate::io::spawn_local(run(Rc::clone(conn), req, command, payload, credit));
@@ -482,7 +509,9 @@ async fn run(conn: Rc<Conn>, req: Request, command: Command, payload: Option<IoB
     let backend = &conn.export.backend;
     let (cookie, roff, mode) = (req.cookie, req.offset, conn.mode);
     match command {
-        Command::Read { offset, length, df } => read(&conn, credit, cookie, roff, offset, length, df).await,
+        Command::Read { offset, length, df } => {
+            read(&conn, credit, cookie, roff, offset, length, df).await
+        }
         Command::Write { offset, fua, .. } => {
             let Some(data) = payload else {
                 conn.queue_error(credit, cookie, roff, Errno::Io, "write without payload");
@@ -496,15 +525,27 @@ async fn run(conn: Rc<Conn>, req: Request, command: Command, payload: Option<IoB
             let r = backend.flush().await;
             conn.queue_result(credit, cookie, roff, r);
         }
-        Command::Trim { offset, length, fua } => {
+        Command::Trim {
+            offset,
+            length,
+            fua,
+        } => {
             let mut r = backend.trim(offset, length).await;
             if r.is_ok() && fua {
                 r = backend.flush().await;
             }
             conn.queue_result(credit, cookie, roff, r);
         }
-        Command::WriteZeroes { offset, length, fua, may_trim, fast_only } => {
-            let mut r = backend.write_zeroes(offset, length, may_trim, fast_only).await;
+        Command::WriteZeroes {
+            offset,
+            length,
+            fua,
+            may_trim,
+            fast_only,
+        } => {
+            let mut r = backend
+                .write_zeroes(offset, length, may_trim, fast_only)
+                .await;
             if r.is_ok() && fua {
                 r = backend.flush().await;
             }
@@ -514,17 +555,20 @@ async fn run(conn: Rc<Conn>, req: Request, command: Command, payload: Option<IoB
             let r = backend.cache(offset, length).await;
             conn.queue_result(credit, cookie, roff, r);
         }
-        Command::BlockStatus { offset, length, req_one, context } => {
-            match backend.block_status(offset, length).await {
-                Ok(ext) => {
-                    let ext = clip_extents(ext, length, req_one, conn.min_block);
-                    conn.queue_small(credit, |v| {
-                        reply::block_status(v, mode, cookie, roff, context, &ext, true);
-                    });
-                }
-                Err(e) => conn.queue_error(credit, cookie, roff, e.errno, &e.message),
+        Command::BlockStatus {
+            offset,
+            length,
+            req_one,
+            context,
+        } => match backend.block_status(offset, length).await {
+            Ok(ext) => {
+                let ext = clip_extents(ext, length, req_one, conn.min_block);
+                conn.queue_small(credit, |v| {
+                    reply::block_status(v, mode, cookie, roff, context, &ext, true);
+                });
             }
-        }
+            Err(e) => conn.queue_error(credit, cookie, roff, e.errno, &e.message),
+        },
         Command::Disconnect => conn.release(credit, 1),
     }
 }
@@ -543,7 +587,10 @@ fn clip_extents(ext: Vec<Extent>, length: u64, req_one: bool, min_block: u32) ->
         }
         let l = e.length.min(left);
         left -= l;
-        out.push(Extent { length: l, flags: e.flags });
+        out.push(Extent {
+            length: l,
+            flags: e.flags,
+        });
     }
     // Extents other than the last must be multiples of the minimum block size.
     let mask = u64::from(min_block.max(1)) - 1;
@@ -565,7 +612,15 @@ fn clip_extents(ext: Vec<Extent>, length: u64, req_one: bool, min_block: u32) ->
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn read(conn: &Conn, credit: u64, cookie: u64, roff: u64, offset: u64, length: u32, df: bool) {
+async fn read(
+    conn: &Conn,
+    credit: u64,
+    cookie: u64,
+    roff: u64,
+    offset: u64,
+    length: u32,
+    df: bool,
+) {
     let mode = conn.mode;
     let len = usize::try_from(length).unwrap_or(0);
     if len == 0 {
@@ -573,7 +628,11 @@ async fn read(conn: &Conn, credit: u64, cookie: u64, roff: u64, offset: u64, len
         return;
     }
     let inline = len + reply::MAX_READ_PREFIX <= INLINE_REPLY_MAX;
-    let (start, total) = if inline { (0, len) } else { (DATA_OFFSET, DATA_OFFSET + len) };
+    let (start, total) = if inline {
+        (0, len)
+    } else {
+        (DATA_OFFSET, DATA_OFFSET + len)
+    };
     let mut buf = crate::io::buf::alloc(total);
     buf.set_len(total);
     let (r, mut buf) = conn.export.backend.read(offset, buf, start..total).await;
@@ -588,17 +647,29 @@ async fn read(conn: &Conn, credit: u64, cookie: u64, roff: u64, offset: u64, len
     let structured = mode.structured();
     match layout {
         ReadLayout::Hole if structured => {
-            conn.queue_small(credit, |v| reply::hole_chunk(v, mode, cookie, roff, offset, length, true));
+            conn.queue_small(credit, |v| {
+                reply::hole_chunk(v, mode, cookie, roff, offset, length, true)
+            });
         }
         ReadLayout::Holes(holes) if structured && !df && inline => {
             let data = &buf[..len];
-            conn.queue_small(credit, |v| chunks_with_holes(v, mode, cookie, roff, offset, data, &holes));
+            conn.queue_small(credit, |v| {
+                chunks_with_holes(v, mode, cookie, roff, offset, data, &holes)
+            });
         }
         _ if inline => {
             let data = &buf[..len];
             conn.queue_small(credit, |v| {
                 let mut h = [0u8; reply::MAX_READ_PREFIX];
-                let n = reply::read_data_header(&mut h, mode, cookie, roff, offset, u64::from(length), true);
+                let n = reply::read_data_header(
+                    &mut h,
+                    mode,
+                    cookie,
+                    roff,
+                    offset,
+                    u64::from(length),
+                    true,
+                );
                 v.extend_from_slice(&h[..n]);
                 v.extend_from_slice(data);
             });
@@ -634,7 +705,10 @@ fn chunks_with_holes(
     let mut segs: Vec<(Range<usize>, bool)> = Vec::with_capacity(holes.len() * 2 + 1);
     let mut at = 0usize;
     for h in holes {
-        let (s, e) = (usize::try_from(h.start).unwrap_or(len).min(len), usize::try_from(h.end).unwrap_or(len).min(len));
+        let (s, e) = (
+            usize::try_from(h.start).unwrap_or(len).min(len),
+            usize::try_from(h.end).unwrap_or(len).min(len),
+        );
         if s < at || s >= e {
             continue;
         }

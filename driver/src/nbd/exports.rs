@@ -63,7 +63,12 @@ impl Exports {
     }
 
     /// Adds an export; `read_only` forces read-only even if the backend is writable.
-    pub fn add(&self, name: &str, backend: Arc<dyn ExportBackend>, read_only: bool) -> Result<(), ExportsError> {
+    pub fn add(
+        &self,
+        name: &str,
+        backend: Arc<dyn ExportBackend>,
+        read_only: bool,
+    ) -> Result<(), ExportsError> {
         if name.is_empty() || name.len() > super::proto::MAX_STRING_LEN || name.contains('\0') {
             return Err(ExportsError::InvalidName(name.to_string()));
         }
@@ -72,7 +77,12 @@ impl Exports {
             return Err(ExportsError::Exists(name.to_string()));
         }
         let read_only = read_only || backend.read_only();
-        let h = ExportHandle { name: Arc::from(name), backend, read_only, revoked: Arc::new(AtomicBool::new(false)) };
+        let h = ExportHandle {
+            name: Arc::from(name),
+            backend,
+            read_only,
+            revoked: Arc::new(AtomicBool::new(false)),
+        };
         g.map.insert(name.to_string(), h);
         tracing::info!(export = name, read_only, "export added");
         Ok(())
@@ -130,9 +140,17 @@ impl Exports {
     pub fn info(h: &ExportHandle, max_payload: u32) -> ExportInfo {
         let b = &h.backend;
         let min_block = b.min_block_size().clamp(1, 64 * 1024);
-        let min_block = if min_block.is_power_of_two() { min_block } else { min_block.next_power_of_two() };
+        let min_block = if min_block.is_power_of_two() {
+            min_block
+        } else {
+            min_block.next_power_of_two()
+        };
         let preferred = b.block_size().max(min_block).max(512);
-        let preferred = if preferred.is_power_of_two() { preferred } else { preferred.next_power_of_two() };
+        let preferred = if preferred.is_power_of_two() {
+            preferred
+        } else {
+            preferred.next_power_of_two()
+        };
         ExportInfo {
             name: h.name.to_string(),
             description: b.description(),
@@ -165,7 +183,10 @@ impl ExportCatalog for Catalog<'_> {
 
     fn list(&self) -> Vec<(String, String)> {
         let g = self.exports.inner.read();
-        g.map.iter().map(|(n, h)| (n.clone(), h.backend.description())).collect()
+        g.map
+            .iter()
+            .map(|(n, h)| (n.clone(), h.backend.description()))
+            .collect()
     }
 
     fn shutting_down(&self) -> bool {

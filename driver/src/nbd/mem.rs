@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::backend::{BackendError, BackendFuture, ExportBackend, ReadLayout, ReadResult, WriteResult};
+use super::backend::{
+    BackendError, BackendFuture, ExportBackend, ReadLayout, ReadResult, WriteResult,
+};
 use super::proto::{state, Errno};
 use super::reply::Extent;
 use crate::io::IoBuf;
@@ -30,7 +32,10 @@ struct Chunk {
 impl Chunk {
     fn new(blocks: usize) -> Box<Chunk> {
         let len = usize::try_from(CHUNK).unwrap_or(1 << 20);
-        Box::new(Chunk { data: vec![0u8; len].into_boxed_slice(), alloc: vec![0u64; blocks.div_ceil(64)] })
+        Box::new(Chunk {
+            data: vec![0u8; len].into_boxed_slice(),
+            alloc: vec![0u64; blocks.div_ceil(64)],
+        })
     }
     fn is_set(&self, b: usize) -> bool {
         self.alloc[b / 64] & (1 << (b % 64)) != 0
@@ -81,7 +86,11 @@ impl MemBackend {
     /// of two between 512 B and 1 MiB; other values are rounded into that range).
     pub fn new(size: u64, block_size: u32) -> MemBackend {
         let block = block_size.clamp(512, 1 << 20);
-        let block = if block.is_power_of_two() { block } else { block.next_power_of_two() };
+        let block = if block.is_power_of_two() {
+            block
+        } else {
+            block.next_power_of_two()
+        };
         let n = usize::try_from(size.div_ceil(CHUNK)).unwrap_or(0);
         MemBackend {
             size,
@@ -141,7 +150,15 @@ impl MemBackend {
         let per = u64::from(self.block);
         self.chunks
             .iter()
-            .map(|c| c.lock().as_ref().map_or(0, |c| c.alloc.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() * per))
+            .map(|c| {
+                c.lock().as_ref().map_or(0, |c| {
+                    c.alloc
+                        .iter()
+                        .map(|w| u64::from(w.count_ones()))
+                        .sum::<u64>()
+                        * per
+                })
+            })
             .sum()
     }
 
@@ -162,7 +179,11 @@ impl MemBackend {
             let e = (end - ci * CHUNK).min(CHUNK);
             let rel = usize::try_from(pos - offset).ok()?;
             pos = ci * CHUNK + e;
-            Some((usize::try_from(ci).ok()?, usize::try_from(s).ok()?..usize::try_from(e).ok()?, rel))
+            Some((
+                usize::try_from(ci).ok()?,
+                usize::try_from(s).ok()?..usize::try_from(e).ok()?,
+                rel,
+            ))
         })
     }
 
@@ -174,7 +195,10 @@ impl MemBackend {
             let d = &mut dst[rel..rel + r.len()];
             let g = self.chunks[ci].lock();
             let mut push_hole = |a: usize, b: usize| {
-                let (a, b) = (u32::try_from(a).unwrap_or(u32::MAX), u32::try_from(b).unwrap_or(u32::MAX));
+                let (a, b) = (
+                    u32::try_from(a).unwrap_or(u32::MAX),
+                    u32::try_from(b).unwrap_or(u32::MAX),
+                );
                 match holes.last_mut() {
                     Some(last) if last.end == a => last.end = b,
                     _ => holes.push(a..b),
@@ -227,8 +251,14 @@ impl MemBackend {
             c.data[r.clone()].fill(0);
             // The last block of an export whose size is not block aligned is fully covered
             // when the range reaches the end of the export.
-            let at_end = u64::try_from(ci).unwrap_or(u64::MAX) * CHUNK + u64::try_from(r.end).unwrap_or(0) == self.size;
-            let last = if at_end { r.end.div_ceil(bs) } else { r.end / bs };
+            let at_end = u64::try_from(ci).unwrap_or(u64::MAX) * CHUNK
+                + u64::try_from(r.end).unwrap_or(0)
+                == self.size;
+            let last = if at_end {
+                r.end.div_ceil(bs)
+            } else {
+                r.end / bs
+            };
             for b in r.start.div_ceil(bs)..last {
                 c.set(b, false);
             }
@@ -277,7 +307,12 @@ impl ExportBackend for MemBackend {
         self.description.clone()
     }
 
-    fn read(&self, offset: u64, mut buf: IoBuf, range: Range<usize>) -> BackendFuture<'_, ReadResult> {
+    fn read(
+        &self,
+        offset: u64,
+        mut buf: IoBuf,
+        range: Range<usize>,
+    ) -> BackendFuture<'_, ReadResult> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let len = u64::try_from(range.len()).unwrap_or(u64::MAX);
         if let Err(e) = self.check_range(offset, len) {
@@ -287,19 +322,26 @@ impl ExportBackend for MemBackend {
             return ready((Err(BackendError::new(e, "injected read failure")), buf));
         }
         let Some(dst) = buf.get_mut(range.clone()) else {
-            return ready((Err(BackendError::invalid("read range outside the buffer")), buf));
+            return ready((
+                Err(BackendError::invalid("read range outside the buffer")),
+                buf,
+            ));
         };
         let holes = self.copy_out(offset, dst);
         let layout = match holes.as_slice() {
             [] => ReadLayout::Data,
-            [h] if h.start == 0 && usize::try_from(h.end).ok() == Some(range.len()) => ReadLayout::Hole,
+            [h] if h.start == 0 && usize::try_from(h.end).ok() == Some(range.len()) => {
+                ReadLayout::Hole
+            }
             _ => ReadLayout::Holes(holes),
         };
         ready((Ok(layout), buf))
     }
 
     fn write(&self, offset: u64, data: IoBuf, fua: bool) -> BackendFuture<'_, WriteResult> {
-        let r = self.check_write().and_then(|()| self.check_range(offset, u64::try_from(data.len()).unwrap_or(u64::MAX)));
+        let r = self
+            .check_write()
+            .and_then(|()| self.check_range(offset, u64::try_from(data.len()).unwrap_or(u64::MAX)));
         if r.is_ok() {
             self.store(offset, Some(&data), u64::try_from(data.len()).unwrap_or(0));
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -316,7 +358,9 @@ impl ExportBackend for MemBackend {
     }
 
     fn trim(&self, offset: u64, len: u64) -> BackendFuture<'_, Result<(), BackendError>> {
-        let r = self.check_write().and_then(|()| self.check_range(offset, len));
+        let r = self
+            .check_write()
+            .and_then(|()| self.check_range(offset, len));
         if r.is_ok() {
             self.stats.trims.fetch_add(1, Ordering::Relaxed);
             self.punch(offset, len);
@@ -331,12 +375,16 @@ impl ExportBackend for MemBackend {
         may_trim: bool,
         fast_only: bool,
     ) -> BackendFuture<'_, Result<(), BackendError>> {
-        let r = self.check_write().and_then(|()| self.check_range(offset, len));
+        let r = self
+            .check_write()
+            .and_then(|()| self.check_range(offset, len));
         if let Err(e) = r {
             return ready(Err(e));
         }
         if fast_only && !self.fast_zero {
-            return ready(Err(BackendError::not_supported("zeroing is not fast on this export")));
+            return ready(Err(BackendError::not_supported(
+                "zeroing is not fast on this export",
+            )));
         }
         if may_trim {
             self.stats.trims.fetch_add(1, Ordering::Relaxed);
@@ -347,7 +395,11 @@ impl ExportBackend for MemBackend {
         ready(Ok(()))
     }
 
-    fn block_status(&self, offset: u64, len: u64) -> BackendFuture<'_, Result<Vec<Extent>, BackendError>> {
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> BackendFuture<'_, Result<Vec<Extent>, BackendError>> {
         if let Err(e) = self.check_range(offset, len) {
             return ready(Err(e));
         }
@@ -373,7 +425,11 @@ impl ExportBackend for MemBackend {
                     while p < r.end {
                         let b = p / bs_us;
                         let bend = ((b + 1) * bs_us).min(r.end);
-                        push(&mut out, u64::try_from(bend - p).unwrap_or(bs), !c.is_set(b));
+                        push(
+                            &mut out,
+                            u64::try_from(bend - p).unwrap_or(bs),
+                            !c.is_set(b),
+                        );
                         p = bend;
                     }
                 }
@@ -383,7 +439,10 @@ impl ExportBackend for MemBackend {
             out.truncate(MAX_EXTENTS);
         }
         if out.is_empty() {
-            out.push(Extent { length: len, flags: 0 });
+            out.push(Extent {
+                length: len,
+                flags: 0,
+            });
         }
         ready(Ok(out))
     }

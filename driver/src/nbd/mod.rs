@@ -39,10 +39,14 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{BackendError, BackendFuture, ExportBackend, ReadLayout, ReadResult, WriteResult};
+pub use backend::{
+    BackendError, BackendFuture, ExportBackend, ReadLayout, ReadResult, WriteResult,
+};
 pub use error::NbdError;
 pub use exports::{ExportHandle, Exports, ExportsError};
-pub use handshake::{ExportCatalog, ExportInfo, Handshake, HandshakeConfig, HandshakeError, Negotiated, Step};
+pub use handshake::{
+    ExportCatalog, ExportInfo, Handshake, HandshakeConfig, HandshakeError, Negotiated, Step,
+};
 pub use mem::MemBackend;
 pub use proto::Errno;
 pub use reply::{Extent, ReplyMode};

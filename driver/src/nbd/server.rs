@@ -136,16 +136,26 @@ pub struct NbdServer {
 
 impl NbdServer {
     /// Binds the listeners and starts accepting on `reactors`.
-    pub fn start(cfg: NbdServerConfig, exports: Arc<Exports>, reactors: &ReactorSet) -> Result<NbdServer, NbdError> {
+    pub fn start(
+        cfg: NbdServerConfig,
+        exports: Arc<Exports>,
+        reactors: &ReactorSet,
+    ) -> Result<NbdServer, NbdError> {
         let targets: Vec<ReactorHandle> = match &cfg.reactors {
             Some(list) => list.iter().filter_map(|&i| reactors.handle(i)).collect(),
-            None => (0..reactors.len()).filter_map(|i| reactors.handle(i)).collect(),
+            None => (0..reactors.len())
+                .filter_map(|i| reactors.handle(i))
+                .collect(),
         };
         if targets.is_empty() {
-            return Err(NbdError::Config("no reactor to serve connections on".into()));
+            return Err(NbdError::Config(
+                "no reactor to serve connections on".into(),
+            ));
         }
         if cfg.tcp.is_none() && cfg.unix.is_none() {
-            return Err(NbdError::Config("neither a TCP address nor a unix socket to listen on".into()));
+            return Err(NbdError::Config(
+                "neither a TCP address nor a unix socket to listen on".into(),
+            ));
         }
         let mut cfg = cfg;
         cfg.max_payload = cfg.max_payload.clamp(4096, 1 << 30);
@@ -155,7 +165,10 @@ impl NbdServer {
         let mut listeners = Vec::new();
         let mut tcp_addr = None;
         if let Some(addr) = cfg.tcp {
-            let l = TcpListener::bind(addr).map_err(|e| NbdError::Listen { addr: addr.to_string(), source: e })?;
+            let l = TcpListener::bind(addr).map_err(|e| NbdError::Listen {
+                addr: addr.to_string(),
+                source: e,
+            })?;
             tcp_addr = Some(l.local_addr()?);
             listeners.push(Listener::Tcp(Arc::new(l)));
         }
@@ -168,7 +181,10 @@ impl NbdServer {
             }) {
                 let _ = std::fs::remove_file(p);
             }
-            let l = UnixListener::bind(p).map_err(|e| NbdError::Listen { addr: p.display().to_string(), source: e })?;
+            let l = UnixListener::bind(p).map_err(|e| NbdError::Listen {
+                addr: p.display().to_string(),
+                source: e,
+            })?;
             listeners.push(Listener::Unix(Arc::new(l)));
         }
         let shared = Arc::new(Shared {
@@ -188,7 +204,14 @@ impl NbdServer {
             })
             .collect();
         tracing::info!(tcp = ?tcp_addr, unix = ?unix_path, reactors = targets.len(), "NBD server listening");
-        Ok(NbdServer { shared, tcp_addr, unix_path, listeners, acceptors, stopped: false })
+        Ok(NbdServer {
+            shared,
+            tcp_addr,
+            unix_path,
+            listeners,
+            acceptors,
+            stopped: false,
+        })
     }
 
     /// The bound TCP address (with the real port when 0 was asked for).
@@ -247,14 +270,22 @@ impl NbdServer {
         if !in_reactor {
             let mut g = self.shared.conns.lock();
             while !g.is_empty() {
-                if self.shared.conns_changed.wait_until(&mut g, deadline).timed_out() {
+                if self
+                    .shared
+                    .conns_changed
+                    .wait_until(&mut g, deadline)
+                    .timed_out()
+                {
                     break;
                 }
             }
             left = g.len();
         }
         if left > 0 {
-            tracing::warn!(connections = left, "NBD shutdown: connections still open at the deadline");
+            tracing::warn!(
+                connections = left,
+                "NBD shutdown: connections still open at the deadline"
+            );
         }
         if let Some(p) = &self.unix_path {
             let _ = std::fs::remove_file(p);
@@ -303,15 +334,25 @@ async fn accept_loop(l: Listener, shared: Arc<Shared>, targets: Vec<ReactorHandl
         {
             let mut g = shared.conns.lock();
             if g.len() >= shared.cfg.max_connections {
-                tracing::warn!(max = shared.cfg.max_connections, "too many NBD connections; refusing one");
+                tracing::warn!(
+                    max = shared.cfg.max_connections,
+                    "too many NBD connections; refusing one"
+                );
                 continue;
             }
             g.insert(id, dup);
         }
-        let guard = ConnGuard { shared: Arc::clone(&shared), id };
+        let guard = ConnGuard {
+            shared: Arc::clone(&shared),
+            id,
+        };
         let k = shared.rr.fetch_add(1, Ordering::Relaxed) % targets.len();
         let sh = Arc::clone(&shared);
-        tracing::debug!(conn = id, reactor = targets[k].index(), "connection accepted");
+        tracing::debug!(
+            conn = id,
+            reactor = targets[k].index(),
+            "connection accepted"
+        );
         drop(targets[k].spawn(move || async move {
             let _guard = guard;
             conn::serve(stream, sh, id).await;

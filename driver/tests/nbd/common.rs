@@ -25,10 +25,18 @@ impl TestServer {
         TestServer::start_with(size, 4096, |_| {})
     }
 
-    pub fn start_with(size: u64, block: u32, tweak: impl FnOnce(&mut NbdServerConfig)) -> TestServer {
+    pub fn start_with(
+        size: u64,
+        block: u32,
+        tweak: impl FnOnce(&mut NbdServerConfig),
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let reactors = ReactorSet::start(ReactorConfig { reactors: 2, pin: false, ..ReactorConfig::default() })
-            .expect("reactors");
+        let reactors = ReactorSet::start(ReactorConfig {
+            reactors: 2,
+            pin: false,
+            ..ReactorConfig::default()
+        })
+        .expect("reactors");
         let exports = Arc::new(Exports::new());
         let mem = Arc::new(MemBackend::new(size, block));
         exports.add(EXPORT, mem.clone(), false).expect("add export");
@@ -39,7 +47,13 @@ impl TestServer {
         };
         tweak(&mut cfg);
         let server = NbdServer::start(cfg, exports.clone(), &reactors).expect("server");
-        TestServer { server: Some(server), reactors: Some(reactors), exports, mem, dir }
+        TestServer {
+            server: Some(server),
+            reactors: Some(reactors),
+            exports,
+            mem,
+            dir,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -47,7 +61,12 @@ impl TestServer {
     }
 
     pub fn sock(&self) -> PathBuf {
-        self.server.as_ref().unwrap().unix_path().unwrap().to_path_buf()
+        self.server
+            .as_ref()
+            .unwrap()
+            .unix_path()
+            .unwrap()
+            .to_path_buf()
     }
 
     pub fn tcp_uri(&self, export: &str) -> String {
@@ -99,7 +118,9 @@ pub fn have(bin: &str) -> bool {
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",

@@ -1,0 +1,634 @@
+//! Raw-socket protocol tests: malformed and abusive traffic, pipelining, back-pressure,
+//! disconnects, DISC, shutdown and export removal. A client that misbehaves must never
+//! disturb another connection or half-apply a write.
+
+#[path = "nbd/common.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use ringpool_driver::nbd::proto::{self, cflags, cmd, opt, rep};
+use ringpool_driver::nbd::request::encode_request;
+use ringpool_driver::nbd::MemBackend;
+
+struct Client {
+    s: UnixStream,
+    extended: bool,
+    structured: bool,
+    size: u64,
+    flags: u16,
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().unwrap())
+}
+fn be64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().unwrap())
+}
+
+#[derive(Debug, PartialEq)]
+enum Reply {
+    /// Simple reply: errno, data (for successful reads).
+    Simple { cookie: u64, errno: u32 },
+    /// One structured/extended chunk.
+    Chunk {
+        cookie: u64,
+        flags: u16,
+        kind: u16,
+        payload: Vec<u8>,
+    },
+}
+
+impl Client {
+    fn connect_raw(s: &TestServer) -> UnixStream {
+        let c = UnixStream::connect(s.sock()).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c
+    }
+
+    fn opt_exchange(s: &mut UnixStream, option: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        let mut m = proto::IHAVEOPT.to_be_bytes().to_vec();
+        m.extend_from_slice(&option.to_be_bytes());
+        m.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
+        m.extend_from_slice(data);
+        s.write_all(&m).unwrap();
+        let mut out = Vec::new();
+        loop {
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h).unwrap();
+            assert_eq!(be64(&h), proto::OPT_REPLY_MAGIC);
+            assert_eq!(be32(&h[8..]), option);
+            let kind = be32(&h[12..]);
+            let mut d = vec![0u8; usize::try_from(be32(&h[16..])).unwrap()];
+            s.read_exact(&mut d).unwrap();
+            out.push((kind, d));
+            if kind == rep::ACK || kind & (1 << 31) != 0 {
+                return out;
+            }
+        }
+    }
+
+    fn greet(s: &mut UnixStream) {
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+    }
+
+    /// Connects and GOes to `export` with the given reply mode options.
+    fn connect(srv: &TestServer, export: &str, structured: bool, extended: bool) -> Client {
+        let mut s = Client::connect_raw(srv);
+        Client::greet(&mut s);
+        if extended {
+            assert_eq!(
+                Client::opt_exchange(&mut s, opt::EXTENDED_HEADERS, &[])[0].0,
+                rep::ACK
+            );
+        } else if structured {
+            assert_eq!(
+                Client::opt_exchange(&mut s, opt::STRUCTURED_REPLY, &[])[0].0,
+                rep::ACK
+            );
+        }
+        let mut d = u32::try_from(export.len()).unwrap().to_be_bytes().to_vec();
+        d.extend_from_slice(export.as_bytes());
+        d.extend_from_slice(&0u16.to_be_bytes());
+        let r = Client::opt_exchange(&mut s, opt::GO, &d);
+        assert_eq!(r.last().unwrap().0, rep::ACK, "GO failed: {r:?}");
+        let e = r
+            .iter()
+            .find(|(k, d)| *k == rep::INFO && d[..2] == [0, 0])
+            .expect("INFO_EXPORT");
+        Client {
+            s,
+            extended,
+            structured: structured || extended,
+            size: be64(&e.1[2..]),
+            flags: u16::from_be_bytes([e.1[10], e.1[11]]),
+        }
+    }
+
+    fn send(&mut self, flags: u16, kind: u16, cookie: u64, offset: u64, len: u64, payload: &[u8]) {
+        let mut m = encode_request(self.extended, flags, kind, cookie, offset, len);
+        m.extend_from_slice(payload);
+        self.s.write_all(&m).unwrap();
+    }
+
+    /// Reads one reply message. For simple replies to reads, `read_len` bytes of data follow
+    /// a zero errno and are returned in `data`.
+    fn recv(&mut self, read_len: usize, data: &mut Vec<u8>) -> Reply {
+        let mut m = [0u8; 4];
+        self.s.read_exact(&mut m).unwrap();
+        match be32(&m) {
+            proto::SIMPLE_REPLY_MAGIC => {
+                let mut h = [0u8; 12];
+                self.s.read_exact(&mut h).unwrap();
+                let errno = be32(&h);
+                if errno == 0 && read_len > 0 {
+                    data.resize(read_len, 0);
+                    self.s.read_exact(data).unwrap();
+                }
+                Reply::Simple {
+                    cookie: be64(&h[4..]),
+                    errno,
+                }
+            }
+            proto::STRUCTURED_REPLY_MAGIC => {
+                let mut h = [0u8; 16];
+                self.s.read_exact(&mut h).unwrap();
+                let mut payload = vec![0u8; usize::try_from(be32(&h[12..])).unwrap()];
+                self.s.read_exact(&mut payload).unwrap();
+                Reply::Chunk {
+                    flags: u16::from_be_bytes([h[0], h[1]]),
+                    kind: u16::from_be_bytes([h[2], h[3]]),
+                    cookie: be64(&h[4..]),
+                    payload,
+                }
+            }
+            proto::EXT_REPLY_MAGIC => {
+                let mut h = [0u8; 28];
+                self.s.read_exact(&mut h).unwrap();
+                let mut payload = vec![0u8; usize::try_from(be64(&h[20..])).unwrap()];
+                self.s.read_exact(&mut payload).unwrap();
+                Reply::Chunk {
+                    flags: u16::from_be_bytes([h[0], h[1]]),
+                    kind: u16::from_be_bytes([h[2], h[3]]),
+                    cookie: be64(&h[4..]),
+                    payload,
+                }
+            }
+            m => panic!("bad reply magic {m:#x}"),
+        }
+    }
+
+    /// The errno of a one-message reply (0 = success).
+    fn status(&mut self, cookie: u64) -> u32 {
+        match self.recv(0, &mut Vec::new()) {
+            Reply::Simple { cookie: c, errno } => {
+                assert_eq!(c, cookie);
+                errno
+            }
+            Reply::Chunk {
+                cookie: c,
+                flags,
+                kind,
+                payload,
+            } => {
+                assert_eq!(c, cookie);
+                assert_eq!(flags & 1, 1, "single chunk must be DONE");
+                match kind {
+                    proto::chunk::NONE => 0,
+                    proto::chunk::ERROR => be32(&payload),
+                    k => panic!("unexpected chunk type {k}"),
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, cookie: u64, offset: u64, data: &[u8]) -> u32 {
+        let f = if self.extended {
+            cflags::PAYLOAD_LEN
+        } else {
+            0
+        };
+        self.send(
+            f,
+            cmd::WRITE,
+            cookie,
+            offset,
+            u64::try_from(data.len()).unwrap(),
+            data,
+        );
+        self.status(cookie)
+    }
+
+    /// Reads `len` bytes (any reply mode).
+    fn read(&mut self, cookie: u64, offset: u64, len: usize) -> Result<Vec<u8>, u32> {
+        self.send(
+            0,
+            cmd::READ,
+            cookie,
+            offset,
+            u64::try_from(len).unwrap(),
+            &[],
+        );
+        self.read_reply(cookie, offset, len)
+    }
+
+    fn read_reply(&mut self, cookie: u64, offset: u64, len: usize) -> Result<Vec<u8>, u32> {
+        let mut data = Vec::new();
+        if !self.structured {
+            return match self.recv(len, &mut data) {
+                Reply::Simple {
+                    cookie: c,
+                    errno: 0,
+                } if c == cookie => Ok(data),
+                Reply::Simple { errno, .. } => Err(errno),
+                r => panic!("{r:?}"),
+            };
+        }
+        let mut out = vec![0u8; len];
+        loop {
+            let Reply::Chunk {
+                cookie: c,
+                flags,
+                kind,
+                payload,
+            } = self.recv(0, &mut data)
+            else {
+                panic!("simple reply to a structured read")
+            };
+            assert_eq!(c, cookie);
+            match kind {
+                proto::chunk::OFFSET_DATA => {
+                    let at = usize::try_from(be64(&payload) - offset).unwrap();
+                    out[at..at + payload.len() - 8].copy_from_slice(&payload[8..]);
+                }
+                proto::chunk::OFFSET_HOLE => {
+                    let at = usize::try_from(be64(&payload) - offset).unwrap();
+                    let n = usize::try_from(be32(&payload[8..])).unwrap();
+                    out[at..at + n].fill(0);
+                }
+                proto::chunk::ERROR | proto::chunk::ERROR_OFFSET => return Err(be32(&payload)),
+                proto::chunk::NONE => {}
+                k => panic!("chunk type {k}"),
+            }
+            if flags & 1 != 0 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// True once the server has closed the connection.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| u8::try_from(i % 251).unwrap() ^ seed)
+        .collect()
+}
+
+#[test]
+fn good_traffic_in_every_reply_mode() {
+    let s = TestServer::start(16 << 20);
+    for (structured, extended) in [(false, false), (true, false), (false, true)] {
+        let mut c = Client::connect(&s, EXPORT, structured, extended);
+        assert_eq!(c.size, 16 << 20);
+        assert!(c.flags & proto::tflags::CAN_MULTI_CONN != 0);
+        let d = pattern(100_000, 7);
+        assert_eq!(c.write(1, 12345, &d), 0);
+        assert_eq!(c.read(2, 12345, d.len()).unwrap(), d);
+        assert_eq!(c.read(3, 8 << 20, 5000).unwrap(), vec![0u8; 5000]);
+        // Large read (zero-copy path) of data.
+        let big = pattern(1 << 20, 9);
+        assert_eq!(c.write(4, 2 << 20, &big), 0);
+        assert_eq!(c.read(5, 2 << 20, 1 << 20).unwrap(), big);
+        c.send(0, cmd::FLUSH, 6, 0, 0, &[]);
+        assert_eq!(c.status(6), 0);
+        c.send(0, cmd::TRIM, 7, 2 << 20, 1 << 20, &[]);
+        assert_eq!(c.status(7), 0);
+        assert_eq!(c.read(8, 2 << 20, 1 << 20).unwrap(), vec![0u8; 1 << 20]);
+        c.send(0, cmd::DISC, 9, 0, 0, &[]);
+        assert!(c.closed());
+    }
+    s.wait_idle();
+    assert_eq!(s.connections(), 0);
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_connection_survives() {
+    let s = TestServer::start(1 << 20);
+    let mut c = Client::connect(&s, EXPORT, false, false);
+    const EINVAL: u32 = 22;
+    const ENOSPC: u32 = 28;
+    c.send(0, 42, 1, 0, 0, &[]);
+    assert_eq!(c.status(1), EINVAL, "unknown command");
+    c.send(0x8000, cmd::READ, 2, 0, 4096, &[]);
+    assert_eq!(c.status(2), EINVAL, "unknown flag");
+    c.send(cflags::DF, cmd::READ, 3, 0, 4096, &[]);
+    assert_eq!(c.status(3), EINVAL, "DF without structured replies");
+    assert_eq!(c.read(4, 1 << 20, 4096), Err(EINVAL), "read at the end");
+    assert_eq!(
+        c.read(5, (1 << 20) - 4096, 8192),
+        Err(EINVAL),
+        "read straddling the end"
+    );
+    assert_eq!(
+        c.write(6, 1 << 20, &[1u8; 4096]),
+        ENOSPC,
+        "write at the end (payload consumed)"
+    );
+    assert_eq!(
+        c.write(7, (1 << 20) - 100, &[1u8; 4096]),
+        ENOSPC,
+        "write straddling the end"
+    );
+    c.send(0, cmd::WRITE_ZEROES, 8, 1 << 20, 4096, &[]);
+    assert_eq!(c.status(8), ENOSPC);
+    c.send(0, cmd::TRIM, 9, 1 << 20, 4096, &[]);
+    assert_eq!(c.status(9), EINVAL);
+    c.send(0, cmd::BLOCK_STATUS, 10, 0, 4096, &[]);
+    assert_eq!(c.status(10), EINVAL, "block status without a context");
+    assert_eq!(
+        c.read(11, 0, 64 << 20),
+        Err(EINVAL),
+        "read above the max payload"
+    );
+    assert_eq!(
+        c.read(12, 1, 511),
+        Ok(vec![0u8; 511]),
+        "unaligned read with min block 1"
+    );
+    assert_eq!(c.read(13, 0, 0), Ok(vec![]), "zero-length read");
+    // Nothing past the end was written.
+    assert_eq!(s.mem.allocated_bytes(), 0);
+    let d = pattern(4096, 3);
+    assert_eq!(c.write(14, 0, &d), 0);
+    assert_eq!(c.read(15, 0, 4096).unwrap(), d);
+}
+
+#[test]
+fn oversized_payloads_are_skipped_or_disconnected() {
+    let s = TestServer::start_with(8 << 20, 4096, |c| {
+        c.max_payload = 1 << 20;
+        c.max_discard = 4 << 20;
+    });
+    let mut c = Client::connect(&s, EXPORT, true, false);
+    let mut other = Client::connect(&s, EXPORT, false, false);
+    // Between max payload and the discard limit: payload read and dropped, EINVAL, still usable.
+    assert_eq!(c.write(1, 0, &vec![9u8; 2 << 20]), 22);
+    assert_eq!(c.read(2, 0, 4096).unwrap(), vec![0u8; 4096]);
+    assert_eq!(s.mem.allocated_bytes(), 0);
+    // Beyond the discard limit: hard disconnect, without touching the data.
+    c.send(0, cmd::WRITE, 3, 0, 6 << 20, &[]);
+    let _ = c.s.write_all(&vec![5u8; 1 << 20]);
+    assert!(c.closed());
+    assert_eq!(s.mem.allocated_bytes(), 0);
+    // Extended headers: any payload above the max is a disconnect.
+    let mut x = Client::connect(&s, EXPORT, false, true);
+    x.send(cflags::PAYLOAD_LEN, cmd::WRITE, 1, 0, 2 << 20, &[]);
+    assert!(x.closed());
+    // The other connection never noticed.
+    assert_eq!(other.write(1, 0, &[1u8; 512]), 0);
+    assert_eq!(other.read(2, 0, 512).unwrap(), vec![1u8; 512]);
+}
+
+#[test]
+fn bad_magic_truncation_and_vanishing_clients() {
+    let s = TestServer::start(4 << 20);
+    let mut good = Client::connect(&s, EXPORT, true, false);
+    // Bad magic: hard disconnect.
+    let mut c = Client::connect(&s, EXPORT, false, false);
+    let mut h = encode_request(false, 0, cmd::READ, 1, 0, 4096);
+    h[0] ^= 0xff;
+    c.s.write_all(&h).unwrap();
+    assert!(c.closed());
+    // Truncated header, then close.
+    let mut c = Client::connect(&s, EXPORT, false, false);
+    c.s.write_all(&encode_request(false, 0, cmd::READ, 1, 0, 4096)[..10])
+        .unwrap();
+    drop(c);
+    // Disconnect in the middle of a write payload: the write is not applied.
+    let mut c = Client::connect(&s, EXPORT, false, false);
+    c.send(0, cmd::WRITE, 1, 1 << 20, 65536, &[0xaa; 1000]);
+    drop(c);
+    // Garbage during the handshake.
+    let mut raw = Client::connect_raw(&s);
+    Client::greet(&mut raw);
+    raw.write_all(b"this is not an option header at all")
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(matches!(raw.read(&mut b), Ok(0) | Err(_)));
+    // Unknown client flags.
+    let mut raw = Client::connect_raw(&s);
+    let mut g = [0u8; 18];
+    raw.read_exact(&mut g).unwrap();
+    raw.write_all(&0x8000_0001u32.to_be_bytes()).unwrap();
+    assert!(matches!(raw.read(&mut b), Ok(0) | Err(_)));
+    // EXPORT_NAME of an unknown export: closed without a reply.
+    let mut raw = Client::connect_raw(&s);
+    Client::greet(&mut raw);
+    let mut m = proto::IHAVEOPT.to_be_bytes().to_vec();
+    m.extend_from_slice(&opt::EXPORT_NAME.to_be_bytes());
+    m.extend_from_slice(&4u32.to_be_bytes());
+    m.extend_from_slice(b"nope");
+    raw.write_all(&m).unwrap();
+    assert!(matches!(raw.read(&mut b), Ok(0) | Err(_)));
+    drop(raw);
+    // The well-behaved connection kept working throughout; the torn write never landed.
+    let d = pattern(8192, 1);
+    assert_eq!(good.write(1, 0, &d), 0);
+    assert_eq!(good.read(2, 0, 8192).unwrap(), d);
+    assert_eq!(good.read(3, 1 << 20, 65536).unwrap(), vec![0u8; 65536]);
+    drop(good);
+    s.wait_idle();
+    assert_eq!(s.connections(), 0, "connections leaked");
+}
+
+#[test]
+fn pipelined_requests_complete_with_their_cookies() {
+    let s = TestServer::start(8 << 20);
+    let mut c = Client::connect(&s, EXPORT, true, false);
+    let n = 64u64;
+    let mut burst = Vec::new();
+    for i in 0..n {
+        burst.extend(encode_request(false, 0, cmd::WRITE, i, i * 65536, 65536));
+        burst.extend(pattern(65536, u8::try_from(i).unwrap()));
+    }
+    c.s.write_all(&burst).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n {
+        match c.recv(0, &mut Vec::new()) {
+            Reply::Simple { cookie, errno: 0 } => assert!(seen.insert(cookie)),
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(seen.len(), usize::try_from(n).unwrap());
+    let mut burst = Vec::new();
+    for i in 0..n {
+        burst.extend(encode_request(
+            false,
+            0,
+            cmd::READ,
+            1000 + i,
+            i * 65536,
+            65536,
+        ));
+    }
+    c.s.write_all(&burst).unwrap();
+    // Replies may come in any order: collect chunks per cookie.
+    let mut got = std::collections::HashMap::new();
+    while got.len() < usize::try_from(n).unwrap() {
+        let Reply::Chunk {
+            cookie,
+            flags,
+            kind,
+            payload,
+        } = c.recv(0, &mut Vec::new())
+        else {
+            panic!()
+        };
+        assert_eq!(kind, proto::chunk::OFFSET_DATA);
+        assert_eq!(flags & 1, 1);
+        let i = cookie - 1000;
+        assert_eq!(be64(&payload), i * 65536);
+        got.insert(i, payload[8..].to_vec());
+    }
+    for i in 0..n {
+        assert!(
+            got[&i] == pattern(65536, u8::try_from(i).unwrap()),
+            "data of request {i}"
+        );
+    }
+}
+
+#[test]
+fn slow_reader_gets_back_pressure_not_server_memory() {
+    let s = TestServer::start_with(64 << 20, 4096, |c| {
+        c.max_payload = 1 << 20;
+        c.max_inflight_bytes = 4 << 20;
+    });
+    // Make the data non-hole so replies carry the full payload.
+    let mut w = Client::connect(&s, EXPORT, false, false);
+    assert_eq!(w.write(1, 0, &vec![7u8; 1 << 20]), 0);
+    let mut c = Client::connect(&s, EXPORT, false, false);
+    let n = 200u64;
+    let reads_before = s.mem.stats().reads.load(Ordering::Relaxed);
+    let sender = {
+        let mut s2 = c.s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for i in 0..n {
+                s2.write_all(&encode_request(false, 0, cmd::READ, i, 0, 1 << 20))
+                    .unwrap();
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let served = s.mem.stats().reads.load(Ordering::Relaxed) - reads_before;
+    eprintln!("reads executed while the client was not reading: {served}");
+    // 4 MiB of credit plus what the socket buffers hold: far below 200 MiB of replies.
+    assert!(
+        served < 40,
+        "server executed {served} reads for a client that reads nothing"
+    );
+    let mut data = Vec::new();
+    for _ in 0..n {
+        match c.recv(1 << 20, &mut data) {
+            Reply::Simple { errno: 0, .. } => assert!(data.iter().all(|b| *b == 7)),
+            r => panic!("{r:?}"),
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!(
+        s.mem.stats().reads.load(Ordering::Relaxed) - reads_before,
+        n
+    );
+}
+
+#[test]
+fn disc_drains_in_flight_writes() {
+    let s = TestServer::start(8 << 20);
+    let mut c = Client::connect(&s, EXPORT, false, false);
+    let mut burst = Vec::new();
+    for i in 0..32u64 {
+        burst.extend(encode_request(
+            false,
+            cflags::FUA,
+            cmd::WRITE,
+            i,
+            i * 4096,
+            4096,
+        ));
+        burst.extend(vec![u8::try_from(i + 1).unwrap(); 4096]);
+    }
+    burst.extend(encode_request(false, 0, cmd::DISC, 99, 0, 0));
+    c.s.write_all(&burst).unwrap();
+    let mut n = 0;
+    loop {
+        let mut m = [0u8; 16];
+        match c.s.read_exact(&mut m) {
+            Ok(()) => {
+                assert_eq!(be32(&m[4..]), 0);
+                n += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    assert_eq!(n, 32, "every write before DISC is answered");
+    for i in 0..32u64 {
+        assert_eq!(
+            s.mem.contents(i * 4096, 4096),
+            vec![u8::try_from(i + 1).unwrap(); 4096]
+        );
+    }
+}
+
+#[test]
+fn export_removal_and_addition_while_serving() {
+    let s = TestServer::start(4 << 20);
+    s.exports
+        .add(
+            "pool/other",
+            std::sync::Arc::new(MemBackend::new(1 << 20, 4096)),
+            true,
+        )
+        .unwrap();
+    let mut ro = Client::connect(&s, "pool/other", false, false);
+    assert!(ro.flags & proto::tflags::READ_ONLY != 0);
+    assert_eq!(
+        ro.write(1, 0, &[1u8; 4096]),
+        1,
+        "EPERM on a read-only export"
+    );
+    assert_eq!(ro.read(2, 0, 4096).unwrap(), vec![0u8; 4096]);
+    assert!(s.exports.remove("pool/other").is_some());
+    assert_eq!(
+        ro.read(3, 0, 4096),
+        Err(108),
+        "ESHUTDOWN once the export is gone"
+    );
+    // New handshakes no longer see it.
+    let mut raw = Client::connect_raw(&s);
+    Client::greet(&mut raw);
+    let mut d = 10u32.to_be_bytes().to_vec();
+    d.extend_from_slice(b"pool/other");
+    d.extend_from_slice(&0u16.to_be_bytes());
+    let r = Client::opt_exchange(&mut raw, opt::INFO, &d);
+    assert_eq!(r[0].0, rep::ERR_UNKNOWN);
+    // The main export is unaffected.
+    let mut c = Client::connect(&s, EXPORT, true, false);
+    assert_eq!(c.write(1, 0, &[3u8; 4096]), 0);
+}
+
+#[test]
+fn shutdown_drains_and_closes_connections() {
+    let mut s = TestServer::start(4 << 20);
+    let sock = s.sock();
+    let mut c = Client::connect(&s, EXPORT, true, false);
+    let mut idle = Client::connect_raw(&s);
+    Client::greet(&mut idle);
+    assert_eq!(c.write(1, 0, &[4u8; 4096]), 0);
+    let mut server = s.server.take().unwrap();
+    let t = std::thread::spawn(move || {
+        let left = server.shutdown_timeout(Duration::from_secs(10));
+        (server, left)
+    });
+    assert!(c.closed(), "transmission connection closed by shutdown");
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(idle.read(&mut b), Ok(0) | Err(_)),
+        "handshake connection closed by shutdown"
+    );
+    let (server, left) = t.join().unwrap();
+    assert_eq!(left, 0);
+    assert!(UnixStream::connect(&sock).is_err(), "socket removed");
+    drop(server);
+}
