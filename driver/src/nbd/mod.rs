@@ -37,6 +37,8 @@ pub mod request;
 pub mod server;
 
 #[cfg(test)]
+mod mem_tests;
+#[cfg(test)]
 mod tests;
 
 pub use backend::{
