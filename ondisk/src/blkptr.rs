@@ -29,7 +29,7 @@
 //! An indirect block is an array of encoded block pointers, `block_size / 64` of them, with no
 //! header; its own checksum lives in its parent pointer.
 
-use crate::bytes::{need, reserved_zero, Reader};
+use crate::bytes::{head, rd16b, rd32, rd64, reserved_zero};
 use crate::checksum::{Checksum, ChecksumAlgo};
 use crate::error::{OnDiskError, Result};
 use crate::layout::{MAX_BLOCK_SIZE, MAX_DEVICES, MIN_BLOCK_SIZE};
@@ -273,20 +273,19 @@ impl BlockPointer {
 
     /// Decodes and validates the first [`BLKPTR_SIZE`] bytes of `buf`.
     pub fn decode(buf: &[u8]) -> Result<BlockPointer> {
-        need(buf, BLKPTR_SIZE, WHAT)?;
-        let mut r = Reader::new(buf, WHAT);
-        let offset = r.u64()?;
-        let device = r.u32()?;
-        let asize = r.u32()?;
-        let lsize = r.u32()?;
-        let kind = ObjectType::from_tag(r.u8()?)?;
-        let level = r.u8()?;
-        let algo = r.u8()?;
-        let flags = r.u8()?;
-        let birth_txg = r.u64()?;
-        let fill = r.u64()?;
-        let value = r.array::<16>()?;
-        let reserved = r.u64()?;
+        let b = head::<BLKPTR_SIZE>(buf, WHAT)?;
+        let offset = rd64::<0, BLKPTR_SIZE>(b);
+        let device = rd32::<8, BLKPTR_SIZE>(b);
+        let asize = rd32::<12, BLKPTR_SIZE>(b);
+        let lsize = rd32::<16, BLKPTR_SIZE>(b);
+        let kind = ObjectType::from_tag(b[20])?;
+        let level = b[21];
+        let algo = b[22];
+        let flags = b[23];
+        let birth_txg = rd64::<24, BLKPTR_SIZE>(b);
+        let fill = rd64::<32, BLKPTR_SIZE>(b);
+        let value = rd16b::<40, BLKPTR_SIZE>(b);
+        let reserved = rd64::<56, BLKPTR_SIZE>(b);
         reserved_zero(u64::from(flags), WHAT, "flags")?;
         reserved_zero(reserved, WHAT, "reserved")?;
         let bp = if algo == 0 {
@@ -395,11 +394,21 @@ pub fn encode_indirect(ptrs: &[BlockPointer], out: &mut [u8]) -> Result<()> {
 
 /// Decodes every pointer of an indirect block.
 pub fn decode_indirect(block: &[u8]) -> Result<Vec<BlockPointer>> {
+    let mut out = Vec::new();
+    decode_indirect_into(block, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes every pointer of an indirect block into `out` (cleared first), so a tree walk can
+/// reuse one buffer. On error `out` holds the pointers before the bad one.
+pub fn decode_indirect_into(block: &[u8], out: &mut Vec<BlockPointer>) -> Result<()> {
     check_indirect_len(block.len())?;
-    block
-        .chunks_exact(BLKPTR_SIZE)
-        .map(BlockPointer::decode)
-        .collect()
+    out.clear();
+    out.reserve(block.len() / BLKPTR_SIZE);
+    for chunk in block.chunks_exact(BLKPTR_SIZE) {
+        out.push(BlockPointer::decode(chunk)?);
+    }
+    Ok(())
 }
 
 /// Decodes pointer `index` of an indirect block without decoding the others.

@@ -136,3 +136,49 @@ pub(crate) fn pad8_len(len: usize) -> usize {
 pub(crate) fn len_u64(len: usize) -> u64 {
     u64::try_from(len).unwrap_or(u64::MAX)
 }
+
+/// Reads the little-endian u64 at the constant offset `OFF` of a fixed-size array. The bound is
+/// checked at compile time, so hot fixed-layout decoders pay no per-field `Result`.
+#[inline]
+pub(crate) fn rd64<const OFF: usize, const N: usize>(b: &[u8; N]) -> u64 {
+    const { assert!(OFF + 8 <= N) };
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[OFF..OFF + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Reads the little-endian u32 at the constant offset `OFF` (see [`rd64`]).
+#[inline]
+pub(crate) fn rd32<const OFF: usize, const N: usize>(b: &[u8; N]) -> u32 {
+    const { assert!(OFF + 4 <= N) };
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[OFF..OFF + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// Reads the 16 bytes at the constant offset `OFF` (see [`rd64`]).
+#[inline]
+pub(crate) fn rd16b<const OFF: usize, const N: usize>(b: &[u8; N]) -> [u8; 16] {
+    const { assert!(OFF + 16 <= N) };
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[OFF..OFF + 16]);
+    a
+}
+
+/// The first `N` bytes of `buf` as an array, or `BufferTooSmall`.
+#[inline]
+pub(crate) fn head<'a, const N: usize>(buf: &'a [u8], what: &'static str) -> Result<&'a [u8; N]> {
+    buf.first_chunk::<N>().ok_or(OnDiskError::BufferTooSmall {
+        what,
+        need: N,
+        have: buf.len(),
+    })
+}
+
+/// The little-endian u64 at byte `at` of `data`, if all 8 bytes are there.
+#[inline]
+pub(crate) fn word_at(data: &[u8], at: usize) -> Option<u64> {
+    data.get(at..)?
+        .first_chunk::<8>()
+        .map(|a| u64::from_le_bytes(*a))
+}

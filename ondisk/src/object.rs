@@ -505,8 +505,9 @@ pub fn encode_object_block(records: &[Option<ObjectRecord>], out: &mut [u8]) -> 
 /// Decodes every slot of an object-set block.
 pub fn decode_object_block(block: &[u8]) -> Result<Vec<Option<ObjectRecord>>> {
     check_object_block_len(block.len())?;
-    block
-        .chunks_exact(OBJECT_RECORD_SIZE)
-        .map(ObjectRecord::decode)
-        .collect()
+    let mut out = Vec::with_capacity(block.len() / OBJECT_RECORD_SIZE);
+    for chunk in block.chunks_exact(OBJECT_RECORD_SIZE) {
+        out.push(ObjectRecord::decode(chunk)?);
+    }
+    Ok(out)
 }

@@ -6,21 +6,18 @@ use super::{
     SM2_OFFSET_BITS, SM2_RUN_BITS, SM_DEBUG_PASS_BITS, SM_DEBUG_TXG_BITS, SM_OFFSET_BITS,
     SM_PADDING_WORD, SM_RUN_BITS, WHAT, WORD,
 };
-use crate::bytes::len_u64;
+use crate::bytes::{len_u64, word_at};
 use crate::error::{OnDiskError, Result};
 
 /// Decodes the record starting at `data[pos..]`. `block_end` is where the current block ends in
 /// `data` (a two-word entry must end at or before it).
 fn decode_at(data: &[u8], pos: usize, block_end: usize) -> Result<(SmRecord, u8)> {
     let word = |at: usize| -> Result<u64> {
-        let b = data.get(at..at + WORD).ok_or(OnDiskError::BufferTooSmall {
+        word_at(data, at).ok_or(OnDiskError::BufferTooSmall {
             what: WHAT,
-            need: at + WORD,
+            need: at.saturating_add(WORD),
             have: data.len(),
-        })?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        })
     };
     let w = word(pos)?;
     match w >> 62 {
