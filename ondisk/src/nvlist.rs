@@ -317,6 +317,12 @@ impl NvList {
     /// Decodes a list from the start of `buf` (bytes after the encoded list are ignored, so a
     /// zero-padded block decodes).
     pub fn decode(buf: &[u8]) -> Result<NvList> {
+        Ok(NvList::decode_prefix(buf)?.0)
+    }
+
+    /// Decodes the list at the start of `buf` and returns it with the number of bytes it took,
+    /// for logs of concatenated lists (e.g. history records).
+    pub fn decode_prefix(buf: &[u8]) -> Result<(NvList, usize)> {
         let mut r = Reader::new(buf, WHAT);
         let magic = r.u32()?;
         if magic != NVLIST_MAGIC {
@@ -342,7 +348,8 @@ impl NvList {
                 len: r.remaining(),
                 reason: "body length beyond the buffer",
             })?;
-        decode_body(r.bytes(len)?, 1)
+        let body = r.bytes(len)?;
+        Ok((decode_body(body, 1)?, r.pos()))
     }
 }
 

@@ -469,6 +469,20 @@ pub fn levels_for(blocks: u64, nroots: u8, indirect_block_size: u32) -> Option<u
     (1..=MAX_LEVELS).find(|&l| capacity_blocks(l, nroots, indirect_block_size) >= blocks)
 }
 
+/// Object records per object-set block of `block_size` bytes.
+pub fn records_per_block(block_size: u32) -> u64 {
+    u64::from(block_size) / crate::bytes::len_u64(OBJECT_RECORD_SIZE)
+}
+
+/// Where object `object_id` lives in an object set with blocks of `block_size` bytes:
+/// `(block id, byte offset in the block)`; `None` if the block size holds no record.
+pub fn object_location(object_id: u64, block_size: u32) -> Option<(u64, usize)> {
+    let per = records_per_block(block_size);
+    let block = object_id.checked_div(per)?;
+    let slot = usize::try_from(object_id % per).ok()?;
+    Some((block, slot * OBJECT_RECORD_SIZE))
+}
+
 fn check_object_block_len(len: usize) -> Result<()> {
     if len == 0 || !len.is_multiple_of(OBJECT_RECORD_SIZE) || len > MAX_BLOCK_SIZE as usize {
         return Err(OnDiskError::BadLength {
@@ -510,4 +524,57 @@ pub fn decode_object_block(block: &[u8]) -> Result<Vec<Option<ObjectRecord>>> {
         out.push(ObjectRecord::decode(chunk)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_and_levels() {
+        // 16 KiB indirect blocks hold 256 pointers.
+        assert_eq!(capacity_blocks(1, 1, 16384), 1);
+        assert_eq!(capacity_blocks(2, 3, 16384), 768);
+        assert_eq!(capacity_blocks(3, 1, 16384), 65536);
+        assert_eq!(capacity_blocks(8, 3, 1 << 24), u64::MAX);
+        assert_eq!(levels_for(0, 1, 16384), Some(1));
+        assert_eq!(levels_for(1, 1, 16384), Some(1));
+        assert_eq!(levels_for(2, 1, 16384), Some(2));
+        assert_eq!(levels_for(257, 1, 16384), Some(3));
+        assert_eq!(levels_for(u64::MAX, 1, 512), None);
+        assert_eq!(records_per_block(16384), 32);
+        assert_eq!(object_location(33, 16384), Some((1, 512)));
+        assert_eq!(object_location(1, 256), None);
+    }
+
+    #[test]
+    fn record_rules() {
+        let mut r = ObjectRecord::new(ObjectType::VolumeData, 4096, 16384, 7).unwrap();
+        assert_eq!(
+            ObjectRecord::decode(&r.to_bytes().unwrap()).unwrap(),
+            Some(r.clone())
+        );
+        assert_eq!(
+            ObjectRecord::decode(&[0u8; OBJECT_RECORD_SIZE]).unwrap(),
+            None
+        );
+        assert!(ObjectRecord::new(ObjectType::None, 4096, 16384, 7).is_err());
+        assert!(ObjectRecord::new(ObjectType::Raw, 4095, 16384, 7).is_err());
+        assert!(ObjectRecord::new(ObjectType::Raw, 4096, 1 << 25, 7).is_err());
+        r.max_block_id = 1;
+        assert!(r.to_bytes().is_err(), "one level, one root: only block 0");
+        r.max_block_id = 0;
+        r.roots[1] = BlockPointer::hole(3);
+        assert!(r.to_bytes().is_err(), "unused root must be empty");
+        r.roots[1] = BlockPointer::EMPTY;
+        r.bonus = Bonus::Raw(vec![1; BONUS_SIZE + 1]);
+        assert!(r.to_bytes().is_err());
+        r.bonus = Bonus::Raw(vec![1; BONUS_SIZE]);
+        let b = r.to_bytes().unwrap();
+        assert_eq!(ObjectRecord::decode(&b).unwrap().unwrap(), r);
+        assert!(ObjectFlags::from_bits(0x80).is_err());
+        let f = ObjectFlags::NONE.with(ObjectFlags::DESTROYING);
+        assert!(f.contains(ObjectFlags::DESTROYING) && !f.contains(ObjectFlags::READ_ONLY));
+        assert_eq!(f.without(ObjectFlags::DESTROYING), ObjectFlags::NONE);
+    }
 }

@@ -67,8 +67,17 @@ fn muts() -> impl Strategy<Value = Vec<(usize, u8)>> {
     vec((any::<usize>(), any::<u8>()), 1..6)
 }
 
+/// Case count: `default`, or `PROPTEST_CASES` when set (for long fuzz runs:
+/// `PROPTEST_CASES=1000000 cargo test --release -p ringpool-ondisk --test fuzz`).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(2048), ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes(b in vec(any::<u8>(), 0..1200)) {
@@ -82,7 +91,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_blkptr(bp in blkptr(), m in muts()) {

@@ -193,3 +193,22 @@ proptest! {
         prop_assert_eq!(alloc, 0);
     }
 }
+
+proptest! {
+    /// A log of concatenated lists (history records) splits back into the same lists.
+    #[test]
+    fn nvlist_concatenated(lists in proptest::collection::vec(nvlist(), 0..6)) {
+        let mut log = Vec::new();
+        for l in &lists {
+            log.extend(l.encode().unwrap());
+        }
+        let mut got = Vec::new();
+        let mut at = 0;
+        while at < log.len() {
+            let (l, n) = NvList::decode_prefix(&log[at..]).unwrap();
+            got.push(l);
+            at += n;
+        }
+        prop_assert_eq!(got, lists);
+    }
+}
