@@ -1,0 +1,172 @@
+//! Differential property test of `RangeTree` against `rangemap::RangeSet` (the oracle).
+
+use proptest::prelude::*;
+use rangemap::RangeSet;
+use ringpool_alloc::{AllocError, RangeTree, WideRangeTree};
+
+const BASE: u64 = 0x10_0000;
+const UNITS: u64 = 256;
+const SHIFT: u32 = 12;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add(u64, u64),
+    Remove(u64, u64),
+    ClearRange(u64, u64),
+    Best(u64, u64),
+    First(u64, u64, u64),
+}
+
+fn range() -> impl Strategy<Value = (u64, u64)> {
+    (0..UNITS, 1..24u64).prop_map(|(s, l)| (s, l.min(UNITS - s).max(1)))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => range().prop_map(|(s, l)| Op::Add(s, l)),
+        3 => range().prop_map(|(s, l)| Op::Remove(s, l)),
+        1 => range().prop_map(|(s, l)| Op::ClearRange(s, l)),
+        1 => (1..20u64, 0..4u32).prop_map(|(l, a)| Op::Best(l, 1 << a)),
+        1 => (0..UNITS, 1..20u64, 0..3u32).prop_map(|(c, l, a)| Op::First(c, l, 1 << a)),
+    ]
+}
+
+fn b(u: u64) -> u64 {
+    BASE + (u << SHIFT)
+}
+
+fn oracle_fits(o: &RangeSet<u64>, start: u64, len: u64) -> bool {
+    // the whole range lies inside one oracle range
+    o.get(&start).is_some_and(|r| r.end >= start + len)
+}
+
+fn check_same<U: ringpool_alloc::SegUnit>(t: &RangeTree<U>, o: &RangeSet<u64>) {
+    let ours: Vec<(u64, u64)> = t.iter().collect();
+    let theirs: Vec<(u64, u64)> = o.iter().map(|r| (r.start, r.end - r.start)).collect();
+    assert_eq!(ours, theirs);
+    assert_eq!(t.space(), theirs.iter().map(|x| x.1).sum::<u64>());
+    assert_eq!(t.segment_count(), theirs.len());
+    t.verify().unwrap();
+}
+
+fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
+    let mut o: RangeSet<u64> = RangeSet::new();
+    for op in ops {
+        match op {
+            Op::Add(s, l) => {
+                let (s, l) = (b(s), l << SHIFT);
+                let overlap = o.overlaps(&(s..s + l));
+                let r = t.add(s, l);
+                if overlap {
+                    assert_eq!(r, Err(AllocError::DoubleFree { start: s, len: l }));
+                } else {
+                    r.unwrap();
+                    o.insert(s..s + l);
+                }
+                assert!(t.overlaps(s, l));
+            }
+            Op::Remove(s, l) => {
+                let (s, l) = (b(s), l << SHIFT);
+                let present = oracle_fits(&o, s, l);
+                assert_eq!(t.contains(s, l), present);
+                let r = t.remove(s, l);
+                if present {
+                    r.unwrap();
+                    o.remove(s..s + l);
+                } else {
+                    assert_eq!(r, Err(AllocError::DoubleAlloc { start: s, len: l }));
+                }
+                assert!(!t.overlaps(s, l) || !present);
+            }
+            Op::ClearRange(s, l) => {
+                let (s, l) = (b(s), l << SHIFT);
+                t.clear_range(s, l).unwrap();
+                o.remove(s..s + l);
+                assert!(!t.overlaps(s, l));
+            }
+            Op::Best(l, a) => {
+                let (len, align) = (l << SHIFT, a << SHIFT);
+                // oracle: smallest segment (then lowest offset) that fits aligned
+                let mut best: Option<(u64, u64)> = None;
+                for r in o.iter() {
+                    let st = r.start.div_ceil(align) * align;
+                    if st + len <= r.end {
+                        let sl = r.end - r.start;
+                        if best.is_none_or(|(bl, _)| sl < bl) {
+                            best = Some((sl, st));
+                        }
+                    }
+                }
+                let got = t.find_best(len, align);
+                match (got, best) {
+                    (None, None) => {}
+                    (Some(g), Some((bl, _))) => {
+                        // same segment size class: the chosen segment is a smallest fit
+                        let seg = o.get(&g).unwrap();
+                        assert!(g % align == 0 && g + len <= seg.end);
+                        assert_eq!(seg.end - seg.start, bl);
+                    }
+                    other => panic!("find_best mismatch {other:?}"),
+                }
+            }
+            Op::First(c, l, a) => {
+                let (cur, len, align) = (b(c), l << SHIFT, a << SHIFT);
+                // oracle: first segment (in offset order) containing or after the cursor
+                let exp = o.iter().filter(|r| r.end > cur).find_map(|r| {
+                    let st = r.start.div_ceil(align) * align;
+                    (st + len <= r.end).then_some(st)
+                });
+                assert_eq!(t.find_first_from(cur, len, align, u64::MAX), exp);
+            }
+        }
+        check_same(&t, &o);
+    }
+    let largest = o.iter().map(|r| r.end - r.start).max().unwrap_or(0);
+    assert_eq!(t.largest(), largest);
+    let mut seen = Vec::new();
+    t.vacate(|s, l| seen.push((s, l)));
+    assert_eq!(seen.len(), o.iter().count());
+    assert!(t.is_empty() && t.space() == 0);
+    t.verify().unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn indexed_u32_matches_rangemap(ops in prop::collection::vec(op(), 1..200)) {
+        run(RangeTree::<u32>::new(BASE, UNITS << SHIFT, SHIFT).unwrap(), ops);
+    }
+
+    #[test]
+    fn unindexed_u32_matches_rangemap(ops in prop::collection::vec(op(), 1..200)) {
+        run(RangeTree::<u32>::with_index(BASE, UNITS << SHIFT, SHIFT, false).unwrap(), ops);
+    }
+
+    #[test]
+    fn wide_matches_rangemap(ops in prop::collection::vec(op(), 1..200)) {
+        run(WideRangeTree::new(BASE, UNITS << SHIFT, SHIFT).unwrap(), ops);
+    }
+}
+
+#[test]
+fn span_limits_and_move() {
+    assert!(RangeTree::<u32>::new(0, 1 << 45, 12).is_err());
+    assert!(WideRangeTree::new(0, 1 << 45, 12).is_ok());
+    let mut a = RangeTree::<u32>::with_index(0, 1 << 20, 12, false).unwrap();
+    let mut b = RangeTree::<u32>::new(0, 1 << 20, 12).unwrap();
+    a.add(0x1000, 0x1000).unwrap();
+    a.add(0x3000, 0x1000).unwrap();
+    b.add(0x2000, 0x1000).unwrap();
+    a.move_into(&mut b).unwrap();
+    assert!(a.is_empty());
+    assert_eq!(b.iter().collect::<Vec<_>>(), vec![(0x1000, 0x3000)]);
+    b.verify().unwrap();
+    let mut c = RangeTree::<u32>::with_index(0, 1 << 20, 12, false).unwrap();
+    c.add(0x2000, 0x1000).unwrap();
+    assert!(matches!(
+        c.move_into(&mut b),
+        Err(AllocError::DoubleFree { .. })
+    ));
+    assert_eq!(c.space(), 0x1000);
+}
