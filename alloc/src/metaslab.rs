@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::error::AllocError;
 use crate::frag::{fragmentation, segment_weight};
-use crate::range_tree::{RangeTree, HISTOGRAM_BUCKETS};
+use crate::range_tree::{RangeTree, SearchLimit, HISTOGRAM_BUCKETS};
 use crate::record::{SmAction, SmRecord};
 
 /// Per-txg arrays are indexed by `txg & TXG_MASK` (ZFS `TXG_SIZE`).
@@ -44,6 +44,13 @@ pub struct MetaslabConfig {
     /// First-fit search limit in bytes past the first segment examined
     /// [`metaslab_df_max_search`, 16 MiB].
     pub df_max_search: u64,
+    /// Segments the first-fit search examines before the byte limit applies
+    /// [`metaslab_min_search_count`; ZFS uses 100, we default to 16].
+    pub df_min_search_count: usize,
+    /// Hard cap on segments a first-fit search examines before falling back to best fit (not in
+    /// ZFS, whose search may walk ~2048 segments of a fragmented ashift-12 metaslab; this keeps
+    /// an allocation O(log n) + a constant).
+    pub df_max_search_count: usize,
     /// Condense when the map is at least this percentage of its optimal size
     /// [`zfs_condense_pct`, 200].
     pub condense_pct: u64,
@@ -57,6 +64,8 @@ impl Default for MetaslabConfig {
             df_alloc_threshold: 128 << 10,
             df_free_pct: 4,
             df_max_search: 16 << 20,
+            df_min_search_count: 16,
+            df_max_search_count: 64,
             condense_pct: 200,
             condense_min_bytes: 64 << 10,
         }
@@ -89,13 +98,9 @@ impl MetaslabSyncOutput {
 type QueuedFrees = BTreeMap<u64, (u64, u64)>;
 
 fn queued_overlaps(q: &QueuedFrees, start: u64, len: u64) -> bool {
-    let end = start + len;
-    if let Some((&s, &(l, _))) = q.range(..=start).next_back() {
-        if s + l > start {
-            return true;
-        }
-    }
-    matches!(q.range(start..).next(), Some((&s, _)) if s < end)
+    // Queued frees are disjoint: only the last one starting before the end can overlap.
+    !q.is_empty()
+        && matches!(q.range(..start + len).next_back(), Some((&s, &(l, _))) if s + l > start)
 }
 
 /// A metaslab. Not thread-safe: the group keeps each one behind its own lock.
@@ -368,12 +373,14 @@ impl Metaslab {
         let free_pct = self.allocatable.space() * 100 / self.size;
         let mut off = None;
         if largest >= self.cfg.df_alloc_threshold && free_pct >= self.cfg.df_free_pct {
-            off = self.allocatable.find_first_from(
-                self.cursors[cursor_idx],
-                size,
-                unit,
-                self.cfg.df_max_search,
-            );
+            let limit = SearchLimit {
+                min_count: self.cfg.df_min_search_count,
+                max_bytes: self.cfg.df_max_search,
+                max_count: self.cfg.df_max_search_count,
+            };
+            off = self
+                .allocatable
+                .find_first_from(self.cursors[cursor_idx], size, unit, limit);
         }
         if off.is_none() {
             off = self.allocatable.find_best(size, unit);

@@ -19,9 +19,30 @@ use std::ops::Bound::{Excluded, Unbounded};
 
 use crate::error::AllocError;
 
-/// How many segments a first-fit search examines at least before its byte limit may stop it
-/// (ZFS `metaslab_min_search_count`).
-pub const MIN_SEARCH_COUNT: usize = 100;
+/// How many smallest-fitting segments `find_best` probes for an aligned fit before it falls back
+/// to segments large enough for any alignment.
+const ALIGN_PROBE: usize = 100;
+
+/// Bounds of a first-fit search ([`RangeTree::find_first_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchLimit {
+    /// Segments examined at least before the byte limit may stop the search
+    /// (ZFS `metaslab_min_search_count`).
+    pub min_count: usize,
+    /// Stop once this many bytes past the first segment examined (ZFS `metaslab_df_max_search`).
+    pub max_bytes: u64,
+    /// Hard cap on segments examined.
+    pub max_count: usize,
+}
+
+impl SearchLimit {
+    /// No limit.
+    pub const UNBOUNDED: SearchLimit = SearchLimit {
+        min_count: usize::MAX,
+        max_bytes: u64::MAX,
+        max_count: usize::MAX,
+    };
+}
 
 /// Number of histogram buckets (one per bit of a `u64` length).
 pub const HISTOGRAM_BUCKETS: usize = 64;
@@ -254,57 +275,51 @@ impl<U: SegUnit> RangeTree<U> {
             .map(|(s, l)| (s.get(), l.get()))
     }
 
-    /// The first segment starting strictly after unit `u`.
-    #[inline]
-    fn seg_after(&self, u: u64) -> Option<(u64, u64)> {
-        self.by_start
-            .range((Excluded(U::from_u64(u)), Unbounded))
-            .next()
-            .map(|(s, l)| (s.get(), l.get()))
-    }
-
     /// Add `[start, start + len)`, merging with touching neighbours. Overlap with an existing
     /// segment is [`AllocError::DoubleFree`] and leaves the tree unchanged.
     pub fn add(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
         let (s, l) = self.to_units(start, len)?;
         let e = s + l;
-        let prev = self.seg_at_or_before(s);
-        let next = self.seg_after(s);
-        if let Some((ps, pl)) = prev {
+        // One descent: the last two segments starting at or before `e`. Because segments are
+        // disjoint and sorted, they are the only candidates for an overlap, for the neighbour
+        // ending at `s` and for the neighbour starting at `e`.
+        let mut it = self.by_start.range_mut(..=U::from_u64(e));
+        let mut next_at_e: Option<(u64, u64)> = None;
+        let mut cand = it.next_back();
+        if let Some((k, v)) = &cand {
+            if k.get() == e {
+                next_at_e = Some((e, v.get()));
+                cand = it.next_back();
+            }
+        }
+        if let Some((k, v)) = cand {
+            let (ps, pl) = (k.get(), v.get());
             if ps + pl > s {
                 return Err(AllocError::DoubleFree { start, len });
             }
-        }
-        if let Some((ns, _)) = next {
-            if ns < e {
-                return Err(AllocError::DoubleFree { start, len });
-            }
-        }
-        let merge_prev = prev.filter(|&(ps, pl)| ps + pl == s);
-        let merge_next = next.filter(|&(ns, _)| ns == e);
-        match (merge_prev, merge_next) {
-            (Some((ps, pl)), Some((ns, nl))) => {
+            if ps + pl == s {
+                // Merge with prev: grow it in place (and swallow next if it touches too).
+                let nlen = pl + l + next_at_e.map_or(0, |n| n.1);
+                *v = U::from_u64(nlen);
+                if let Some((ns, nl)) = next_at_e {
+                    self.by_start.remove(&U::from_u64(ns));
+                    self.index_remove(ns, nl);
+                }
                 self.index_remove(ps, pl);
-                self.index_remove(ns, nl);
-                self.by_start.remove(&U::from_u64(ns));
-                let nlen = pl + l + nl;
-                self.by_start.insert(U::from_u64(ps), U::from_u64(nlen));
                 self.index_insert(ps, nlen);
+                self.space += len;
+                return Ok(());
             }
-            (Some((ps, pl)), None) => {
-                self.index_remove(ps, pl);
-                let nlen = pl + l;
-                self.by_start.insert(U::from_u64(ps), U::from_u64(nlen));
-                self.index_insert(ps, nlen);
-            }
-            (None, Some((ns, nl))) => {
-                self.index_remove(ns, nl);
+        }
+        match next_at_e {
+            Some((ns, nl)) => {
                 self.by_start.remove(&U::from_u64(ns));
                 let nlen = l + nl;
                 self.by_start.insert(U::from_u64(s), U::from_u64(nlen));
+                self.index_remove(ns, nl);
                 self.index_insert(s, nlen);
             }
-            (None, None) => {
+            None => {
                 self.by_start.insert(U::from_u64(s), U::from_u64(l));
                 self.index_insert(s, l);
             }
@@ -318,21 +333,25 @@ impl<U: SegUnit> RangeTree<U> {
     pub fn remove(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
         let (s, l) = self.to_units(start, len)?;
         let e = s + l;
-        let Some((ps, pl)) = self.seg_at_or_before(s) else {
+        let Some((k, v)) = self.by_start.range_mut(..=U::from_u64(s)).next_back() else {
             return Err(AllocError::DoubleAlloc { start, len });
         };
+        let (ps, pl) = (k.get(), v.get());
         let pe = ps + pl;
         if pe < e {
             return Err(AllocError::DoubleAlloc { start, len });
         }
-        self.index_remove(ps, pl);
         let left = s - ps;
         let right = pe - e;
         if left > 0 {
-            self.by_start.insert(U::from_u64(ps), U::from_u64(left));
-            self.index_insert(ps, left);
+            // Trim in place.
+            *v = U::from_u64(left);
         } else {
             self.by_start.remove(&U::from_u64(ps));
+        }
+        self.index_remove(ps, pl);
+        if left > 0 {
+            self.index_insert(ps, left);
         }
         if right > 0 {
             self.by_start.insert(U::from_u64(e), U::from_u64(right));
@@ -385,15 +404,14 @@ impl<U: SegUnit> RangeTree<U> {
         if start >= end {
             return false;
         }
-        // Units covering [start, end): round start down, end up.
+        // Units covering [start, end): round start down, end up. The last segment starting
+        // before `e` is the only candidate (segments are disjoint and sorted).
         let s = (start - self.base) >> self.shift;
         let e = (end - self.base).div_ceil(1 << self.shift);
-        if let Some((ps, pl)) = self.seg_at_or_before(s) {
-            if ps + pl > s {
-                return true;
-            }
-        }
-        matches!(self.seg_after(s), Some((ns, _)) if ns < e)
+        matches!(
+            self.by_start.range(..U::from_u64(e)).next_back(),
+            Some((ps, pl)) if ps.get() + pl.get() > s
+        )
     }
 
     /// Best fit: the start of an `align`-aligned range of `len` bytes inside the smallest segment
@@ -420,7 +438,7 @@ impl<U: SegUnit> RangeTree<U> {
                         return Some(a);
                     }
                     examined += 1;
-                    if examined >= MIN_SEARCH_COUNT {
+                    if examined >= ALIGN_PROBE {
                         break;
                     }
                 }
@@ -452,14 +470,15 @@ impl<U: SegUnit> RangeTree<U> {
 
     /// First fit from a cursor (ZFS `metaslab_block_picker`): starting with the segment that
     /// contains `cursor` (or the first one after it), return the first `align`-aligned start
-    /// where `len` bytes fit. The search examines at least [`MIN_SEARCH_COUNT`] segments and
-    /// then stops once it is more than `max_search` bytes past the first segment examined.
+    /// where `len` bytes fit. The search stops after `limit.max_count` segments, or, once
+    /// `limit.min_count` were examined, at the first segment more than `limit.max_bytes` past
+    /// the first one examined.
     pub fn find_first_from(
         &self,
         cursor: u64,
         len: u64,
         align: u64,
-        max_search: u64,
+        limit: SearchLimit,
     ) -> Option<u64> {
         if len == 0 || !align.is_power_of_two() {
             return None;
@@ -475,7 +494,7 @@ impl<U: SegUnit> RangeTree<U> {
         for (count, (s, l)) in self.by_start.range(U::from_u64(first_key)..).enumerate() {
             let sb = self.to_bytes(s.get());
             let f = *first.get_or_insert(sb);
-            if count >= MIN_SEARCH_COUNT && sb - f > max_search {
+            if count >= limit.max_count || (count >= limit.min_count && sb - f > limit.max_bytes) {
                 break;
             }
             if let Some(a) = align_up(sb, align.max(unit)) {
@@ -540,15 +559,23 @@ impl<U: SegUnit> RangeTree<U> {
             std::mem::swap(self, dst);
             return Ok(());
         }
-        while let Some((s, l)) = self
-            .by_start
-            .first_key_value()
-            .map(|(s, l)| (s.get(), l.get()))
-        {
-            dst.add(self.to_bytes(s), l << self.shift)?;
-            self.by_start.remove(&U::from_u64(s));
-            self.index_remove(s, l);
-            self.space -= l << self.shift;
+        let map = std::mem::take(&mut self.by_start);
+        self.clear();
+        let mut it = map.into_iter();
+        while let Some((s, l)) = it.next() {
+            let (s, l) = (s.get(), l.get());
+            if let Err(e) = dst.add(self.to_bytes(s), l << self.shift) {
+                // Put back what was not moved (this segment included).
+                let rest: Vec<(u64, u64)> = std::iter::once((s, l))
+                    .chain(it.map(|(s, l)| (s.get(), l.get())))
+                    .collect();
+                for (s, l) in rest {
+                    self.by_start.insert(U::from_u64(s), U::from_u64(l));
+                    self.index_insert(s, l);
+                    self.space += l << self.shift;
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -694,17 +721,20 @@ mod tests {
         assert_eq!(t.find_best(0x4000, 0x8000), Some(0x10000));
         assert_eq!(t.find_best(0x9000, 0x1000), None);
         assert_eq!(
-            t.find_first_from(0x2000, 0x1000, 0x1000, 1 << 30),
+            t.find_first_from(0x2000, 0x1000, 0x1000, SearchLimit::UNBOUNDED),
             Some(0x1000)
         );
         assert_eq!(
-            t.find_first_from(0x3000, 0x1000, 0x1000, 1 << 30),
+            t.find_first_from(0x3000, 0x1000, 0x1000, SearchLimit::UNBOUNDED),
             Some(0x10000)
         );
         assert_eq!(
-            t.find_first_from(0x41000, 0x3000, 0x1000, 1 << 30),
+            t.find_first_from(0x41000, 0x3000, 0x1000, SearchLimit::UNBOUNDED),
             Some(0x40000)
         );
-        assert_eq!(t.find_first_from(0x50000, 0x1000, 0x1000, 1 << 30), None);
+        assert_eq!(
+            t.find_first_from(0x50000, 0x1000, 0x1000, SearchLimit::UNBOUNDED),
+            None
+        );
     }
 }

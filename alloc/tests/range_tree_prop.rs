@@ -2,6 +2,7 @@
 
 use proptest::prelude::*;
 use rangemap::RangeSet;
+use ringpool_alloc::range_tree::SearchLimit;
 use ringpool_alloc::{AllocError, RangeTree, WideRangeTree};
 
 const BASE: u64 = 0x10_0000;
@@ -116,7 +117,10 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                     let st = r.start.div_ceil(align) * align;
                     (st + len <= r.end).then_some(st)
                 });
-                assert_eq!(t.find_first_from(cur, len, align, u64::MAX), exp);
+                assert_eq!(
+                    t.find_first_from(cur, len, align, SearchLimit::UNBOUNDED),
+                    exp
+                );
             }
         }
         check_same(&t, &o);

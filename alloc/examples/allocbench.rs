@@ -1,0 +1,702 @@
+//! allocbench: Ceph's `test_alloc_bench2_90_500_x2` adapted to ringpool's metaslab class.
+//!
+//! A device of `--scale` GiB (default 128, in-memory metaslabs only) is prefilled to 90 % with
+//! 1-4 MiB pieces, 5 % is freed at random, then each of T threads repeatedly frees a random
+//! 4-64 KiB piece of what it owns and allocates 4-64 KiB, until 5x the capacity has been
+//! rewritten. A txg sync (sync + sync_done, through the real defer pipeline) runs every
+//! `--sync-every` operations. The fragmented phase runs once per entry of `--threads`, each from
+//! a fresh prefill with the same seed.
+//!
+//! Reported: phase time, allocations/s, alloc+free pairs/s per thread, p50/p99/p99.9 allocation
+//! latency (hdrhistogram), ZFS fragmentation and Ceph's fragmentation score of the free space,
+//! heap bytes per free segment (a counting global allocator), and the speed-up of T threads
+//! over 1.
+//!
+//! Run: `cargo run --release -p ringpool-alloc --example allocbench -- --scale 8`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use ringpool_alloc::{
+    default_ms_shift, AllocClass, AllocError, ClassConfig, DeviceSpec, Extent, MetaslabClass,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Counting global allocator: live heap bytes, summed over per-thread padded slots so the count
+// itself does not bounce a cache line between the benchmark threads.
+
+const SLOTS: usize = 64;
+
+#[repr(align(128))]
+struct Slot(AtomicIsize);
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_SLOT: Slot = Slot(AtomicIsize::new(0));
+static HEAP: [Slot; SLOTS] = [ZERO_SLOT; SLOTS];
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static MY_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn slot() -> usize {
+    MY_SLOT
+        .try_with(|s| {
+            let v = s.get();
+            if v != usize::MAX {
+                return v;
+            }
+            let n = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+            s.set(n);
+            n
+        })
+        .unwrap_or(0)
+}
+
+fn account(delta: isize) {
+    HEAP[slot()].0.fetch_add(delta, Ordering::Relaxed);
+}
+
+fn heap_bytes() -> isize {
+    HEAP.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+}
+
+struct Counting;
+
+fn isz(n: usize) -> isize {
+    isize::try_from(n).unwrap_or(isize::MAX)
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// GlobalAlloc contract is System's; the counters only observe sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            account(isz(layout.size()));
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` via this allocator with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        account(-isz(layout.size()));
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            account(isz(layout.size()));
+        }
+        p
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr`/`layout` describe a live block from this allocator; forwarded unchanged.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            account(isz(new_size) - isz(layout.size()));
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Parser, Debug)]
+#[command(about = "Ceph-style allocator benchmark for ringpool-alloc")]
+struct Args {
+    /// Device size in GiB.
+    #[arg(long, default_value_t = 128)]
+    scale: u64,
+    /// Thread counts for the fragmented phase, each run from a fresh prefill.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Run a txg sync (sync + sync_done) every this many operations (allocs + frees); default:
+    /// about 0.5 % of the capacity allocated per txg.
+    #[arg(long)]
+    sync_every: Option<u64>,
+    /// Rewrite this many times the capacity in the fragmented phase.
+    #[arg(long, default_value_t = 5.0)]
+    rewrite: f64,
+    /// log2 of the allocation unit.
+    #[arg(long, default_value_t = 12)]
+    ashift: u32,
+    /// RNG seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Pin thread i to core i.
+    #[arg(long)]
+    pin: bool,
+    /// Print one JSON object per run instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const BATCH: u64 = 32;
+
+/// Txg machinery shared by the workers: the open txg, one hold per worker, a sync lock.
+struct Txg {
+    open: AtomicU64,
+    holds: Vec<HoldSlot>,
+    sync_lock: Mutex<()>,
+    ops: AtomicU64,
+    syncs: AtomicU64,
+    sync_time_ns: AtomicU64,
+}
+
+#[repr(align(128))]
+struct HoldSlot(AtomicU64);
+
+impl Txg {
+    fn new(workers: usize, first: u64) -> Self {
+        Self {
+            open: AtomicU64::new(first),
+            holds: (0..workers).map(|_| HoldSlot(AtomicU64::new(0))).collect(),
+            sync_lock: Mutex::new(()),
+            ops: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            sync_time_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn hold(&self, w: usize) -> u64 {
+        loop {
+            let t = self.open.load(Ordering::SeqCst);
+            self.holds[w].0.store(t, Ordering::SeqCst);
+            if self.open.load(Ordering::SeqCst) == t {
+                return t;
+            }
+        }
+    }
+
+    fn release(&self, w: usize) {
+        self.holds[w].0.store(0, Ordering::SeqCst);
+    }
+
+    /// Close the open txg, wait for its holders to drain, sync it and finish it.
+    fn sync(&self, class: &MetaslabClass) -> Result<()> {
+        let _g = self.sync_lock.lock();
+        let start = Instant::now();
+        let t = self.open.fetch_add(1, Ordering::SeqCst);
+        for h in &self.holds {
+            while h.0.load(Ordering::SeqCst) == t {
+                std::hint::spin_loop();
+            }
+        }
+        let out = class.sync(t).context("sync")?;
+        drop(out);
+        class.sync_done(t).context("sync_done")?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_time_ns.fetch_add(
+            u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Count `n` operations; sync when a multiple of `every` is crossed.
+    fn tick(&self, n: u64, every: u64, class: &MetaslabClass) -> Result<()> {
+        let before = self.ops.fetch_add(n, Ordering::Relaxed);
+        if (before + n) / every != before / every {
+            self.sync(class)?;
+        }
+        Ok(())
+    }
+}
+
+/// Operations per txg: `--sync-every`, or enough for ~0.5 % of the capacity (34 KiB average
+/// allocation, one free per allocation).
+fn sync_every(args: &Args) -> u64 {
+    args.sync_every
+        .unwrap_or(2 * (args.scale * GIB / 200 / (34 * KIB)))
+        .max(1)
+}
+
+struct Prepared {
+    class: Arc<MetaslabClass>,
+    owned: Vec<Extent>,
+    txg: Arc<Txg>,
+    prefill_s: f64,
+}
+
+fn build_class(args: &Args, shards: usize) -> Result<MetaslabClass> {
+    let size = args.scale * GIB;
+    let class = MetaslabClass::new(ClassConfig {
+        shards,
+        ..ClassConfig::default()
+    });
+    class.add_device(DeviceSpec {
+        dev: 0,
+        start: 4 * MIB,
+        end: 4 * MIB + size,
+        ashift: args.ashift,
+        ms_shift: default_ms_shift(size),
+    })?;
+    Ok(class)
+}
+
+/// Prefill 90 % with 1-4 MiB pieces, free 5 % at random, and let the defer period pass.
+fn prepare(args: &Args, workers: usize) -> Result<Prepared> {
+    let class = Arc::new(build_class(args, workers)?);
+    let txg = Arc::new(Txg::new(workers, 4));
+    let cap = args.scale * GIB;
+    let unit = 1u64 << args.ashift;
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    let start = Instant::now();
+    let mut owned = Vec::new();
+    let mut filled = 0u64;
+    while filled < cap / 10 * 9 {
+        let t = txg.hold(0);
+        let size = rng.random_range(MIB / unit..=4 * MIB / unit) * unit;
+        let e = class.alloc(size, t, 0, AllocClass::Normal)?;
+        txg.release(0);
+        filled += e.len;
+        owned.push(e);
+        txg.tick(1, sync_every(args), &class)?;
+    }
+    let mut freed = 0u64;
+    while freed < cap / 20 {
+        let i = rng.random_range(0..owned.len());
+        let e = owned.swap_remove(i);
+        let t = txg.hold(0);
+        class.free(e, 1, t)?;
+        txg.release(0);
+        freed += e.len;
+        txg.tick(1, sync_every(args), &class)?;
+    }
+    for _ in 0..3 {
+        txg.sync(&class)?;
+    }
+    Ok(Prepared {
+        class,
+        owned,
+        txg,
+        prefill_s: start.elapsed().as_secs_f64(),
+    })
+}
+
+struct WorkerResult {
+    cpu_s: f64,
+    ganged: u64,
+    allocs: u64,
+    frees: u64,
+    nospace: u64,
+    hist: Histogram<u64>,
+}
+
+/// Allocate `size` bytes as one extent or, when no single extent fits, as several smaller ones
+/// (halving the piece size down to one unit), like Ceph's `allocate` returning an extent vector.
+/// Returns false (and undoes the pieces) when even single units run out.
+fn alloc_ganged(
+    class: &MetaslabClass,
+    size: u64,
+    txg: u64,
+    shard: usize,
+    unit: u64,
+    out: &mut Vec<Extent>,
+) -> Result<bool> {
+    match class.alloc(size, txg, shard, AllocClass::Normal) {
+        Ok(e) => {
+            out.push(e);
+            return Ok(true);
+        }
+        Err(AllocError::NoSpace { .. }) => {}
+        Err(e) => bail!("alloc: {e}"),
+    }
+    let first = out.len();
+    let mut rem = size;
+    let mut chunk = (size / 2 / unit).max(1) * unit;
+    while rem > 0 {
+        let c = chunk.min(rem);
+        match class.alloc(c, txg, shard, AllocClass::Normal) {
+            Ok(e) => {
+                out.push(e);
+                rem -= c;
+            }
+            Err(AllocError::NoSpace { .. }) if chunk > unit => {
+                chunk = (chunk / 2 / unit).max(1) * unit;
+            }
+            Err(AllocError::NoSpace { .. }) => {
+                for e in out.drain(first..) {
+                    class.free_now(e, txg)?;
+                }
+                return Ok(false);
+            }
+            Err(e) => bail!("alloc: {e}"),
+        }
+    }
+    Ok(true)
+}
+
+fn worker(
+    w: usize,
+    args: &Args,
+    class: &MetaslabClass,
+    txg: &Txg,
+    mut owned: Vec<Extent>,
+    quota: u64,
+    go: &AtomicBool,
+) -> Result<WorkerResult> {
+    if args.pin {
+        if let Some(ids) = core_affinity::get_core_ids() {
+            if let Some(id) = ids.get(w % ids.len().max(1)) {
+                core_affinity::set_for_current(*id);
+            }
+        }
+    }
+    let unit = 1u64 << args.ashift;
+    let max_units = 64 * KIB / unit;
+    let mut rng =
+        SmallRng::seed_from_u64(args.seed ^ ((w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let (mut allocs, mut frees, mut nospace, mut ganged) = (0u64, 0u64, 0u64, 0u64);
+    let mut written = 0u64;
+    while !go.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    let cpu0 = thread_cpu_s();
+    while written < quota {
+        let t = txg.hold(w);
+        for i in 0..BATCH {
+            // Free exactly `size` bytes (a random 4-64 KiB amount) from random places of what
+            // we own, then allocate `size` bytes: the fill level stays constant.
+            let size = rng.random_range(1..=max_units) * unit;
+            let mut to_free = size;
+            while to_free > 0 && !owned.is_empty() {
+                let idx = rng.random_range(0..owned.len());
+                let e = owned[idx];
+                let piece = if e.len <= to_free {
+                    owned.swap_remove(idx);
+                    e
+                } else {
+                    let units = e.len / unit;
+                    let off = rng.random_range(0..=units - to_free / unit) * unit;
+                    let p = Extent {
+                        dev: e.dev,
+                        start: e.start + off,
+                        len: to_free,
+                    };
+                    let left = Extent { len: off, ..e };
+                    let right = Extent {
+                        dev: e.dev,
+                        start: p.start + to_free,
+                        len: e.len - off - to_free,
+                    };
+                    match (left.len > 0, right.len > 0) {
+                        (true, true) => {
+                            owned[idx] = left;
+                            owned.push(right);
+                        }
+                        (true, false) => owned[idx] = left,
+                        (false, true) => owned[idx] = right,
+                        (false, false) => {
+                            owned.swap_remove(idx);
+                        }
+                    }
+                    p
+                };
+                class.free(piece, 1, t)?;
+                to_free -= piece.len;
+                frees += 1;
+            }
+            let timed = i % 4 == 0;
+            let t0 = timed.then(Instant::now);
+            let before = owned.len();
+            match alloc_ganged(class, size, t, w, unit, &mut owned)? {
+                true => {
+                    if let Some(t0) = t0 {
+                        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        hist.record(ns.max(1))?;
+                    }
+                    written += size;
+                    allocs += 1;
+                    if owned.len() - before > 1 {
+                        ganged += 1;
+                    }
+                }
+                false => nospace += 1,
+            }
+        }
+        txg.release(w);
+        txg.tick(2 * BATCH, sync_every(args), class)?;
+    }
+    let cpu_s = thread_cpu_s() - cpu0;
+    Ok(WorkerResult {
+        cpu_s,
+        ganged,
+        allocs,
+        frees,
+        nospace,
+        hist,
+    })
+}
+
+/// CPU time consumed by the calling thread, in seconds (the machine may be shared: wall time
+/// alone does not say what the allocator costs).
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec owned by this frame for the whole call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Ceph's `Allocator::get_fragmentation_score`: each free extent is worth its length times a
+/// per-byte factor growing 1.2x per doubling up to 1 MiB, 1.2 -> 1.15 between 1 and 128 MiB;
+/// score = (ideal - actual) / (ideal - worst), ideal = one extent, worst = all single units.
+struct CephScore {
+    scales: Vec<f64>,
+}
+
+impl CephScore {
+    fn new() -> Self {
+        Self { scales: vec![1.0] }
+    }
+
+    fn get(&mut self, v: u64) -> f64 {
+        const SMALL: f64 = 1.2;
+        const HUGE: f64 = 1.15;
+        const SMALL_P2: usize = 20;
+        const HUGE_P2: usize = 27;
+        let sc = (63 - v.leading_zeros()) as usize;
+        while self.scales.len() <= sc + 1 {
+            let ss = self.scales.len();
+            let scale = if ss >= HUGE_P2 {
+                HUGE
+            } else if ss > SMALL_P2 {
+                (HUGE * (ss - SMALL_P2) as f64 + SMALL * (HUGE_P2 - ss) as f64)
+                    / (HUGE_P2 - SMALL_P2) as f64
+            } else {
+                SMALL
+            };
+            let last = *self.scales.last().unwrap_or(&1.0);
+            self.scales.push(last * scale);
+        }
+        let shifted = 1u64 << sc;
+        let x = (v - shifted) as f64 / shifted as f64;
+        shifted as f64 * self.scales[sc] * (1.0 - x)
+            + (shifted * 2) as f64 * self.scales[sc + 1] * x
+    }
+
+    fn score(class: &MetaslabClass, unit: u64) -> Result<f64> {
+        let mut s = CephScore::new();
+        let mut sum = 0u64;
+        let mut score_sum = 0.0;
+        class.walk_free(0, |_, len| {
+            score_sum += s.get(len);
+            sum += len;
+        })?;
+        if sum == 0 {
+            return Ok(0.0);
+        }
+        let ideal = s.get(sum);
+        let terrible = (sum / unit) as f64 * s.get(unit);
+        if ideal <= terrible {
+            return Ok(0.0);
+        }
+        Ok((ideal - score_sum) / (ideal - terrible))
+    }
+}
+
+struct RunReport {
+    cpu_s: f64,
+    ganged: u64,
+    seconds: f64,
+    allocs: u64,
+    frees: u64,
+    nospace: u64,
+    p50_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+    zfs_frag: u64,
+    ceph_score: f64,
+    free_segments: u64,
+    class_heap: isize,
+    syncs: u64,
+    sync_ms_avg: f64,
+    prefill_s: f64,
+    free_bytes: u64,
+}
+
+fn run(args: &Args, threads: usize) -> Result<RunReport> {
+    let prep = prepare(args, threads)?;
+    let Prepared {
+        class,
+        owned,
+        txg,
+        prefill_s,
+    } = prep;
+    let cap = args.scale * GIB;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let quota = (cap as f64 * args.rewrite / threads as f64) as u64;
+    // Deal the prefilled extents out round-robin.
+    let mut shares: Vec<Vec<Extent>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, e) in owned.into_iter().enumerate() {
+        shares[i % threads].push(e);
+    }
+    let go = Arc::new(AtomicBool::new(false));
+    let syncs0 = txg.syncs.load(Ordering::Relaxed);
+    let sync_ns0 = txg.sync_time_ns.load(Ordering::Relaxed);
+    let mut results = Vec::new();
+    let elapsed = std::thread::scope(|s| -> Result<f64> {
+        let mut hs = Vec::new();
+        for (w, share) in shares.into_iter().enumerate() {
+            let (class, txg, go) = (&class, &txg, &go);
+            hs.push(s.spawn(move || worker(w, args, class, txg, share, quota, go)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        go.store(true, Ordering::Release);
+        for h in hs {
+            match h.join() {
+                Ok(r) => results.push(r?),
+                Err(_) => bail!("worker panicked"),
+            }
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })?;
+    let syncs = txg.syncs.load(Ordering::Relaxed) - syncs0;
+    let sync_ns = txg.sync_time_ns.load(Ordering::Relaxed) - sync_ns0;
+    // Let the last frees through the defer pipeline so the free space is what is measured.
+    for _ in 0..3 {
+        txg.sync(&class)?;
+    }
+    class.verify()?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let (mut allocs, mut frees, mut nospace) = (0, 0, 0);
+    for r in &results {
+        hist.add(&r.hist)?;
+        allocs += r.allocs;
+        frees += r.frees;
+        nospace += r.nospace;
+    }
+    let stats = class.stats();
+    let ceph_score = CephScore::score(&class, 1 << args.ashift)?;
+    let cpu_s: f64 = results.iter().map(|r| r.cpu_s).sum();
+    let ganged: u64 = results.iter().map(|r| r.ganged).sum();
+    drop(results);
+    let before = heap_bytes();
+    let class = Arc::try_unwrap(class).map_err(|_| anyhow::anyhow!("class still shared"))?;
+    drop(class);
+    let class_heap = before - heap_bytes();
+    Ok(RunReport {
+        cpu_s,
+        ganged,
+        seconds: elapsed,
+        allocs,
+        frees,
+        nospace,
+        p50_ns: hist.value_at_quantile(0.50),
+        p99_ns: hist.value_at_quantile(0.99),
+        p999_ns: hist.value_at_quantile(0.999),
+        max_ns: hist.max(),
+        zfs_frag: stats.total.fragmentation,
+        ceph_score,
+        free_segments: stats.total.free_segments,
+        class_heap,
+        syncs,
+        sync_ms_avg: if syncs > 0 {
+            sync_ns as f64 / syncs as f64 / 1e6
+        } else {
+            0.0
+        },
+        prefill_s,
+        free_bytes: stats.total.free,
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.threads.is_empty() || args.threads.contains(&0) {
+        bail!("--threads needs positive counts");
+    }
+    let mut one: Option<f64> = None;
+    for &t in &args.threads {
+        let r = run(&args, t)?;
+        let pairs_per_thread = r.allocs.min(r.frees) as f64 / r.seconds / t as f64;
+        let rate = r.allocs as f64 / r.seconds;
+        let per_seg = r.class_heap as f64 / r.free_segments.max(1) as f64;
+        if t == 1 {
+            one = Some(rate);
+        }
+        let speedup = one.map(|o| rate / o);
+        if args.json {
+            println!(
+                "{{\"scale_gib\":{},\"threads\":{},\"seconds\":{:.3},\"cpu_s\":{:.3},\"allocs\":{},\"frees\":{},\"nospace\":{},\"ganged\":{},\"allocs_per_s\":{:.0},\"pairs_per_s_per_thread\":{:.0},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"zfs_frag_pct\":{},\"ceph_frag_score\":{:.4},\"free_segments\":{},\"free_bytes\":{},\"heap_bytes\":{},\"bytes_per_free_segment\":{:.1},\"syncs\":{},\"sync_ms_avg\":{:.2},\"prefill_s\":{:.3},\"speedup_vs_1\":{}}}",
+                args.scale, t, r.seconds, r.cpu_s, r.allocs, r.frees, r.nospace, r.ganged, rate, pairs_per_thread,
+                r.p50_ns, r.p99_ns, r.p999_ns, r.max_ns, r.zfs_frag, r.ceph_score, r.free_segments,
+                r.free_bytes, r.class_heap, per_seg, r.syncs, r.sync_ms_avg, r.prefill_s,
+                speedup.map_or("null".to_string(), |s| format!("{s:.3}"))
+            );
+        } else {
+            println!(
+                "== {} GiB, {} thread(s), txg sync every {} ops ==",
+                args.scale,
+                t,
+                sync_every(&args)
+            );
+            println!("prefill (90% in 1-4 MiB, free 5%): {:.2} s", r.prefill_s);
+            println!(
+                "fragmented phase: {:.2} s for {:.1}x capacity; {} allocs ({} ganged), {} frees, {} ENOSPC",
+                r.seconds, args.rewrite, r.allocs, r.ganged, r.frees, r.nospace
+            );
+            println!(
+                "  allocations/s {:.0}; alloc+free pairs/s per thread {:.0} (wall)",
+                rate, pairs_per_thread
+            );
+            println!(
+                "  thread CPU {:.2} s: {:.0} alloc+free pairs per CPU-second",
+                r.cpu_s,
+                r.allocs.min(r.frees) as f64 / r.cpu_s.max(1e-9)
+            );
+            println!(
+                "  alloc latency p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
+                r.p50_ns, r.p99_ns, r.p999_ns, r.max_ns
+            );
+            println!(
+                "  txg syncs {} (avg {:.2} ms each, sync+sync_done)",
+                r.syncs, r.sync_ms_avg
+            );
+            println!(
+                "  free {} MiB in {} segments; ZFS frag {}%; Ceph score {:.4}",
+                r.free_bytes / MIB,
+                r.free_segments,
+                r.zfs_frag,
+                r.ceph_score
+            );
+            println!(
+                "  allocator heap {} MiB = {:.1} bytes per free segment",
+                r.class_heap / isz(usize::try_from(MIB).unwrap_or(usize::MAX)),
+                per_seg
+            );
+            if let Some(s) = speedup {
+                if t != 1 {
+                    println!("  speed-up over 1 thread: {s:.2}x");
+                }
+            }
+        }
+    }
+    Ok(())
+}
