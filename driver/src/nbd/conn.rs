@@ -36,6 +36,10 @@ use crate::io::Notify;
 
 /// Size of the receive buffer (headers and small payloads are parsed out of it).
 const RECV_BUF: usize = 256 * 1024;
+/// Most bytes asked of one receive into the buffer. Enough for many small requests at once,
+/// small enough that most of a large WRITE payload is received straight into its own buffer
+/// rather than copied out of this one.
+const RECV_WINDOW: usize = 32 * 1024;
 /// Replies up to this size are copied into the send batch; larger ones are sent zero-copy.
 pub const INLINE_REPLY_MAX: usize = 16 * 1024;
 /// Read data starts at this (page-aligned) offset of a large reply buffer; the header sits
@@ -77,7 +81,9 @@ impl RecvBuf {
         let cap = buf.capacity();
         let mut result = Ok(true);
         while self.end - self.start < n {
-            let (r, b) = stream.recv_into(buf, self.end..cap).await;
+            let want = (n - (self.end - self.start)).max(RECV_WINDOW);
+            let stop = cap.min(self.end + want);
+            let (r, b) = stream.recv_into(buf, self.end..stop).await;
             buf = b;
             match r {
                 Ok(0) if self.end == self.start => {
@@ -297,21 +303,23 @@ impl Conn {
 /// The writer task: sends batched small replies and large data replies until the connection
 /// closes and every reply is out.
 async fn writer(conn: Rc<Conn>) {
-    let mut spare = IoBuf::with_capacity(64 * 1024);
+    let mut spare = Some(IoBuf::with_capacity(64 * 1024));
     loop {
-        let (batch, credit, reqs, data) = {
+        let taken = {
             let mut q = conn.out.borrow_mut();
             if q.small.is_empty() && q.data.is_empty() {
-                (None, 0, 0, VecDeque::new())
+                None
             } else {
-                let fresh = std::mem::replace(&mut spare, IoBuf::with_capacity(0));
+                let fresh = spare
+                    .take()
+                    .unwrap_or_else(|| IoBuf::with_capacity(64 * 1024));
                 let batch = std::mem::replace(&mut q.small, fresh);
                 let c = std::mem::take(&mut q.small_credit);
                 let r = std::mem::take(&mut q.small_reqs);
-                (Some(batch), c, r, std::mem::take(&mut q.data))
+                Some((batch, c, r, std::mem::take(&mut q.data)))
             }
         };
-        let Some(mut batch) = batch else {
+        let Some((mut batch, credit, reqs, data)) = taken else {
             if conn.closing.get() && conn.inflight_reqs.get() == 0 {
                 return;
             }
@@ -331,11 +339,9 @@ async fn writer(conn: Rc<Conn>) {
         }
         batch.clear();
         // Keep the batch buffer for reuse unless it grew huge for a burst.
-        spare = if batch.capacity() <= 1 << 20 {
-            batch
-        } else {
-            IoBuf::with_capacity(64 * 1024)
-        };
+        if batch.capacity() <= 1 << 20 {
+            spare = Some(batch);
+        }
         for item in data {
             if !conn.broken.get() {
                 let mut buf = item.buf;

@@ -235,8 +235,9 @@ impl NbdServer {
     }
 
     /// Stops accepting, drains every connection (in-flight requests complete and are answered)
-    /// and waits up to `timeout` for them to close. Call it from outside the reactors (it
-    /// blocks). Returns the number of connections still open at the deadline.
+    /// and waits up to `timeout` for them to close; connections still open then (a client that
+    /// stopped reading its replies) are cut off. Call it from outside the reactors (it blocks).
+    /// Returns the number of connections still open at the end.
     pub fn shutdown_timeout(&mut self, timeout: Duration) -> usize {
         if self.stopped {
             return self.connections();
@@ -265,21 +266,19 @@ impl NbdServer {
                 unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
             }
         }
-        let deadline = std::time::Instant::now() + timeout;
         let mut left = 0;
         if !in_reactor {
-            let mut g = self.shared.conns.lock();
-            while !g.is_empty() {
-                if self
-                    .shared
-                    .conns_changed
-                    .wait_until(&mut g, deadline)
-                    .timed_out()
-                {
-                    break;
+            left = self.wait_for_connections(timeout);
+            if left > 0 {
+                // Clients that stopped reading keep their writer blocked: cut them off.
+                let g = self.shared.conns.lock();
+                for fd in g.values() {
+                    // SAFETY: syscall on a descriptor owned by the registry entry.
+                    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
                 }
+                drop(g);
+                left = self.wait_for_connections(Duration::from_secs(5));
             }
-            left = g.len();
         }
         if left > 0 {
             tracing::warn!(
@@ -292,6 +291,22 @@ impl NbdServer {
         }
         tracing::info!("NBD server stopped");
         left
+    }
+
+    fn wait_for_connections(&self, timeout: Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.shared.conns.lock();
+        while !g.is_empty() {
+            if self
+                .shared
+                .conns_changed
+                .wait_until(&mut g, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        g.len()
     }
 
     /// [`NbdServer::shutdown_timeout`] with 30 seconds.
