@@ -60,8 +60,10 @@ pub const MIN_MS_SHIFT: u8 = 24;
 pub const MAX_MS_SHIFT: u8 = 34;
 /// Hard upper bound of a metaslab shift accepted by decoders (devices above 2 PiB).
 pub const MS_SHIFT_LIMIT: u8 = 48;
-/// Number of metaslabs [`choose_ms_shift`] aims for.
+/// Most metaslabs [`choose_ms_shift`] gives a device while they stay ≤ 16 GiB.
 pub const TARGET_METASLABS: u64 = 200;
+/// Metaslab count [`choose_ms_shift`] aims for on small devices.
+pub const MIN_TARGET_METASLABS: u64 = 16;
 /// Upper bound on the metaslab count per device.
 pub const MAX_METASLABS: u64 = 1 << 17;
 /// Smallest block (allocated or logical) a block pointer may describe.
@@ -123,24 +125,29 @@ pub fn metaslab_count(alloc_size: u64, ms_shift: u8) -> u64 {
     alloc_size.checked_shr(u32::from(ms_shift)).unwrap_or(0)
 }
 
-/// Picks the metaslab shift for an allocatable region of `alloc_size` bytes: about
-/// [`TARGET_METASLABS`] metaslabs, each between 16 MiB and 16 GiB; above 2 PiB the size grows
-/// past 16 GiB so the count stays at most [`MAX_METASLABS`].
+/// Picks the metaslab shift for an allocatable region of `alloc_size` bytes, with OpenZFS's
+/// sizing rule (the same rule as the allocator's `default_ms_shift`): 512 MiB metaslabs while
+/// that gives 16..=[`TARGET_METASLABS`] of them; a smaller region gets about 16 metaslabs
+/// (`highbit(size / 16)`), a larger one at most 200 (`highbit(size / 200)`); never above 16 GiB
+/// unless that would exceed [`MAX_METASLABS`]; never below 16 MiB.
 pub fn choose_ms_shift(alloc_size: u64) -> u8 {
-    let per = alloc_size / TARGET_METASLABS;
-    // floor(log2(per)); per == 0 picks the minimum.
-    let log = if per == 0 {
-        0
+    // 1-based index of the highest set bit (0 for 0), like OpenZFS's highbit64.
+    let highbit = |x: u64| 64 - x.leading_zeros();
+    let count = alloc_size >> 29;
+    let mut shift = if count < MIN_TARGET_METASLABS {
+        highbit(alloc_size / MIN_TARGET_METASLABS)
+    } else if count > TARGET_METASLABS {
+        highbit(alloc_size / TARGET_METASLABS)
     } else {
-        63 - per.leading_zeros()
+        29
     };
-    let mut shift = u8::try_from(log)
-        .unwrap_or(MAX_MS_SHIFT)
-        .clamp(MIN_MS_SHIFT, MAX_MS_SHIFT);
-    while metaslab_count(alloc_size, shift) > MAX_METASLABS && shift < MS_SHIFT_LIMIT {
-        shift += 1;
+    if shift >= u32::from(MAX_MS_SHIFT) {
+        shift = u32::from(MAX_MS_SHIFT);
+        if alloc_size >> shift > MAX_METASLABS {
+            shift = highbit(alloc_size / MAX_METASLABS);
+        }
     }
-    shift
+    u8::try_from(shift.max(u32::from(MIN_MS_SHIFT))).unwrap_or(MS_SHIFT_LIMIT)
 }
 
 /// Rounds `v` down to a multiple of the power of two `align`.
@@ -388,21 +395,36 @@ mod tests {
     #[test]
     fn ms_shift_choice() {
         assert_eq!(choose_ms_shift(0), MIN_MS_SHIFT);
-        assert_eq!(choose_ms_shift(GIB), MIN_MS_SHIFT);
-        // 100 GiB / 200 = 512 MiB.
+        // Small regions: about 16 metaslabs, never below 16 MiB.
+        assert_eq!(choose_ms_shift(GIB), 27);
+        assert_eq!(choose_ms_shift(60 * MIB), MIN_MS_SHIFT);
+        // 8..100 GiB: 512 MiB metaslabs.
+        assert_eq!(choose_ms_shift(10 * GIB), 29);
         assert_eq!(choose_ms_shift(100 * GIB), 29);
+        // Larger: at most 200.
+        assert_eq!(choose_ms_shift(1 << 40), 33);
         assert_eq!(choose_ms_shift(1 << 50), MAX_MS_SHIFT);
         let huge = 1u64 << 55;
         let s = choose_ms_shift(huge);
-        assert!(metaslab_count(huge, s) <= MAX_METASLABS);
-        for size in [64 * MIB, GIB, 7 * GIB, 100 * GIB, 3 << 40] {
+        assert!(s > MAX_MS_SHIFT && metaslab_count(huge, s) <= MAX_METASLABS);
+        for size in [
+            64 * MIB,
+            GIB,
+            7 * GIB,
+            9 * GIB,
+            100 * GIB,
+            101 * GIB,
+            3 << 40,
+            1 << 51,
+        ] {
             let s = choose_ms_shift(size);
             assert!((MIN_MS_SHIFT..=MAX_MS_SHIFT).contains(&s));
             let n = metaslab_count(size, s);
             assert!(
-                n <= 2 * TARGET_METASLABS || s == MIN_MS_SHIFT,
+                n <= TARGET_METASLABS || (s == MAX_MS_SHIFT && n <= MAX_METASLABS),
                 "{size}: {n}"
             );
+            assert!(n >= 8 || s == MIN_MS_SHIFT, "{size}: {n}");
         }
     }
 
