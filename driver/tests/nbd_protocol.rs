@@ -632,3 +632,150 @@ fn shutdown_drains_and_closes_connections() {
     assert!(UnixStream::connect(&sock).is_err(), "socket removed");
     drop(server);
 }
+
+#[test]
+fn handshake_timeout_and_connection_limit() {
+    let s = TestServer::start_with(1 << 20, 4096, |c| {
+        c.handshake_timeout = Some(Duration::from_millis(300));
+        c.max_connections = 2;
+    });
+    // A client that never finishes the handshake is dropped.
+    let mut slow = Client::connect_raw(&s);
+    let mut g = [0u8; 18];
+    slow.read_exact(&mut g).unwrap();
+    let t = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    assert!(matches!(slow.read(&mut b), Ok(0) | Err(_)));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "dropped after {:?}",
+        t.elapsed()
+    );
+    s.wait_idle();
+    // Two transmission connections are allowed; a third is closed at once.
+    let mut a = Client::connect(&s, EXPORT, false, false);
+    let mut b2 = Client::connect(&s, EXPORT, false, false);
+    let mut third = Client::connect_raw(&s);
+    assert!(
+        matches!(third.read(&mut b), Ok(0) | Err(_)),
+        "third connection refused"
+    );
+    assert_eq!(a.write(1, 0, &[1u8; 512]), 0);
+    assert_eq!(b2.read(2, 0, 512).unwrap(), vec![1u8; 512]);
+}
+
+/// Random and half-valid traffic over real sockets: the server never panics, never hangs,
+/// keeps serving a good client and closes every bad connection.
+#[test]
+fn random_traffic_never_hurts_the_server() {
+    use rand::{Rng, RngCore, SeedableRng};
+    let s = TestServer::start(1 << 20);
+    let sock = s.sock();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed + t);
+                for _ in 0..60 {
+                    let mut c = UnixStream::connect(&sock).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut g = [0u8; 18];
+                    c.read_exact(&mut g).unwrap();
+                    let mut msg = Vec::new();
+                    if rng.random_bool(0.2) {
+                        let mut junk = vec![0u8; rng.random_range(0..3000)];
+                        rng.fill_bytes(&mut junk);
+                        msg.extend(junk);
+                    } else {
+                        let extended = rng.random_bool(0.3);
+                        msg.extend(3u32.to_be_bytes());
+                        let mut opt_msg = |o: u32, d: &[u8]| {
+                            msg.extend(proto::IHAVEOPT.to_be_bytes());
+                            msg.extend(o.to_be_bytes());
+                            msg.extend(u32::try_from(d.len()).unwrap().to_be_bytes());
+                            msg.extend_from_slice(d);
+                        };
+                        if extended {
+                            opt_msg(opt::EXTENDED_HEADERS, &[]);
+                        } else if rng.random_bool(0.5) {
+                            opt_msg(opt::STRUCTURED_REPLY, &[]);
+                        }
+                        let mut go = 8u32.to_be_bytes().to_vec();
+                        go.extend_from_slice(EXPORT.as_bytes());
+                        go.extend(0u16.to_be_bytes());
+                        opt_msg(opt::GO, &go);
+                        for _ in 0..rng.random_range(0..40) {
+                            let kind = if rng.random_bool(0.8) {
+                                rng.random_range(0..9u16)
+                            } else {
+                                rng.random()
+                            };
+                            let flags = if rng.random_bool(0.7) {
+                                0
+                            } else {
+                                rng.random::<u16>() & 0x3f
+                            };
+                            let offset = if rng.random_bool(0.8) {
+                                rng.random_range(0..(1u64 << 20))
+                            } else {
+                                rng.random()
+                            };
+                            let len = if rng.random_bool(0.9) {
+                                rng.random_range(0..70_000u64)
+                            } else {
+                                rng.random::<u32>().into()
+                            };
+                            let mut h =
+                                encode_request(extended, flags, kind, rng.random(), offset, len);
+                            if rng.random_bool(0.03) {
+                                h[1] ^= 0x40;
+                            }
+                            msg.extend(h);
+                            if kind == cmd::WRITE && len < 70_000 {
+                                let send = if rng.random_bool(0.9) {
+                                    len
+                                } else {
+                                    rng.random_range(0..=len)
+                                };
+                                msg.extend(std::iter::repeat_n(
+                                    0x5a,
+                                    usize::try_from(send).unwrap(),
+                                ));
+                            }
+                        }
+                        if rng.random_bool(0.5) {
+                            msg.extend(encode_request(extended, 0, cmd::DISC, 0, 0, 0));
+                        }
+                    }
+                    let cut = if rng.random_bool(0.2) {
+                        rng.random_range(0..=msg.len())
+                    } else {
+                        msg.len()
+                    };
+                    let _ = c.write_all(&msg[..cut]);
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                    // Drain replies until the server closes (never hang).
+                    let mut sink = [0u8; 65536];
+                    loop {
+                        match c.read(&mut sink) {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            // A reset is a close with our unread bytes still queued at the server.
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                            Err(e) => panic!("server did not close a finished connection: {e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    s.wait_idle();
+    assert_eq!(s.connections(), 0, "connections leaked");
+    let mut c = Client::connect(&s, EXPORT, true, false);
+    let d = pattern(65536, 77);
+    assert_eq!(c.write(1, 4096, &d), 0);
+    assert_eq!(c.read(2, 4096, d.len()).unwrap(), d);
+}

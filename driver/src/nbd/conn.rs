@@ -18,6 +18,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -368,17 +369,38 @@ async fn writer(conn: Rc<Conn>) {
     }
 }
 
+/// Runs `f` for at most `limit` (`None`: no limit). Dropping `f` cancels its ring operations.
+async fn timeout<F: Future>(limit: Option<std::time::Duration>, f: F) -> Option<F::Output> {
+    let Some(limit) = limit else {
+        return Some(f.await);
+    };
+    let mut f = std::pin::pin!(f);
+    let mut sleep = std::pin::pin!(crate::io::sleep(limit));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
 /// Serves one accepted connection to the end.
 pub(crate) async fn serve(stream: Stream, shared: Arc<Shared>, id: u64) {
     let mut rx = RecvBuf::new();
-    let negotiated = match handshake(&stream, &mut rx, &shared).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
+    let limit = shared.cfg.handshake_timeout;
+    let negotiated = match timeout(limit, handshake(&stream, &mut rx, &shared)).await {
+        Some(Ok(Some(n))) => n,
+        Some(Ok(None)) => {
             tracing::debug!(conn = id, "client left during the handshake");
             return;
         }
-        Err(e) => {
+        Some(Err(e)) => {
             tracing::info!(conn = id, error = %e, "handshake failed");
+            return;
+        }
+        None => {
+            tracing::info!(conn = id, limit = ?limit, "handshake timed out");
             return;
         }
     };

@@ -51,6 +51,9 @@ pub struct NbdServerConfig {
     pub reactors: Option<Vec<usize>>,
     /// Handshake limits and switches.
     pub handshake: HandshakeConfig,
+    /// A client that has not entered transmission this long after connecting is dropped
+    /// (default 10 s, like qemu-nbd's handshake limit; `None`: no limit).
+    pub handshake_timeout: Option<Duration>,
 }
 
 impl Default for NbdServerConfig {
@@ -65,6 +68,7 @@ impl Default for NbdServerConfig {
             max_inflight_requests: 512,
             reactors: None,
             handshake: HandshakeConfig::default(),
+            handshake_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
