@@ -29,6 +29,8 @@
 //! An indirect block is an array of encoded block pointers, `block_size / 64` of them, with no
 //! header; its own checksum lives in its parent pointer.
 
+use std::fmt;
+
 use crate::bytes::{head, rd16b, rd32, rd64, reserved_zero};
 use crate::checksum::{Checksum, ChecksumAlgo};
 use crate::error::{OnDiskError, Result};
@@ -91,6 +93,35 @@ pub enum BlockPointer {
     Hole(HolePtr),
     /// A written block.
     Data(DataPtr),
+}
+
+impl fmt::Display for BlockPointer {
+    /// zdb-like one-line form: `DVA=<dev:offset:asize> L0 VolumeData lsize=… birth=… fill=… crc32c:…`
+    /// or `HOLE birth=…`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockPointer::Hole(h) => {
+                write!(
+                    f,
+                    "HOLE L{} {:?} lsize={:#x} birth={}",
+                    h.level, h.kind, h.lsize, h.birth_txg
+                )
+            }
+            BlockPointer::Data(d) => write!(
+                f,
+                "DVA=<{}:{:#x}:{:#x}> L{} {:?} lsize={:#x} birth={} fill={} {}",
+                d.dva.device,
+                d.dva.offset,
+                d.dva.asize,
+                d.level,
+                d.kind,
+                d.lsize,
+                d.birth_txg,
+                d.fill,
+                d.checksum
+            ),
+        }
+    }
 }
 
 impl Default for BlockPointer {

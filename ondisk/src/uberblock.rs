@@ -23,6 +23,8 @@
 //! bit anywhere in the 128 bytes) to [`OnDiskError::ChecksumMismatch`], because the checksum is
 //! verified before any field is interpreted.
 
+use std::fmt;
+
 use crate::blkptr::{BlockPointer, BLKPTR_SIZE};
 use crate::bytes::{need, Reader};
 use crate::checksum::{check_seal, seal};
@@ -61,6 +63,16 @@ fn invalid(field: &'static str, value: u64, reason: &'static str) -> OnDiskError
         field,
         value,
         reason,
+    }
+}
+
+impl fmt::Display for Uberblock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "txg={} pool_guid={:#x} guid_sum={:#x} timestamp={} checkpoint_txg={} root=[{}]",
+            self.txg, self.pool_guid, self.guid_sum, self.timestamp, self.checkpoint_txg, self.root
+        )
     }
 }
 
@@ -190,6 +202,32 @@ impl Uberblock {
     }
 }
 
+/// Decodes every slot of an uberblock ring (`ring` is the ring area of one label, `slot_size`
+/// from the device layout): yields `(slot, result)` per slot, checking that each uberblock sits
+/// in the slot of its txg and, if `pool_guid` is given, belongs to that pool. Empty slots yield
+/// [`OnDiskError::Empty`].
+pub fn scan_ring(
+    ring: &[u8],
+    slot_size: usize,
+    pool_guid: Option<u64>,
+) -> impl Iterator<Item = (u64, Result<Uberblock>)> + '_ {
+    let slot_size = slot_size.max(UBERBLOCK_SIZE);
+    let slots = crate::bytes::len_u64(ring.len() / slot_size);
+    ring.chunks_exact(slot_size)
+        .zip(0u64..)
+        .map(move |(buf, slot)| {
+            let r = Uberblock::decode_slot(buf, slot, slots).and_then(|ub| match pool_guid {
+                Some(g) if g != ub.pool_guid => Err(invalid(
+                    "pool_guid",
+                    ub.pool_guid,
+                    "uberblock of another pool",
+                )),
+                _ => Ok(ub),
+            });
+            (slot, r)
+        })
+}
+
 /// The newest of `candidates` with txg ≤ `max_txg` (use `u64::MAX` for no bound), as import
 /// chooses among every valid slot of every label.
 pub fn select_best<'a, I>(candidates: I, max_txg: u64) -> Option<&'a Uberblock>
@@ -230,6 +268,40 @@ mod tests {
         ub(33, 1).encode_slot(&mut slot).unwrap();
         assert_eq!(Uberblock::decode_slot(&slot, 1, 32).unwrap().txg, 33);
         assert!(Uberblock::decode_slot(&slot, 2, 32).is_err());
+    }
+
+    #[test]
+    fn ring_scan() {
+        let slot = 1024;
+        let mut ring = vec![0u8; 8 * slot];
+        ub(9, 1).encode_slot(&mut ring[slot..2 * slot]).unwrap(); // 9 % 8 == 1
+        ub(10, 1)
+            .encode_slot(&mut ring[3 * slot..4 * slot])
+            .unwrap(); // misplaced
+        Uberblock {
+            pool_guid: 5,
+            ..ub(12, 1)
+        }
+        .encode_slot(&mut ring[4 * slot..5 * slot])
+        .unwrap();
+        ring[6 * slot + 3] = 1; // damaged
+        let got: Vec<_> = scan_ring(&ring, slot, Some(9)).collect();
+        assert_eq!(got.len(), 8);
+        assert!(matches!(got[0].1, Err(OnDiskError::Empty { .. })));
+        assert_eq!(got[1].1.as_ref().unwrap().txg, 9);
+        assert!(got[3].1.is_err());
+        assert!(got[4].1.is_err());
+        assert!(got[6].1.as_ref().unwrap_err().is_checksum_error());
+        let valid: Vec<_> = scan_ring(&ring, slot, None)
+            .filter_map(|(_, r)| r.ok())
+            .collect();
+        assert_eq!(valid.len(), 2);
+        assert_eq!(select_best(&valid, u64::MAX).unwrap().txg, 12);
+        let text = ub(9, 1).to_string();
+        assert!(
+            text.contains("txg=9") && text.contains("root=[HOLE"),
+            "{text}"
+        );
     }
 
     #[test]
