@@ -779,3 +779,42 @@ fn random_traffic_never_hurts_the_server() {
     assert_eq!(c.write(1, 4096, &d), 0);
     assert_eq!(c.read(2, 4096, d.len()).unwrap(), d);
 }
+
+#[test]
+fn minimum_block_size_is_advertised_and_enforced() {
+    let s = TestServer::start(1 << 20);
+    s.exports
+        .add(
+            "pool/direct",
+            std::sync::Arc::new(MemBackend::new(1 << 20, 4096).with_min_block(512)),
+            false,
+        )
+        .unwrap();
+    let mut raw = Client::connect_raw(&s);
+    Client::greet(&mut raw);
+    let mut d = 11u32.to_be_bytes().to_vec();
+    d.extend_from_slice(b"pool/direct");
+    d.extend_from_slice(&1u16.to_be_bytes());
+    d.extend_from_slice(&proto::info::BLOCK_SIZE.to_be_bytes());
+    let r = Client::opt_exchange(&mut raw, opt::INFO, &d);
+    let bs = r
+        .iter()
+        .find(|(k, d)| *k == rep::INFO && d[..2] == proto::info::BLOCK_SIZE.to_be_bytes())
+        .expect("block size");
+    assert_eq!(
+        (be32(&bs.1[2..]), be32(&bs.1[6..]), be32(&bs.1[10..])),
+        (512, 4096, 32 << 20)
+    );
+    let mut c = Client::connect(&s, "pool/direct", false, false);
+    assert_eq!(c.read(1, 100, 512), Err(22), "unaligned offset");
+    assert_eq!(c.read(2, 512, 100), Err(22), "unaligned length");
+    assert_eq!(
+        c.write(3, 1, &[1u8; 512]),
+        22,
+        "unaligned write refused (payload consumed)"
+    );
+    c.send(0, cmd::TRIM, 4, 512, 1000, &[]);
+    assert_eq!(c.status(4), 22);
+    assert_eq!(c.write(5, 512, &[2u8; 1024]), 0);
+    assert_eq!(c.read(6, 0, 2048).unwrap()[512..1536], [2u8; 1024]);
+}

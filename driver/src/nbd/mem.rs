@@ -75,6 +75,7 @@ pub struct MemBackend {
     chunks: Vec<Mutex<Option<Box<Chunk>>>>,
     read_only: bool,
     fast_zero: bool,
+    min_block: u32,
     description: String,
     fail_reads: Mutex<Option<Errno>>,
     fail_writes: Mutex<Option<Errno>>,
@@ -98,6 +99,7 @@ impl MemBackend {
             chunks: (0..n).map(|_| Mutex::new(None)).collect(),
             read_only: false,
             fast_zero: true,
+            min_block: 1,
             description: format!("in-memory export of {size} bytes"),
             fail_reads: Mutex::new(None),
             fail_writes: Mutex::new(None),
@@ -114,6 +116,13 @@ impl MemBackend {
     /// Whether FAST_ZERO requests succeed (default) or fail with ENOTSUP (to test clients).
     pub fn with_fast_zero(mut self, on: bool) -> MemBackend {
         self.fast_zero = on;
+        self
+    }
+
+    /// Requires requests aligned to `min` bytes (a power of two up to the block size), like an
+    /// O_DIRECT backend that does no read-modify-write.
+    pub fn with_min_block(mut self, min: u32) -> MemBackend {
+        self.min_block = min.clamp(1, self.block).next_power_of_two();
         self
     }
 
@@ -297,6 +306,10 @@ impl ExportBackend for MemBackend {
 
     fn block_size(&self) -> u32 {
         self.block
+    }
+
+    fn min_block_size(&self) -> u32 {
+        self.min_block
     }
 
     fn read_only(&self) -> bool {

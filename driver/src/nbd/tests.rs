@@ -954,6 +954,30 @@ fn reply_encodings() {
         0
     );
     v.clear();
+    reply::error_offset(
+        &mut v,
+        ReplyMode::Structured,
+        3,
+        0,
+        Errno::Io,
+        "bad sector",
+        12345,
+        false,
+    );
+    assert_eq!(&v[4..6], &0u16.to_be_bytes());
+    assert_eq!(&v[6..8], &proto::chunk::ERROR_OFFSET.to_be_bytes());
+    assert_eq!(&v[16..20], &(14u32 + 10).to_be_bytes());
+    assert_eq!(&v[20..24], &5u32.to_be_bytes());
+    assert_eq!(&v[24..26], &10u16.to_be_bytes());
+    assert_eq!(&v[26..36], b"bad sector");
+    assert_eq!(&v[36..44], &12345u64.to_be_bytes());
+    v.clear();
+    reply::none_done(&mut v, ReplyMode::Structured, 3, 0);
+    assert_eq!(
+        (v.len(), &v[4..6], &v[6..8]),
+        (20, &1u16.to_be_bytes()[..], &0u16.to_be_bytes()[..])
+    );
+    v.clear();
     reply::hole_chunk(&mut v, ReplyMode::Structured, 3, 0, 8192, 4096, false);
     assert_eq!(v.len(), 32);
     assert_eq!(&v[4..6], &0u16.to_be_bytes());
