@@ -5,9 +5,13 @@
 //! per second ([`intervals`]), and a bdevperf-like table or JSON at the end ([`report`]).
 
 pub mod cli;
+pub mod compare;
+pub mod error;
+pub mod runner;
 pub mod target;
 pub mod intervals;
 pub mod plot;
+pub mod report;
 pub mod stats;
 pub mod units;
 pub mod verify;
