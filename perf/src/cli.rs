@@ -232,8 +232,18 @@ mod tests {
     #[test]
     fn cli_parses() {
         let c = Cli::try_parse_from([
-            "ringperf", "--target", "/tmp/x", "--rw", "randrw", "--bssplit", "4k/50:64k/50",
-            "--qd", "32", "--direct=false", "--cpus", "0,1",
+            "ringperf",
+            "--target",
+            "/tmp/x",
+            "--rw",
+            "randrw",
+            "--bssplit",
+            "4k/50:64k/50",
+            "--qd",
+            "32",
+            "--direct=false",
+            "--cpus",
+            "0,1",
         ])
         .unwrap();
         assert_eq!(c.target.as_deref(), Some("/tmp/x"));

@@ -80,7 +80,7 @@ pub fn run(args: &CompareArgs) -> Result<bool, PerfError> {
                 rep.total.lat.p99_9_us,
                 rep.io_errors + rep.verify_errors
             ));
-            let _ = hists[i].add(&o.total.data());
+            let _ = hists[i].add(o.total.data());
             iops[i].push(rep.total.iops);
             mibs[i].push(rep.total.mib_s);
             cpu[i].push(rep.total.cpu_us_per_io);
@@ -105,7 +105,11 @@ pub fn run(args: &CompareArgs) -> Result<bool, PerfError> {
                 cpu_us_per_io: mean(&cpu[i]),
                 errors: errors[i],
                 iops_ratio: if base_iops > 0.0 { im / base_iops } else { 0.0 },
-                p99_ratio: if base_p99 > 0.0 { lat.p99_us / base_p99 } else { 0.0 },
+                p99_ratio: if base_p99 > 0.0 {
+                    lat.p99_us / base_p99
+                } else {
+                    0.0
+                },
                 lat,
             }
         })
@@ -150,7 +154,10 @@ pub fn run(args: &CompareArgs) -> Result<bool, PerfError> {
 /// The comparison table.
 pub fn table(title: &str, rounds: u32, rows: &[CompareRow]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{title}; {rounds} round(s), latencies in us, ratios against the first target");
+    let _ = writeln!(
+        s,
+        "{title}; {rounds} round(s), latencies in us, ratios against the first target"
+    );
     let _ = writeln!(
         s,
         "{:<44} {:>11} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",

@@ -114,8 +114,8 @@ impl Collector {
         loop {
             let k = self.next;
             // Jobs that are done and never sent interval k will not report it.
-            let absent = u32::try_from(self.done.values().filter(|&&n| n <= k).count())
-                .unwrap_or(u32::MAX);
+            let absent =
+                u32::try_from(self.done.values().filter(|&&n| n <= k).count()).unwrap_or(u32::MAX);
             let expected = self.jobs.saturating_sub(absent);
             let reported = self.pending.get(&k).map_or(0, |p| p.reported);
             if expected == 0 && self.pending.range(k..).next().is_none() {
@@ -217,6 +217,9 @@ mod tests {
         let p = dir.path().join("x.hlog");
         c.write_hlog(&p, SystemTime::now(), "test").unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(text.lines().filter(|l| l.starts_with("Tag=data,")).count(), 2);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("Tag=data,")).count(),
+            2
+        );
     }
 }

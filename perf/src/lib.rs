@@ -7,12 +7,12 @@
 pub mod cli;
 pub mod compare;
 pub mod error;
-pub mod runner;
-pub mod target;
 pub mod intervals;
 pub mod plot;
 pub mod report;
+pub mod runner;
 pub mod stats;
+pub mod target;
 pub mod units;
 pub mod verify;
 pub mod workload;

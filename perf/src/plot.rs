@@ -18,7 +18,9 @@ const W: f64 = 960.0;
 const H: f64 = 760.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 80.0;
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+];
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -53,7 +55,12 @@ pub fn render(title: &str, series: &[Series<'_>]) -> String {
 fn spectrum(s: &mut String, series: &[Series<'_>], top: f64, height: f64) {
     let pw = W - LEFT - RIGHT;
     // x axis: 0 = p0, 1 = p90, 2 = p99, ... up to what the sample count supports.
-    let max_samples = series.iter().map(|x| x.hist.len()).max().unwrap_or(1).max(10);
+    let max_samples = series
+        .iter()
+        .map(|x| x.hist.len())
+        .max()
+        .unwrap_or(1)
+        .max(10);
     #[allow(clippy::cast_precision_loss)]
     let xmax = (max_samples as f64).log10().floor().clamp(1.0, 7.0);
     let (mut lo, mut hi) = (f64::MAX, 0f64);

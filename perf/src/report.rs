@@ -63,12 +63,13 @@ impl RunReport {
                 )
             })
             .collect();
-        let cpu_sum = o.jobs.iter().fold(crate::stats::Cpu::default(), |a, j| {
-            crate::stats::Cpu {
+        let cpu_sum = o
+            .jobs
+            .iter()
+            .fold(crate::stats::Cpu::default(), |a, j| crate::stats::Cpu {
                 user: a.user + j.cpu.user,
                 sys: a.sys + j.cpu.sys,
-            }
-        });
+            });
         let total = JobSummary::of(
             "total".into(),
             None,
@@ -128,17 +129,16 @@ impl RunReport {
 /// The header line printed before a run.
 pub fn banner(r: &RunReport) -> String {
     let w = &r.workload;
-    let bs: Vec<String> = w
-        .bs
-        .iter()
-        .map(|(b, p)| {
-            if w.bs.len() == 1 {
-                fmt_size(*b)
-            } else {
-                format!("{}/{p}", fmt_size(*b))
-            }
-        })
-        .collect();
+    let bs: Vec<String> =
+        w.bs.iter()
+            .map(|(b, p)| {
+                if w.bs.len() == 1 {
+                    fmt_size(*b)
+                } else {
+                    format!("{}/{p}", fmt_size(*b))
+                }
+            })
+            .collect();
     let mut s = format!(
         "ringperf: {} {} bs={} qd={} jobs={} runtime={}s",
         r.describe,

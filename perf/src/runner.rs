@@ -81,7 +81,7 @@ pub fn plan(target: &str, w: &WorkloadArgs) -> Result<RunPlan, PerfError> {
             )));
         }
     }
-    if w.offset % info.block != 0 {
+    if !w.offset.is_multiple_of(info.block) {
         return Err(cfg(format!(
             "--offset {} is not a multiple of the target's block size {}",
             w.offset, info.block
@@ -120,7 +120,11 @@ pub fn plan(target: &str, w: &WorkloadArgs) -> Result<RunPlan, PerfError> {
         return Err(cfg(format!(
             "region of {size} bytes is too small for {} job(s) with block size {max_bs}{}",
             w.jobs,
-            if w.verify { " and this queue depth in verify mode" } else { "" }
+            if w.verify {
+                " and this queue depth in verify mode"
+            } else {
+                ""
+            }
         )));
     }
     let run_id = rand::random::<u64>() | 1;
@@ -138,7 +142,10 @@ pub fn plan(target: &str, w: &WorkloadArgs) -> Result<RunPlan, PerfError> {
 }
 
 /// Runs a plan; `on_interval` sees every merged second as it completes (progress lines).
-pub fn run(plan: RunPlan, mut on_interval: impl FnMut(&IntervalSummary)) -> Result<RunOutcome, PerfError> {
+pub fn run(
+    plan: RunPlan,
+    mut on_interval: impl FnMut(&IntervalSummary),
+) -> Result<RunOutcome, PerfError> {
     let w = &plan.w;
     let jobs = w.jobs;
     let njobs = usize::try_from(jobs).map_err(|_| PerfError::Config("too many jobs".into()))?;
@@ -317,7 +324,8 @@ impl Job {
 
     /// Records one completed data I/O.
     fn complete(&self, kind: OpKind, start: Instant, done: Instant, len: u64, ok: bool) {
-        let ns = u64::try_from(done.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+        let ns =
+            u64::try_from(done.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX);
         self.rotate(done);
         {
             let mut iv = self.iv.borrow_mut();
@@ -433,7 +441,11 @@ async fn worker(job: Rc<Job>, max_bs: usize) {
         let done = Instant::now();
         let mut ok = r.is_ok();
         if let Err(e) = &r {
-            let what = if kind == OpKind::Read { "read" } else { "write" };
+            let what = if kind == OpKind::Read {
+                "read"
+            } else {
+                "write"
+            };
             job.note_error(format!("{what} of {len} bytes at offset {off}: {e}"));
         }
         if let Some(v) = &job.verifier {
@@ -444,7 +456,8 @@ async fn worker(job: Rc<Job>, max_bs: usize) {
                     let bad = v.check_read(&b[..], off);
                     if !bad.is_empty() {
                         ok = false;
-                        job.stats.borrow_mut().verify_errors += u64::try_from(bad.len()).unwrap_or(1);
+                        job.stats.borrow_mut().verify_errors +=
+                            u64::try_from(bad.len()).unwrap_or(1);
                         for m in bad {
                             job.note_error(m.to_string());
                         }
@@ -461,7 +474,7 @@ async fn worker(job: Rc<Job>, max_bs: usize) {
         if kind == OpKind::Write && job.flush_every > 0 {
             let n = job.writes.get() + 1;
             job.writes.set(n);
-            if n % job.flush_every == 0 {
+            if n.is_multiple_of(job.flush_every) {
                 let fs = Instant::now();
                 let fr = job.conn.flush().await;
                 let fd = Instant::now();
@@ -535,11 +548,13 @@ async fn job_main(ctx: JobCtx) -> Result<JobOutcome, String> {
     let end = measure_from + w.runtime;
     let seed = w.seed.wrapping_add(u64::from(ctx.job));
     let period = w.rate.filter(|&r| r > 0).map(|r| {
-        Duration::from_secs_f64(f64::from(w.jobs) / {
-            #[allow(clippy::cast_precision_loss)]
-            let r = r as f64;
-            r
-        })
+        Duration::from_secs_f64(
+            f64::from(w.jobs) / {
+                #[allow(clippy::cast_precision_loss)]
+                let r = r as f64;
+                r
+            },
+        )
     });
     let job = Rc::new(Job {
         id: ctx.job,

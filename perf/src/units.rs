@@ -52,9 +52,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Formats a byte count with a binary suffix when it divides evenly (`4k`, `1M`), else bytes.
 pub fn fmt_size(n: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "k")];
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "k"),
+    ];
     for (m, u) in UNITS {
-        if n >= m && n % m == 0 {
+        if n >= m && n.is_multiple_of(m) {
             return format!("{}{u}", n / m);
         }
     }

@@ -172,7 +172,10 @@ pub fn format_unit(u: &mut [u8], off: u64, run_id: u64, gen: u64) {
 /// Checks one unit read at `off`; `expect` is (run id, generation) when this run knows it.
 pub fn check_unit(u: &[u8], off: u64, expect: Option<(u64, u64)>) -> Result<(), String> {
     if u.len() < HEADER_LEN {
-        return Err(format!("unit of {} bytes is shorter than the header", u.len()));
+        return Err(format!(
+            "unit of {} bytes is shorter than the header",
+            u.len()
+        ));
     }
     let magic = le64(u, 0);
     if magic != MAGIC {
@@ -196,7 +199,9 @@ pub fn check_unit(u: &[u8], off: u64, expect: Option<(u64, u64)>) -> Result<(), 
     }
     let hoff = le64(u, 8);
     if hoff != off {
-        return Err(format!("header says offset {hoff}: misdirected write or read"));
+        return Err(format!(
+            "header says offset {hoff}: misdirected write or read"
+        ));
     }
     if let Some((run, gen)) = expect {
         let (hrun, hgen) = (le64(u, 16), le64(u, 24));
@@ -218,7 +223,10 @@ mod tests {
         let mut v = Verifier::new(4096, 0, 1 << 20, 42).unwrap();
         let mut buf = vec![0u8; 8192];
         let gen = v.fill_write(&mut buf, 4096);
-        assert!(v.check_read(&buf, 4096).is_empty(), "unknown generation still checks");
+        assert!(
+            v.check_read(&buf, 4096).is_empty(),
+            "unknown generation still checks"
+        );
         v.write_done(4096, 8192, gen, true);
         assert!(v.check_read(&buf, 4096).is_empty());
         // Same data read at another offset: misdirected.
@@ -235,7 +243,9 @@ mod tests {
         v.write_done(4096, 4096, gen2, true);
         assert!(v.check_read(&buf[..4096], 4096)[0].what.contains("stale"));
         // Zeroes: not formatted.
-        assert!(v.check_read(&[0u8; 4096], 0)[0].what.contains("no verify header"));
+        assert!(v.check_read(&[0u8; 4096], 0)[0]
+            .what
+            .contains("no verify header"));
     }
 
     #[test]

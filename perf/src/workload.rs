@@ -68,7 +68,11 @@ impl Pattern {
     }
 
     pub fn max_bs(&self) -> u64 {
-        self.sizes.iter().map(|&(bs, _)| bs).max().unwrap_or(self.align)
+        self.sizes
+            .iter()
+            .map(|&(bs, _)| bs)
+            .max()
+            .unwrap_or(self.align)
     }
 }
 
@@ -288,7 +292,10 @@ mod tests {
             }
             // Rank 1 is about 2^s times as frequent as rank 2, and far above the median rank.
             let ratio = f64::from(counts[1]) / f64::from(counts[2]);
-            assert!((ratio / 2f64.powf(s) - 1.0).abs() < 0.15, "s={s} ratio={ratio}");
+            assert!(
+                (ratio / 2f64.powf(s) - 1.0).abs() < 0.15,
+                "s={s} ratio={ratio}"
+            );
             assert!(counts[1] > 20 * counts[500], "s={s}");
         }
     }
