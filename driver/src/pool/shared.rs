@@ -1,0 +1,347 @@
+//! State shared by the reactors (data path) and the sync thread: devices, the allocator, the
+//! txg engine, the block cache, reader epochs, the volume table and the sync-task queue.
+//! Everything here is safe to touch from any thread with short lock hold times; the state only
+//! the sync thread mutates lives in [`super::syncer::SyncState`], owned by that thread.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+use ringpool_alloc::{AllocClass, AllocError, Extent, MetaslabClass};
+use ringpool_ondisk::blkptr::{decode_indirect, BlockPointer, DataPtr, Dva};
+use ringpool_ondisk::checksum::Checksum;
+
+use super::cache::LruCache;
+use super::error::{PoolError, Result};
+use super::objtree::{key_of, BlockKey};
+use super::readers::ReaderTracker;
+use super::syncer::SyncTask;
+use super::txg::TxgEngine;
+use super::vdev::Vdev;
+use super::volume::VolumeInner;
+
+/// A queued sync task and where its result goes.
+pub(crate) struct QueuedTask {
+    pub txg: u64,
+    pub early: bool,
+    pub task: SyncTask,
+    pub result: Arc<Mutex<Option<Result<()>>>>,
+}
+
+impl std::fmt::Debug for QueuedTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedTask")
+            .field("txg", &self.txg)
+            .field("early", &self.early)
+            .finish()
+    }
+}
+
+/// Shared pool state.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) name: String,
+    pub(crate) guid: u64,
+    pub(crate) read_only: bool,
+    pub(crate) vdevs: RwLock<Vec<Arc<Vdev>>>,
+    pub(crate) txg: Arc<TxgEngine>,
+    pub(crate) class: Arc<MetaslabClass>,
+    pub(crate) cache: LruCache<BlockKey, Arc<Vec<BlockPointer>>>,
+    pub(crate) readers: Arc<ReaderTracker<(Dva, u64)>>,
+    pub(crate) volumes: RwLock<BTreeMap<String, Arc<VolumeInner>>>,
+    pub(crate) tasks: Mutex<Vec<QueuedTask>>,
+    /// Allocation unit used for block sizes (the largest device ashift).
+    pub(crate) max_ashift: AtomicU64,
+    /// Highest txg holding any change (FLUSH waits for it).
+    pub(crate) last_dirty: AtomicU64,
+    next_shard: AtomicUsize,
+}
+
+thread_local! {
+    static SHARD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: String,
+        guid: u64,
+        read_only: bool,
+        vdevs: Vec<Arc<Vdev>>,
+        txg: Arc<TxgEngine>,
+        class: Arc<MetaslabClass>,
+        cache_bytes: usize,
+    ) -> Arc<Shared> {
+        let max_ashift = vdevs.iter().map(|v| v.ashift).max().unwrap_or(12);
+        Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let w = weak.clone();
+            let readers = ReaderTracker::new(move |items: Vec<(Dva, u64)>| {
+                if let Some(s) = w.upgrade() {
+                    for (dva, birth) in items {
+                        s.release_overwritten(dva, birth);
+                    }
+                }
+            });
+            Shared {
+                name,
+                guid,
+                read_only,
+                vdevs: RwLock::new(vdevs),
+                txg,
+                class,
+                cache: LruCache::new(cache_bytes),
+                readers,
+                volumes: RwLock::new(BTreeMap::new()),
+                tasks: Mutex::new(Vec::new()),
+                max_ashift: AtomicU64::new(u64::from(max_ashift)),
+                last_dirty: AtomicU64::new(0),
+                next_shard: AtomicUsize::new(0),
+            }
+        })
+    }
+
+    /// Device `index`.
+    pub(crate) fn vdev(&self, index: u32) -> Result<Arc<Vdev>> {
+        let v = self.vdevs.read();
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| v.get(i).cloned())
+            .ok_or_else(|| PoolError::Corrupt {
+                object: "block pointer".into(),
+                offset: 0,
+                reason: format!("device {index} does not exist"),
+            })
+    }
+
+    /// Allocated size for `len` logical bytes.
+    pub(crate) fn asize(&self, len: u32) -> u32 {
+        let unit = 1u32 << self.max_ashift.load(Ordering::Relaxed);
+        len.div_ceil(unit) * unit
+    }
+
+    /// Allocator shard of the calling thread (one per reactor thread, round robin).
+    fn shard(&self) -> usize {
+        SHARD.with(|s| match s.get() {
+            Some(v) => v,
+            None => {
+                let v = self.next_shard.fetch_add(1, Ordering::Relaxed);
+                s.set(Some(v));
+                v
+            }
+        })
+    }
+
+    fn map_alloc(e: AllocError) -> PoolError {
+        match e {
+            AllocError::NoSpace { .. } => PoolError::NoSpace,
+            other => PoolError::Alloc(other),
+        }
+    }
+
+    /// Allocates `n` blocks of `bs` bytes for open txg `txg` (one extent when possible).
+    pub(crate) fn alloc_blocks(&self, bs: u64, n: usize, txg: u64) -> Result<Vec<Dva>> {
+        let asize = u64::from(self.asize(u32::try_from(bs).unwrap_or(u32::MAX)));
+        let shard = self.shard();
+        let total = asize * u64::try_from(n).unwrap_or(0);
+        if n > 1 {
+            if let Ok(ext) = self.class.alloc(total, txg, shard, AllocClass::Normal) {
+                if ext.len == total {
+                    return Ok((0..n)
+                        .map(|i| Dva {
+                            device: ext.dev,
+                            offset: ext.start + asize * u64::try_from(i).unwrap_or(0),
+                            asize: u32::try_from(asize).unwrap_or(u32::MAX),
+                        })
+                        .collect());
+                }
+                let _ = self.class.free_now(ext, txg);
+            }
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            match self.class.alloc(asize, txg, shard, AllocClass::Normal) {
+                Ok(ext) => out.push(Dva {
+                    device: ext.dev,
+                    offset: ext.start,
+                    asize: u32::try_from(ext.len).unwrap_or(u32::MAX),
+                }),
+                Err(e) => {
+                    for d in &out {
+                        self.free_now(d, txg);
+                    }
+                    return Err(Self::map_alloc(e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sync-context allocation of `asize` bytes (may use the slop reserve).
+    pub(crate) fn alloc_meta(&self, asize: u32, txg: u64) -> Result<Dva> {
+        let ext = self
+            .class
+            .alloc(u64::from(asize), txg, usize::MAX, AllocClass::Reserved)
+            .map_err(Self::map_alloc)?;
+        Ok(Dva {
+            device: ext.dev,
+            offset: ext.start,
+            asize: u32::try_from(ext.len).unwrap_or(u32::MAX),
+        })
+    }
+
+    pub(crate) fn extent(d: &Dva) -> Extent {
+        Extent {
+            dev: d.device,
+            start: d.offset,
+            len: u64::from(d.asize),
+        }
+    }
+
+    /// Frees a committed block (born `birth`) as part of txg `txg`.
+    pub(crate) fn free(&self, d: &Dva, birth: u64, txg: u64) -> Result<()> {
+        self.class
+            .free(Self::extent(d), birth, txg)
+            .map_err(PoolError::Alloc)
+    }
+
+    /// Undoes an allocation of the open txg `txg` at once.
+    pub(crate) fn free_now(&self, d: &Dva, txg: u64) {
+        if let Err(e) = self.class.free_now(Self::extent(d), txg) {
+            tracing::error!(?d, txg, "free_now failed: {e}");
+        }
+    }
+
+    /// A block born in open txg `txg` was overwritten: free it once no reader can see it.
+    pub(crate) fn free_after_readers(&self, d: Dva, txg: u64) {
+        if let Some((d, t)) = self.readers.defer((d, txg)) {
+            self.release_overwritten(d, t);
+        }
+    }
+
+    /// Returns an overwritten block born in `birth`: at once if that txg is still open (we hold
+    /// it, so it cannot sync meanwhile), else as an ordinary free of the open txg.
+    fn release_overwritten(&self, d: Dva, birth: u64) {
+        let Ok(hold) = self.txg.hold() else {
+            return;
+        };
+        if hold.txg() == birth {
+            self.free_now(&d, birth);
+        } else if let Err(e) = self.free(&d, birth, hold.txg()) {
+            tracing::error!(?d, birth, "deferred free failed: {e}");
+        }
+    }
+
+    /// Reads the block `d` points to and checks it against the parent's checksum.
+    pub(crate) async fn read_verified(
+        &self,
+        d: &DataPtr,
+        object: &str,
+        offset: u64,
+    ) -> Result<Vec<u8>> {
+        let vdev = self.vdev(d.dva.device)?;
+        let buf = vdev.read(d.dva.offset, d.dva.asize).await?;
+        let lsize = usize::try_from(d.lsize).unwrap_or(usize::MAX).min(buf.len());
+        let actual = Checksum::compute(d.checksum.algo, &buf[..lsize]);
+        if actual != d.checksum {
+            return Err(PoolError::Checksum {
+                object: object.to_string(),
+                offset,
+                level: d.level,
+                device: d.dva.device,
+                dev_offset: d.dva.offset,
+                expected: d.checksum.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let mut v = buf[..lsize].to_vec();
+        v.truncate(lsize);
+        Ok(v)
+    }
+
+    /// An indirect block's pointers, through the cache.
+    pub(crate) async fn load_indirect(
+        &self,
+        d: &DataPtr,
+        object: &str,
+        offset: u64,
+    ) -> Result<Arc<Vec<BlockPointer>>> {
+        let key = key_of(d);
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(v);
+        }
+        let data = self.read_verified(d, object, offset).await?;
+        let ptrs = decode_indirect(&data).map_err(|e| PoolError::Corrupt {
+            object: object.to_string(),
+            offset,
+            reason: format!("indirect block at level {}: {e}", d.level),
+        })?;
+        for p in &ptrs {
+            if let Some(pd) = p.data() {
+                if pd.level + 1 != d.level {
+                    return Err(PoolError::Corrupt {
+                        object: object.to_string(),
+                        offset,
+                        reason: format!(
+                            "child of a level-{} block claims level {}",
+                            d.level, pd.level
+                        ),
+                    });
+                }
+            }
+        }
+        let v = Arc::new(ptrs);
+        self.cache.insert(key, Arc::clone(&v), data.len());
+        Ok(v)
+    }
+
+    /// Writes `nblk` consecutive blocks of `content` (each `bs` bytes) to `dvas`, merging
+    /// device-contiguous runs into single writes.
+    pub(crate) async fn write_extents(&self, dvas: &[Dva], content: &[u8], bs: usize) -> Result<()> {
+        let mut futs = Vec::new();
+        let mut i = 0;
+        while i < dvas.len() {
+            let mut j = i + 1;
+            while j < dvas.len()
+                && dvas[j].device == dvas[i].device
+                && dvas[j].offset == dvas[j - 1].offset + u64::from(dvas[j - 1].asize)
+            {
+                j += 1;
+            }
+            let vdev = self.vdev(dvas[i].device)?;
+            let asize = usize::try_from(dvas[i].asize).unwrap_or(0);
+            let mut buf = crate::io::buf::alloc(asize * (j - i));
+            buf.fill(0);
+            for k in i..j {
+                let dst = (k - i) * asize;
+                buf[dst..dst + bs].copy_from_slice(&content[k * bs..(k + 1) * bs]);
+            }
+            let off = dvas[i].offset;
+            futs.push(async move { vdev.write(off, buf).await });
+            i = j;
+        }
+        super::join::try_join_chunks(futs, 64).await
+    }
+
+    /// Marks txg `txg` as holding changes (FLUSH waits for the highest such txg).
+    pub(crate) fn mark_dirty(&self, txg: u64) {
+        self.last_dirty.fetch_max(txg, Ordering::AcqRel);
+    }
+
+    /// Waits until `txg` is committed.
+    pub(crate) async fn wait_synced(&self, txg: u64) -> Result<()> {
+        self.txg.wait_synced(txg).await.map_err(PoolError::Suspended)
+    }
+
+    /// Commits every change made so far.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let t = self.last_dirty.load(Ordering::Acquire);
+        if t <= self.txg.synced_txg() {
+            if let Some(e) = self.txg.failure() {
+                return Err(PoolError::Suspended(e));
+            }
+            return Ok(());
+        }
+        self.wait_synced(t).await
+    }
+}

@@ -1,0 +1,432 @@
+//! Transaction groups: the open / quiescing / syncing pipeline, holds, and waiting for a sync.
+//!
+//! Writers take a [`TxgHold`] on the open txg for the duration of one change (allocate, write
+//! the data, publish the new block pointer). The sync thread closes the open txg (a new one
+//! opens at once), waits for the holds of the closed txg to drain (quiescing), then syncs it.
+//! Reactor tasks never block here: waiting for a txg to commit is an async future woken by the
+//! sync thread; the sync thread itself blocks on a condition variable.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+/// Per-txg arrays are indexed by `txg & TXG_MASK` (OpenZFS's TXG_SIZE = 4).
+pub const TXG_SIZE: usize = 4;
+const TXG_MASK: u64 = 3;
+/// Frees become allocatable this many txgs after the txg that freed them.
+pub const TXG_DEFER_SIZE: u64 = 2;
+
+/// Tunables of the txg engine.
+#[derive(Debug, Clone)]
+pub struct TxgConfig {
+    /// Sync at least this often when something is dirty (OpenZFS `zfs_txg_timeout`, 5 s).
+    pub timeout: Duration,
+    /// Start a sync once the open txg holds this many dirty bytes.
+    pub dirty_sync_bytes: u64,
+    /// Writers wait (asynchronously) while the open txg holds more than this.
+    pub dirty_max_bytes: u64,
+}
+
+impl Default for TxgConfig {
+    fn default() -> Self {
+        TxgConfig {
+            timeout: Duration::from_secs(5),
+            dirty_sync_bytes: 64 << 20,
+            dirty_max_bytes: 256 << 20,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    open: u64,
+    quiescing: Option<u64>,
+    syncing: Option<u64>,
+    /// Last txg whose uberblock is on stable storage.
+    synced: u64,
+    holds: [u64; TXG_SIZE],
+    dirty: [u64; TXG_SIZE],
+    /// Highest txg somebody asked to see committed.
+    requested: u64,
+    /// Tasks waiting for `synced >= txg`.
+    sync_waiters: Vec<(u64, Waker)>,
+    /// Writers throttled on dirty data.
+    throttle_waiters: Vec<Waker>,
+    /// Set once a sync failed: the pool is suspended, waiters get this errno.
+    failed: Option<i32>,
+    shutdown: bool,
+    last_sync: Instant,
+}
+
+/// The txg state machine shared by writers and the sync thread.
+#[derive(Debug)]
+pub struct TxgEngine {
+    inner: Mutex<Inner>,
+    /// Wakes the sync thread (new request, dirty threshold, holds drained, shutdown).
+    cv: Condvar,
+    cfg: TxgConfig,
+}
+
+/// A hold on one txg: the txg cannot finish quiescing while the hold lives.
+#[derive(Debug)]
+pub struct TxgHold {
+    engine: Arc<TxgEngine>,
+    txg: u64,
+}
+
+impl TxgHold {
+    /// The txg this hold pins (the one the change belongs to).
+    pub fn txg(&self) -> u64 {
+        self.txg
+    }
+
+    /// Account dirty bytes to this txg (drives the dirty-data sync trigger).
+    pub fn add_dirty(&self, bytes: u64) {
+        let mut g = self.engine.inner.lock();
+        let slot = slot(self.txg);
+        g.dirty[slot] = g.dirty[slot].saturating_add(bytes);
+        if g.dirty[slot] >= self.engine.cfg.dirty_sync_bytes {
+            self.engine.cv.notify_all();
+        }
+    }
+}
+
+impl Drop for TxgHold {
+    fn drop(&mut self) {
+        let mut g = self.engine.inner.lock();
+        let slot = slot(self.txg);
+        g.holds[slot] = g.holds[slot].saturating_sub(1);
+        if g.holds[slot] == 0 && g.quiescing == Some(self.txg) {
+            self.engine.cv.notify_all();
+        }
+    }
+}
+
+fn slot(txg: u64) -> usize {
+    // The mask keeps the value below TXG_SIZE, so the conversion cannot fail.
+    usize::try_from(txg & TXG_MASK).unwrap_or(0)
+}
+
+/// Why the sync thread woke up with a txg to sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncReason {
+    /// Somebody waits for this txg (FLUSH/FUA, a sync task, export).
+    Requested,
+    /// The open txg passed the dirty-data threshold.
+    Dirty,
+    /// The periodic timer fired.
+    Timeout,
+    /// The engine is shutting down: final sync.
+    Shutdown,
+}
+
+impl TxgEngine {
+    /// A new engine whose last committed txg is `synced`; the open txg is `synced + 1`.
+    pub fn new(synced: u64, cfg: TxgConfig) -> Arc<TxgEngine> {
+        Arc::new(TxgEngine {
+            inner: Mutex::new(Inner {
+                open: synced + 1,
+                quiescing: None,
+                syncing: None,
+                synced,
+                holds: [0; TXG_SIZE],
+                dirty: [0; TXG_SIZE],
+                requested: 0,
+                sync_waiters: Vec::new(),
+                throttle_waiters: Vec::new(),
+                failed: None,
+                shutdown: false,
+                last_sync: Instant::now(),
+            }),
+            cv: Condvar::new(),
+            cfg,
+        })
+    }
+
+    /// The engine's tunables.
+    pub fn config(&self) -> &TxgConfig {
+        &self.cfg
+    }
+
+    /// Hold the open txg (never blocks).
+    pub fn hold(self: &Arc<Self>) -> Result<TxgHold, i32> {
+        let mut g = self.inner.lock();
+        if let Some(e) = g.failed {
+            return Err(e);
+        }
+        let txg = g.open;
+        g.holds[slot(txg)] += 1;
+        Ok(TxgHold {
+            engine: Arc::clone(self),
+            txg,
+        })
+    }
+
+    /// Hold the open txg, first waiting (asynchronously) while it is over the dirty limit.
+    pub fn hold_throttled(self: &Arc<Self>) -> HoldThrottled {
+        HoldThrottled {
+            engine: Arc::clone(self),
+        }
+    }
+
+    /// The open txg.
+    pub fn open_txg(&self) -> u64 {
+        self.inner.lock().open
+    }
+
+    /// The last committed txg.
+    pub fn synced_txg(&self) -> u64 {
+        self.inner.lock().synced
+    }
+
+    /// The txg being synced now, if any.
+    pub fn syncing_txg(&self) -> Option<u64> {
+        self.inner.lock().syncing
+    }
+
+    /// The errno the pool failed with, if a sync failed (the pool is then suspended).
+    pub fn failure(&self) -> Option<i32> {
+        self.inner.lock().failed
+    }
+
+    /// Ask for `txg` to be committed soon (does not wait).
+    pub fn request_sync(&self, txg: u64) {
+        let mut g = self.inner.lock();
+        if txg > g.requested {
+            g.requested = txg;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Wait until `txg` is committed (requests its sync).
+    pub fn wait_synced(self: &Arc<Self>, txg: u64) -> WaitSynced {
+        self.request_sync(txg);
+        WaitSynced {
+            engine: Arc::clone(self),
+            txg,
+        }
+    }
+
+    /// Commit everything held so far: the open txg at call time.
+    pub fn sync_now(self: &Arc<Self>) -> WaitSynced {
+        let txg = self.open_txg();
+        self.wait_synced(txg)
+    }
+
+    /// Blocking variant of [`wait_synced`](Self::wait_synced) for non-reactor threads.
+    pub fn wait_synced_blocking(&self, txg: u64) -> Result<(), i32> {
+        self.request_sync(txg);
+        let mut g = self.inner.lock();
+        loop {
+            if g.synced >= txg {
+                return Ok(());
+            }
+            if let Some(e) = g.failed {
+                return Err(e);
+            }
+            if g.shutdown && g.syncing.is_none() && g.quiescing.is_none() && g.requested <= g.synced
+            {
+                return Err(libc::ESHUTDOWN);
+            }
+            self.cv.wait_for(&mut g, Duration::from_millis(50));
+        }
+    }
+
+    /// Ask the sync thread to do a final sync and stop.
+    pub fn shutdown(&self) {
+        let mut g = self.inner.lock();
+        g.shutdown = true;
+        self.cv.notify_all();
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutdown(&self) -> bool {
+        self.inner.lock().shutdown
+    }
+
+    /// Sync thread: wait until a txg should be synced, close it and wait for its holds to drain.
+    /// Returns the txg to sync, or `None` once shut down with nothing left to do.
+    /// `has_work` reports whether anything (beyond holds) is pending for the open txg.
+    pub fn next_to_sync(&self, has_work: &dyn Fn(u64) -> bool) -> Option<(u64, SyncReason)> {
+        let mut g = self.inner.lock();
+        let reason = loop {
+            let open = g.open;
+            let dirty = g.dirty[slot(open)];
+            if g.failed.is_some() {
+                return None;
+            }
+            if g.requested >= open {
+                break SyncReason::Requested;
+            }
+            if g.shutdown {
+                if dirty > 0 || has_work(open) {
+                    break SyncReason::Shutdown;
+                }
+                return None;
+            }
+            if dirty >= self.cfg.dirty_sync_bytes {
+                break SyncReason::Dirty;
+            }
+            let elapsed = g.last_sync.elapsed();
+            if elapsed >= self.cfg.timeout {
+                if dirty > 0 || g.holds[slot(open)] > 0 || has_work(open) {
+                    break SyncReason::Timeout;
+                }
+                g.last_sync = Instant::now();
+                continue;
+            }
+            let left = self.cfg.timeout - elapsed;
+            self.cv.wait_for(&mut g, left.min(Duration::from_millis(250)));
+        };
+        // Close the open txg: new holds go to the next one.
+        let txg = g.open;
+        g.open = txg + 1;
+        g.quiescing = Some(txg);
+        let s = slot(txg + 1);
+        g.holds[s] = 0;
+        g.dirty[s] = 0;
+        // Throttled writers may proceed in the fresh txg.
+        for w in g.throttle_waiters.drain(..) {
+            w.wake();
+        }
+        while g.holds[slot(txg)] > 0 {
+            self.cv.wait_for(&mut g, Duration::from_millis(100));
+        }
+        g.quiescing = None;
+        g.syncing = Some(txg);
+        Some((txg, reason))
+    }
+
+    /// Sync thread: `txg` is committed (its uberblock is stable).
+    pub fn sync_done(&self, txg: u64) {
+        let mut g = self.inner.lock();
+        g.synced = txg;
+        g.syncing = None;
+        g.dirty[slot(txg)] = 0;
+        g.last_sync = Instant::now();
+        let mut keep = Vec::with_capacity(g.sync_waiters.len());
+        for (t, w) in g.sync_waiters.drain(..) {
+            if t <= txg {
+                w.wake();
+            } else {
+                keep.push((t, w));
+            }
+        }
+        g.sync_waiters = keep;
+        self.cv.notify_all();
+    }
+
+    /// Sync thread: syncing `txg` failed; suspend the pool and fail every waiter.
+    pub fn sync_failed(&self, errno: i32) {
+        let mut g = self.inner.lock();
+        g.failed = Some(errno);
+        g.syncing = None;
+        for (_, w) in g.sync_waiters.drain(..) {
+            w.wake();
+        }
+        for w in g.throttle_waiters.drain(..) {
+            w.wake();
+        }
+        self.cv.notify_all();
+    }
+
+    /// Sync thread exit: wake everyone still waiting so they observe the shutdown.
+    pub fn stopped(&self) {
+        let mut g = self.inner.lock();
+        g.shutdown = true;
+        for (_, w) in g.sync_waiters.drain(..) {
+            w.wake();
+        }
+        for w in g.throttle_waiters.drain(..) {
+            w.wake();
+        }
+        self.cv.notify_all();
+    }
+}
+
+/// Future of [`TxgEngine::wait_synced`].
+#[derive(Debug)]
+pub struct WaitSynced {
+    engine: Arc<TxgEngine>,
+    txg: u64,
+}
+
+impl Future for WaitSynced {
+    type Output = Result<(), i32>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut g = self.engine.inner.lock();
+        if g.synced >= self.txg {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = g.failed {
+            return Poll::Ready(Err(e));
+        }
+        if g.shutdown && g.syncing.is_none() && g.quiescing.is_none() && g.requested < g.open {
+            // Nobody will ever sync it.
+            return Poll::Ready(Err(libc::ESHUTDOWN));
+        }
+        g.sync_waiters.push((self.txg, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// Future of [`TxgEngine::hold_throttled`].
+#[derive(Debug)]
+pub struct HoldThrottled {
+    engine: Arc<TxgEngine>,
+}
+
+impl Future for HoldThrottled {
+    type Output = Result<TxgHold, i32>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut g = self.engine.inner.lock();
+        if let Some(e) = g.failed {
+            return Poll::Ready(Err(e));
+        }
+        let txg = g.open;
+        if g.dirty[slot(txg)] >= self.engine.cfg.dirty_max_bytes && !g.shutdown {
+            g.throttle_waiters.push(cx.waker().clone());
+            self.engine.cv.notify_all();
+            return Poll::Pending;
+        }
+        g.holds[slot(txg)] += 1;
+        Poll::Ready(Ok(TxgHold {
+            engine: Arc::clone(&self.engine),
+            txg,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiesce_waits_for_holds() {
+        let e = TxgEngine::new(4, TxgConfig::default());
+        let h = e.hold().unwrap();
+        assert_eq!(h.txg(), 5);
+        e.request_sync(5);
+        let e2 = Arc::clone(&e);
+        let t = std::thread::spawn(move || e2.next_to_sync(&|_| false));
+        std::thread::sleep(Duration::from_millis(50));
+        // New holds go to the next txg while 5 quiesces.
+        let h2 = e.hold().unwrap();
+        assert_eq!(h2.txg(), 6);
+        assert!(!t.is_finished());
+        drop(h);
+        let (txg, why) = t.join().unwrap().unwrap();
+        assert_eq!((txg, why), (5, SyncReason::Requested));
+        e.sync_done(5);
+        assert_eq!(e.synced_txg(), 5);
+        drop(h2);
+        e.shutdown();
+        assert!(e.next_to_sync(&|_| false).is_none());
+    }
+}

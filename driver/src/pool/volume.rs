@@ -1,0 +1,605 @@
+//! Thin, copy-on-write volumes: the data path.
+//!
+//! A volume is an object whose level-0 blocks are the volume's blocks. Its committed tree is
+//! only changed by the sync thread; between syncs, changes live in per-txg overlays (one map per
+//! txg slot, sharded by block range so reactors do not contend): a write allocates new space,
+//! writes the data there with O_DIRECT, then publishes the new block pointer in the overlay of
+//! the txg it holds. Readers look in the overlays (newest txg first), then walk the tree through
+//! the block cache. The sync of txg `t` folds overlay `t` into the tree, installs the new root and
+//! clears the overlay in one step under the volume's map lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use ringpool_ondisk::blkptr::{BlockPointer, DataPtr, HolePtr};
+use ringpool_ondisk::checksum::{Checksum, ChecksumAlgo};
+use ringpool_ondisk::object::ObjectType;
+
+use super::blocklock::KeyLocks;
+use super::error::{PoolError, Result};
+use super::objtree::TreeGeom;
+use super::shared::Shared;
+use super::txg::TXG_SIZE;
+
+const SHARDS: usize = 16;
+/// Consecutive blocks that share a shard (keeps a sequential write on one lock).
+const SHARD_RUN_SHIFT: u32 = 4;
+
+/// Smallest and largest volume block size.
+pub const MIN_VOLUME_BLOCK: u32 = 4096;
+/// Largest volume block size.
+pub const MAX_VOLUME_BLOCK: u32 = 128 * 1024;
+
+#[derive(Debug, Default)]
+struct Shard {
+    slot_txg: [u64; TXG_SIZE],
+    slots: [HashMap<u64, BlockPointer>; TXG_SIZE],
+}
+
+impl Shard {
+    fn lookup(&self, blkid: u64) -> Option<(u64, BlockPointer)> {
+        let mut best: Option<(u64, BlockPointer)> = None;
+        for s in 0..TXG_SIZE {
+            if let Some(bp) = self.slots[s].get(&blkid) {
+                let t = self.slot_txg[s];
+                if best.is_none_or(|(bt, _)| t > bt) {
+                    best = Some((t, *bp));
+                }
+            }
+        }
+        best
+    }
+}
+
+/// The committed shape of a volume (changed only by the sync thread).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VolMap {
+    pub root: BlockPointer,
+    pub geom: TreeGeom,
+}
+
+/// In-memory state of one volume, shared by every handle.
+#[derive(Debug)]
+pub(crate) struct VolumeInner {
+    pub name: String,
+    pub object: u64,
+    pub block_size: u32,
+    pub size: RwLock<u64>,
+    pub map: RwLock<VolMap>,
+    shards: Vec<Mutex<Shard>>,
+    locks: Arc<KeyLocks>,
+    pub destroyed: Mutex<bool>,
+}
+
+impl VolumeInner {
+    pub(crate) fn new(name: String, object: u64, block_size: u32, size: u64, map: VolMap) -> Self {
+        VolumeInner {
+            name,
+            object,
+            block_size,
+            size: RwLock::new(size),
+            map: RwLock::new(map),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            locks: KeyLocks::new(),
+            destroyed: Mutex::new(false),
+        }
+    }
+
+    fn shard(&self, blkid: u64) -> &Mutex<Shard> {
+        let i = usize::try_from((blkid >> SHARD_RUN_SHIFT) % SHARDS as u64).unwrap_or(0);
+        &self.shards[i]
+    }
+
+    /// Publishes `bp` for `blkid` in txg `txg`; returns the pointer it replaced in the same txg.
+    fn publish(&self, txg: u64, blkid: u64, bp: BlockPointer) -> Option<BlockPointer> {
+        let _m = self.map.read();
+        let mut sh = self.shard(blkid).lock();
+        let s = usize::try_from(txg % TXG_SIZE as u64).unwrap_or(0);
+        if sh.slot_txg[s] != txg {
+            sh.slots[s].clear();
+            sh.slot_txg[s] = txg;
+        }
+        sh.slots[s].insert(blkid, bp)
+    }
+
+    /// The overlay entry for `blkid`, or the committed map snapshot to walk.
+    fn overlay_or_map(&self, blkid: u64) -> std::result::Result<BlockPointer, VolMap> {
+        let m = self.map.read();
+        let sh = self.shard(blkid).lock();
+        match sh.lookup(blkid) {
+            Some((_, bp)) => Ok(bp),
+            None => Err(*m),
+        }
+    }
+
+    /// Overlay entries of txg `txg`, sorted by block id (sync thread, after quiesce).
+    pub(crate) fn overlay_of(&self, txg: u64) -> Vec<(u64, BlockPointer)> {
+        let s = usize::try_from(txg % TXG_SIZE as u64).unwrap_or(0);
+        let mut out = Vec::new();
+        for sh in &self.shards {
+            let g = sh.lock();
+            if g.slot_txg[s] == txg {
+                out.extend(g.slots[s].iter().map(|(k, v)| (*k, *v)));
+            }
+        }
+        out.sort_unstable_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Every overlay entry in `[lo, hi)` of every live txg (newest wins), sorted.
+    fn overlay_range(&self, lo: u64, hi: u64) -> Vec<(u64, BlockPointer)> {
+        let mut best: HashMap<u64, (u64, BlockPointer)> = HashMap::new();
+        for sh in &self.shards {
+            let g = sh.lock();
+            for s in 0..TXG_SIZE {
+                let t = g.slot_txg[s];
+                for (k, v) in &g.slots[s] {
+                    if *k >= lo && *k < hi {
+                        let e = best.entry(*k).or_insert((t, *v));
+                        if t > e.0 {
+                            *e = (t, *v);
+                        }
+                    }
+                }
+            }
+        }
+        let mut out: Vec<(u64, BlockPointer)> =
+            best.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        out.sort_unstable_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Installs the tree built by the sync of `txg` and drops that txg's overlay.
+    pub(crate) fn install(&self, txg: u64, map: VolMap) {
+        let mut m = self.map.write();
+        *m = map;
+        let s = usize::try_from(txg % TXG_SIZE as u64).unwrap_or(0);
+        for sh in &self.shards {
+            let mut g = sh.lock();
+            if g.slot_txg[s] == txg {
+                g.slots[s].clear();
+            }
+        }
+    }
+
+    /// Bytes of dirty overlay entries (all txgs): for stats.
+    pub(crate) fn dirty_blocks(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().slots.iter().map(HashMap::len).sum::<usize>())
+            .sum()
+    }
+}
+
+/// Allocation status of a byte range (NBD `base:allocation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Byte offset in the volume.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// True if the range is a hole (reads as zeroes, no space used).
+    pub hole: bool,
+}
+
+/// A handle on an open volume; cheap to clone, usable from any reactor.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) inner: Arc<VolumeInner>,
+}
+
+impl Volume {
+    /// Volume name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        *self.inner.size.read()
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.inner.block_size
+    }
+
+    /// The object number of the volume's data object.
+    pub fn object(&self) -> u64 {
+        self.inner.object
+    }
+
+    /// Whether the pool is read-only.
+    pub fn read_only(&self) -> bool {
+        self.shared.read_only
+    }
+
+    fn bs(&self) -> u64 {
+        u64::from(self.inner.block_size)
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if *self.inner.destroyed.lock() {
+            return Err(PoolError::NoSuchVolume(self.inner.name.clone()));
+        }
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(PoolError::Invalid(format!(
+                "range {offset}+{len} beyond volume size {size}"
+            ))),
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.shared.read_only {
+            return Err(PoolError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Current pointer of block `blkid` (overlays, then the committed tree).
+    async fn lookup(&self, blkid: u64) -> Result<BlockPointer> {
+        let map = match self.inner.overlay_or_map(blkid) {
+            Ok(bp) => return Ok(bp),
+            Err(map) => map,
+        };
+        self.lookup_tree(&map, blkid).await
+    }
+
+    async fn lookup_tree(&self, map: &VolMap, blkid: u64) -> Result<BlockPointer> {
+        let geom = map.geom;
+        if blkid >= geom.capacity_blocks() {
+            return Ok(BlockPointer::EMPTY);
+        }
+        let mut bp = map.root;
+        let mut level = geom.levels - 1;
+        while level > 0 {
+            let BlockPointer::Data(d) = bp else {
+                return Ok(bp);
+            };
+            let first = (blkid / geom.span(level)) * geom.span(level) * self.bs();
+            let children = self
+                .shared
+                .load_indirect(&d, &self.object_name(), first)
+                .await?;
+            let idx = geom.child_index(level, blkid);
+            bp = children.get(idx).copied().unwrap_or(BlockPointer::EMPTY);
+            level -= 1;
+        }
+        Ok(bp)
+    }
+
+    fn object_name(&self) -> String {
+        format!("volume '{}' (object {})", self.inner.name, self.inner.object)
+    }
+
+    /// Reads `buf.len()` bytes at `offset`. Holes read as zeroes; every block is verified
+    /// against its checksum.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        self.check_range(offset, len)?;
+        let bs = self.bs();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + u64::try_from(done).unwrap_or(0);
+            let blkid = pos / bs;
+            let in_blk = usize::try_from(pos % bs).unwrap_or(0);
+            let n = (usize::try_from(bs).unwrap_or(0) - in_blk).min(buf.len() - done);
+            let data = self.read_block(blkid).await?;
+            match data {
+                Some(d) => buf[done..done + n].copy_from_slice(&d[in_blk..in_blk + n]),
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// One whole block (`None` for a hole).
+    async fn read_block(&self, blkid: u64) -> Result<Option<Vec<u8>>> {
+        let mut attempt = 0;
+        loop {
+            let guard = self.shared.readers.enter();
+            let bp = self.lookup(blkid).await?;
+            let BlockPointer::Data(d) = bp else {
+                return Ok(None);
+            };
+            let res = self
+                .shared
+                .read_verified(&d, &self.object_name(), blkid * self.bs())
+                .await;
+            drop(guard);
+            match res {
+                Ok(data) => return Ok(Some(data)),
+                Err(e) if e.is_checksum() && attempt < 3 => {
+                    // The block may have been replaced (and its old place reused) while we
+                    // read: retry if the pointer changed, otherwise it is real damage.
+                    let now = self.lookup(blkid).await?;
+                    if now == bp {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` (copy-on-write). With `fua`, returns once the txg holding the
+    /// write has committed.
+    pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        self.check_writable()?;
+        let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        self.check_range(offset, len)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let bs = self.bs();
+        let first = offset / bs;
+        let last = (offset + len - 1) / bs;
+        let mut txg = 0;
+        // Bounded batches keep a huge write from pinning a txg and memory for too long.
+        let batch = (1u64 << 20) / bs;
+        let mut blk = first;
+        while blk <= last {
+            let end = (blk + batch.max(1) - 1).min(last);
+            txg = txg.max(self.write_blocks(offset, data, blk, end).await?);
+            blk = end + 1;
+        }
+        if fua {
+            self.shared.wait_synced(txg).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes blocks `first..=last` of the request (`offset`, `data`).
+    async fn write_blocks(&self, offset: u64, data: &[u8], first: u64, last: u64) -> Result<u64> {
+        let bs = self.bs();
+        let bsu = usize::try_from(bs).unwrap_or(0);
+        let mut guards = Vec::new();
+        for b in first..=last {
+            guards.push(self.inner.locks.lock(b).await);
+        }
+        let nblk = usize::try_from(last - first + 1).unwrap_or(0);
+        let mut content = vec![0u8; nblk * bsu];
+        let req_end = offset + u64::try_from(data.len()).unwrap_or(0);
+        for (i, b) in (first..=last).enumerate() {
+            let bstart = b * bs;
+            let bend = bstart + bs;
+            let lo = bstart.max(offset);
+            let hi = bend.min(req_end);
+            let dst = &mut content[i * bsu..(i + 1) * bsu];
+            if lo > bstart || hi < bend {
+                // Partial block: read-modify-write under the block lock.
+                if let Some(old) = self.read_block(b).await? {
+                    dst.copy_from_slice(&old);
+                }
+            }
+            let s = usize::try_from(lo - offset).unwrap_or(0);
+            let e = usize::try_from(hi - offset).unwrap_or(0);
+            let o = usize::try_from(lo - bstart).unwrap_or(0);
+            dst[o..o + (e - s)].copy_from_slice(&data[s..e]);
+        }
+        let hold = self.shared.txg.hold_throttled().await.map_err(PoolError::Suspended)?;
+        let txg = hold.txg();
+        let dvas = self.shared.alloc_blocks(bs, nblk, txg)?;
+        if let Err(e) = self.shared.write_extents(&dvas, &content, bsu).await {
+            for d in &dvas {
+                self.shared.free_now(d, txg);
+            }
+            return Err(e);
+        }
+        for (i, b) in (first..=last).enumerate() {
+            let blk = &content[i * bsu..(i + 1) * bsu];
+            let bp = BlockPointer::Data(DataPtr {
+                dva: dvas[i],
+                lsize: self.inner.block_size,
+                kind: ObjectType::VolumeData,
+                level: 0,
+                birth_txg: txg,
+                fill: 1,
+                checksum: Checksum::compute(ChecksumAlgo::Crc32c, blk),
+            });
+            self.replace(b, bp, txg);
+        }
+        hold.add_dirty(u64::try_from(content.len()).unwrap_or(0));
+        self.shared.mark_dirty(txg);
+        drop(hold);
+        drop(guards);
+        Ok(txg)
+    }
+
+    /// Publishes `bp` for `blkid` and hands back what it replaced in the same txg.
+    fn replace(&self, blkid: u64, bp: BlockPointer, txg: u64) {
+        if let Some(BlockPointer::Data(old)) = self.inner.publish(txg, blkid, bp) {
+            if old.birth_txg == txg {
+                // Born and replaced in the open txg: give the space back once no reader can
+                // still be reading the old place.
+                self.shared.free_after_readers(old.dva, txg);
+            }
+        }
+    }
+
+    /// Punches holes over `[offset, offset+len)`: whole blocks become holes, partial blocks
+    /// are zeroed (read-modify-write). With `fua`, waits for the commit.
+    pub async fn punch(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let bs = self.bs();
+        let end = offset + len;
+        let first_full = offset.div_ceil(bs);
+        let end_full = end / bs;
+        // Head and tail partial blocks are zeroed.
+        if first_full > end_full {
+            let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+            return self.write(offset, &zeros, fua).await;
+        }
+        if offset < first_full * bs {
+            let n = usize::try_from(first_full * bs - offset).unwrap_or(0);
+            self.write(offset, &vec![0u8; n], false).await?;
+        }
+        if end > end_full * bs {
+            let n = usize::try_from(end - end_full * bs).unwrap_or(0);
+            self.write(end_full * bs, &vec![0u8; n], false).await?;
+        }
+        if first_full < end_full {
+            self.punch_blocks(first_full, end_full).await?;
+        }
+        if fua {
+            self.shared.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes blocks `[lo, hi)` holes, touching only blocks that are not holes already.
+    async fn punch_blocks(&self, lo: u64, hi: u64) -> Result<u64> {
+        let present = self.present_blocks(lo, hi).await?;
+        let mut txg = 0;
+        for chunk in present.chunks(256) {
+            let mut guards = Vec::with_capacity(chunk.len());
+            for b in chunk {
+                guards.push(self.inner.locks.lock(*b).await);
+            }
+            let hold = self.shared.txg.hold_throttled().await.map_err(PoolError::Suspended)?;
+            let t = hold.txg();
+            for b in chunk {
+                let hole = BlockPointer::Hole(HolePtr {
+                    birth_txg: t,
+                    kind: ObjectType::VolumeData,
+                    level: 0,
+                    lsize: 0,
+                });
+                self.replace(*b, hole, t);
+            }
+            hold.add_dirty(64 * u64::try_from(chunk.len()).unwrap_or(0));
+            self.shared.mark_dirty(t);
+            txg = t;
+        }
+        Ok(txg)
+    }
+
+    /// Block ids in `[lo, hi)` that are not holes (overlays + committed tree).
+    async fn present_blocks(&self, lo: u64, hi: u64) -> Result<Vec<u64>> {
+        let map = *self.inner.map.read();
+        let overlay = self.inner.overlay_range(lo, hi);
+        let tree = self.tree_leaves(&map, lo, hi).await?;
+        let mut set: std::collections::BTreeMap<u64, bool> =
+            tree.into_iter().map(|b| (b, true)).collect();
+        for (b, bp) in overlay {
+            set.insert(b, !bp.is_hole());
+        }
+        let out: Vec<u64> = set.into_iter().filter(|(_, p)| *p).map(|(b, _)| b).collect();
+        Ok(out)
+    }
+
+    /// Non-hole leaves of the committed tree in `[lo, hi)`.
+    async fn tree_leaves(&self, map: &VolMap, lo: u64, hi: u64) -> Result<Vec<u64>> {
+        let geom = map.geom;
+        let hi = hi.min(geom.capacity_blocks());
+        let mut out = Vec::new();
+        if lo >= hi {
+            return Ok(out);
+        }
+        // Frontier of (pointer, level, first block id covered).
+        let mut frontier = vec![(map.root, geom.levels - 1, 0u64)];
+        while let Some((bp, level, base)) = frontier.pop() {
+            let BlockPointer::Data(d) = bp else {
+                continue;
+            };
+            if level == 0 {
+                out.push(base);
+                continue;
+            }
+            let children = self
+                .shared
+                .load_indirect(&d, &self.object_name(), base * self.bs())
+                .await?;
+            let span = geom.span(level - 1);
+            // Push in reverse so blocks come out in ascending order.
+            for (i, c) in children.iter().enumerate().rev() {
+                let cb = base + span * u64::try_from(i).unwrap_or(0);
+                if cb + span <= lo || cb >= hi || c.is_hole() {
+                    continue;
+                }
+                frontier.push((*c, level - 1, cb));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Allocation status of `[offset, offset+len)`, as runs of data and holes.
+    pub async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.check_range(offset, len)?;
+        let mut out: Vec<Extent> = Vec::new();
+        if len == 0 {
+            return Ok(out);
+        }
+        let bs = self.bs();
+        let lo = offset / bs;
+        let hi = (offset + len).div_ceil(bs);
+        let present = self.present_blocks(lo, hi).await?;
+        let mut push = |start: u64, end: u64, hole: bool| {
+            let s = start.max(offset);
+            let e = end.min(offset + len);
+            if e <= s {
+                return;
+            }
+            if let Some(last) = out.last_mut() {
+                if last.hole == hole && last.offset + last.len == s {
+                    last.len += e - s;
+                    return;
+                }
+            }
+            out.push(Extent {
+                offset: s,
+                len: e - s,
+                hole,
+            });
+        };
+        let mut cur = lo;
+        for b in present {
+            if b > cur {
+                push(cur * bs, b * bs, true);
+            }
+            push(b * bs, (b + 1) * bs, false);
+            cur = b + 1;
+        }
+        if cur < hi {
+            push(cur * bs, hi * bs, true);
+        }
+        Ok(out)
+    }
+
+    /// Commits everything written so far (NBD FLUSH).
+    pub async fn flush(&self) -> Result<()> {
+        self.shared.flush().await
+    }
+}
+
+/// Volume geometry helpers.
+pub(crate) fn volume_geom(block_size: u32, size: u64, ibs: u32) -> TreeGeom {
+    let mut g = TreeGeom {
+        levels: 1,
+        ibs,
+        bs: block_size,
+    };
+    let nblocks = size.div_ceil(u64::from(block_size)).max(1);
+    g.levels = g.levels_for(nblocks).max(2);
+    g
+}
+
+/// Validates a volume block size.
+pub(crate) fn check_block_size(bs: u32) -> Result<()> {
+    if !(MIN_VOLUME_BLOCK..=MAX_VOLUME_BLOCK).contains(&bs) || !bs.is_power_of_two() {
+        return Err(PoolError::Invalid(format!(
+            "volume block size {bs} must be a power of two in 4 KiB..128 KiB"
+        )));
+    }
+    Ok(())
+}
