@@ -90,6 +90,15 @@ impl<T: Send + 'static> ReaderTracker<T> {
         }
     }
 
+    /// Removes and returns the pending items matching `pred` (the sync thread takes those
+    /// born in the txg it syncs, so none outlives its txg unfreed).
+    pub fn take_pending(&self, pred: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut g = self.inner.lock();
+        let (take, keep): (Vec<_>, Vec<_>) = g.pending.drain(..).partition(|(_, t)| pred(t));
+        g.pending = keep;
+        take.into_iter().map(|(_, t)| t).collect()
+    }
+
     /// Items currently waiting for readers.
     pub fn pending(&self) -> usize {
         self.inner.lock().pending.len()

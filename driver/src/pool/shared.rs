@@ -55,6 +55,12 @@ pub struct Shared {
     pub(crate) max_ashift: AtomicU64,
     /// Highest txg holding any change (FLUSH waits for it).
     pub(crate) last_dirty: AtomicU64,
+    /// The last committed uberblock.
+    pub(crate) last_ub: Mutex<Option<ringpool_ondisk::uberblock::Uberblock>>,
+    /// Set by export: the sync thread marks the labels exported when it stops.
+    pub(crate) exporting: std::sync::atomic::AtomicBool,
+    /// Overwritten blocks whose txg closed before their readers finished.
+    pub(crate) late_frees: Mutex<Vec<(Dva, u64)>>,
     next_shard: AtomicUsize,
 }
 
@@ -96,6 +102,9 @@ impl Shared {
                 tasks: Mutex::new(Vec::new()),
                 max_ashift: AtomicU64::new(u64::from(max_ashift)),
                 last_dirty: AtomicU64::new(0),
+                last_ub: Mutex::new(None),
+                exporting: std::sync::atomic::AtomicBool::new(false),
+                late_frees: Mutex::new(Vec::new()),
                 next_shard: AtomicUsize::new(0),
             }
         })
@@ -227,9 +236,26 @@ impl Shared {
         };
         if hold.txg() == birth {
             self.free_now(&d, birth);
-        } else if let Err(e) = self.free(&d, birth, hold.txg()) {
-            tracing::error!(?d, birth, "deferred free failed: {e}");
+        } else {
+            // Its txg closed: the sync thread frees it in the first txg it syncs (>= birth).
+            self.late_frees.lock().push((d, birth));
         }
+    }
+
+    /// Sync of `txg`: frees every overwritten block born at or before it that is still waiting
+    /// (for readers, or because its txg closed), so none is left allocated and unreferenced.
+    pub(crate) fn free_overwritten(&self, txg: u64) -> Result<()> {
+        let mut items = self.readers.take_pending(|(_, b)| *b <= txg);
+        {
+            let mut late = self.late_frees.lock();
+            let (now, keep): (Vec<_>, Vec<_>) = late.drain(..).partition(|(_, b)| *b <= txg);
+            *late = keep;
+            items.extend(now);
+        }
+        for (d, birth) in items {
+            self.free(&d, birth, txg)?;
+        }
+        Ok(())
     }
 
     /// Reads the block `d` points to and checks it against the parent's checksum.

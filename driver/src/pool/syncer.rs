@@ -458,6 +458,7 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
         *t.result.lock() = Some(r);
     }
     sync_volumes(shared, st, txg).await?;
+    shared.free_overwritten(txg)?;
     for t in normal {
         let mut ctx = SyncCtx { st, shared, txg };
         let r = (t.task)(&mut ctx);

@@ -301,6 +301,14 @@ impl TxgEngine {
         Some((txg, reason))
     }
 
+    /// Close the open txg now (create, import-time syncs): like [`next_to_sync`](Self::next_to_sync)
+    /// without waiting for a trigger.
+    pub fn next_to_sync_now(&self) -> Option<(u64, SyncReason)> {
+        let open = self.open_txg();
+        self.request_sync(open);
+        self.next_to_sync(&|_| false)
+    }
+
     /// Sync thread: `txg` is committed (its uberblock is stable).
     pub fn sync_done(&self, txg: u64) {
         let mut g = self.inner.lock();

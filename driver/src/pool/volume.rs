@@ -457,6 +457,11 @@ impl Volume {
         Ok(())
     }
 
+    /// Like `punch_blocks`, for resize (no range check against the current size).
+    pub(crate) async fn punch_blocks_raw(&self, lo: u64, hi: u64) -> Result<()> {
+        self.punch_blocks(lo, hi).await.map(|_| ())
+    }
+
     /// Makes blocks `[lo, hi)` holes, touching only blocks that are not holes already.
     async fn punch_blocks(&self, lo: u64, hi: u64) -> Result<u64> {
         let present = self.present_blocks(lo, hi).await?;
