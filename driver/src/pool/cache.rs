@@ -88,14 +88,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         let mut g = self.inner.lock();
         g.tick += 1;
         let tick = g.tick;
-        if let Some(old) = g.map.insert(
-            key.clone(),
-            Entry {
-                value,
-                bytes,
-                tick,
-            },
-        ) {
+        if let Some(old) = g.map.insert(key.clone(), Entry { value, bytes, tick }) {
             g.order.remove(&old.tick);
             g.bytes -= old.bytes;
         }

@@ -108,7 +108,10 @@ impl PoolError {
             | PoolError::NoUberblock(_)
             | PoolError::MissingDevice { .. }
             | PoolError::Internal(_) => libc::EIO,
-            PoolError::Alloc(e) => e.errno(),
+            PoolError::Alloc(e) => match e {
+                AllocError::NoSpace { .. } => libc::ENOSPC,
+                _ => libc::EIO,
+            },
             PoolError::NoSpace => libc::ENOSPC,
             PoolError::Invalid(_) => libc::EINVAL,
             PoolError::NotFound(_) | PoolError::NoSuchVolume(_) => libc::ENOENT,

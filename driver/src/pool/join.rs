@@ -15,7 +15,9 @@ pub struct JoinAll<'a, T> {
 
 impl<T> std::fmt::Debug for JoinAll<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinAll").field("n", &self.futs.len()).finish()
+        f.debug_struct("JoinAll")
+            .field("n", &self.futs.len())
+            .finish()
     }
 }
 
@@ -31,6 +33,10 @@ where
     let out = futs.iter().map(|_| None).collect();
     JoinAll { futs, out }
 }
+
+// The futures are boxed (pinned on the heap) and outputs are plain values: moving the
+// struct never moves a pinned future.
+impl<T> Unpin for JoinAll<'_, T> {}
 
 impl<T> Future for JoinAll<'_, T> {
     type Output = Vec<T>;

@@ -8,7 +8,6 @@ use ringpool_ondisk::blkptr::BlockPointer;
 use ringpool_ondisk::label::{HostInfo, LabelHeader, PoolState};
 use ringpool_ondisk::layout::{DeviceLayout, ALLOC_START, MAX_ASHIFT, MIN_ASHIFT};
 use ringpool_ondisk::object::{Bonus, ObjectRecord, ObjectType};
-use ringpool_ondisk::space_map::SpaceMapHeader;
 use ringpool_ondisk::uberblock::Uberblock;
 
 use crate::io::buf::IoBuf;
@@ -156,11 +155,21 @@ pub(crate) fn new_device_objects(st: &mut SyncState, vdev: &Vdev, txg: u64) -> R
     let count = vdev.ms_count();
     let mut sms = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     for _ in 0..count {
-        let mut rec = ObjectRecord::new(ObjectType::SpaceMap, SM_BLOCK_SIZE, INDIRECT_BLOCK_SIZE, txg)?;
-        rec.bonus = Bonus::SpaceMap(SpaceMapHeader::default());
+        let mut rec = ObjectRecord::new(
+            ObjectType::SpaceMap,
+            SM_BLOCK_SIZE,
+            INDIRECT_BLOCK_SIZE,
+            txg,
+        )?;
+        rec.bonus = Bonus::SpaceMap(Box::default());
         sms.push(st.new_object(rec));
     }
-    let arr = ObjectRecord::new(ObjectType::U64Array, META_BLOCK_SIZE, INDIRECT_BLOCK_SIZE, txg)?;
+    let arr = ObjectRecord::new(
+        ObjectType::U64Array,
+        META_BLOCK_SIZE,
+        INDIRECT_BLOCK_SIZE,
+        txg,
+    )?;
     let arr_obj = st.new_object(arr);
     let bytes: Vec<u8> = sms.iter().flat_map(|o| o.to_le_bytes()).collect();
     st.set_object_bytes(arr_obj, &bytes)?;
@@ -189,7 +198,9 @@ pub(crate) async fn create(
 ) -> Result<(Arc<Shared>, SyncState)> {
     ringpool_ondisk::label::validate_pool_name(name)?;
     if engines.is_empty() {
-        return Err(PoolError::Invalid("a pool needs at least one device".into()));
+        return Err(PoolError::Invalid(
+            "a pool needs at least one device".into(),
+        ));
     }
     let mut vdevs = Vec::new();
     for (i, e) in engines.into_iter().enumerate() {
@@ -247,7 +258,12 @@ pub(crate) async fn create(
         created: now,
         ..Default::default()
     };
-    let meta = ObjectRecord::new(ObjectType::ObjectSet, OBJSET_BLOCK_SIZE, INDIRECT_BLOCK_SIZE, TXG_INITIAL)?;
+    let meta = ObjectRecord::new(
+        ObjectType::ObjectSet,
+        OBJSET_BLOCK_SIZE,
+        INDIRECT_BLOCK_SIZE,
+        TXG_INITIAL,
+    )?;
     let ub0 = Uberblock {
         txg: 1,
         guid_sum: 0,
@@ -263,8 +279,21 @@ pub(crate) async fn create(
         creation_time: now,
         config_txg: TXG_INITIAL,
     };
-    let mut st = SyncState::new(BTreeMap::new(), meta, BlockPointer::EMPTY, dir, Vec::new(), ub0, label);
-    let dir_rec = ObjectRecord::new(ObjectType::Directory, META_BLOCK_SIZE, INDIRECT_BLOCK_SIZE, TXG_INITIAL)?;
+    let mut st = SyncState::new(
+        BTreeMap::new(),
+        meta,
+        BlockPointer::EMPTY,
+        dir,
+        Vec::new(),
+        ub0,
+        label,
+    );
+    let dir_rec = ObjectRecord::new(
+        ObjectType::Directory,
+        META_BLOCK_SIZE,
+        INDIRECT_BLOCK_SIZE,
+        TXG_INITIAL,
+    )?;
     st.objects.insert(DIRECTORY_OBJECT, dir_rec);
     st.dirty_records.insert(DIRECTORY_OBJECT);
     for v in &vdevs {
@@ -302,7 +331,9 @@ async fn scan_device(engine: Arc<dyn BlockEngine>) -> Result<ScannedDevice> {
     let mut raw = Vec::new();
     for l in 0..4 {
         let off = layout.label_offset(l)?;
-        let mut buf = crate::io::buf::alloc(usize::try_from(ringpool_ondisk::layout::LABEL_SIZE).unwrap_or(0));
+        let mut buf = crate::io::buf::alloc(
+            usize::try_from(ringpool_ondisk::layout::LABEL_SIZE).unwrap_or(0),
+        );
         buf.fill(0);
         let (r, buf): (_, IoBuf) = engine.read_at(buf, off).await;
         if r.is_ok() {
@@ -319,7 +350,9 @@ async fn scan_device(engine: Arc<dyn BlockEngine>) -> Result<ScannedDevice> {
         .collect();
     let ashift = headers.iter().flatten().map(|h| h.ashift).next();
     for (i, b) in raw.iter().enumerate() {
-        let Some(h) = headers[i].clone() else { continue };
+        let Some(h) = headers[i].clone() else {
+            continue;
+        };
         let layout = DeviceLayout::new(g.size_bytes, ashift.unwrap_or(h.ashift))?;
         let slot = layout.slot_size();
         let ubs = b[rs..]
@@ -356,7 +389,9 @@ pub struct FoundPool {
 pub(crate) async fn discover(engines: Vec<Arc<dyn BlockEngine>>) -> Result<Vec<FoundPool>> {
     let mut by_guid: BTreeMap<u64, (LabelHeader, usize)> = BTreeMap::new();
     for e in engines {
-        let Ok(d) = scan_device(e).await else { continue };
+        let Ok(d) = scan_device(e).await else {
+            continue;
+        };
         let Some(best) = d.labels.iter().max_by_key(|l| l.header.config_txg) else {
             continue;
         };
@@ -396,7 +431,9 @@ pub(crate) async fn import(
     let mut pools: BTreeMap<u64, LabelHeader> = BTreeMap::new();
     for d in &scanned {
         for l in &d.labels {
-            let e = pools.entry(l.header.pool_guid).or_insert_with(|| l.header.clone());
+            let e = pools
+                .entry(l.header.pool_guid)
+                .or_insert_with(|| l.header.clone());
             if l.header.config_txg > e.config_txg {
                 *e = l.header.clone();
             }
@@ -412,19 +449,28 @@ pub(crate) async fn import(
     let config = match chosen.as_slice() {
         [] => {
             return Err(PoolError::NotFound(
-                opts.name.clone().unwrap_or_else(|| "no pool labels on the devices".into()),
+                opts.name
+                    .clone()
+                    .unwrap_or_else(|| "no pool labels on the devices".into()),
             ))
         }
         [one] => (*one).clone(),
         _ => {
             return Err(PoolError::Invalid(format!(
                 "several pools found ({}); name one",
-                chosen.iter().map(|h| h.pool_name.as_str()).collect::<Vec<_>>().join(", ")
+                chosen
+                    .iter()
+                    .map(|h| h.pool_name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )))
         }
     };
     if config.state == PoolState::Destroyed {
-        return Err(PoolError::NotFound(format!("pool '{}' was destroyed", config.pool_name)));
+        return Err(PoolError::NotFound(format!(
+            "pool '{}' was destroyed",
+            config.pool_name
+        )));
     }
     if config.state == PoolState::Active && !opts.force && !opts.read_only {
         let h = &config.host;
@@ -443,18 +489,24 @@ pub(crate) async fn import(
     // Map devices by guid.
     let mut by_dev: HashMap<u64, &ScannedDevice> = HashMap::new();
     for d in &scanned {
-        if let Some(l) = d.labels.iter().find(|l| l.header.pool_guid == config.pool_guid) {
+        if let Some(l) = d
+            .labels
+            .iter()
+            .find(|l| l.header.pool_guid == config.pool_guid)
+        {
             by_dev.entry(l.header.device_guid).or_insert(d);
         }
     }
     let mut vdevs = Vec::new();
     for (i, ent) in config.devices.iter().enumerate() {
         let idx = u32::try_from(i).unwrap_or(u32::MAX);
-        let d = by_dev.get(&ent.guid).ok_or_else(|| PoolError::MissingDevice {
-            pool: config.pool_name.clone(),
-            index: idx,
-            guid: ent.guid,
-        })?;
+        let d = by_dev
+            .get(&ent.guid)
+            .ok_or_else(|| PoolError::MissingDevice {
+                pool: config.pool_name.clone(),
+                index: idx,
+                guid: ent.guid,
+            })?;
         let layout = DeviceLayout::new(ent.size, ent.ashift)?;
         vdevs.push(Arc::new(Vdev {
             index: idx,
@@ -484,7 +536,11 @@ pub(crate) async fn import(
         match load(&config, &vdevs, *ub, opts).await {
             Ok(r) => return Ok(r),
             Err(e) => {
-                tracing::warn!(txg = ub.txg, "loading pool '{}' failed: {e}", config.pool_name);
+                tracing::warn!(
+                    txg = ub.txg,
+                    "loading pool '{}' failed: {e}",
+                    config.pool_name
+                );
                 last_err = Some(e);
                 if !opts.rewind {
                     break;
@@ -521,11 +577,13 @@ async fn load(
     let root_bytes = shared.read_verified(&root, "root block", 0).await?;
     let meta = decode_root_block(&root_bytes)?;
     let objects = read_objects(&shared, &meta).await?;
-    let dir_rec = objects.get(&DIRECTORY_OBJECT).ok_or_else(|| PoolError::Corrupt {
-        object: "root object set".into(),
-        offset: 0,
-        reason: "no pool directory".into(),
-    })?;
+    let dir_rec = objects
+        .get(&DIRECTORY_OBJECT)
+        .ok_or_else(|| PoolError::Corrupt {
+            object: "root object set".into(),
+            offset: 0,
+            reason: "no pool directory".into(),
+        })?;
     let dir_bytes = read_object_bytes(&shared, "pool directory", dir_rec, dir_rec.length).await?;
     let dir = Directory::decode(&dir_bytes)?;
     // Devices beyond the directory's list were added by a txg that never committed.
@@ -548,11 +606,15 @@ async fn load(
         class.add_device(spec_of(v))?;
         let di = v.index as usize;
         let dobj = st.dir.devices[di].clone();
-        let arr = st.objects.get(&dobj.ms_array).cloned().ok_or_else(|| PoolError::Corrupt {
-            object: format!("device {di} metaslab array"),
-            offset: 0,
-            reason: format!("object {} missing", dobj.ms_array),
-        })?;
+        let arr = st
+            .objects
+            .get(&dobj.ms_array)
+            .cloned()
+            .ok_or_else(|| PoolError::Corrupt {
+                object: format!("device {di} metaslab array"),
+                offset: 0,
+                reason: format!("object {} missing", dobj.ms_array),
+            })?;
         let bytes = read_object_bytes(&shared, "metaslab array", &arr, arr.length).await?;
         let sms: Vec<u64> = bytes
             .chunks_exact(8)
@@ -566,24 +628,35 @@ async fn load(
             });
         }
         for (ms, obj) in sms.iter().enumerate() {
-            let rec = st.objects.get(obj).cloned().ok_or_else(|| PoolError::Corrupt {
-                object: format!("space map dev{di}/ms{ms}"),
-                offset: 0,
-                reason: format!("object {obj} missing"),
-            })?;
-            let (start, end) = v.layout.metaslab_range(v.ms_shift, u64::try_from(ms).unwrap_or(0))?;
+            let rec = st
+                .objects
+                .get(obj)
+                .cloned()
+                .ok_or_else(|| PoolError::Corrupt {
+                    object: format!("space map dev{di}/ms{ms}"),
+                    offset: 0,
+                    reason: format!("object {obj} missing"),
+                })?;
+            let (start, end) = v
+                .layout
+                .metaslab_range(v.ms_shift, u64::try_from(ms).unwrap_or(0))?;
             let name = format!("space map dev{di}/ms{ms} (object {obj})");
-            let (recs, tail) = read_space_map(&shared, &rec, &name, start, v.ashift, end - start).await?;
+            let (recs, tail) =
+                read_space_map(&shared, &rec, &name, start, v.ashift, end - start).await?;
             class.load_metaslab(v.index, ms, recs)?;
             st.sm_tails.insert(*obj, tail);
         }
         st.ms_objects.push(sms);
         if dobj.checkpoint_sm != 0 {
-            let rec = st.objects.get(&dobj.checkpoint_sm).cloned().ok_or_else(|| PoolError::Corrupt {
-                object: format!("checkpoint space map of device {di}"),
-                offset: 0,
-                reason: "object missing".into(),
-            })?;
+            let rec = st
+                .objects
+                .get(&dobj.checkpoint_sm)
+                .cloned()
+                .ok_or_else(|| PoolError::Corrupt {
+                    object: format!("checkpoint space map of device {di}"),
+                    offset: 0,
+                    reason: "object missing".into(),
+                })?;
             let name = format!("checkpoint space map dev{di}");
             let (recs, tail) =
                 read_space_map(&shared, &rec, &name, 0, v.ashift, v.layout.device_size()).await?;
@@ -598,11 +671,14 @@ async fn load(
     }
     // Volumes.
     for (name, e) in &st.dir.volumes {
-        let rec = st.objects.get(&e.object).ok_or_else(|| PoolError::Corrupt {
-            object: format!("volume '{name}'"),
-            offset: 0,
-            reason: format!("object {} missing", e.object),
-        })?;
+        let rec = st
+            .objects
+            .get(&e.object)
+            .ok_or_else(|| PoolError::Corrupt {
+                object: format!("volume '{name}'"),
+                offset: 0,
+                reason: format!("object {} missing", e.object),
+            })?;
         let geom = TreeGeom {
             levels: rec.levels.max(1),
             ibs: rec.indirect_block_size,

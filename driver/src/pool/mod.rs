@@ -106,7 +106,10 @@ pub struct Pool {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn run_blocking<T>(opts: &PoolOptions, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+fn run_blocking<T>(
+    opts: &PoolOptions,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     crate::io::block_on(&opts.reactor, fut)?
 }
 
@@ -138,7 +141,11 @@ pub fn scan_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 
 impl Pool {
     /// Creates a pool named `name` on `engines` (blocking; call from a non-reactor thread).
-    pub fn create(name: &str, engines: Vec<Arc<dyn BlockEngine>>, opts: &CreateOptions) -> Result<Pool> {
+    pub fn create(
+        name: &str,
+        engines: Vec<Arc<dyn BlockEngine>>,
+        opts: &CreateOptions,
+    ) -> Result<Pool> {
         let (shared, st) = run_blocking(&opts.pool, lifecycle::create(name, engines, opts))?;
         Ok(Pool::start(shared, st, &opts.pool))
     }
@@ -172,7 +179,10 @@ impl Pool {
     }
 
     /// Lists the pools on `engines` without importing them.
-    pub fn discover(engines: Vec<Arc<dyn BlockEngine>>, opts: &PoolOptions) -> Result<Vec<FoundPool>> {
+    pub fn discover(
+        engines: Vec<Arc<dyn BlockEngine>>,
+        opts: &PoolOptions,
+    ) -> Result<Vec<FoundPool>> {
         run_blocking(opts, lifecycle::discover(engines))
     }
 
@@ -238,7 +248,7 @@ impl Pool {
         take_result(&slot)
     }
 
-    fn queue_task(&self, early: bool, task: SyncTask) -> Result<(u64, Arc<Mutex<Option<Result<()>>>>)> {
+    fn queue_task(&self, early: bool, task: SyncTask) -> Result<(u64, TaskSlot)> {
         if self.shared.read_only {
             return Err(PoolError::ReadOnly);
         }
@@ -276,7 +286,7 @@ impl Pool {
     pub fn create_volume(&self, name: &str, size: u64, block_size: u32) -> Result<Volume> {
         check_volume_name(name)?;
         check_block_size(block_size)?;
-        if size == 0 || size % u64::from(block_size) != 0 {
+        if size == 0 || !size.is_multiple_of(u64::from(block_size)) {
             return Err(PoolError::Invalid(format!(
                 "volume size {size} must be a non-zero multiple of the block size {block_size}"
             )));
@@ -389,7 +399,7 @@ impl Pool {
     pub fn resize_volume(&self, name: &str, size: u64) -> Result<()> {
         let vol = self.open_volume(name)?;
         let bs = u64::from(vol.block_size());
-        if size == 0 || size % bs != 0 {
+        if size == 0 || !size.is_multiple_of(bs) {
             return Err(PoolError::Invalid(format!(
                 "volume size {size} must be a non-zero multiple of the block size {bs}"
             )));
@@ -397,7 +407,10 @@ impl Pool {
         let old = vol.size();
         if size < old {
             *vol.inner.size.write() = size;
-            crate::io::block_on(&PoolOptions::default().reactor, vol.punch_tail(size / bs, old / bs))??;
+            crate::io::block_on(
+                &PoolOptions::default().reactor,
+                vol.punch_tail(size / bs, old / bs),
+            )??;
         }
         let n = name.to_string();
         let inner = Arc::clone(&vol.inner);
@@ -452,7 +465,12 @@ impl Pool {
     }
 
     /// Adds a device to the pool (blocking).
-    pub fn add_device(&self, engine: Arc<dyn BlockEngine>, ashift: Option<u8>, ms_shift: Option<u8>) -> Result<u32> {
+    pub fn add_device(
+        &self,
+        engine: Arc<dyn BlockEngine>,
+        ashift: Option<u8>,
+        ms_shift: Option<u8>,
+    ) -> Result<u32> {
         let g = engine.geometry();
         let ashift = ashift.unwrap_or_else(|| {
             let pb = g.physical_block_size.max(g.logical_block_size).max(512);
@@ -598,6 +616,9 @@ impl Drop for Pool {
     }
 }
 
+/// Where a sync task's result lands.
+type TaskSlot = Arc<Mutex<Option<Result<()>>>>;
+
 fn take_result(slot: &Mutex<Option<Result<()>>>) -> Result<()> {
     slot.lock()
         .take()
@@ -618,7 +639,12 @@ fn check_volume_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn sync_thread(shared: Arc<Shared>, mut st: SyncState, cfg: crate::io::ReactorConfig, read_only: bool) {
+fn sync_thread(
+    shared: Arc<Shared>,
+    mut st: SyncState,
+    cfg: crate::io::ReactorConfig,
+    read_only: bool,
+) {
     let sh = Arc::clone(&shared);
     let r = crate::io::block_on(&cfg, async move {
         loop {

@@ -47,7 +47,9 @@ pub struct ReadGuard<T: Send + 'static> {
 
 impl<T: Send + 'static> std::fmt::Debug for ReadGuard<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadGuard").field("epoch", &self.epoch).finish()
+        f.debug_struct("ReadGuard")
+            .field("epoch", &self.epoch)
+            .finish()
     }
 }
 

@@ -267,7 +267,9 @@ impl Shared {
     ) -> Result<Vec<u8>> {
         let vdev = self.vdev(d.dva.device)?;
         let buf = vdev.read(d.dva.offset, d.dva.asize).await?;
-        let lsize = usize::try_from(d.lsize).unwrap_or(usize::MAX).min(buf.len());
+        let lsize = usize::try_from(d.lsize)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let actual = Checksum::compute(d.checksum.algo, &buf[..lsize]);
         if actual != d.checksum {
             return Err(PoolError::Checksum {
@@ -323,7 +325,12 @@ impl Shared {
 
     /// Writes `nblk` consecutive blocks of `content` (each `bs` bytes) to `dvas`, merging
     /// device-contiguous runs into single writes.
-    pub(crate) async fn write_extents(&self, dvas: &[Dva], content: &[u8], bs: usize) -> Result<()> {
+    pub(crate) async fn write_extents(
+        &self,
+        dvas: &[Dva],
+        content: &[u8],
+        bs: usize,
+    ) -> Result<()> {
         let mut futs = Vec::new();
         let mut i = 0;
         while i < dvas.len() {
@@ -356,7 +363,10 @@ impl Shared {
 
     /// Waits until `txg` is committed.
     pub(crate) async fn wait_synced(&self, txg: u64) -> Result<()> {
-        self.txg.wait_synced(txg).await.map_err(PoolError::Suspended)
+        self.txg
+            .wait_synced(txg)
+            .await
+            .map_err(PoolError::Suspended)
     }
 
     /// Commits every change made so far.

@@ -101,7 +101,6 @@ pub struct SyncState {
     pub(crate) ub_checkpoint_txg: u64,
     pub(crate) labels_dirty: bool,
     pub(crate) label: LabelInfo,
-    pub(crate) exporting: bool,
     synth: u64,
 }
 
@@ -131,7 +130,6 @@ impl SyncState {
             ub_checkpoint_txg: 0,
             labels_dirty: false,
             label,
-            exporting: false,
             synth: 0,
         }
     }
@@ -355,7 +353,8 @@ pub(crate) async fn walk_tree(
         for (d, _) in &batch {
             out.push(*d);
         }
-        let indirect: Vec<(DataPtr, u64)> = batch.into_iter().filter(|(d, _)| d.level > 0).collect();
+        let indirect: Vec<(DataPtr, u64)> =
+            batch.into_iter().filter(|(d, _)| d.level > 0).collect();
         for chunk in indirect.chunks(64) {
             let futs = chunk
                 .iter()
@@ -491,14 +490,25 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
                     })?;
                 let vdev = shared.vdev(dev.dev)?;
                 let (start, _) = vdev.layout.metaslab_range(vdev.ms_shift, ms)?;
-                sm_append(shared, st, obj, &vdev, start, &o.sm_records, o.condensed, txg, pass)?;
-                let hist = shared
-                    .class
-                    .with_metaslab(dev.dev, usize::try_from(ms).unwrap_or(0), |m| {
-                        let mut h = SpaceMapHeader::default();
-                        m.walk_free(|_, l| h.histogram_add(l, vdev.ashift));
-                        h.histogram
-                    })?;
+                sm_append(
+                    shared,
+                    st,
+                    obj,
+                    &vdev,
+                    start,
+                    &o.sm_records,
+                    o.condensed,
+                    txg,
+                    pass,
+                )?;
+                let hist =
+                    shared
+                        .class
+                        .with_metaslab(dev.dev, usize::try_from(ms).unwrap_or(0), |m| {
+                            let mut h = SpaceMapHeader::default();
+                            m.walk_free(|_, l| h.histogram_add(l, vdev.ashift));
+                            h.histogram
+                        })?;
                 if let Some(Bonus::SpaceMap(h)) = st.objects.get_mut(&obj).map(|r| &mut r.bonus) {
                     h.histogram = hist;
                 }
@@ -506,7 +516,17 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
             if !dev.ckpt_records.is_empty() {
                 let vdev = shared.vdev(dev.dev)?;
                 let obj = checkpoint_sm(st, dev.dev, txg)?;
-                sm_append(shared, st, obj, &vdev, 0, &dev.ckpt_records, false, txg, pass)?;
+                sm_append(
+                    shared,
+                    st,
+                    obj,
+                    &vdev,
+                    0,
+                    &dev.ckpt_records,
+                    false,
+                    txg,
+                    pass,
+                )?;
             }
         }
         pass += 1;
@@ -529,9 +549,13 @@ fn checkpoint_sm(st: &mut SyncState, dev: u32, txg: u64) -> Result<u64> {
             return Ok(d.checkpoint_sm);
         }
     }
-    let mut rec =
-        ObjectRecord::new(ObjectType::SpaceMap, CKPT_SM_BLOCK_SIZE, INDIRECT_BLOCK_SIZE, txg)?;
-    rec.bonus = Bonus::SpaceMap(SpaceMapHeader::default());
+    let mut rec = ObjectRecord::new(
+        ObjectType::SpaceMap,
+        CKPT_SM_BLOCK_SIZE,
+        INDIRECT_BLOCK_SIZE,
+        txg,
+    )?;
+    rec.bonus = Bonus::SpaceMap(Box::default());
     let obj = st.new_object(rec);
     let d = st
         .dir
@@ -564,7 +588,7 @@ pub(crate) fn sm_append(
         .ok_or_else(|| PoolError::Internal(format!("space map object {obj} missing")))?;
     let bs = rec.data_block_size;
     let mut header = match &rec.bonus {
-        Bonus::SpaceMap(h) => *h,
+        Bonus::SpaceMap(h) => **h,
         _ => SpaceMapHeader::default(),
     };
     let old_len = header.length;
@@ -599,7 +623,10 @@ pub(crate) fn sm_append(
     let tail = if condensed {
         Vec::new()
     } else {
-        st.sm_tails.get(&obj).map(|t| t.tail.clone()).unwrap_or_default()
+        st.sm_tails
+            .get(&obj)
+            .map(|t| t.tail.clone())
+            .unwrap_or_default()
     };
     let bsu = usize::try_from(bs).unwrap_or(1);
     let mut full = tail;
@@ -613,7 +640,10 @@ pub(crate) fn sm_append(
             new_tail = chunk.to_vec();
         }
         b.resize(bsu, 0);
-        changes.insert(first_blk + u64::try_from(i).unwrap_or(0), Change::Data(Arc::new(b)));
+        changes.insert(
+            first_blk + u64::try_from(i).unwrap_or(0),
+            Change::Data(Arc::new(b)),
+        );
     }
     if condensed {
         let new_blocks = header.length.div_ceil(u64::from(bs));
@@ -628,7 +658,7 @@ pub(crate) fn sm_append(
         .get_mut(&obj)
         .ok_or_else(|| PoolError::Internal(format!("space map object {obj} missing")))?;
     rec.length = header.length;
-    rec.bonus = Bonus::SpaceMap(header);
+    rec.bonus = Bonus::SpaceMap(Box::new(header));
     st.dirty_records.insert(obj);
     Ok(())
 }
@@ -643,7 +673,7 @@ pub(crate) async fn read_space_map(
     region_len: u64,
 ) -> Result<(Vec<ARecord>, SmTail)> {
     let header = match &rec.bonus {
-        Bonus::SpaceMap(h) => *h,
+        Bonus::SpaceMap(h) => **h,
         _ => SpaceMapHeader::default(),
     };
     let bytes = read_object_bytes(shared, name, rec, header.length).await?;
@@ -680,11 +710,10 @@ async fn sync_volumes(shared: &Arc<Shared>, st: &mut SyncState, txg: u64) -> Res
         if changes.is_empty() {
             continue;
         }
-        let rec = st
-            .objects
-            .get(&v.object)
-            .cloned()
-            .ok_or_else(|| PoolError::Internal(format!("volume object {} missing", v.object)))?;
+        let rec =
+            st.objects.get(&v.object).cloned().ok_or_else(|| {
+                PoolError::Internal(format!("volume object {} missing", v.object))
+            })?;
         let ch: Vec<(u64, Change)> = changes
             .into_iter()
             .map(|(b, bp)| (b, Change::Ptr(bp)))
@@ -733,7 +762,14 @@ async fn destroy_objects(shared: &Arc<Shared>, st: &mut SyncState, txg: u64) -> 
             continue;
         };
         let mut all = Vec::new();
-        walk_tree(shared, &obj_name(obj), &geom_of(&rec), &rec.roots[0], &mut all).await?;
+        walk_tree(
+            shared,
+            &obj_name(obj),
+            &geom_of(&rec),
+            &rec.roots[0],
+            &mut all,
+        )
+        .await?;
         for d in all {
             shared.free(&d.dva, d.birth_txg, txg)?;
         }

@@ -280,7 +280,8 @@ impl TxgEngine {
                 continue;
             }
             let left = self.cfg.timeout - elapsed;
-            self.cv.wait_for(&mut g, left.min(Duration::from_millis(250)));
+            self.cv
+                .wait_for(&mut g, left.min(Duration::from_millis(250)));
         };
         // Close the open txg: new holds go to the next one.
         let txg = g.open;

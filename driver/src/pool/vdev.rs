@@ -114,7 +114,8 @@ pub async fn read_label(
     let (r, buf) = engine.read_at(buf, off).await;
     r?;
     let hs = usize::try_from(LABEL_HEADER_OFFSET).unwrap_or(0);
-    let header = LabelHeader::decode(&buf[hs..hs + LABEL_HEADER_AREA_SIZE]).map_err(PoolError::from);
+    let header =
+        LabelHeader::decode(&buf[hs..hs + LABEL_HEADER_AREA_SIZE]).map_err(PoolError::from);
     let rs = usize::try_from(LABEL_RING_OFFSET).unwrap_or(0);
     let slot = layout.slot_size();
     let mut uberblocks = Vec::new();

@@ -20,8 +20,7 @@ use super::join::join_all;
 use super::objtree::TreeGeom;
 use super::shared::Shared;
 use super::syncer::{
-    decode_root_block, read_object_bytes, read_objects, read_space_map, walk_tree,
-    DIRECTORY_OBJECT,
+    decode_root_block, read_object_bytes, read_objects, read_space_map, walk_tree, DIRECTORY_OBJECT,
 };
 use super::Pool;
 
@@ -53,7 +52,7 @@ impl VerifyReport {
 
 type Ranges = BTreeMap<u32, Vec<(u64, u64)>>;
 
-fn merge(v: &mut Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+fn merge(v: &mut [(u64, u64)]) -> Vec<(u64, u64)> {
     v.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
     for &(s, e) in v.iter() {
@@ -155,7 +154,7 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
         ..Default::default()
     };
     let mut referenced: Ranges = BTreeMap::new();
-    let mut add_ref = |d: &DataPtr, referenced: &mut Ranges| {
+    let add_ref = |d: &DataPtr, referenced: &mut Ranges| {
         referenced
             .entry(d.dva.device)
             .or_default()
@@ -171,7 +170,14 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
     report.blocks += 1;
     let meta = decode_root_block(&bytes)?;
     let mut all = Vec::new();
-    walk_tree(shared, "root object set", &geom_of(&meta), &meta.roots[0], &mut all).await?;
+    walk_tree(
+        shared,
+        "root object set",
+        &geom_of(&meta),
+        &meta.roots[0],
+        &mut all,
+    )
+    .await?;
     check_blocks(shared, "root object set", &all, &mut report).await;
     for d in &all {
         add_ref(d, &mut referenced);
@@ -193,14 +199,18 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
     let dir_rec = objects
         .get(&DIRECTORY_OBJECT)
         .ok_or_else(|| PoolError::Internal("no directory".into()))?;
-    let dir = Directory::decode(&read_object_bytes(shared, "pool directory", dir_rec, dir_rec.length).await?)?;
+    let dir = Directory::decode(
+        &read_object_bytes(shared, "pool directory", dir_rec, dir_rec.length).await?,
+    )?;
     // Allocated per the space maps, and held by the checkpoint.
     let mut allocated: Ranges = BTreeMap::new();
     let mut held: Ranges = BTreeMap::new();
     let vdevs = shared.vdevs.read().clone();
     for (di, dobj) in dir.devices.iter().enumerate() {
         let Some(v) = vdevs.get(di) else {
-            report.errors.push(format!("device {di} of the directory is not open"));
+            report
+                .errors
+                .push(format!("device {di} of the directory is not open"));
             continue;
         };
         let arr = objects
@@ -211,12 +221,17 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
         for (ms, c) in ab.chunks_exact(8).enumerate() {
             let obj = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
             let Some(rec) = objects.get(&obj) else {
-                report.errors.push(format!("space map object {obj} of dev{di}/ms{ms} missing"));
+                report
+                    .errors
+                    .push(format!("space map object {obj} of dev{di}/ms{ms} missing"));
                 continue;
             };
-            let (start, end) = v.layout.metaslab_range(v.ms_shift, u64::try_from(ms).unwrap_or(0))?;
+            let (start, end) = v
+                .layout
+                .metaslab_range(v.ms_shift, u64::try_from(ms).unwrap_or(0))?;
             let name = format!("space map dev{di}/ms{ms}");
-            let (recs, _) = read_space_map(shared, rec, &name, start, v.ashift, end - start).await?;
+            let (recs, _) =
+                read_space_map(shared, rec, &name, start, v.ashift, end - start).await?;
             // Replay the allocated set.
             let mut set: BTreeMap<u64, u64> = BTreeMap::new();
             for r in recs {
@@ -229,8 +244,15 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
         }
         if dobj.checkpoint_sm != 0 {
             if let Some(rec) = objects.get(&dobj.checkpoint_sm) {
-                let (recs, _) =
-                    read_space_map(shared, rec, "checkpoint space map", 0, v.ashift, v.layout.device_size()).await?;
+                let (recs, _) = read_space_map(
+                    shared,
+                    rec,
+                    "checkpoint space map",
+                    0,
+                    v.ashift,
+                    v.layout.device_size(),
+                )
+                .await?;
                 for r in recs {
                     held.entry(dev).or_default().push((r.start, r.end()));
                 }
@@ -246,14 +268,16 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
     for dev in devs {
         let mut r = referenced.remove(&dev).unwrap_or_default();
         for (s, e) in overlaps(&mut r) {
-            report
-                .errors
-                .push(format!("dev{dev}: [{s:#x},{e:#x}) referenced twice (double allocation)"));
+            report.errors.push(format!(
+                "dev{dev}: [{s:#x},{e:#x}) referenced twice (double allocation)"
+            ));
         }
         let r = merge(&mut r);
         let mut h = held.remove(&dev).unwrap_or_default();
         for (s, e) in overlaps(&mut h) {
-            report.errors.push(format!("dev{dev}: checkpoint map holds [{s:#x},{e:#x}) twice"));
+            report.errors.push(format!(
+                "dev{dev}: checkpoint map holds [{s:#x},{e:#x}) twice"
+            ));
         }
         let h = merge(&mut h);
         let a = merge(&mut allocated.remove(&dev).unwrap_or_default());
@@ -316,9 +340,12 @@ mod tests {
 
     #[test]
     fn range_math() {
-        assert_eq!(subtract(&[(0, 10)], &[(2, 3), (5, 7)]), vec![(0, 2), (3, 5), (7, 10)]);
+        assert_eq!(
+            subtract(&[(0, 10)], &[(2, 3), (5, 7)]),
+            vec![(0, 2), (3, 5), (7, 10)]
+        );
         assert_eq!(subtract(&[(0, 10)], &[(0, 10)]), vec![]);
-        assert_eq!(overlaps(&mut vec![(0, 4), (2, 6), (8, 9)]), vec![(2, 4)]);
+        assert_eq!(overlaps(&mut [(0, 4), (2, 6), (8, 9)]), vec![(2, 4)]);
         let mut m = BTreeMap::new();
         add_range(&mut m, 0, 10);
         remove_range(&mut m, 3, 5);

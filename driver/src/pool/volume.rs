@@ -162,14 +162,6 @@ impl VolumeInner {
             }
         }
     }
-
-    /// Bytes of dirty overlay entries (all txgs): for stats.
-    pub(crate) fn dirty_blocks(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().slots.iter().map(HashMap::len).sum::<usize>())
-            .sum()
-    }
 }
 
 /// Allocation status of a byte range (NBD `base:allocation`).
@@ -273,7 +265,10 @@ impl Volume {
     }
 
     fn object_name(&self) -> String {
-        format!("volume '{}' (object {})", self.inner.name, self.inner.object)
+        format!(
+            "volume '{}' (object {})",
+            self.inner.name, self.inner.object
+        )
     }
 
     /// Reads `buf.len()` bytes at `offset`. Holes read as zeroes; every block is verified
@@ -383,7 +378,12 @@ impl Volume {
             let o = usize::try_from(lo - bstart).unwrap_or(0);
             dst[o..o + (e - s)].copy_from_slice(&data[s..e]);
         }
-        let hold = self.shared.txg.hold_throttled().await.map_err(PoolError::Suspended)?;
+        let hold = self
+            .shared
+            .txg
+            .hold_throttled()
+            .await
+            .map_err(PoolError::Suspended)?;
         let txg = hold.txg();
         let dvas = self.shared.alloc_blocks(bs, nblk, txg)?;
         if let Err(e) = self.shared.write_extents(&dvas, &content, bsu).await {
@@ -471,7 +471,12 @@ impl Volume {
             for b in chunk {
                 guards.push(self.inner.locks.lock(*b).await);
             }
-            let hold = self.shared.txg.hold_throttled().await.map_err(PoolError::Suspended)?;
+            let hold = self
+                .shared
+                .txg
+                .hold_throttled()
+                .await
+                .map_err(PoolError::Suspended)?;
             let t = hold.txg();
             for b in chunk {
                 let hole = BlockPointer::Hole(HolePtr {
@@ -499,7 +504,11 @@ impl Volume {
         for (b, bp) in overlay {
             set.insert(b, !bp.is_hole());
         }
-        let out: Vec<u64> = set.into_iter().filter(|(_, p)| *p).map(|(b, _)| b).collect();
+        let out: Vec<u64> = set
+            .into_iter()
+            .filter(|(_, p)| *p)
+            .map(|(b, _)| b)
+            .collect();
         Ok(out)
     }
 
