@@ -111,3 +111,41 @@ fn accept_can_be_cancelled() {
     })
     .unwrap();
 }
+
+#[test]
+fn vectored_send_all() {
+    io::block_on(&cfg(), async {
+        let l = net::TcpListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = io::spawn_local(async move {
+            let conn = l.accept().await.unwrap();
+            let total = 16 + (2 << 20) + 3;
+            let (r, buf) = conn.recv_exact_into(IoBuf::zeroed(total), 0..total).await;
+            r.unwrap();
+            buf
+        });
+        // Raw connect through the ring on a plain socket.
+        // SAFETY: plain syscall.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // SAFETY: fresh descriptor owned by the stream from here on.
+        let s = net::Stream::from_fd(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+        io::connect(fd, &addr).await.unwrap();
+        let header = IoBuf::from_slice(&[0xa5; 16]);
+        let payload: Vec<u8> = (0..2u32 << 20)
+            .map(|i| u8::try_from(i % 199).unwrap())
+            .collect();
+        let tail = IoBuf::from_slice(&[1, 2, 3]);
+        let empty = IoBuf::with_capacity(0);
+        let (r, bufs) = s
+            .send_all_vectored(vec![header, empty, IoBuf::from_slice(&payload), tail])
+            .await;
+        r.unwrap();
+        assert_eq!(bufs.len(), 4, "buffers come back");
+        let got = server.await.unwrap();
+        assert!(got[..16].iter().all(|&x| x == 0xa5));
+        assert_eq!(&got[16..16 + payload.len()], &payload[..]);
+        assert_eq!(&got[16 + payload.len()..], &[1, 2, 3]);
+    })
+    .unwrap();
+}

@@ -103,7 +103,7 @@ fn new_socket(domain: i32) -> Result<OwnedFd, IoError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn sockaddr_from(addr: &SocketAddr) -> SockAddrBuf {
+pub(crate) fn sockaddr_from(addr: &SocketAddr) -> SockAddrBuf {
     // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
@@ -242,6 +242,16 @@ impl Stream {
         range: Range<usize>,
     ) -> (Result<usize, IoError>, IoBuf) {
         ops::send_range(self.fd.as_raw_fd(), buf, range).await
+    }
+
+    /// See [`ops::send_vectored`].
+    pub async fn send_vectored(&self, bufs: Vec<IoBuf>) -> (Result<usize, IoError>, Vec<IoBuf>) {
+        ops::send_vectored(self.fd.as_raw_fd(), bufs).await
+    }
+
+    /// See [`ops::send_all_vectored`].
+    pub async fn send_all_vectored(&self, bufs: Vec<IoBuf>) -> (Result<(), IoError>, Vec<IoBuf>) {
+        ops::send_all_vectored(self.fd.as_raw_fd(), bufs).await
     }
 
     /// See [`ops::send_all`].

@@ -26,7 +26,7 @@ use io_uring::{opcode, squeue, types};
 use crate::io::buf::IoBuf;
 use crate::io::error::{IoError, OpKind};
 use crate::io::op::run_op;
-use crate::io::reactor::{current_registered_arena, OpData, SockAddrBuf};
+use crate::io::reactor::{current_registered_arena, MsgData, OpData, SockAddrBuf};
 
 /// Largest single read/write/send/recv submitted; longer transfers are split by the loops.
 const MAX_XFER: usize = 1 << 30;
@@ -388,6 +388,95 @@ pub async fn send_all(fd: impl Into<FileRef>, mut buf: IoBuf) -> (Result<(), IoE
         }
     }
     (Ok(()), buf)
+}
+
+/// Upper bound on buffers per vectored send (Linux IOV_MAX).
+pub const MAX_IOVECS: usize = 1024;
+
+/// One sendmsg of `bufs[first..]`, skipping `skip` bytes of `bufs[first]`.
+async fn sendmsg_from(
+    fd: FileRef,
+    bufs: Vec<IoBuf>,
+    first: usize,
+    skip: usize,
+) -> (Result<usize, IoError>, Vec<IoBuf>) {
+    if bufs.len().saturating_sub(first) > MAX_IOVECS {
+        return (Err(os(OpKind::Send, -libc::EINVAL)), bufs);
+    }
+    let mut iov = Vec::with_capacity(bufs.len() - first);
+    for (i, b) in bufs.iter().enumerate().skip(first) {
+        let off = if i == first { skip.min(b.len()) } else { 0 };
+        iov.push(libc::iovec {
+            // SAFETY: off <= len <= capacity.
+            iov_base: unsafe { b.as_ptr().add(off) }
+                .cast_mut()
+                .cast::<libc::c_void>(),
+            iov_len: b.len() - off,
+        });
+    }
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = iov.as_mut_ptr();
+    hdr.msg_iovlen = iov.len();
+    let msg = Box::new(MsgData { bufs, iov, hdr });
+    // Heap addresses: the box, the iovec array (never resized again) and the IoBuf memory
+    // all stay put while the slot owns `msg`.
+    let hdr_ptr = std::ptr::from_ref(&msg.hdr);
+    let make = move |_: &mut OpData| {
+        with_fd!(fd, |f| opcode::SendMsg::new(f, hdr_ptr)
+            .flags(u32::try_from(libc::MSG_NOSIGNAL).unwrap_or(0))
+            .build())
+    };
+    let (r, data) = run_op(make, OpData::Msg(msg)).await;
+    let OpData::Msg(msg) = data else {
+        return (Err(IoError::Cancelled), Vec::new());
+    };
+    let bufs = msg.bufs;
+    match r {
+        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), bufs),
+        Ok(n) => (Err(os(OpKind::Send, n)), bufs),
+        Err(e) => (Err(e), bufs),
+    }
+}
+
+/// Send `buf[..len]` of every buffer in order with one sendmsg (may be short). At most
+/// [`MAX_IOVECS`] buffers. Lets a server send a reply header and its payload in one op.
+pub async fn send_vectored(
+    fd: impl Into<FileRef>,
+    bufs: Vec<IoBuf>,
+) -> (Result<usize, IoError>, Vec<IoBuf>) {
+    sendmsg_from(fd.into(), bufs, 0, 0).await
+}
+
+/// Send all bytes of all buffers in order, continuing after short sends.
+pub async fn send_all_vectored(
+    fd: impl Into<FileRef>,
+    mut bufs: Vec<IoBuf>,
+) -> (Result<(), IoError>, Vec<IoBuf>) {
+    let fd = fd.into();
+    let (mut first, mut skip) = (0usize, 0usize);
+    loop {
+        // Skip buffers that are fully sent (and empty ones).
+        while first < bufs.len() && skip >= bufs[first].len() {
+            skip -= bufs[first].len();
+            first += 1;
+        }
+        if first >= bufs.len() {
+            return (Ok(()), bufs);
+        }
+        let (r, b) = sendmsg_from(fd, bufs, first, skip).await;
+        bufs = b;
+        match r {
+            Ok(0) => return (Err(os(OpKind::Send, -libc::EPIPE)), bufs),
+            Ok(n) => skip += n,
+            Err(e) => return (Err(e), bufs),
+        }
+    }
+}
+
+/// Connect a socket to `addr` through the ring.
+pub async fn connect(fd: impl Into<FileRef>, addr: &std::net::SocketAddr) -> Result<(), IoError> {
+    connect_raw(fd.into(), crate::io::net::sockaddr_from(addr)).await
 }
 
 /// Accept one connection on a listening socket (the new fd is CLOEXEC).

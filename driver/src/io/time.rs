@@ -13,6 +13,11 @@ use crate::io::reactor::OpData;
 /// Sleep for `d` using an io_uring Timeout. Outside a reactor it falls back to blocking the
 /// thread (so helpers stay usable from plain threads).
 pub async fn sleep(d: Duration) {
+    if d.is_zero() {
+        // A zero timeout still costs a timer round trip in the kernel; a yield is equivalent.
+        yield_now().await;
+        return;
+    }
     let ts = Box::new(types::Timespec::from(d));
     // The box's heap address does not change when the box moves into the op slot.
     let ptr = std::ptr::from_ref(&*ts);

@@ -42,6 +42,23 @@ pub(crate) struct SockAddrBuf {
     pub(crate) len: libc::socklen_t,
 }
 
+/// A sendmsg request: the buffers, the iovecs pointing into them and the header pointing at
+/// the iovecs. Boxed so every address stays put while the slot owns it.
+pub(crate) struct MsgData {
+    pub(crate) bufs: Vec<IoBuf>,
+    pub(crate) iov: Vec<libc::iovec>,
+    pub(crate) hdr: libc::msghdr,
+}
+
+impl std::fmt::Debug for MsgData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgData")
+            .field("bufs", &self.bufs.len())
+            .field("iov", &self.iov.len())
+            .finish()
+    }
+}
+
 /// Resources an op lends to the kernel; kept in the slot until the terminal CQE.
 #[derive(Debug)]
 pub(crate) enum OpData {
@@ -53,6 +70,7 @@ pub(crate) enum OpData {
     Timespec(Box<types::Timespec>),
     #[allow(dead_code)]
     Addr(Box<SockAddrBuf>),
+    Msg(Box<MsgData>),
 }
 
 /// The result of one op.

@@ -28,7 +28,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
-pub(crate) use driver::{Completion, Driver, OpData, SockAddrBuf};
+pub(crate) use driver::{Completion, Driver, MsgData, OpData, SockAddrBuf};
 pub(crate) use files::{file_for_device, FileRegistrations};
 pub use set::{ReactorHandle, ReactorSet};
 pub use task::{JoinError, JoinHandle};
