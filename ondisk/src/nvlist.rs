@@ -31,7 +31,7 @@
 //! duplicate keys, unknown types, bad UTF-8, trailing bytes inside a value and nesting deeper
 //! than [`MAX_DEPTH`].
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 use crate::bytes::{len_u64, PutLe, Reader};
 use crate::error::{OnDiskError, Result};
@@ -256,16 +256,11 @@ impl NvList {
             len: len_u64(self.pairs.len()),
             max: u64::from(u32::MAX),
         })?;
-        let mut seen = BTreeSet::new();
+        if has_duplicate(self.pairs.iter().map(|(k, _)| k.as_str())) {
+            return Err(dup_key());
+        }
         for (k, v) in &self.pairs {
             check_key(k)?;
-            if !seen.insert(k.as_str()) {
-                return Err(OnDiskError::BadString {
-                    what: WHAT,
-                    field: "key",
-                    reason: "duplicate key",
-                });
-            }
             if u32::try_from(v.encoded_len()).is_err() {
                 return Err(OnDiskError::TooLong {
                     what: WHAT,
@@ -374,7 +369,6 @@ fn decode_body(body: &[u8], depth: usize) -> Result<NvList> {
         });
     }
     let mut pairs = Vec::with_capacity(count);
-    let mut seen = BTreeSet::new();
     for _ in 0..count {
         let tag = r.u8()?;
         let key_len = usize::from(r.u8()?);
@@ -392,13 +386,6 @@ fn decode_body(body: &[u8], depth: usize) -> Result<NvList> {
             field: "key",
             reason: "not UTF-8",
         })?;
-        if !seen.insert(key) {
-            return Err(OnDiskError::BadString {
-                what: WHAT,
-                field: "key",
-                reason: "duplicate key",
-            });
-        }
         let raw = r.bytes(value_len)?;
         let fixed = |n: usize| -> Result<()> {
             if value_len != n {
@@ -474,5 +461,58 @@ fn decode_body(body: &[u8], depth: usize) -> Result<NvList> {
             reason: "trailing bytes after the last pair",
         });
     }
+    if has_duplicate(pairs.iter().map(|(k, _)| k.as_str())) {
+        return Err(dup_key());
+    }
     Ok(NvList { pairs })
+}
+
+fn dup_key() -> OnDiskError {
+    OnDiskError::BadString {
+        what: WHAT,
+        field: "key",
+        reason: "duplicate key",
+    }
+}
+
+/// Whether `keys` repeats a key: pairwise for the small lists the pool writes (no allocation),
+/// hashed for larger ones (whose size the bytes present already bound).
+fn has_duplicate<'a>(keys: impl ExactSizeIterator<Item = &'a str> + Clone) -> bool {
+    const SMALL: usize = 16;
+    if keys.len() <= SMALL {
+        let mut rest = keys;
+        while let Some(k) = rest.next() {
+            if rest.clone().any(|o| o == k) {
+                return true;
+            }
+        }
+        return false;
+    }
+    let mut seen = HashSet::with_capacity(keys.len());
+    keys.into_iter().any(|k| !seen.insert(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_small_and_large() {
+        assert!(!has_duplicate(["a", "b", "c"].into_iter()));
+        assert!(has_duplicate(["a", "b", "a"].into_iter()));
+        let many: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        assert!(!has_duplicate(many.iter().map(String::as_str)));
+        let mut dup = many.clone();
+        dup.push("k42".into());
+        assert!(has_duplicate(dup.iter().map(String::as_str)));
+        // A large encoded list with a repeated key is refused on decode.
+        let mut l = NvList::new();
+        for k in &many {
+            l.insert(k.as_str(), NvValue::U64(1)).unwrap();
+        }
+        let mut b = l.encode().unwrap();
+        let pos = b.windows(3).position(|w| w == b"k99").unwrap();
+        b[pos + 2] = b'8'; // "k99" -> "k98", same length
+        assert!(NvList::decode(&b).is_err());
+    }
 }

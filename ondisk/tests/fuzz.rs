@@ -9,12 +9,16 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use ringpool_ondisk::blkptr::decode_indirect;
 use ringpool_ondisk::object::{decode_object_block, OBJECT_RECORD_SIZE};
-use ringpool_ondisk::space_map::{decode_block, SpaceMapIter};
-use ringpool_ondisk::uberblock::UBERBLOCK_SIZE;
+use ringpool_ondisk::space_map::{decode_block, pop_tail, SpaceMapIter};
+use ringpool_ondisk::uberblock::{scan_ring, UBERBLOCK_SIZE};
 use ringpool_ondisk::{
     BlockPointer, LabelHeader, NvList, ObjectRecord, SpaceMapEncoder, SpaceMapHeader, Uberblock,
     BLKPTR_SIZE,
 };
+
+fn whole_words(b: &[u8]) -> &[u8] {
+    &b[..b.len() / 8 * 8]
+}
 
 /// Runs every decoder over `b`; checks canonical re-encoding where a decode succeeds.
 fn all_decoders(b: &[u8]) {
@@ -37,7 +41,16 @@ fn all_decoders(b: &[u8]) {
         assert_eq!(&h.to_bytes()[..], &b[..h.to_bytes().len()]);
     }
     let _ = decode_block(b);
-    let whole = &b[..b.len() / 8 * 8];
+    if let Ok(p) = pop_tail(whole_words(b), 3) {
+        assert!(p.entries.len() <= 3);
+        assert!(p.bytes_removed <= b.len() as u64);
+    }
+    for (_, r) in scan_ring(b, 128, None) {
+        if let Ok(ub) = r {
+            ub.validate().unwrap();
+        }
+    }
+    let whole = whole_words(b);
     if let Ok(it) = SpaceMapIter::new(whole, 512, 0) {
         for r in it.with_region(1 << 40) {
             if r.is_err() {
