@@ -1,0 +1,185 @@
+//! What ringperf measures. A [`TargetSpec`] is parsed from `--target` on the main thread and
+//! shared by all jobs; each job [`TargetSpec::connect`]s on its own reactor and drives the
+//! resulting [`Conn`] with up to `qd` concurrent I/Os.
+//!
+//! Adding a target (the pool volume, once the pool exists) means: a `TargetSpec` variant with
+//! its `probe`/`connect`, and a `Conn` variant implementing read/write/flush.
+
+pub mod delay;
+pub mod nbd;
+pub mod nbd_proto;
+pub mod raw;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use ringpool_driver::io::IoBuf;
+
+use crate::cli::WorkloadArgs;
+use crate::error::PerfError;
+
+/// Result of a data op; the buffer always comes back.
+pub type IoResult = (io::Result<()>, IoBuf);
+
+/// One job's connection to a target. Methods take `&self`: the job's I/O workers share it.
+pub trait Conn {
+    /// Reads `buf.len()` bytes at `off` into `buf`.
+    fn read(&self, buf: IoBuf, off: u64) -> impl Future<Output = IoResult>;
+    /// Writes `buf[..len]` at `off`; with `fua` it is durable when this completes.
+    fn write(&self, buf: IoBuf, off: u64, fua: bool) -> impl Future<Output = IoResult>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// Facts about a target, learned before the run.
+#[derive(Debug, Clone)]
+pub struct TargetInfo {
+    /// Bytes addressable.
+    pub size: u64,
+    /// Offsets and lengths must be multiples of this.
+    pub block: u64,
+    /// Human-readable description for reports.
+    pub describe: String,
+}
+
+/// A parsed `--target`.
+#[derive(Debug, Clone)]
+pub enum TargetSpec {
+    /// A file or block device through driver::io.
+    Raw(raw::RawSpec),
+    /// An NBD server.
+    Nbd(nbd::NbdSpec),
+    /// `delay:EVERY:MS:TARGET`: stalls every EVERY-th I/O of a job by MS milliseconds before
+    /// passing it on (a test device for the open-loop / coordinated-omission logic).
+    Delay {
+        every: u64,
+        ms: u64,
+        inner: Box<TargetSpec>,
+    },
+}
+
+impl TargetSpec {
+    pub fn parse(s: &str, w: &WorkloadArgs) -> Result<TargetSpec, PerfError> {
+        if let Some(rest) = s.strip_prefix("delay:") {
+            let mut it = rest.splitn(3, ':');
+            let (Some(every), Some(ms), Some(inner)) = (it.next(), it.next(), it.next()) else {
+                return Err(PerfError::Config(format!(
+                    "target '{s}': expected delay:EVERY:MS:TARGET"
+                )));
+            };
+            let num = |x: &str| {
+                x.parse::<u64>()
+                    .map_err(|e| PerfError::Config(format!("target '{s}': '{x}': {e}")))
+            };
+            let every = num(every)?;
+            if every == 0 {
+                return Err(PerfError::Config(format!(
+                    "target '{s}': EVERY must be > 0"
+                )));
+            }
+            return Ok(TargetSpec::Delay {
+                every,
+                ms: num(ms)?,
+                inner: Box::new(TargetSpec::parse(inner, w)?),
+            });
+        }
+        if s.starts_with("nbd://") || s.starts_with("nbd+unix://") {
+            return Ok(TargetSpec::Nbd(nbd::NbdSpec::parse(s, w.nbd_conns)?));
+        }
+        if s.starts_with("pool:") {
+            return Err(PerfError::Config(format!(
+                "target '{s}': the in-process pool target needs driver::pool, which does not exist yet; measure a pool volume through its NBD export meanwhile"
+            )));
+        }
+        Ok(TargetSpec::Raw(raw::RawSpec::new(s, w.direct)))
+    }
+
+    /// Opens the target once on the calling thread to learn its size and alignment.
+    pub fn probe(&self, w: &WorkloadArgs) -> Result<TargetInfo, PerfError> {
+        match self {
+            TargetSpec::Raw(r) => r.probe(w),
+            TargetSpec::Nbd(n) => n.probe(),
+            TargetSpec::Delay { every, ms, inner } => {
+                let mut i = inner.probe(w)?;
+                i.describe = format!("{} (stall {ms} ms every {every} I/Os)", i.describe);
+                Ok(i)
+            }
+        }
+    }
+
+    /// Makes the region readable with real data (prefill), on the calling thread.
+    pub fn prepare(
+        &self,
+        w: &WorkloadArgs,
+        region: (u64, u64),
+        unit: u64,
+        run_id: u64,
+    ) -> Result<(), PerfError> {
+        match self {
+            TargetSpec::Raw(r) => r.prepare(w, region, unit, run_id),
+            TargetSpec::Nbd(_) => Ok(()),
+            TargetSpec::Delay { inner, .. } => inner.prepare(w, region, unit, run_id),
+        }
+    }
+
+    /// Opens a connection for one job; runs on the job's reactor.
+    pub fn connect(&self, job: u32) -> Pin<Box<dyn Future<Output = io::Result<AnyConn>> + '_>> {
+        Box::pin(async move {
+            Ok(match self {
+                TargetSpec::Raw(r) => AnyConn::Raw(r.connect()?),
+                TargetSpec::Nbd(n) => AnyConn::Nbd(n.connect(job).await?),
+                TargetSpec::Delay { every, ms, inner } => AnyConn::Delay(delay::DelayConn::new(
+                    *every,
+                    *ms,
+                    inner.connect(job).await?,
+                )),
+            })
+        })
+    }
+}
+
+/// The connection of any target.
+#[derive(Debug)]
+pub enum AnyConn {
+    Raw(raw::RawConn),
+    Nbd(nbd::NbdConn),
+    Delay(delay::DelayConn),
+}
+
+impl AnyConn {
+    /// Ends the connection cleanly (NBD: DISC); errors are not interesting at that point.
+    pub async fn close(&self) {
+        match self {
+            AnyConn::Raw(_) => {}
+            AnyConn::Nbd(n) => n.close().await,
+            AnyConn::Delay(d) => Box::pin(d.inner().close()).await,
+        }
+    }
+}
+
+impl Conn for AnyConn {
+    async fn read(&self, buf: IoBuf, off: u64) -> IoResult {
+        match self {
+            AnyConn::Raw(c) => c.read(buf, off).await,
+            AnyConn::Nbd(c) => c.read(buf, off).await,
+            AnyConn::Delay(c) => c.read(buf, off).await,
+        }
+    }
+
+    async fn write(&self, buf: IoBuf, off: u64, fua: bool) -> IoResult {
+        match self {
+            AnyConn::Raw(c) => c.write(buf, off, fua).await,
+            AnyConn::Nbd(c) => c.write(buf, off, fua).await,
+            AnyConn::Delay(c) => c.write(buf, off, fua).await,
+        }
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        match self {
+            AnyConn::Raw(c) => c.flush().await,
+            AnyConn::Nbd(c) => c.flush().await,
+            AnyConn::Delay(c) => c.flush().await,
+        }
+    }
+}
