@@ -72,9 +72,13 @@ impl SpaceMapHeader {
                 "encoder does not continue this map",
             ));
         }
+        let unit = 1i64
+            .checked_shl(u32::from(shift))
+            .filter(|_| shift < 63)
+            .ok_or(invalid("shift", u64::from(shift), "unit does not fit i64"))?;
         let bytes = enc
             .alloc_delta_units()
-            .checked_mul(1i64 << shift.min(62))
+            .checked_mul(unit)
             .and_then(|d| self.alloc.checked_add(d))
             .ok_or(invalid(
                 "alloc",

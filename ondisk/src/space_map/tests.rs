@@ -233,6 +233,9 @@ fn header_apply_and_histogram() {
     h.apply(&enc, 12).unwrap();
     assert_eq!(h.length, enc.length());
     assert_eq!(h.alloc, 12 * 4096);
+    let mut h2 = h;
+    let next = SpaceMapEncoder::new(4096, h2.length).unwrap();
+    assert!(h2.apply(&next, 63).is_err());
     let stale = SpaceMapEncoder::new(4096, 0).unwrap();
     assert!(h.apply(&stale, 12).is_err());
     assert_eq!(histogram_bucket(4096, 12), 0);
