@@ -195,8 +195,9 @@ impl Txg {
         let start = Instant::now();
         let t = self.open.fetch_add(1, Ordering::SeqCst);
         for h in &self.holds {
+            // Yield rather than spin: the holder may be descheduled on a busy machine.
             while h.0.load(Ordering::SeqCst) == t {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
         }
         let out = class.sync(t).context("sync")?;
@@ -368,7 +369,7 @@ fn worker(
     let (mut allocs, mut frees, mut nospace, mut ganged) = (0u64, 0u64, 0u64, 0u64);
     let mut written = 0u64;
     while !go.load(Ordering::Acquire) {
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
     let cpu0 = thread_cpu_s();
     while written < quota {

@@ -87,3 +87,27 @@ pub enum AllocError {
     #[error("allocator invariant violated: {0}")]
     Invariant(String),
 }
+
+impl AllocError {
+    /// The errno a protocol reply should carry: `ENOSPC` for [`AllocError::NoSpace`], `EINVAL`
+    /// for requests the caller got wrong, `EIO` for state inconsistencies.
+    pub fn errno(&self) -> i32 {
+        // Linux values (asm-generic/errno-base.h); alloc/ has no libc dependency.
+        const EIO: i32 = 5;
+        const EINVAL: i32 = 22;
+        const ENOSPC: i32 = 28;
+        match self {
+            AllocError::NoSpace { .. } => ENOSPC,
+            AllocError::Misaligned { .. }
+            | AllocError::OutOfRange { .. }
+            | AllocError::UnknownDevice { .. }
+            | AllocError::DeviceExists { .. }
+            | AllocError::InvalidGeometry(_)
+            | AllocError::TxgClosed { .. } => EINVAL,
+            AllocError::DoubleFree { .. }
+            | AllocError::DoubleAlloc { .. }
+            | AllocError::AlreadyLoaded { .. }
+            | AllocError::Invariant(_) => EIO,
+        }
+    }
+}
