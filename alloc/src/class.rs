@@ -325,6 +325,19 @@ impl MetaslabClass {
             .try_for_each(|r| self.check_checkpoint_extent(g, &r))
     }
 
+    /// Whether any byte of `extent` is free: allocatable, allocated in a txg not yet synced,
+    /// queued for freeing, or free on disk (freeing, freed, deferred). `false` means the whole
+    /// extent is allocated on disk and live (or held by the checkpoint): what `ringpool verify`
+    /// expects of every referenced block.
+    pub fn is_free(&self, extent: Extent) -> Result<bool, AllocError> {
+        let g = self.group(extent.dev)?;
+        let i = g.metaslab_of(extent.start, extent.len)?;
+        Ok(g.slots[i]
+            .ms
+            .lock()
+            .range_is_free_anywhere(extent.start, extent.len))
+    }
+
     /// Set the checkpoint txg (early sync task of checkpoint create, before `sync` of the txg).
     pub fn set_checkpoint_txg(&self, txg: u64) {
         self.checkpoint_txg.store(txg, Relaxed);

@@ -158,8 +158,13 @@ fn errors_are_typed() {
         ),
         Err(AllocError::OutOfRange { .. })
     ));
+    assert!(
+        c.is_free(e).unwrap(),
+        "allocated in an unsynced txg: free on disk"
+    );
     c.sync(5).unwrap();
     c.sync_done(5).unwrap();
+    assert!(!c.is_free(e).unwrap());
     assert!(matches!(c.free(e, 5, 5), Err(AllocError::TxgClosed { .. })));
     c.free(e, 5, 6).unwrap();
     c.sync(6).unwrap();
