@@ -528,14 +528,20 @@ impl MetaslabClass {
         Ok(())
     }
 
-    /// Sync `txg` on every device (once per pass): see [`Metaslab::sync`].
+    /// Sync `txg` on every device (once per pass): see [`Metaslab::sync`]. The frees queued for
+    /// `txg` are checked on every metaslab first: a double free fails the call before any
+    /// metaslab is synced (and is dropped from the queue, so the txg can be synced again).
     pub fn sync(&self, txg: u64) -> Result<ClassSyncOutput, AllocError> {
         let ckpt = self.checkpoint_txg();
         let mut out = ClassSyncOutput {
             txg,
             devices: Vec::new(),
         };
-        for dev in self.devices() {
+        let devices = self.devices();
+        for &dev in &devices {
+            self.group(dev)?.check_queued_frees(txg)?;
+        }
+        for dev in devices {
             let g = self.group(dev)?;
             let d = g.sync(txg, ckpt)?;
             if !d.metaslabs.is_empty() || !d.ckpt_records.is_empty() {

@@ -274,6 +274,14 @@ impl MetaslabGroup {
         }
     }
 
+    /// Check the queued frees of `txg` in every metaslab (see [`Metaslab::check_queued_frees`]).
+    pub(crate) fn check_queued_frees(&self, txg: u64) -> Result<(), AllocError> {
+        for slot in self.slots.iter() {
+            slot.ms.lock().check_queued_frees(txg)?;
+        }
+        Ok(())
+    }
+
     /// Sync every metaslab with work for `txg`.
     pub(crate) fn sync(
         &self,

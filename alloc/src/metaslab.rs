@@ -56,6 +56,10 @@ pub struct MetaslabConfig {
     pub condense_pct: u64,
     /// ... and at least this many bytes long [4 x 16 KiB blocks].
     pub condense_min_bytes: u64,
+    /// Check at `free` time that the range is not already free (ZFS `metaslab_check_free`, a
+    /// debug option there). Off: the check runs at `sync` over the sorted queue instead, which
+    /// is cheaper; either way a double free is an error and nothing wrong is ever emitted.
+    pub eager_free_checks: bool,
 }
 
 impl Default for MetaslabConfig {
@@ -68,6 +72,7 @@ impl Default for MetaslabConfig {
             df_max_search_count: 64,
             condense_pct: 200,
             condense_min_bytes: 64 << 10,
+            eager_free_checks: false,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct Metaslab {
     synced_txg: u64,
     /// Txg of the last `sync` call (detects the first pass of a txg).
     last_sync_txg: u64,
+    /// Txg whose queued frees `check_queued_frees` validated (0: none).
+    queue_checked_txg: u64,
     /// True once anything was allocated, freed or loaded (load requires a pristine metaslab).
     touched: bool,
 }
@@ -173,6 +180,7 @@ impl Metaslab {
             sm_length: 0,
             synced_txg: 0,
             last_sync_txg: 0,
+            queue_checked_txg: 0,
             touched: false,
         })
     }
@@ -417,8 +425,11 @@ impl Metaslab {
     /// Queue the free of `[start, start + len)`, born in `birth_txg`, as part of txg `txg`
     /// (the txg whose sync commits the removal of the last reference). At `sync(txg)` it goes to
     /// `checkpointing` if a checkpoint txg `C` is set, `birth_txg <= C` and `txg > C`, else to
-    /// `freeing`. A range that is already free (allocatable, freeing, freed, deferred) or
-    /// already queued for freeing in any open txg is [`AllocError::DoubleFree`].
+    /// `freeing`. A range already queued for freeing (this or another unsynced txg) is
+    /// [`AllocError::DoubleFree`] at once. A range that is already free (allocatable, freed,
+    /// deferred) is [`AllocError::DoubleFree`] at once with
+    /// [`MetaslabConfig::eager_free_checks`], otherwise from `sync(txg)`, which validates the whole
+    /// queue before changing anything (nothing is emitted; only the offending free is dropped).
     pub fn free(
         &mut self,
         start: u64,
@@ -435,7 +446,7 @@ impl Metaslab {
                 self.pending_txg[slot]
             )));
         }
-        if self.is_free_somewhere(start, len)
+        if (self.cfg.eager_free_checks && self.is_free_somewhere(start, len))
             || self
                 .pending_frees
                 .iter()
@@ -445,6 +456,9 @@ impl Metaslab {
         }
         self.pending_frees[slot].insert(start, (len, birth_txg));
         self.pending_txg[slot] = txg;
+        if self.queue_checked_txg == txg {
+            self.queue_checked_txg = 0;
+        }
         self.touched = true;
         Ok(())
     }
@@ -484,6 +498,27 @@ impl Metaslab {
         }
         self.freeing.add(start, len)?;
         self.touched = true;
+        Ok(())
+    }
+
+    /// Check the frees queued for `txg` before its sync: a free of a range that is free (a
+    /// double free) is [`AllocError::DoubleFree`] and that free is dropped from the queue
+    /// (nothing else changes). The queue is sorted, so the lookups walk the trees in order (warm
+    /// caches), which is why this is cheaper here than at free time. `sync` runs it itself unless
+    /// it already ran for this txg (the class checks every metaslab before syncing any, so a
+    /// failed check leaves no metaslab half-synced).
+    pub fn check_queued_frees(&mut self, txg: u64) -> Result<(), AllocError> {
+        let slot = Self::slot(txg);
+        let bad = self.pending_frees[slot]
+            .iter()
+            .find(|(&s, &(l, _))| self.is_free_somewhere(s, l))
+            .map(|(&s, &(l, _))| (s, l));
+        if let Some((start, len)) = bad {
+            self.pending_frees[slot].remove(&start);
+            self.queue_checked_txg = 0;
+            return Err(AllocError::DoubleFree { start, len });
+        }
+        self.queue_checked_txg = txg;
         Ok(())
     }
 
@@ -565,6 +600,10 @@ impl Metaslab {
         let first_pass = self.last_sync_txg != txg;
         self.last_sync_txg = txg;
 
+        if self.queue_checked_txg != txg {
+            self.check_queued_frees(txg)?;
+        }
+        self.queue_checked_txg = 0;
         for (start, (len, birth)) in std::mem::take(&mut self.pending_frees[slot]) {
             let held = checkpoint_txg != 0 && birth <= checkpoint_txg && txg > checkpoint_txg;
             if held {
@@ -677,7 +716,8 @@ impl Metaslab {
                 )));
             }
         }
-        for &(s, l) in &pend {
+        // Without eager checks a queued double free is legal until its sync refuses it.
+        for &(s, l) in pend.iter().filter(|_| self.cfg.eager_free_checks) {
             if self.is_free_somewhere(s, l) {
                 return Err(AllocError::Invariant(format!(
                     "ms {}/{}: queued free [{s:#x},+{l:#x}) is already free",

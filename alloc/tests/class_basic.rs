@@ -169,10 +169,13 @@ fn errors_are_typed() {
     c.free(e, 5, 6).unwrap();
     c.sync(6).unwrap();
     c.sync_done(6).unwrap();
-    assert!(matches!(
-        c.free(e, 5, 7),
-        Err(AllocError::DoubleFree { .. })
-    ));
+    // e is deferred now: the double free is refused by sync (default) with nothing emitted...
+    c.free(e, 5, 7).unwrap();
+    let err = c.sync(7).unwrap_err();
+    assert!(matches!(err, AllocError::DoubleFree { .. }));
+    assert_eq!(err.errno(), 5);
+    assert_eq!(AllocError::NoSpace { size: 1 }.errno(), 28);
+    c.verify().unwrap();
     assert!(c
         .add_device(DeviceSpec {
             dev: 0,
@@ -182,4 +185,38 @@ fn errors_are_typed() {
             ms_shift: 24
         })
         .is_err());
+    // ... or at free time with eager checks.
+    let c = MetaslabClass::new(ClassConfig {
+        metaslab: ringpool_alloc::MetaslabConfig {
+            eager_free_checks: true,
+            ..Default::default()
+        },
+        ..ClassConfig::default()
+    });
+    c.add_device(DeviceSpec {
+        dev: 0,
+        start: 4 * MIB,
+        end: 68 * MIB,
+        ashift: 12,
+        ms_shift: 24,
+    })
+    .unwrap();
+    let e = c.alloc(4096, 5, 0, AllocClass::Normal).unwrap();
+    c.sync(5).unwrap();
+    c.sync_done(5).unwrap();
+    c.free(e, 5, 6).unwrap();
+    c.sync(6).unwrap();
+    c.sync_done(6).unwrap();
+    assert!(matches!(
+        c.free(e, 5, 7),
+        Err(AllocError::DoubleFree { .. })
+    ));
+    let never = ringpool_alloc::Extent {
+        start: e.start + 8192,
+        ..e
+    };
+    assert!(matches!(
+        c.free(never, 5, 7),
+        Err(AllocError::DoubleFree { .. })
+    ));
 }

@@ -56,6 +56,8 @@ struct Model {
     discarding: bool,
     want_checkpoint: bool,
     want_discard: bool,
+    /// Double frees injected into the open txg (each must fail its sync once).
+    bad_frees: u64,
     seen: Seen,
 }
 
@@ -69,6 +71,7 @@ struct Seen {
     nospace: u64,
     reloads: u64,
     free_now: u64,
+    double_frees: u64,
 }
 
 impl Model {
@@ -271,7 +274,25 @@ fn sync_start(m: &mut Model, c: &MetaslabClass, rng: &mut SmallRng) {
         + m.queued.get(&s).map_or(0, |v| {
             v.iter().filter(|(_, b)| *b == s).map(|(e, _)| e.len).sum()
         });
-    let out = c.sync(s).unwrap();
+    // Each injected double free fails one sync attempt (dropped from the queue, nothing synced).
+    let mut refused = 0;
+    let out = loop {
+        match c.sync(s) {
+            Ok(out) => break out,
+            Err(AllocError::DoubleFree { .. }) => {
+                refused += 1;
+                assert!(refused <= m.bad_frees, "unexpected double free at sync {s}");
+                c.verify().unwrap();
+            }
+            Err(e) => panic!("sync {s}: {e}"),
+        }
+    };
+    assert_eq!(
+        refused, m.bad_frees,
+        "every injected double free refused at sync {s}"
+    );
+    m.seen.double_frees += refused;
+    m.bad_frees = 0;
     let (alloc_bytes, ck_bytes) = apply_sync_output(m, &out);
     let condensed = out
         .devices
@@ -335,6 +356,7 @@ fn run(seed: u64, steps: usize) -> Seen {
         discarding: false,
         want_checkpoint: false,
         want_discard: false,
+        bad_frees: 0,
         seen: Seen::default(),
     };
     let slop = c.slop_space();
@@ -450,6 +472,24 @@ fn run(seed: u64, steps: usize) -> Seen {
             93..=94 => {
                 if m.ckpt_txg != 0 {
                     m.want_discard = true;
+                } else {
+                    // Inject a double free of a unit that is free or deferred.
+                    let dev = rng.random_range(0..m.devs);
+                    let u = rng.random_range(0..m.units[dev as usize].len());
+                    // Sync right away: an allocation of the unit in between would make the
+                    // queued free look legitimate.
+                    if m.syncing.is_none()
+                        && matches!(m.units[dev as usize][u], St::Free | St::Deferred(_))
+                    {
+                        let bad = Extent {
+                            dev,
+                            start: DEV_START + u as u64 * UNIT,
+                            len: UNIT,
+                        };
+                        c.free(bad, 1, m.open).unwrap();
+                        m.bad_frees += 1;
+                        sync_start(&mut m, &c, &mut rng);
+                    }
                 }
             }
             _ => {
@@ -492,8 +532,10 @@ fn model_random_sequences() {
         total.nospace += s.nospace;
         total.reloads += s.reloads;
         total.free_now += s.free_now;
+        total.double_frees += s.double_frees;
     }
     println!("{total:?}");
     assert!(total.checkpoints > 0 && total.held_bytes > 0 && total.discarded > 0);
     assert!(total.condenses > 0 && total.nospace > 0 && total.reloads > 0 && total.free_now > 0);
+    assert!(total.double_frees > 0);
 }
