@@ -86,6 +86,57 @@ pub struct DataPtr {
     pub checksum: Checksum,
 }
 
+impl DataPtr {
+    /// A pointer to `block` (its whole length is both the allocated and the logical size) at
+    /// `(device, offset)`, with the checksum computed over it and a fill of 1 (set `fill`
+    /// afterwards for an indirect block).
+    pub fn for_block(
+        device: u32,
+        offset: u64,
+        block: &[u8],
+        kind: ObjectType,
+        level: u8,
+        birth_txg: u64,
+        algo: ChecksumAlgo,
+    ) -> Result<DataPtr> {
+        let size = u32::try_from(block.len()).map_err(|_| {
+            invalid(
+                "asize",
+                crate::bytes::len_u64(block.len()),
+                "block too large",
+            )
+        })?;
+        let d = DataPtr {
+            dva: Dva {
+                device,
+                offset,
+                asize: size,
+            },
+            lsize: size,
+            kind,
+            level,
+            birth_txg,
+            fill: 1,
+            checksum: Checksum::compute(algo, block),
+        };
+        BlockPointer::Data(d).validate()?;
+        Ok(d)
+    }
+
+    /// Verifies a block read through this pointer: its length is the allocated size and its
+    /// checksum matches (a torn, stale or misdirected block fails here).
+    pub fn verify(&self, block: &[u8]) -> Result<()> {
+        if crate::bytes::len_u64(block.len()) != u64::from(self.dva.asize) {
+            return Err(OnDiskError::BadLength {
+                what: "block",
+                len: block.len(),
+                reason: "differs from the pointer's asize",
+            });
+        }
+        self.checksum.verify(block, "block")
+    }
+}
+
 /// A block pointer: a hole or a written block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlockPointer {
@@ -472,4 +523,45 @@ pub fn set_indirect_entry(block: &mut [u8], index: usize, bp: &BlockPointer) -> 
                 reason: "beyond the block",
             })?;
     bp.encode_into(&mut block[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn for_block_and_verify() {
+        let block = vec![7u8; 4096];
+        let d = DataPtr::for_block(
+            2,
+            1 << 22,
+            &block,
+            ObjectType::VolumeData,
+            0,
+            9,
+            ChecksumAlgo::Crc32c,
+        )
+        .unwrap();
+        assert_eq!((d.dva.asize, d.lsize), (4096, 4096));
+        d.verify(&block).unwrap();
+        let mut torn = block.clone();
+        torn[4095] = 0;
+        assert!(d.verify(&torn).unwrap_err().is_checksum_error());
+        assert!(d.verify(&block[..512]).is_err());
+        assert!(
+            DataPtr::for_block(0, 100, &block, ObjectType::Raw, 0, 1, ChecksumAlgo::Crc32c)
+                .is_err()
+        );
+        assert!(
+            DataPtr::for_block(0, 0, &block, ObjectType::None, 0, 1, ChecksumAlgo::Crc32c).is_err()
+        );
+        assert!(
+            DataPtr::for_block(0, 0, &[], ObjectType::Raw, 0, 1, ChecksumAlgo::Crc32c).is_err()
+        );
+        let text = BlockPointer::Data(d).to_string();
+        assert!(
+            text.starts_with("DVA=<2:0x400000:0x1000> L0 VolumeData"),
+            "{text}"
+        );
+    }
 }
