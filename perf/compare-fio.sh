@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# ringperf vs fio (io_uring engine, O_DIRECT) on the same prefilled file, alternating runs.
+#
+# Usage: perf/compare-fio.sh [FILE]          (default /tmp/ringperf-vs-fio.img, must be on a
+#                                             real file system such as ext4, not tmpfs)
+# Environment: ROUNDS (3), RUNTIME seconds (10), SIZE (1G), CPU to pin both tools to (0),
+#              RINGPERF (path to the binary; default: build it with cargo --release),
+#              FIO_EXTRA (extra fio options, e.g. "--fixedbufs --registerfiles"),
+#              SCENARIOS (default "randread:1 randread:32 randwrite:1 randwrite:32").
+# Prints one line per run and a table: mean IOPS, median p99 over the rounds, and the ratios
+# ringperf/fio. Goal: IOPS ratio >= 0.95 and p99 ratio <= 1.10.
+# Latency is compared like for like: fio's total latency (lat_ns, --lat_percentiles=1:
+# submission to completion) against ringperf's (taken just before the op is submitted, to
+# when its completion is seen).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FILE=${1:-/tmp/ringperf-vs-fio.img}
+ROUNDS=${ROUNDS:-3}
+RUNTIME=${RUNTIME:-10}
+SIZE=${SIZE:-1G}
+CPU=${CPU:-0}
+SCENARIOS=${SCENARIOS:-"randread:1 randread:32 randwrite:1 randwrite:32"}
+FIO_EXTRA=${FIO_EXTRA:-}
+
+command -v fio >/dev/null || { echo "compare-fio: fio not installed" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "compare-fio: python3 needed to parse JSON" >&2; exit 1; }
+if [ -z "${RINGPERF:-}" ]; then
+  cargo build --release -q -p ringpool-perf
+  RINGPERF=target/release/ringperf
+fi
+
+fstype=$(stat -f -c %T "$(dirname "$FILE")")
+if [ "$fstype" = tmpfs ]; then
+  echo "compare-fio: $FILE is on tmpfs (no real O_DIRECT); use a file on ext4/xfs" >&2
+  exit 1
+fi
+
+# Prefill once with real data (reading holes measures nothing): ringperf's prefill writes the
+# whole region when it has holes.
+"$RINGPERF" --target "$FILE" --size "$SIZE" --prefill auto --rw randread --runtime 0.1 --quiet >/dev/null
+echo "compare-fio: file $FILE ($fstype, $(stat -c %s "$FILE") bytes, $(( $(stat -c %b "$FILE") * 512 )) allocated), $ROUNDS rounds x ${RUNTIME}s, pinned to CPU $CPU"
+echo "compare-fio: $(fio --version), ringperf $("$RINGPERF" --version | awk '{print $2}'), kernel $(uname -r)"
+
+results=$(mktemp)
+run_json=$(mktemp)
+trap 'rm -f "$results" "$run_json"' EXIT
+
+for sc in $SCENARIOS; do
+  rw=${sc%%:*}; qd=${sc##*:}
+  for round in $(seq 1 "$ROUNDS"); do
+    "$RINGPERF" --target "$FILE" --size "$SIZE" --prefill never --rw "$rw" --bs 4k --qd "$qd" \
+        --jobs 1 --cpus "$CPU" --runtime "$RUNTIME" --json --quiet >"$run_json"
+    python3 - "$rw" "$qd" "$round" ringperf "$run_json" >>"$results" <<'PY'
+import json, sys
+rw, qd, rnd, tool, path = sys.argv[1:]
+d = json.load(open(path))
+t = d["total"]
+print(json.dumps({"rw": rw, "qd": int(qd), "round": int(rnd), "tool": tool,
+                  "iops": t["iops"], "p50": t["lat"]["p50_us"], "p99": t["lat"]["p99_us"],
+                  "cpu": t["cpu_us_per_io"]}))
+PY
+    # shellcheck disable=SC2086
+    fio --name=cmp --filename="$FILE" --size="$SIZE" --ioengine=io_uring --direct=1 \
+        --rw="$rw" --bs=4k --iodepth="$qd" --numjobs=1 --cpus_allowed="$CPU" \
+        --runtime="$RUNTIME" --time_based --norandommap --randrepeat=0 --lat_percentiles=1 \
+        --output-format=json $FIO_EXTRA >"$run_json"
+    python3 - "$rw" "$qd" "$round" fio "$run_json" >>"$results" <<'PY'
+import json, sys
+rw, qd, rnd, tool, path = sys.argv[1:]
+d = json.load(open(path))
+j = d["jobs"][0]
+side = j["read"] if "read" in rw else j["write"]
+pct = side["lat_ns"]["percentile"]
+ios = side["total_ios"]
+cpu_s = (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * j["job_runtime"] / 1000.0
+print(json.dumps({"rw": rw, "qd": int(qd), "round": int(rnd), "tool": tool,
+                  "iops": side["iops"], "p50": pct["50.000000"] / 1000.0,
+                  "p99": pct["99.000000"] / 1000.0,
+                  "cpu": cpu_s * 1e6 / ios if ios else 0.0}))
+PY
+    tail -n 2 "$results" | python3 -c '
+import json, sys
+for l in sys.stdin:
+    r = json.loads(l)
+    print("  %-9s qd%-3d round %d %-8s %10.0f IOPS  p50 %8.1f us  p99 %8.1f us  cpu %6.2f us/IO"
+          % (r["rw"], r["qd"], r["round"], r["tool"], r["iops"], r["p50"], r["p99"], r["cpu"]))'
+  done
+done
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+keys = []
+for r in rows:
+    k = (r["rw"], r["qd"])
+    if k not in keys:
+        keys.append(k)
+print()
+print("%-14s %12s %12s %7s %11s %11s %7s %9s %9s  %s" % (
+    "workload", "ringperf", "fio", "IOPS x", "ringperf", "fio", "p99 x", "cpu/IO", "cpu/IO", "goal"))
+print("%-14s %12s %12s %7s %11s %11s %7s %9s %9s" % (
+    "", "IOPS", "IOPS", "", "p99 us", "p99 us", "", "ringperf", "fio"))
+ok_all = True
+for k in keys:
+    def agg(tool):
+        rs = [r for r in rows if (r["rw"], r["qd"]) == k and r["tool"] == tool]
+        return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p99"] for r in rs),
+                statistics.mean(r["cpu"] for r in rs))
+    ri, rp, rc = agg("ringperf")
+    fi, fp, fc = agg("fio")
+    iops_x = ri / fi if fi else 0.0
+    p99_x = rp / fp if fp else 0.0
+    ok = iops_x >= 0.95 and p99_x <= 1.10
+    ok_all &= ok
+    print("%-14s %12.0f %12.0f %7.3f %11.1f %11.1f %7.3f %9.2f %9.2f  %s" % (
+        "%s qd%d" % k, ri, fi, iops_x, rp, fp, p99_x, rc, fc, "ok" if ok else "MISSED"))
+print("IOPS: mean over rounds; p99: median over rounds; goal: IOPS x >= 0.95 and p99 x <= 1.10")
+PY
