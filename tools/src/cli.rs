@@ -1,0 +1,209 @@
+//! The command line: zpool's shape, adapted to ringpool (DESIGN.md section 8).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// ringpool: a user-space block storage engine. Pools of files or block devices, thin
+/// copy-on-write volumes exported over NBD, and OpenZFS-style pool checkpoints.
+#[derive(Debug, Parser)]
+#[command(name = "ringpool", version, propagate_version = true)]
+pub struct Cli {
+    /// The state directory: known pools, the control socket of a running `serve`, logs.
+    #[arg(long, global = true, env = "RINGPOOL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a pool on one or more devices (files are created sparse with --size).
+    Create {
+        /// Pool properties at creation: ashift=N, metaslab_size=SIZE.
+        #[arg(short = 'o', value_name = "PROP=VALUE")]
+        options: Vec<String>,
+        /// Size of device files that do not exist yet (created sparse).
+        #[arg(long, value_name = "SIZE")]
+        size: Option<String>,
+        /// Create even if a device holds a label of another pool.
+        #[arg(short = 'f', long)]
+        force: bool,
+        pool: String,
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+    },
+    /// Add devices to a pool (allowed while a checkpoint exists; a rewind removes them).
+    Add {
+        #[arg(long, value_name = "SIZE")]
+        size: Option<String>,
+        pool: String,
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+    },
+    /// Import a pool, or list importable pools when no pool is named.
+    Import {
+        /// Search this directory for devices (repeatable).
+        #[arg(short = 'd', value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// Rewind the pool to its checkpoint (permanent unless --readonly).
+        #[arg(long)]
+        rewind_to_checkpoint: bool,
+        /// Import read-only: nothing is written.
+        #[arg(long)]
+        readonly: bool,
+        /// Recovery: roll back to an older uberblock if the newest cannot be opened.
+        #[arg(short = 'F')]
+        recover: bool,
+        /// Import even if the pool seems active on another host or process.
+        #[arg(short = 'f')]
+        force: bool,
+        pool: Option<String>,
+    },
+    /// Sync and export a pool: labels are marked exported and devices released.
+    Export { pool: String },
+    /// Show pool health, devices and checkpoint state.
+    Status {
+        #[arg(short = 'v')]
+        verbose: bool,
+        #[arg(long)]
+        json: bool,
+        pool: Option<String>,
+    },
+    /// List pools with their space: NAME SIZE ALLOC FREE CKPOINT FRAG CAP HEALTH.
+    List {
+        /// Also list devices.
+        #[arg(short = 'v')]
+        verbose: bool,
+        /// Scripted mode: no header, tab-separated.
+        #[arg(short = 'H')]
+        scripted: bool,
+        /// Exact numbers (bytes) instead of human-readable sizes.
+        #[arg(short = 'p')]
+        parsable: bool,
+        /// Columns to show, comma separated.
+        #[arg(short = 'o', value_name = "COLS")]
+        columns: Option<String>,
+        #[arg(long)]
+        json: bool,
+        pool: Option<String>,
+    },
+    /// Get pool properties (`all` for every property).
+    Get {
+        #[arg(short = 'p')]
+        parsable: bool,
+        #[arg(long)]
+        json: bool,
+        property: String,
+        pool: String,
+    },
+    /// Set a pool property.
+    Set { assignment: String, pool: String },
+    /// Take a checkpoint of the pool, or discard it with -d.
+    Checkpoint {
+        /// Discard the checkpoint.
+        #[arg(short = 'd', long = "discard")]
+        discard: bool,
+        /// With -d: wait until the discard has finished.
+        #[arg(short = 'w', long = "wait")]
+        wait: bool,
+        /// The pool (exactly one).
+        #[arg(num_args = 0..)]
+        args: Vec<String>,
+    },
+    /// Wait until background activity of a pool has finished.
+    Wait {
+        /// The activity: discard.
+        #[arg(short = 't', value_name = "ACTIVITY", default_value = "discard")]
+        activity: String,
+        pool: String,
+    },
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Show the pool's command history.
+    History {
+        #[arg(long)]
+        json: bool,
+        pool: String,
+    },
+    /// Walk every block pointer, check every checksum, reconcile space maps and the checkpoint.
+    Verify {
+        #[arg(long)]
+        json: bool,
+        pool: String,
+    },
+    /// Print on-disk structures: labels, uberblocks, metaslabs, a space map.
+    Inspect(InspectArgs),
+    /// Import the pools and export every volume over NBD until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a thin volume POOL/VOL.
+    Create {
+        /// Volume size.
+        #[arg(short = 's', long = "size", value_name = "SIZE")]
+        size: String,
+        /// Block size, 4K to 128K (power of two).
+        #[arg(short = 'b', long = "blocksize", value_name = "SIZE", default_value = "4K")]
+        block_size: String,
+        name: String,
+    },
+    /// Destroy a volume and free its space.
+    Destroy { name: String },
+    /// List volumes.
+    List {
+        #[arg(short = 'H')]
+        scripted: bool,
+        #[arg(short = 'p')]
+        parsable: bool,
+        #[arg(long)]
+        json: bool,
+        pool: Option<String>,
+    },
+    /// Change a volume's size (shrinking frees the blocks past the new end).
+    Resize {
+        #[arg(short = 's', long = "size", value_name = "SIZE")]
+        size: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// What to show: labels, uberblocks, metaslabs, spacemap.
+    #[arg(value_name = "WHAT")]
+    pub what: String,
+    /// The pool (imported, or found on --device / -d).
+    pub pool: Option<String>,
+    /// A device to read directly (no import).
+    #[arg(long)]
+    pub device: Vec<PathBuf>,
+    /// With `spacemap`: the metaslab (DEV:INDEX).
+    #[arg(long)]
+    pub metaslab: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Pools to serve (default: every known pool, or the embedded demo pool).
+    pub pools: Vec<String>,
+    /// TCP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: SocketAddr,
+    /// Unix socket to listen on as well (default: nbd.sock in the state directory).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Number of reactors (default: one per core).
+    #[arg(long)]
+    pub reactors: Option<usize>,
+    /// Export every volume read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
