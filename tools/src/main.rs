@@ -1,3 +1,291 @@
-fn main() {
-    println!("ringpool");
+//! `ringpool`: zpool-style administration of ringpool pools, and the `serve` daemon.
+
+mod cli;
+mod control;
+mod exec;
+mod local;
+mod output;
+mod request;
+mod serve;
+mod size;
+mod statedir;
+mod table;
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use serde_json::Value;
+
+use cli::{Cli, Command, VolumeCommand};
+use request::{Request, Response};
+use statedir::StateDir;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGPOOL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sends `req` to the `serve` holding the pool, or runs it on a pool opened here.
+fn ask(state: &StateDir, req: Request) -> Result<Value> {
+    let resp = match control::call(&state.control_socket(), &req)? {
+        Some(resp) => resp,
+        None => local::execute(state, &req)?,
+    };
+    match resp {
+        Response::Ok { value } => Ok(value),
+        Response::Error { message } => bail!("{message}"),
+    }
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Splits `POOL/VOL`.
+fn split_volume(name: &str) -> Result<(String, String)> {
+    match name.split_once('/') {
+        Some((p, v)) if !p.is_empty() && !v.is_empty() && !v.contains('/') => {
+            Ok((p.to_string(), v.to_string()))
+        }
+        _ => bail!("invalid volume name '{name}': expected POOL/VOLUME"),
+    }
+}
+
+/// Every pool a reporting command without a pool argument covers.
+fn all_pools(state: &StateDir) -> Result<Vec<String>> {
+    if let Some(Response::Ok { value }) = control::call(&state.control_socket(), &Request::Pools)? {
+        let mut names: Vec<String> = value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        for known in state.pools()?.into_keys() {
+            if !names.contains(&known) {
+                names.push(known);
+            }
+        }
+        return Ok(names);
+    }
+    Ok(state.pools()?.into_keys().collect())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let state = StateDir::open(cli.state_dir.as_deref())?;
+    match cli.command {
+        Command::Create {
+            options,
+            size,
+            force,
+            pool,
+            devices,
+        } => local::create(&state, &pool, &devices, &options, size.as_deref(), force)?,
+        Command::Add { size, pool, devices } => {
+            let devices = local::prepare_devices(&devices, size.as_deref())?;
+            let devs = devices.iter().map(|d| d.display().to_string()).collect();
+            ask(&state, Request::Add { pool: pool.clone(), devices: devs })?;
+            local::remember_added(&state, &pool, &devices)?;
+        }
+        Command::Import {
+            dirs,
+            rewind_to_checkpoint,
+            readonly,
+            recover,
+            force,
+            pool,
+        } => local::import(&state, &dirs, pool.as_deref(), rewind_to_checkpoint, readonly, recover, force)?,
+        Command::Export { pool } => {
+            if control::call(&state.control_socket(), &Request::Export { pool: pool.clone() })?.is_none() {
+                local::export(&state, &pool)?;
+            }
+            state.set_pool(&pool, None)?;
+        }
+        Command::Status { verbose, json, pool } => {
+            let pools = match pool {
+                Some(p) => vec![p],
+                None => all_pools(&state)?,
+            };
+            if pools.is_empty() && !json {
+                println!("no pools available");
+            }
+            let mut values = Vec::new();
+            for p in pools {
+                values.push(ask(&state, Request::Status { pool: p })?);
+            }
+            if json {
+                print_json(&Value::Array(values))?;
+            } else {
+                let texts: Vec<String> = values.iter().map(|v| output::status(v, verbose)).collect();
+                print!("{}", texts.join("\n"));
+            }
+        }
+        Command::List {
+            verbose,
+            scripted,
+            parsable,
+            columns,
+            json,
+            pool,
+        } => {
+            let pools = match pool {
+                Some(p) => vec![p],
+                None => all_pools(&state)?,
+            };
+            let mut values = Vec::new();
+            for p in pools {
+                values.push(ask(&state, Request::List { pool: p })?);
+            }
+            if json {
+                print_json(&Value::Array(values))?;
+            } else {
+                let cols: Vec<String> = match columns {
+                    Some(c) => {
+                        let cols: Vec<String> = c.split(',').map(|s| s.trim().to_lowercase()).collect();
+                        if let Some(bad) = cols.iter().find(|c| !output::LIST_COLUMNS.contains(&c.as_str())) {
+                            bail!("invalid property '{bad}'");
+                        }
+                        cols
+                    }
+                    None => output::LIST_COLUMNS.iter().map(|s| (*s).to_string()).collect(),
+                };
+                if values.is_empty() && !scripted {
+                    println!("no pools available");
+                } else {
+                    print!("{}", output::list(&values, &cols, verbose, scripted, parsable));
+                }
+            }
+        }
+        Command::Get {
+            parsable,
+            json,
+            property,
+            pool,
+        } => {
+            let v = ask(&state, Request::Get { pool, property })?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print!("{}", output::get(v.as_array().map_or(&[][..], |a| a), false, parsable));
+            }
+        }
+        Command::Set { assignment, pool } => {
+            let Some((property, value)) = assignment.split_once('=') else {
+                bail!("missing value in property=value argument");
+            };
+            ask(
+                &state,
+                Request::Set { pool, property: property.to_string(), value: value.to_string() },
+            )?;
+        }
+        Command::Checkpoint { discard, wait, args } => {
+            return checkpoint(&state, discard, wait, &args);
+        }
+        Command::Wait { activity, pool } => {
+            if activity != "discard" {
+                bail!("invalid activity '{activity}': the activities are: discard");
+            }
+            local::wait_discard(&state, &pool, |v| ask(&state, Request::Status { pool: v.to_string() }))?;
+        }
+        Command::Volume(cmd) => volume(&state, cmd)?,
+        Command::History { json, pool } => {
+            let v = ask(&state, Request::History { pool: pool.clone() })?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print!("{}", output::history(&pool, v.as_array().map_or(&[][..], |a| a)));
+            }
+        }
+        Command::Verify { json, pool } => {
+            let v = ask(&state, Request::Verify { pool: pool.clone() })?;
+            let clean = v["clean"].as_bool().unwrap_or(false);
+            if json {
+                print_json(&v)?;
+            } else if clean {
+                println!("verify of '{pool}': no errors (every block pointer and checksum checked, space maps reconciled)");
+            } else {
+                println!("verify of '{pool}' found problems:\n{}", v["report"].as_str().unwrap_or(""));
+            }
+            if !clean {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Inspect(args) => local::inspect(&state, &args)?,
+        Command::Serve(args) => serve::run(&state, &args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> Result<ExitCode> {
+    if wait && !discard {
+        bail!("--wait only valid when --discard also specified");
+    }
+    let pool = match args {
+        [] => bail!("missing pool argument"),
+        [p] => p.clone(),
+        _ => bail!("too many arguments"),
+    };
+    if pool.contains('/') {
+        bail!("'ringpool checkpoint' doesn't work on volumes. A checkpoint saves the whole pool");
+    }
+    if discard {
+        ask(state, Request::DiscardCheckpoint { pool: pool.clone() })?;
+        if wait {
+            local::wait_discard(state, &pool, |v| ask(state, Request::Status { pool: v.to_string() }))?;
+        }
+    } else {
+        ask(state, Request::Checkpoint { pool })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn volume(state: &StateDir, cmd: VolumeCommand) -> Result<()> {
+    match cmd {
+        VolumeCommand::Create { size, block_size, name } => {
+            let (pool, volume) = split_volume(&name)?;
+            let size = size::parse_size(&size)?;
+            let bs = size::parse_size(&block_size)?;
+            let block_size = u32::try_from(bs).map_err(|_| anyhow::anyhow!("block size too large"))?;
+            ask(state, Request::VolumeCreate { pool, volume, size, block_size })?;
+        }
+        VolumeCommand::Destroy { name } => {
+            let (pool, volume) = split_volume(&name)?;
+            ask(state, Request::VolumeDestroy { pool, volume })?;
+        }
+        VolumeCommand::Resize { size, name } => {
+            let (pool, volume) = split_volume(&name)?;
+            let size = size::parse_size(&size)?;
+            ask(state, Request::VolumeResize { pool, volume, size })?;
+        }
+        VolumeCommand::List { scripted, parsable, json, pool } => {
+            let pools = match pool {
+                Some(p) => vec![p],
+                None => all_pools(state)?,
+            };
+            let mut vols = Vec::new();
+            for p in pools {
+                let v = ask(state, Request::VolumeList { pool: p })?;
+                vols.extend(v.as_array().cloned().unwrap_or_default());
+            }
+            if json {
+                print_json(&Value::Array(vols))?;
+            } else {
+                print!("{}", output::volumes(&vols, scripted, parsable));
+            }
+        }
+    }
+    Ok(())
 }

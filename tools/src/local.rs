@@ -1,0 +1,387 @@
+//! Commands that open a pool in this process (no `serve` holds it): create, import, export,
+//! one-shot requests, wait, inspect.
+
+use std::fs;
+use std::io::IsTerminal;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ringpool_driver::pool::{CreateOptions, ImportOptions, Pool};
+use ringpool_ondisk::label::LabelHeader;
+use ringpool_ondisk::layout::{
+    DeviceLayout, LABEL_COUNT, LABEL_HEADER_AREA_SIZE, LABEL_HEADER_OFFSET, LABEL_RING_OFFSET,
+    LABEL_RING_SIZE, MIN_ASHIFT,
+};
+use ringpool_ondisk::uberblock::Uberblock;
+use serde_json::{json, Value};
+
+use crate::cli::InspectArgs;
+use crate::exec::{self, NoHook};
+use crate::request::{Request, Response};
+use crate::size::{nicenum, parse_size};
+use crate::statedir::{KnownPool, StateDir};
+
+/// Creates missing device files sparse with `size`; absolute paths for the state directory.
+pub fn prepare_devices(devices: &[PathBuf], size: Option<&str>) -> Result<Vec<PathBuf>> {
+    let size = size.map(parse_size).transpose()?;
+    let mut out = Vec::new();
+    for dev in devices {
+        if !dev.exists() {
+            let Some(size) = size else {
+                bail!("cannot open '{}': no such device or file (use --size to create a sparse file)", dev.display());
+            };
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dev)
+                .with_context(|| format!("cannot create '{}'", dev.display()))?;
+            file.set_len(size)
+                .with_context(|| format!("cannot size '{}'", dev.display()))?;
+        }
+        out.push(fs::canonicalize(dev).with_context(|| format!("cannot resolve '{}'", dev.display()))?);
+    }
+    Ok(out)
+}
+
+fn parse_create_options(options: &[String]) -> Result<CreateOptions> {
+    let mut opts = CreateOptions::default();
+    for o in options {
+        let Some((k, v)) = o.split_once('=') else {
+            bail!("missing '=' for property=value argument '{o}'");
+        };
+        match k {
+            "ashift" => {
+                let a: u8 = v.parse().with_context(|| format!("invalid ashift '{v}'"))?;
+                opts.ashift = Some(a);
+            }
+            "metaslab_size" => {
+                let s = parse_size(v)?;
+                if !s.is_power_of_two() {
+                    bail!("metaslab_size must be a power of two");
+                }
+                let shift = u8::try_from(s.trailing_zeros()).map_err(|_| anyhow!("bad metaslab_size"))?;
+                opts.ms_shift = Some(shift);
+            }
+            _ => bail!("property '{k}' is not a valid pool property at creation"),
+        }
+    }
+    Ok(opts)
+}
+
+pub fn create(
+    state: &StateDir,
+    name: &str,
+    devices: &[PathBuf],
+    options: &[String],
+    size: Option<&str>,
+    force: bool,
+) -> Result<()> {
+    if state.pools()?.contains_key(name) {
+        bail!("cannot create '{name}': pool already exists");
+    }
+    let opts = parse_create_options(options)?;
+    let devices = prepare_devices(devices, size)?;
+    if !force {
+        for d in &devices {
+            if let Some(h) = read_labels(d)?.into_iter().flatten().next() {
+                bail!(
+                    "cannot create '{name}': {} is part of pool '{}' (use -f to overwrite)",
+                    d.display(),
+                    h.pool_name
+                );
+            }
+        }
+    }
+    let pool = Pool::create_paths(name, &devices, &opts).map_err(|e| anyhow!("cannot create '{name}': {e}"))?;
+    pool.export().map_err(|e| anyhow!("cannot create '{name}': {e}"))?;
+    state.set_pool(name, Some(KnownPool { devices }))?;
+    Ok(())
+}
+
+pub fn remember_added(state: &StateDir, name: &str, added: &[PathBuf]) -> Result<()> {
+    let mut pools = state.pools()?;
+    if let Some(p) = pools.get_mut(name) {
+        p.devices.extend(added.iter().cloned());
+        let p = p.clone();
+        state.set_pool(name, Some(p))?;
+    }
+    Ok(())
+}
+
+fn open(state: &StateDir, name: &str, read_only: bool) -> Result<Pool> {
+    let known = state.pools()?;
+    let Some(kp) = known.get(name) else {
+        bail!("cannot open '{name}': no such pool");
+    };
+    let opts = ImportOptions {
+        name: Some(name.to_string()),
+        read_only,
+        ..Default::default()
+    };
+    Pool::import_paths(&kp.devices, &opts).map_err(|e| anyhow!("cannot open '{name}': {e}"))
+}
+
+/// Requests that change nothing open the pool read-only: a `status` writes no uberblock.
+fn is_read_only(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Status { .. }
+            | Request::List { .. }
+            | Request::Get { .. }
+            | Request::VolumeList { .. }
+            | Request::History { .. }
+            | Request::Verify { .. }
+    )
+}
+
+/// Runs `req` on a pool opened here, then exports it again.
+pub fn execute(state: &StateDir, req: &Request) -> Result<Response> {
+    let Some(name) = req.pool() else {
+        return Ok(Response::Ok {
+            value: json!(state.pools()?.into_keys().collect::<Vec<_>>()),
+        });
+    };
+    let pool = Arc::new(open(state, name, is_read_only(req))?);
+    let result = exec::execute(&pool, req, &NoHook);
+    let pool = Arc::try_unwrap(pool).map_err(|_| anyhow!("pool '{name}' still in use"))?;
+    pool.export().map_err(|e| anyhow!("cannot export '{name}': {e}"))?;
+    Ok(match result {
+        Ok(value) => Response::Ok { value },
+        Err(e) => Response::Error { message: format!("{e:#}") },
+    })
+}
+
+pub fn export(state: &StateDir, name: &str) -> Result<()> {
+    let pool = open(state, name, false)?;
+    pool.export().map_err(|e| anyhow!("cannot export '{name}': {e}"))
+}
+
+/// Device files in the search directories (or the known pools' devices).
+fn candidates(state: &StateDir, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if dirs.is_empty() {
+        for p in state.pools()?.into_values() {
+            out.extend(p.devices);
+        }
+        return Ok(out);
+    }
+    for d in dirs {
+        let found = ringpool_driver::pool::scan_dir(d).map_err(|e| anyhow!("cannot search '{}': {e}", d.display()))?;
+        for f in found {
+            out.push(fs::canonicalize(&f).unwrap_or(f));
+        }
+    }
+    Ok(out)
+}
+
+pub fn import(
+    state: &StateDir,
+    dirs: &[PathBuf],
+    name: Option<&str>,
+    rewind: bool,
+    readonly: bool,
+    recover: bool,
+    force: bool,
+) -> Result<()> {
+    let devices = candidates(state, dirs)?;
+    // Which devices hold which pool, from their labels (read without opening exclusively).
+    let mut pools: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for d in &devices {
+        if let Some(h) = read_labels(d).unwrap_or_default().into_iter().flatten().max_by_key(|h| h.config_txg) {
+            pools.entry(h.pool_name.clone()).or_default().push(d.clone());
+        }
+    }
+    let Some(name) = name else {
+        if pools.is_empty() {
+            println!("no pools available to import");
+        }
+        for (pool, devs) in &pools {
+            println!("   pool: {pool}\n  state: ONLINE\n config:\n");
+            for d in devs {
+                println!("\t  {}", d.display());
+            }
+            println!();
+        }
+        return Ok(());
+    };
+    let Some(devs) = pools.get(name) else {
+        bail!("cannot import '{name}': no such pool available");
+    };
+    if rewind {
+        bail!("cannot import '{name}': checkpoint does not exist");
+    }
+    let opts = ImportOptions {
+        name: Some(name.to_string()),
+        read_only: readonly,
+        rewind: recover,
+        force,
+        ..Default::default()
+    };
+    let pool = Pool::import_paths(devs, &opts).map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
+    pool.export().map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
+    state.set_pool(name, Some(KnownPool { devices: devs.clone() }))?;
+    Ok(())
+}
+
+/// Polls the pool's status until no checkpoint is being discarded, with progress.
+pub fn wait_discard(state: &StateDir, pool: &str, status: impl Fn(&str) -> Result<Value>) -> Result<()> {
+    let _ = state;
+    let tty = std::io::stderr().is_terminal();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    loop {
+        let v = status(pool)?;
+        let ck = &v["checkpoint"];
+        if ck["state"].as_str() != Some("discarding") {
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            return Ok(());
+        }
+        let remaining = ck["space"].as_u64().unwrap_or(0);
+        if tty {
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(remaining.max(1));
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("discarding checkpoint {bar:40} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            b.set_position(b.length().unwrap_or(0).saturating_sub(remaining));
+            b.set_message(format!("{} remaining", nicenum(remaining)));
+        } else {
+            eprintln!("checkpoint: discarding, {} remaining", nicenum(remaining));
+        }
+        std::thread::sleep(Duration::from_millis(if tty { 200 } else { 1000 }));
+    }
+}
+
+/// Reads the four labels of a device with plain reads (no exclusive open: inspection only).
+fn read_labels(path: &Path) -> Result<Vec<Option<LabelHeader>>> {
+    Ok(read_label_areas(path)?
+        .into_iter()
+        .map(|area| area.and_then(|(_, header, _)| header))
+        .collect())
+}
+
+type LabelArea = (u64, Option<LabelHeader>, Vec<u8>);
+
+fn read_label_areas(path: &Path) -> Result<Vec<Option<LabelArea>>> {
+    let file = fs::File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+    let size = device_size(&file)?;
+    let Ok(layout) = DeviceLayout::new(size, MIN_ASHIFT) else {
+        return Ok(vec![None; LABEL_COUNT]);
+    };
+    let mut out = Vec::new();
+    for (i, off) in layout.label_offsets().iter().enumerate() {
+        let _ = i;
+        let mut header = vec![0u8; LABEL_HEADER_AREA_SIZE];
+        let mut ring = vec![0u8; usize::try_from(LABEL_RING_SIZE).unwrap_or(0)];
+        let ok = file.read_exact_at(&mut header, off + LABEL_HEADER_OFFSET).is_ok()
+            && file.read_exact_at(&mut ring, off + LABEL_RING_OFFSET).is_ok();
+        if !ok {
+            out.push(None);
+            continue;
+        }
+        out.push(Some((*off, LabelHeader::decode(&header).ok(), ring)));
+    }
+    Ok(out)
+}
+
+fn device_size(file: &fs::File) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    Ok(f.seek(SeekFrom::End(0))?)
+}
+
+pub fn inspect(state: &StateDir, args: &InspectArgs) -> Result<()> {
+    let devices: Vec<PathBuf> = if !args.device.is_empty() {
+        args.device.clone()
+    } else if let Some(pool) = &args.pool {
+        let known = state.pools()?;
+        known
+            .get(pool)
+            .map(|k| k.devices.clone())
+            .ok_or_else(|| anyhow!("cannot open '{pool}': no such pool"))?
+    } else {
+        bail!("inspect needs a pool or --device");
+    };
+    let mut report = Vec::new();
+    for dev in &devices {
+        let areas = read_label_areas(dev)?;
+        let mut labels = Vec::new();
+        for (index, area) in areas.into_iter().enumerate() {
+            let Some((offset, header, ring)) = area else {
+                labels.push(json!({ "index": index, "error": "unreadable" }));
+                continue;
+            };
+            let Some(h) = header else {
+                labels.push(json!({ "index": index, "offset": offset, "error": "no valid label header" }));
+                continue;
+            };
+            let slot = ringpool_ondisk::layout::uberblock_slot_size(h.ashift).unwrap_or(1024);
+            let ubs: Vec<Value> = ring
+                .chunks_exact(slot)
+                .enumerate()
+                .filter_map(|(i, s)| Uberblock::decode(s).ok().map(|u| (i, u)))
+                .filter(|(_, u)| u.pool_guid == h.pool_guid)
+                .map(|(i, u)| {
+                    json!({
+                        "slot": i, "txg": u.txg, "timestamp": u.timestamp,
+                        "checkpoint_txg": u.checkpoint_txg, "guid_sum": u.guid_sum.to_string(),
+                        "root": format!("{:?}", u.root),
+                    })
+                })
+                .collect();
+            labels.push(json!({
+                "index": index, "offset": offset, "pool": h.pool_name, "pool_guid": h.pool_guid.to_string(),
+                "device_index": h.device_index, "device_guid": h.device_guid.to_string(),
+                "ashift": h.ashift, "ms_shift": h.ms_shift, "state": format!("{:?}", h.state),
+                "host": h.host.hostname, "config_txg": h.config_txg,
+                "devices": h.devices.iter().map(|d| json!({"guid": d.guid.to_string(), "size": d.size})).collect::<Vec<_>>(),
+                "uberblocks": ubs,
+            }));
+        }
+        report.push(json!({ "device": dev.display().to_string(), "labels": labels }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    match args.what.as_str() {
+        "labels" | "uberblocks" => {}
+        other => bail!("cannot inspect '{other}': choose labels or uberblocks"),
+    }
+    for dev in &report {
+        println!("device {}", dev["device"].as_str().unwrap_or("?"));
+        for l in dev["labels"].as_array().into_iter().flatten() {
+            if let Some(err) = l["error"].as_str() {
+                println!("  label {}: {err}", l["index"]);
+                continue;
+            }
+            println!(
+                "  label {} @{}: pool '{}' guid {} device {} ashift {} ms_shift {} state {} host {} config_txg {}",
+                l["index"], l["offset"], l["pool"].as_str().unwrap_or(""), l["pool_guid"].as_str().unwrap_or(""),
+                l["device_index"], l["ashift"], l["ms_shift"], l["state"].as_str().unwrap_or(""),
+                l["host"].as_str().unwrap_or(""), l["config_txg"]
+            );
+            if args.what == "uberblocks" {
+                for u in l["uberblocks"].as_array().into_iter().flatten() {
+                    println!(
+                        "    slot {:>4} txg {:>8} checkpoint_txg {} time {}",
+                        u["slot"], u["txg"], u["checkpoint_txg"], u["timestamp"]
+                    );
+                }
+            } else {
+                let n = l["uberblocks"].as_array().map_or(0, Vec::len);
+                let newest = l["uberblocks"].as_array().into_iter().flatten().filter_map(|u| u["txg"].as_u64()).max();
+                println!("    {n} valid uberblocks, newest txg {}", newest.map_or("-".into(), |t| t.to_string()));
+            }
+        }
+    }
+    let _ = nicenum;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! What a command asks of a pool, and what it gets back.
+//!
+//! One path for both ways a command reaches a pool: a [`Request`] is executed either on a pool
+//! this process opened itself, or sent as one JSON line over the control socket of the `serve`
+//! that holds the pool, which executes it the same way and answers with one JSON line.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Names of the pools the receiver holds.
+    Pools,
+    Status { pool: String },
+    List { pool: String },
+    Get { pool: String, property: String },
+    Set { pool: String, property: String, value: String },
+    Add { pool: String, devices: Vec<String> },
+    VolumeCreate { pool: String, volume: String, size: u64, block_size: u32 },
+    VolumeDestroy { pool: String, volume: String },
+    VolumeList { pool: String },
+    VolumeResize { pool: String, volume: String, size: u64 },
+    History { pool: String },
+    Verify { pool: String },
+    Checkpoint { pool: String },
+    DiscardCheckpoint { pool: String },
+    /// Stop serving the pool, sync it and mark its labels exported.
+    Export { pool: String },
+}
+
+impl Request {
+    /// The pool the request is about, when it is about one.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Request::Pools => None,
+            Request::Status { pool }
+            | Request::List { pool }
+            | Request::Get { pool, .. }
+            | Request::Set { pool, .. }
+            | Request::Add { pool, .. }
+            | Request::VolumeCreate { pool, .. }
+            | Request::VolumeDestroy { pool, .. }
+            | Request::VolumeList { pool }
+            | Request::VolumeResize { pool, .. }
+            | Request::History { pool }
+            | Request::Verify { pool }
+            | Request::Checkpoint { pool }
+            | Request::DiscardCheckpoint { pool }
+            | Request::Export { pool } => Some(pool),
+        }
+    }
+}
+
+/// The answer: a JSON value, or an error message in OpenZFS's wording.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok { value: Value },
+    Error { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json_lines() {
+        let req = Request::VolumeCreate {
+            pool: "tank".into(),
+            volume: "vol0".into(),
+            size: 1 << 30,
+            block_size: 4096,
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), req);
+        assert_eq!(req.pool(), Some("tank"));
+    }
+}

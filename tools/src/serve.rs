@@ -1,0 +1,225 @@
+//! `ringpool serve`: imports pools, exports every volume over NBD on the per-core reactors,
+//! answers the control socket, and on SIGINT or SIGTERM drains, syncs and exports.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use parking_lot::Mutex;
+use ringpool_driver::io::{ReactorConfig, ReactorSet};
+use ringpool_driver::nbd::{ExportBackend, Exports, NbdServer, NbdServerConfig};
+use ringpool_driver::pool::{ImportOptions, Pool, PoolOptions};
+use serde_json::json;
+
+use crate::cli::ServeArgs;
+use crate::exec::{self, VolumeHook};
+use crate::request::{Request, Response};
+use crate::statedir::{KnownPool, StateDir};
+use crate::{control, local};
+
+/// The embedded default: a pool `demo` on a sparse file with a volume `demo/vol0`.
+const DEMO_POOL: &str = "demo";
+const DEMO_FILE_SIZE: &str = "4G";
+const DEMO_VOLUME_SIZE: u64 = 1 << 30;
+
+/// The pools `serve` holds and the exports it publishes.
+struct Served {
+    pools: Mutex<BTreeMap<String, Arc<Pool>>>,
+    exports: Arc<Exports>,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served").field("pools", &self.pools.lock().keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl VolumeHook for Served {
+    fn volume_created(&self, pool: &Arc<Pool>, volume: &str) {
+        if let Err(e) = publish(&self.exports, pool, volume, self.read_only) {
+            tracing::warn!("cannot export {}/{volume}: {e:#}", pool.name());
+        }
+    }
+
+    fn volume_removed(&self, pool: &str, volume: &str) {
+        self.exports.remove(&format!("{pool}/{volume}"));
+    }
+}
+
+fn publish(exports: &Exports, pool: &Arc<Pool>, volume: &str, read_only: bool) -> Result<()> {
+    let vol = pool.open_volume(volume).map_err(|e| anyhow!("{e}"))?;
+    let backend: Arc<dyn ExportBackend> = Arc::new(ringpool_driver::pool::VolumeExport::new(vol));
+    exports
+        .add(&format!("{}/{volume}", pool.name()), backend, read_only)
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+impl Served {
+    fn handle(&self, req: Request) -> Response {
+        let result = match &req {
+            Request::Pools => Ok(json!(self.pools.lock().keys().cloned().collect::<Vec<_>>())),
+            Request::Export { pool } => self.export(pool).map(|()| json!({})),
+            other => {
+                let name = other.pool().unwrap_or_default().to_string();
+                let pool = self.pools.lock().get(&name).cloned();
+                match pool {
+                    Some(p) => exec::execute(&p, other, self),
+                    None => Err(anyhow!("cannot open '{name}': no such pool")),
+                }
+            }
+        };
+        match result {
+            Ok(value) => Response::Ok { value },
+            Err(e) => Response::Error { message: format!("{e:#}") },
+        }
+    }
+
+    /// Stops serving `name`: its exports go first (connections finish their requests), then
+    /// the pool syncs and its labels are marked exported.
+    fn export(&self, name: &str) -> Result<()> {
+        let Some(pool) = self.pools.lock().remove(name) else {
+            bail!("cannot export '{name}': no such pool");
+        };
+        for export in self.exports.names() {
+            if export.split_once('/').map(|(p, _)| p) == Some(name) {
+                self.exports.remove(&export);
+            }
+        }
+        // Connections may still hold volumes for a moment; wait for them to let go.
+        let mut pool = pool;
+        for _ in 0..200 {
+            match Arc::try_unwrap(pool) {
+                Ok(p) => return p.export().map_err(|e| anyhow!("cannot export '{name}': {e}")),
+                Err(p) => {
+                    pool = p;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        bail!("cannot export '{name}': pool is busy")
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts, so the main thread
+/// can take them with sigwait and shut down in order.
+fn block_signals() -> Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t for all three calls.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        bail!("cannot block signals: errno {rc}");
+    }
+    Ok(set)
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` and `sig` are valid for the duration of the call.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
+    let signals = block_signals()?;
+    if control::call(&state.control_socket(), &Request::Pools)?.is_some() {
+        bail!(
+            "another 'ringpool serve' already holds the pools of {} (its control socket answers)",
+            state.root().display()
+        );
+    }
+    let mut known = state.pools()?;
+    let mut names: Vec<String> = if args.pools.is_empty() {
+        known.keys().cloned().collect()
+    } else {
+        args.pools.clone()
+    };
+    if names.is_empty() {
+        let file = state.root().join("demo.img");
+        println!("no pool known: creating the demo pool '{DEMO_POOL}' on {} (sparse {DEMO_FILE_SIZE})", file.display());
+        local::create(state, DEMO_POOL, &[file], &[], Some(DEMO_FILE_SIZE), true)?;
+        known = state.pools()?;
+        names.push(DEMO_POOL.to_string());
+        let pool = local_open(&known, DEMO_POOL, 1)?;
+        pool.create_volume("vol0", DEMO_VOLUME_SIZE, 4096).map_err(|e| anyhow!("cannot create '{DEMO_POOL}/vol0': {e}"))?;
+        pool.export().map_err(|e| anyhow!("{e}"))?;
+    }
+    let reactors_n = args
+        .reactors
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let reactors = ReactorSet::start(ReactorConfig {
+        reactors: reactors_n,
+        pin: true,
+        ..Default::default()
+    })
+    .context("cannot start the reactors")?;
+    let served = Arc::new(Served {
+        pools: Mutex::new(BTreeMap::new()),
+        exports: Arc::new(Exports::new()),
+        read_only: args.read_only,
+    });
+    for name in &names {
+        let pool = Arc::new(local_open(&known, name, reactors_n)?);
+        for vol in pool.list_volumes() {
+            publish(&served.exports, &pool, &vol.name, args.read_only)?;
+        }
+        served.pools.lock().insert(name.clone(), pool);
+    }
+    let socket: PathBuf = args.socket.clone().unwrap_or_else(|| state.nbd_socket());
+    let mut server = NbdServer::start(
+        NbdServerConfig {
+            tcp: Some(args.listen),
+            unix: Some(socket.clone()),
+            ..Default::default()
+        },
+        Arc::clone(&served.exports),
+        &reactors,
+    )
+    .map_err(|e| anyhow!("cannot listen: {e}"))?;
+    let handler = Arc::clone(&served);
+    let _control = control::listen(&state.control_socket(), Arc::new(move |req| handler.handle(req)))?;
+    let addr = server.local_addr().unwrap_or(args.listen);
+    for export in served.exports.names() {
+        println!("serving nbd://{addr}/{export}  (also nbd+unix:///{export}?socket={})", socket.display());
+    }
+    println!("ready: {} pool(s), {} export(s); SIGINT or SIGTERM stops", names.len(), served.exports.len());
+    let sig = wait_for_signal(&signals);
+    tracing::info!("signal {sig}: draining connections, syncing and exporting");
+    server.shutdown();
+    std::fs::remove_file(state.control_socket()).ok();
+    let pools: Vec<String> = served.pools.lock().keys().cloned().collect();
+    let mut failed = false;
+    for name in pools {
+        if let Err(e) = served.export(&name) {
+            eprintln!("{e:#}");
+            failed = true;
+        }
+    }
+    reactors.shutdown();
+    if failed {
+        bail!("some pools did not export cleanly");
+    }
+    println!("all pools synced and exported");
+    Ok(())
+}
+
+fn local_open(known: &BTreeMap<String, KnownPool>, name: &str, shards: usize) -> Result<Pool> {
+    let Some(kp) = known.get(name) else {
+        bail!("cannot open '{name}': no such pool");
+    };
+    let opts = ImportOptions {
+        name: Some(name.to_string()),
+        pool: PoolOptions { shards, ..Default::default() },
+        ..Default::default()
+    };
+    Pool::import_paths(&kp.devices, &opts).map_err(|e| anyhow!("cannot open '{name}': {e}"))
+}
