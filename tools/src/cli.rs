@@ -149,7 +149,12 @@ pub enum VolumeCommand {
         #[arg(short = 's', long = "size", value_name = "SIZE")]
         size: String,
         /// Block size, 4K to 128K (power of two).
-        #[arg(short = 'b', long = "blocksize", value_name = "SIZE", default_value = "4K")]
+        #[arg(
+            short = 'b',
+            long = "blocksize",
+            value_name = "SIZE",
+            default_value = "4K"
+        )]
         block_size: String,
         name: String,
     },

@@ -26,11 +26,11 @@ impl VolumeHook for NoHook {
 }
 
 fn space_json(s: &SpaceInfo) -> Value {
-    let cap = if s.size == 0 {
-        0
-    } else {
-        s.allocated.saturating_mul(100) / s.size
-    };
+    let cap = s
+        .allocated
+        .saturating_mul(100)
+        .checked_div(s.size)
+        .unwrap_or(0);
     json!({
         "size": s.size,
         "allocated": s.allocated,
@@ -102,7 +102,10 @@ fn properties(pool: &Pool) -> Result<Vec<(String, Value)>> {
         ("capacity".to_string(), v["capacity"].clone()),
         ("health".to_string(), v["health"].clone()),
         ("guid".to_string(), v["guid"].clone()),
-        ("readonly".to_string(), json!(if pool.read_only() { "on" } else { "off" })),
+        (
+            "readonly".to_string(),
+            json!(if pool.read_only() { "on" } else { "off" }),
+        ),
     ];
     let dir = pool.directory().context("cannot read the pool directory")?;
     for (k, val) in dir.props {

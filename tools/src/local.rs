@@ -31,7 +31,10 @@ pub fn prepare_devices(devices: &[PathBuf], size: Option<&str>) -> Result<Vec<Pa
     for dev in devices {
         if !dev.exists() {
             let Some(size) = size else {
-                bail!("cannot open '{}': no such device or file (use --size to create a sparse file)", dev.display());
+                bail!(
+                    "cannot open '{}': no such device or file (use --size to create a sparse file)",
+                    dev.display()
+                );
             };
             let file = fs::OpenOptions::new()
                 .write(true)
@@ -41,7 +44,9 @@ pub fn prepare_devices(devices: &[PathBuf], size: Option<&str>) -> Result<Vec<Pa
             file.set_len(size)
                 .with_context(|| format!("cannot size '{}'", dev.display()))?;
         }
-        out.push(fs::canonicalize(dev).with_context(|| format!("cannot resolve '{}'", dev.display()))?);
+        out.push(
+            fs::canonicalize(dev).with_context(|| format!("cannot resolve '{}'", dev.display()))?,
+        );
     }
     Ok(out)
 }
@@ -62,7 +67,8 @@ fn parse_create_options(options: &[String]) -> Result<CreateOptions> {
                 if !s.is_power_of_two() {
                     bail!("metaslab_size must be a power of two");
                 }
-                let shift = u8::try_from(s.trailing_zeros()).map_err(|_| anyhow!("bad metaslab_size"))?;
+                let shift =
+                    u8::try_from(s.trailing_zeros()).map_err(|_| anyhow!("bad metaslab_size"))?;
                 opts.ms_shift = Some(shift);
             }
             _ => bail!("property '{k}' is not a valid pool property at creation"),
@@ -95,8 +101,10 @@ pub fn create(
             }
         }
     }
-    let pool = Pool::create_paths(name, &devices, &opts).map_err(|e| anyhow!("cannot create '{name}': {e}"))?;
-    pool.export().map_err(|e| anyhow!("cannot create '{name}': {e}"))?;
+    let pool = Pool::create_paths(name, &devices, &opts)
+        .map_err(|e| anyhow!("cannot create '{name}': {e}"))?;
+    pool.export()
+        .map_err(|e| anyhow!("cannot create '{name}': {e}"))?;
     state.set_pool(name, Some(KnownPool { devices }))?;
     Ok(())
 }
@@ -125,14 +133,13 @@ fn open(state: &StateDir, name: &str, read_only: bool) -> Result<Pool> {
 }
 
 /// Requests that change nothing open the pool read-only: a `status` writes no uberblock.
+/// (`get` and `history` read the directory through a sync task, which needs a writable pool.)
 fn is_read_only(req: &Request) -> bool {
     matches!(
         req,
         Request::Status { .. }
             | Request::List { .. }
-            | Request::Get { .. }
             | Request::VolumeList { .. }
-            | Request::History { .. }
             | Request::Verify { .. }
     )
 }
@@ -147,16 +154,20 @@ pub fn execute(state: &StateDir, req: &Request) -> Result<Response> {
     let pool = Arc::new(open(state, name, is_read_only(req))?);
     let result = exec::execute(&pool, req, &NoHook);
     let pool = Arc::try_unwrap(pool).map_err(|_| anyhow!("pool '{name}' still in use"))?;
-    pool.export().map_err(|e| anyhow!("cannot export '{name}': {e}"))?;
+    pool.export()
+        .map_err(|e| anyhow!("cannot export '{name}': {e}"))?;
     Ok(match result {
         Ok(value) => Response::Ok { value },
-        Err(e) => Response::Error { message: format!("{e:#}") },
+        Err(e) => Response::Error {
+            message: format!("{e:#}"),
+        },
     })
 }
 
 pub fn export(state: &StateDir, name: &str) -> Result<()> {
     let pool = open(state, name, false)?;
-    pool.export().map_err(|e| anyhow!("cannot export '{name}': {e}"))
+    pool.export()
+        .map_err(|e| anyhow!("cannot export '{name}': {e}"))
 }
 
 /// Device files in the search directories (or the known pools' devices).
@@ -169,7 +180,8 @@ fn candidates(state: &StateDir, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         return Ok(out);
     }
     for d in dirs {
-        let found = ringpool_driver::pool::scan_dir(d).map_err(|e| anyhow!("cannot search '{}': {e}", d.display()))?;
+        let found = ringpool_driver::pool::scan_dir(d)
+            .map_err(|e| anyhow!("cannot search '{}': {e}", d.display()))?;
         for f in found {
             out.push(fs::canonicalize(&f).unwrap_or(f));
         }
@@ -190,8 +202,16 @@ pub fn import(
     // Which devices hold which pool, from their labels (read without opening exclusively).
     let mut pools: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
     for d in &devices {
-        if let Some(h) = read_labels(d).unwrap_or_default().into_iter().flatten().max_by_key(|h| h.config_txg) {
-            pools.entry(h.pool_name.clone()).or_default().push(d.clone());
+        if let Some(h) = read_labels(d)
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .max_by_key(|h| h.config_txg)
+        {
+            pools
+                .entry(h.pool_name.clone())
+                .or_default()
+                .push(d.clone());
         }
     }
     let Some(name) = name else {
@@ -220,15 +240,21 @@ pub fn import(
         force,
         ..Default::default()
     };
-    let pool = Pool::import_paths(devs, &opts).map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
-    pool.export().map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
-    state.set_pool(name, Some(KnownPool { devices: devs.clone() }))?;
+    let pool =
+        Pool::import_paths(devs, &opts).map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
+    pool.export()
+        .map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
+    state.set_pool(
+        name,
+        Some(KnownPool {
+            devices: devs.clone(),
+        }),
+    )?;
     Ok(())
 }
 
 /// Polls the pool's status until no checkpoint is being discarded, with progress.
-pub fn wait_discard(state: &StateDir, pool: &str, status: impl Fn(&str) -> Result<Value>) -> Result<()> {
-    let _ = state;
+pub fn wait_discard(pool: &str, status: impl Fn(&str) -> Result<Value>) -> Result<()> {
     let tty = std::io::stderr().is_terminal();
     let mut bar: Option<indicatif::ProgressBar> = None;
     loop {
@@ -276,12 +302,15 @@ fn read_label_areas(path: &Path) -> Result<Vec<Option<LabelArea>>> {
         return Ok(vec![None; LABEL_COUNT]);
     };
     let mut out = Vec::new();
-    for (i, off) in layout.label_offsets().iter().enumerate() {
-        let _ = i;
+    for off in layout.label_offsets().iter() {
         let mut header = vec![0u8; LABEL_HEADER_AREA_SIZE];
         let mut ring = vec![0u8; usize::try_from(LABEL_RING_SIZE).unwrap_or(0)];
-        let ok = file.read_exact_at(&mut header, off + LABEL_HEADER_OFFSET).is_ok()
-            && file.read_exact_at(&mut ring, off + LABEL_RING_OFFSET).is_ok();
+        let ok = file
+            .read_exact_at(&mut header, off + LABEL_HEADER_OFFSET)
+            .is_ok()
+            && file
+                .read_exact_at(&mut ring, off + LABEL_RING_OFFSET)
+                .is_ok();
         if !ok {
             out.push(None);
             continue;
@@ -319,7 +348,9 @@ pub fn inspect(state: &StateDir, args: &InspectArgs) -> Result<()> {
                 continue;
             };
             let Some(h) = header else {
-                labels.push(json!({ "index": index, "offset": offset, "error": "no valid label header" }));
+                labels.push(
+                    json!({ "index": index, "offset": offset, "error": "no valid label header" }),
+                );
                 continue;
             };
             let slot = ringpool_ondisk::layout::uberblock_slot_size(h.ashift).unwrap_or(1024);
@@ -377,11 +408,18 @@ pub fn inspect(state: &StateDir, args: &InspectArgs) -> Result<()> {
                 }
             } else {
                 let n = l["uberblocks"].as_array().map_or(0, Vec::len);
-                let newest = l["uberblocks"].as_array().into_iter().flatten().filter_map(|u| u["txg"].as_u64()).max();
-                println!("    {n} valid uberblocks, newest txg {}", newest.map_or("-".into(), |t| t.to_string()));
+                let newest = l["uberblocks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|u| u["txg"].as_u64())
+                    .max();
+                println!(
+                    "    {n} valid uberblocks, newest txg {}",
+                    newest.map_or("-".into(), |t| t.to_string())
+                );
             }
         }
     }
-    let _ = nicenum;
     Ok(())
 }

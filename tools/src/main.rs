@@ -3,6 +3,7 @@
 mod cli;
 mod control;
 mod exec;
+mod export;
 mod local;
 mod output;
 mod request;
@@ -94,10 +95,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pool,
             devices,
         } => local::create(&state, &pool, &devices, &options, size.as_deref(), force)?,
-        Command::Add { size, pool, devices } => {
+        Command::Add {
+            size,
+            pool,
+            devices,
+        } => {
             let devices = local::prepare_devices(&devices, size.as_deref())?;
             let devs = devices.iter().map(|d| d.display().to_string()).collect();
-            ask(&state, Request::Add { pool: pool.clone(), devices: devs })?;
+            ask(
+                &state,
+                Request::Add {
+                    pool: pool.clone(),
+                    devices: devs,
+                },
+            )?;
             local::remember_added(&state, &pool, &devices)?;
         }
         Command::Import {
@@ -107,14 +118,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recover,
             force,
             pool,
-        } => local::import(&state, &dirs, pool.as_deref(), rewind_to_checkpoint, readonly, recover, force)?,
+        } => local::import(
+            &state,
+            &dirs,
+            pool.as_deref(),
+            rewind_to_checkpoint,
+            readonly,
+            recover,
+            force,
+        )?,
         Command::Export { pool } => {
-            if control::call(&state.control_socket(), &Request::Export { pool: pool.clone() })?.is_none() {
+            if control::call(
+                &state.control_socket(),
+                &Request::Export { pool: pool.clone() },
+            )?
+            .is_none()
+            {
                 local::export(&state, &pool)?;
             }
             state.set_pool(&pool, None)?;
         }
-        Command::Status { verbose, json, pool } => {
+        Command::Status {
+            verbose,
+            json,
+            pool,
+        } => {
             let pools = match pool {
                 Some(p) => vec![p],
                 None => all_pools(&state)?,
@@ -129,7 +157,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&Value::Array(values))?;
             } else {
-                let texts: Vec<String> = values.iter().map(|v| output::status(v, verbose)).collect();
+                let texts: Vec<String> =
+                    values.iter().map(|v| output::status(v, verbose)).collect();
                 print!("{}", texts.join("\n"));
             }
         }
@@ -154,18 +183,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let cols: Vec<String> = match columns {
                     Some(c) => {
-                        let cols: Vec<String> = c.split(',').map(|s| s.trim().to_lowercase()).collect();
-                        if let Some(bad) = cols.iter().find(|c| !output::LIST_COLUMNS.contains(&c.as_str())) {
+                        let cols: Vec<String> =
+                            c.split(',').map(|s| s.trim().to_lowercase()).collect();
+                        if let Some(bad) = cols
+                            .iter()
+                            .find(|c| !output::LIST_COLUMNS.contains(&c.as_str()))
+                        {
                             bail!("invalid property '{bad}'");
                         }
                         cols
                     }
-                    None => output::LIST_COLUMNS.iter().map(|s| (*s).to_string()).collect(),
+                    None => output::LIST_COLUMNS
+                        .iter()
+                        .map(|s| (*s).to_string())
+                        .collect(),
                 };
                 if values.is_empty() && !scripted {
                     println!("no pools available");
                 } else {
-                    print!("{}", output::list(&values, &cols, verbose, scripted, parsable));
+                    print!(
+                        "{}",
+                        output::list(&values, &cols, verbose, scripted, parsable)
+                    );
                 }
             }
         }
@@ -179,7 +218,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&v)?;
             } else {
-                print!("{}", output::get(v.as_array().map_or(&[][..], |a| a), false, parsable));
+                print!(
+                    "{}",
+                    output::get(v.as_array().map_or(&[][..], |a| a), false, parsable)
+                );
             }
         }
         Command::Set { assignment, pool } => {
@@ -188,17 +230,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             ask(
                 &state,
-                Request::Set { pool, property: property.to_string(), value: value.to_string() },
+                Request::Set {
+                    pool,
+                    property: property.to_string(),
+                    value: value.to_string(),
+                },
             )?;
         }
-        Command::Checkpoint { discard, wait, args } => {
+        Command::Checkpoint {
+            discard,
+            wait,
+            args,
+        } => {
             return checkpoint(&state, discard, wait, &args);
         }
         Command::Wait { activity, pool } => {
             if activity != "discard" {
                 bail!("invalid activity '{activity}': the activities are: discard");
             }
-            local::wait_discard(&state, &pool, |v| ask(&state, Request::Status { pool: v.to_string() }))?;
+            local::wait_discard(&pool, |v| {
+                ask(
+                    &state,
+                    Request::Status {
+                        pool: v.to_string(),
+                    },
+                )
+            })?;
         }
         Command::Volume(cmd) => volume(&state, cmd)?,
         Command::History { json, pool } => {
@@ -206,7 +263,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&v)?;
             } else {
-                print!("{}", output::history(&pool, v.as_array().map_or(&[][..], |a| a)));
+                print!(
+                    "{}",
+                    output::history(&pool, v.as_array().map_or(&[][..], |a| a))
+                );
             }
         }
         Command::Verify { json, pool } => {
@@ -217,7 +277,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else if clean {
                 println!("verify of '{pool}': no errors (every block pointer and checksum checked, space maps reconciled)");
             } else {
-                println!("verify of '{pool}' found problems:\n{}", v["report"].as_str().unwrap_or(""));
+                println!(
+                    "verify of '{pool}' found problems:\n{}",
+                    v["report"].as_str().unwrap_or("")
+                );
             }
             if !clean {
                 return Ok(ExitCode::FAILURE);
@@ -244,7 +307,14 @@ fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> R
     if discard {
         ask(state, Request::DiscardCheckpoint { pool: pool.clone() })?;
         if wait {
-            local::wait_discard(state, &pool, |v| ask(state, Request::Status { pool: v.to_string() }))?;
+            local::wait_discard(&pool, |v| {
+                ask(
+                    state,
+                    Request::Status {
+                        pool: v.to_string(),
+                    },
+                )
+            })?;
         }
     } else {
         ask(state, Request::Checkpoint { pool })?;
@@ -254,12 +324,25 @@ fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> R
 
 fn volume(state: &StateDir, cmd: VolumeCommand) -> Result<()> {
     match cmd {
-        VolumeCommand::Create { size, block_size, name } => {
+        VolumeCommand::Create {
+            size,
+            block_size,
+            name,
+        } => {
             let (pool, volume) = split_volume(&name)?;
             let size = size::parse_size(&size)?;
             let bs = size::parse_size(&block_size)?;
-            let block_size = u32::try_from(bs).map_err(|_| anyhow::anyhow!("block size too large"))?;
-            ask(state, Request::VolumeCreate { pool, volume, size, block_size })?;
+            let block_size =
+                u32::try_from(bs).map_err(|_| anyhow::anyhow!("block size too large"))?;
+            ask(
+                state,
+                Request::VolumeCreate {
+                    pool,
+                    volume,
+                    size,
+                    block_size,
+                },
+            )?;
         }
         VolumeCommand::Destroy { name } => {
             let (pool, volume) = split_volume(&name)?;
@@ -270,7 +353,12 @@ fn volume(state: &StateDir, cmd: VolumeCommand) -> Result<()> {
             let size = size::parse_size(&size)?;
             ask(state, Request::VolumeResize { pool, volume, size })?;
         }
-        VolumeCommand::List { scripted, parsable, json, pool } => {
+        VolumeCommand::List {
+            scripted,
+            parsable,
+            json,
+            pool,
+        } => {
             let pools = match pool {
                 Some(p) => vec![p],
                 None => all_pools(state)?,

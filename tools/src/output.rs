@@ -56,7 +56,13 @@ fn list_cell(pool_or_dev: &Value, col: &str, parsable: bool) -> String {
 }
 
 /// `list`: one row per pool (and per device with `-v`).
-pub fn list(pools: &[Value], columns: &[String], verbose: bool, scripted: bool, parsable: bool) -> String {
+pub fn list(
+    pools: &[Value],
+    columns: &[String],
+    verbose: bool,
+    scripted: bool,
+    parsable: bool,
+) -> String {
     let headers: Vec<(String, Align)> = columns
         .iter()
         .map(|c| {
@@ -106,8 +112,14 @@ fn format_time(secs: u64) -> String {
 /// `status`: zpool status's shape.
 pub fn status(pool: &Value, verbose: bool) -> String {
     let mut out = String::new();
-    out.push_str(&format!("  pool: {}\n", pool["name"].as_str().unwrap_or("?")));
-    out.push_str(&format!(" state: {}\n", pool["health"].as_str().unwrap_or("?")));
+    out.push_str(&format!(
+        "  pool: {}\n",
+        pool["name"].as_str().unwrap_or("?")
+    ));
+    out.push_str(&format!(
+        " state: {}\n",
+        pool["health"].as_str().unwrap_or("?")
+    ));
     out.push_str(&format!("   txg: {}\n", num(&pool["synced_txg"])));
     let ck = &pool["checkpoint"];
     match ck["state"].as_str() {
@@ -172,7 +184,9 @@ pub fn get(rows: &[Value], scripted: bool, parsable: bool) -> String {
     for r in rows {
         let prop = r["property"].as_str().unwrap_or("?");
         let value = match &r["value"] {
-            Value::Number(n) if !parsable && matches!(prop, "size" | "allocated" | "free" | "checkpoint") => {
+            Value::Number(n)
+                if !parsable && matches!(prop, "size" | "allocated" | "free" | "checkpoint") =>
+            {
                 let n = n.as_u64().unwrap_or(0);
                 if prop == "checkpoint" && n == 0 {
                     "-".to_string()
@@ -180,7 +194,9 @@ pub fn get(rows: &[Value], scripted: bool, parsable: bool) -> String {
                     nicenum(n)
                 }
             }
-            Value::Number(n) if !parsable && matches!(prop, "fragmentation" | "capacity") => format!("{n}%"),
+            Value::Number(n) if !parsable && matches!(prop, "fragmentation" | "capacity") => {
+                format!("{n}%")
+            }
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };

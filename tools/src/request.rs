@@ -12,21 +12,59 @@ use serde_json::Value;
 pub enum Request {
     /// Names of the pools the receiver holds.
     Pools,
-    Status { pool: String },
-    List { pool: String },
-    Get { pool: String, property: String },
-    Set { pool: String, property: String, value: String },
-    Add { pool: String, devices: Vec<String> },
-    VolumeCreate { pool: String, volume: String, size: u64, block_size: u32 },
-    VolumeDestroy { pool: String, volume: String },
-    VolumeList { pool: String },
-    VolumeResize { pool: String, volume: String, size: u64 },
-    History { pool: String },
-    Verify { pool: String },
-    Checkpoint { pool: String },
-    DiscardCheckpoint { pool: String },
+    Status {
+        pool: String,
+    },
+    List {
+        pool: String,
+    },
+    Get {
+        pool: String,
+        property: String,
+    },
+    Set {
+        pool: String,
+        property: String,
+        value: String,
+    },
+    Add {
+        pool: String,
+        devices: Vec<String>,
+    },
+    VolumeCreate {
+        pool: String,
+        volume: String,
+        size: u64,
+        block_size: u32,
+    },
+    VolumeDestroy {
+        pool: String,
+        volume: String,
+    },
+    VolumeList {
+        pool: String,
+    },
+    VolumeResize {
+        pool: String,
+        volume: String,
+        size: u64,
+    },
+    History {
+        pool: String,
+    },
+    Verify {
+        pool: String,
+    },
+    Checkpoint {
+        pool: String,
+    },
+    DiscardCheckpoint {
+        pool: String,
+    },
     /// Stop serving the pool, sync it and mark its labels exported.
-    Export { pool: String },
+    Export {
+        pool: String,
+    },
 }
 
 impl Request {

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::cli::ServeArgs;
 use crate::exec::{self, VolumeHook};
+use crate::export::VolumeExport;
 use crate::request::{Request, Response};
 use crate::statedir::{KnownPool, StateDir};
 use crate::{control, local};
@@ -33,7 +34,9 @@ struct Served {
 
 impl std::fmt::Debug for Served {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Served").field("pools", &self.pools.lock().keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Served")
+            .field("pools", &self.pools.lock().keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -51,7 +54,7 @@ impl VolumeHook for Served {
 
 fn publish(exports: &Exports, pool: &Arc<Pool>, volume: &str, read_only: bool) -> Result<()> {
     let vol = pool.open_volume(volume).map_err(|e| anyhow!("{e}"))?;
-    let backend: Arc<dyn ExportBackend> = Arc::new(ringpool_driver::pool::VolumeExport::new(vol));
+    let backend: Arc<dyn ExportBackend> = Arc::new(VolumeExport::new(vol, pool.name()));
     exports
         .add(&format!("{}/{volume}", pool.name()), backend, read_only)
         .map_err(|e| anyhow!("{e}"))?;
@@ -74,7 +77,9 @@ impl Served {
         };
         match result {
             Ok(value) => Response::Ok { value },
-            Err(e) => Response::Error { message: format!("{e:#}") },
+            Err(e) => Response::Error {
+                message: format!("{e:#}"),
+            },
         }
     }
 
@@ -93,7 +98,11 @@ impl Served {
         let mut pool = pool;
         for _ in 0..200 {
             match Arc::try_unwrap(pool) {
-                Ok(p) => return p.export().map_err(|e| anyhow!("cannot export '{name}': {e}")),
+                Ok(p) => {
+                    return p
+                        .export()
+                        .map_err(|e| anyhow!("cannot export '{name}': {e}"))
+                }
                 Err(p) => {
                     pool = p;
                     std::thread::sleep(Duration::from_millis(50));
@@ -145,12 +154,16 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     };
     if names.is_empty() {
         let file = state.root().join("demo.img");
-        println!("no pool known: creating the demo pool '{DEMO_POOL}' on {} (sparse {DEMO_FILE_SIZE})", file.display());
+        println!(
+            "no pool known: creating the demo pool '{DEMO_POOL}' on {} (sparse {DEMO_FILE_SIZE})",
+            file.display()
+        );
         local::create(state, DEMO_POOL, &[file], &[], Some(DEMO_FILE_SIZE), true)?;
         known = state.pools()?;
         names.push(DEMO_POOL.to_string());
         let pool = local_open(&known, DEMO_POOL, 1)?;
-        pool.create_volume("vol0", DEMO_VOLUME_SIZE, 4096).map_err(|e| anyhow!("cannot create '{DEMO_POOL}/vol0': {e}"))?;
+        pool.create_volume("vol0", DEMO_VOLUME_SIZE, 4096)
+            .map_err(|e| anyhow!("cannot create '{DEMO_POOL}/vol0': {e}"))?;
         pool.export().map_err(|e| anyhow!("{e}"))?;
     }
     let reactors_n = args
@@ -186,12 +199,22 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     )
     .map_err(|e| anyhow!("cannot listen: {e}"))?;
     let handler = Arc::clone(&served);
-    let _control = control::listen(&state.control_socket(), Arc::new(move |req| handler.handle(req)))?;
+    let _control = control::listen(
+        &state.control_socket(),
+        Arc::new(move |req| handler.handle(req)),
+    )?;
     let addr = server.local_addr().unwrap_or(args.listen);
     for export in served.exports.names() {
-        println!("serving nbd://{addr}/{export}  (also nbd+unix:///{export}?socket={})", socket.display());
+        println!(
+            "serving nbd://{addr}/{export}  (also nbd+unix:///{export}?socket={})",
+            socket.display()
+        );
     }
-    println!("ready: {} pool(s), {} export(s); SIGINT or SIGTERM stops", names.len(), served.exports.len());
+    println!(
+        "ready: {} pool(s), {} export(s); SIGINT or SIGTERM stops",
+        names.len(),
+        served.exports.len()
+    );
     let sig = wait_for_signal(&signals);
     tracing::info!("signal {sig}: draining connections, syncing and exporting");
     server.shutdown();
@@ -204,6 +227,7 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
             failed = true;
         }
     }
+    let mut reactors = reactors;
     reactors.shutdown();
     if failed {
         bail!("some pools did not export cleanly");
@@ -218,7 +242,10 @@ fn local_open(known: &BTreeMap<String, KnownPool>, name: &str, shards: usize) ->
     };
     let opts = ImportOptions {
         name: Some(name.to_string()),
-        pool: PoolOptions { shards, ..Default::default() },
+        pool: PoolOptions {
+            shards,
+            ..Default::default()
+        },
         ..Default::default()
     };
     Pool::import_paths(&kp.devices, &opts).map_err(|e| anyhow!("cannot open '{name}': {e}"))

@@ -54,7 +54,7 @@ pub fn nicenum(bytes: u64) -> String {
         index += 1;
     }
     let unit = UNITS[index];
-    if bytes % (1u64 << (10 * index)) == 0 {
+    if bytes.is_multiple_of(1u64 << (10 * index)) {
         return format!("{}{unit}", bytes >> (10 * index));
     }
     if value < 10.0 {

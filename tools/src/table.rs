@@ -17,7 +17,10 @@ pub struct Table {
 impl Table {
     pub fn new(headers: &[(&str, Align)]) -> Self {
         Table {
-            headers: headers.iter().map(|(h, a)| ((*h).to_string(), *a)).collect(),
+            headers: headers
+                .iter()
+                .map(|(h, a)| ((*h).to_string(), *a))
+                .collect(),
             rows: Vec::new(),
         }
     }

@@ -1,0 +1,370 @@
+//! End-to-end tests of the `ringpool` binary in a temporary state directory.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        // Under /tmp (ext4): the pool opens its devices with O_DIRECT.
+        let dir = tempfile::Builder::new()
+            .prefix("ringpool-cli")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Env { dir }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ringpool"));
+        c.env("RINGPOOL_STATE_DIR", self.state())
+            .env("RINGPOOL_LOG", "warn")
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ringpool {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "ringpool {args:?} unexpectedly succeeded"
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `ringpool serve`; SIGKILLed if a test fails before stopping it.
+struct Serve {
+    child: Option<Child>,
+    lines: Vec<String>,
+}
+
+impl Serve {
+    fn start(env: &Env, port: u16, extra: &[&str]) -> Serve {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["serve", "--listen", &listen, "--reactors", "2"];
+        args.extend_from_slice(extra);
+        let mut child = env
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "serve exited before it was ready: {lines:?}");
+            lines.push(line.trim_end().to_string());
+            if line.starts_with("ready:") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "serve not ready: {lines:?}");
+        }
+        // Keep draining stdout so serve never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Serve {
+            child: Some(child),
+            lines,
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: kill has no memory effects; `pid` is our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+fn qemu_io(url: &str, cmds: &[&str]) -> Output {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c.arg(url).output().unwrap()
+}
+
+fn assert_qemu_io(url: &str, cmds: &[&str]) {
+    let out = qemu_io(url, cmds);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success()
+            && !text.contains("Pattern verification failed")
+            && !text.contains("failed"),
+        "qemu-io {cmds:?}: {text}"
+    );
+}
+
+#[test]
+fn pool_and_volume_lifecycle() {
+    let env = Env::new();
+    let dev = env.path("d1.img");
+    let dev_s = dev.to_str().unwrap();
+    assert!(env
+        .fails(&["create", "tank", dev_s])
+        .contains("no such device"));
+    env.ok(&["create", "--size", "512M", "tank", dev_s]);
+    assert!(env
+        .fails(&["create", "--size", "512M", "tank", dev_s])
+        .contains("already exists"));
+    let other = env.path("d2.img");
+    std::fs::copy(&dev, &other).ok();
+    assert!(env
+        .fails(&["create", "tank2", other.to_str().unwrap()])
+        .contains("is part of pool"));
+
+    let list = env.json(&["list", "--json"]);
+    assert_eq!(list[0]["name"], "tank");
+    let size = list[0]["size"].as_u64().unwrap();
+    assert!(size > 400 << 20 && size < 512 << 20, "size {size}");
+    let text = env.ok(&["list"]);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("CKPOINT") && text.contains("ONLINE"));
+    let scripted = env.ok(&["list", "-H", "-p", "-o", "name,size"]);
+    assert_eq!(scripted.trim(), format!("tank\t{size}"));
+    assert!(env
+        .fails(&["list", "-o", "bogus"])
+        .contains("invalid property"));
+
+    env.ok(&["volume", "create", "-s", "64M", "tank/vol0"]);
+    env.ok(&["volume", "create", "-s", "32M", "-b", "16K", "tank/vol1"]);
+    assert!(env
+        .fails(&["volume", "create", "-s", "64M", "tank/vol0"])
+        .contains("cannot create"));
+    assert!(env
+        .fails(&["volume", "create", "-s", "64M", "novol"])
+        .contains("POOL/VOLUME"));
+    assert!(env
+        .fails(&["volume", "create", "-s", "1M", "-b", "3K", "tank/bad"])
+        .contains("cannot create"));
+    let vols = env.json(&["volume", "list", "--json"]);
+    assert_eq!(vols.as_array().unwrap().len(), 2);
+    assert_eq!(vols[1]["block_size"], 16384);
+    env.ok(&["volume", "resize", "-s", "128M", "tank/vol0"]);
+    let vols = env.json(&["volume", "list", "--json", "tank"]);
+    assert_eq!(vols[0]["size"], 128u64 << 20);
+    env.ok(&["volume", "destroy", "tank/vol1"]);
+    assert!(env
+        .fails(&["volume", "destroy", "tank/vol1"])
+        .contains("cannot destroy"));
+
+    env.ok(&["set", "comment=hello", "tank"]);
+    let got = env.json(&["get", "--json", "comment", "tank"]);
+    assert_eq!(got[0]["value"], "hello");
+    let all = env.json(&["get", "--json", "all", "tank"]);
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["property"] == "checkpoint"));
+    assert!(env
+        .fails(&["get", "nosuchprop", "tank"])
+        .contains("invalid property"));
+    let history = env.json(&["history", "--json", "tank"]);
+    assert!(history.as_array().unwrap().len() >= 4, "{history}");
+    let status = env.json(&["status", "--json", "tank"]);
+    assert_eq!(status[0]["health"], "ONLINE");
+    assert_eq!(status[0]["checkpoint"]["state"], "none");
+    assert!(env.ok(&["status", "tank"]).contains("pool: tank"));
+    let verify = env.json(&["verify", "--json", "tank"]);
+    assert_eq!(verify["clean"], true, "{verify}");
+    assert!(env
+        .ok(&["inspect", "labels", "tank"])
+        .contains("pool 'tank'"));
+
+    assert!(env.fails(&["status", "nope"]).contains("no such pool"));
+    assert!(env.fails(&["checkpoint"]).contains("missing pool argument"));
+    assert!(env
+        .fails(&["checkpoint", "-w", "tank"])
+        .contains("--wait only valid"));
+    assert!(env
+        .fails(&["checkpoint", "tank", "extra"])
+        .contains("too many arguments"));
+    assert!(env
+        .fails(&["checkpoint", "tank/vol0"])
+        .contains("doesn't work on volumes"));
+
+    env.ok(&["export", "tank"]);
+    assert!(env.fails(&["status", "tank"]).contains("no such pool"));
+    let listing = env.ok(&["import", "-d", env.dir.path().to_str().unwrap()]);
+    assert!(listing.contains("pool: tank"), "{listing}");
+    assert!(env
+        .fails(&["import", "-d", env.dir.path().to_str().unwrap(), "other"])
+        .contains("no such pool"));
+    env.ok(&["import", "-d", env.dir.path().to_str().unwrap(), "tank"]);
+    let vols = env.json(&["volume", "list", "--json", "tank"]);
+    assert_eq!(vols[0]["name"], "tank/vol0");
+    assert_eq!(env.json(&["verify", "--json", "tank"])["clean"], true);
+}
+
+#[test]
+fn serve_exports_volumes_and_answers_the_control_socket() {
+    if !have("qemu-io") || !have("nbdinfo") {
+        eprintln!("skipping: qemu-io or nbdinfo missing (ci/run installs them)");
+        return;
+    }
+    let env = Env::new();
+    let dev = env.path("d1.img");
+    env.ok(&["create", "--size", "512M", "tank", dev.to_str().unwrap()]);
+    env.ok(&["volume", "create", "-s", "64M", "tank/vol0"]);
+    let port = free_port();
+    let serve = Serve::start(&env, port, &[]);
+    assert!(
+        serve
+            .lines
+            .iter()
+            .any(|l| l.contains(&format!("nbd://127.0.0.1:{port}/tank/vol0"))),
+        "{:?}",
+        serve.lines
+    );
+    let url = format!("nbd://127.0.0.1:{port}/tank/vol0");
+    assert_qemu_io(
+        &url,
+        &[
+            "write -P 0x5a 0 1M",
+            "write -P 0x33 8M 64k",
+            "flush",
+            "read -P 0x5a 0 1M",
+        ],
+    );
+
+    // While serve holds the pool, commands go through its control socket.
+    let again = Command::new(env!("CARGO_BIN_EXE_ringpool"))
+        .env("RINGPOOL_STATE_DIR", env.state())
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already"),
+        "{again:?}"
+    );
+    env.ok(&["volume", "create", "-s", "16M", "tank/vol1"]);
+    let info = Command::new("nbdinfo")
+        .args(["--list", "--json", &format!("nbd://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    let names: Vec<&str> = info["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["export-name"].as_str())
+        .collect();
+    assert!(names.contains(&"tank/vol1"), "{names:?}");
+    let list = env.json(&["list", "--json", "tank"]);
+    assert!(list[0]["allocated"].as_u64().unwrap() >= 1 << 20);
+    assert_eq!(env.json(&["verify", "--json", "tank"])["clean"], true);
+    // Trimmed ranges become holes in the block status map.
+    assert_qemu_io(&url, &["discard 0 1M"]);
+    let map = Command::new("nbdinfo")
+        .args(["--map", &url])
+        .output()
+        .unwrap();
+    let map = String::from_utf8_lossy(&map.stdout);
+    assert!(
+        map.lines().next().is_some_and(|l| l.contains("hole")),
+        "{map}"
+    );
+
+    let status = serve.stop();
+    assert!(status.success(), "serve exit {status:?}");
+    // The pool was synced and exported: it opens, verifies clean, and the data is there.
+    assert_eq!(env.json(&["verify", "--json", "tank"])["clean"], true);
+    let serve = Serve::start(&env, port, &[]);
+    assert_qemu_io(&url, &["read -P 0 0 1M", "read -P 0x33 8M 64k"]);
+    assert!(serve.stop().success());
+}
+
+#[test]
+fn serve_creates_the_demo_pool_when_none_is_known() {
+    let env = Env::new();
+    let port = free_port();
+    let serve = Serve::start(&env, port, &[]);
+    assert!(
+        serve
+            .lines
+            .iter()
+            .any(|l| l.contains(&format!("nbd://127.0.0.1:{port}/demo/vol0"))),
+        "{:?}",
+        serve.lines
+    );
+    let vols = env.json(&["volume", "list", "--json", "demo"]);
+    assert_eq!(vols[0]["size"], 1u64 << 30);
+    assert!(serve.stop().success());
+    let demo = env.state().join("demo.img");
+    assert_eq!(std::fs::metadata(&demo).unwrap().len(), 4 << 30);
+    assert_eq!(env.json(&["verify", "--json", "demo"])["clean"], true);
+}
