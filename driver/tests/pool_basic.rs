@@ -1,5 +1,12 @@
 //! End-to-end pool tests on the in-memory engine: lifecycle, volumes, accounting, verify.
 
+// Test arithmetic on small in-memory sizes: the casts cannot truncate here.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::type_complexity
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -11,6 +11,13 @@
 //! `RINGPOOL_CRASH_SEED=<n>` replays one workload seed; `RINGPOOL_CRASH_IMAGES=<n>` sets the
 //! number of crash images per seed (default 560, four seeds = 2240 images).
 
+// Test arithmetic on small in-memory sizes: the casts cannot truncate here.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::type_complexity
+)]
+
 mod pool_common;
 
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
 //! Helpers shared by the pool test binaries.
-#![allow(dead_code)]
+// Test arithmetic on small in-memory sizes: the casts cannot truncate here.
+#![allow(dead_code, clippy::cast_possible_truncation)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
