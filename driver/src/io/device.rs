@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::io::error::{IoError, OpKind};
 use crate::io::ops::FileRef;
@@ -102,6 +102,8 @@ pub struct Device {
     id: u64,
     /// Reactors whose rings hold this device as a fixed file (released on drop).
     registrations: FileRegistrations,
+    /// Cleared once the ring's block discard command was refused (old kernel).
+    uring_discard: AtomicBool,
 }
 
 impl Drop for Device {
@@ -337,6 +339,7 @@ impl Device {
             read_only: opts.read_only,
             id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
             registrations: FileRegistrations::default(),
+            uring_discard: AtomicBool::new(true),
         })
     }
 
@@ -411,6 +414,16 @@ impl Device {
             op,
             errno,
         }
+    }
+
+    /// Whether discards may try the ring's block uring_cmd first.
+    pub(crate) fn uring_discard_usable(&self) -> bool {
+        self.uring_discard.load(Ordering::Relaxed)
+    }
+
+    /// The ring refused the block discard command; use the ioctl from now on.
+    pub(crate) fn disable_uring_discard(&self) {
+        self.uring_discard.store(false, Ordering::Relaxed);
     }
 
     /// Blocking discard of `[offset, offset+len)`: BLKDISCARD or a hole punch.

@@ -30,8 +30,9 @@ pub use engine::{
 pub use error::{IoError, OpKind};
 pub use notify::{Notified, Notify};
 pub use ops::{
-    accept, connect, fallocate, fsync, read_at, read_exact_at, recv, recv_exact_into, recv_into,
-    send, send_all, send_all_vectored, send_range, send_vectored, write_all_at, write_at, FileRef,
+    accept, block_discard, connect, fallocate, fsync, read_at, read_exact_at, recv,
+    recv_exact_into, recv_into, send, send_all, send_all_vectored, send_range, send_vectored,
+    write_all_at, write_at, FileRef,
 };
 pub use reactor::{
     block_on, current_reactor_index, in_reactor, reactor_stats, ring_info, spawn_local,

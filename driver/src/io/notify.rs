@@ -6,14 +6,21 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+/// `Waiter::notified` values.
+const NOT_NOTIFIED: u8 = 0;
+/// Chosen by `notify_one`: must be passed on if the waiter goes away without observing it.
+const NOTIFIED_ONE: u8 = 1;
+/// Woken by `notify_waiters`: nothing to pass on.
+const NOTIFIED_ALL: u8 = 2;
+
 struct Waiter {
-    notified: AtomicBool,
+    notified: AtomicU8,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -51,7 +58,7 @@ impl Notify {
             let mut st = self.state.lock();
             match st.waiters.pop_front() {
                 Some(w) => {
-                    w.notified.store(true, Ordering::SeqCst);
+                    w.notified.store(NOTIFIED_ONE, Ordering::SeqCst);
                     w
                 }
                 None => {
@@ -70,7 +77,7 @@ impl Notify {
     pub fn notify_waiters(&self) {
         let all: Vec<Arc<Waiter>> = self.state.lock().waiters.drain(..).collect();
         for w in all {
-            w.notified.store(true, Ordering::SeqCst);
+            w.notified.store(NOTIFIED_ALL, Ordering::SeqCst);
             let k = w.waker.lock().take();
             if let Some(k) = k {
                 k.wake();
@@ -120,7 +127,7 @@ impl Future for Notified<'_> {
                     return Poll::Ready(());
                 }
                 let w = Arc::new(Waiter {
-                    notified: AtomicBool::new(false),
+                    notified: AtomicU8::new(NOT_NOTIFIED),
                     waker: Mutex::new(Some(cx.waker().clone())),
                 });
                 st.waiters.push_back(Arc::clone(&w));
@@ -129,13 +136,13 @@ impl Future for Notified<'_> {
                 Poll::Pending
             }
             Some(w) => {
-                if w.notified.load(Ordering::SeqCst) {
+                if w.notified.load(Ordering::SeqCst) != NOT_NOTIFIED {
                     self.done = true;
                     return Poll::Ready(());
                 }
                 *w.waker.lock() = Some(cx.waker().clone());
                 // Re-check: a notification may have raced with the waker update.
-                if w.notified.load(Ordering::SeqCst) {
+                if w.notified.load(Ordering::SeqCst) != NOT_NOTIFIED {
                     self.done = true;
                     return Poll::Ready(());
                 }
@@ -154,12 +161,61 @@ impl Drop for Notified<'_> {
             return;
         }
         let mut st = self.notify.state.lock();
-        if w.notified.load(Ordering::SeqCst) {
-            // We were chosen by notify_one but never observed it: pass it on.
-            drop(st);
-            self.notify.notify_one();
-        } else {
-            st.waiters.retain(|x| !Arc::ptr_eq(x, &w));
+        match w.notified.load(Ordering::SeqCst) {
+            NOT_NOTIFIED => st.waiters.retain(|x| !Arc::ptr_eq(x, &w)),
+            NOTIFIED_ONE => {
+                // Chosen by notify_one but never observed: pass the notification on.
+                drop(st);
+                self.notify.notify_one();
+            }
+            _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn poll(n: &mut Pin<&mut Notified<'_>>) -> bool {
+        n.as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    #[test]
+    fn permit_and_handoff() {
+        let n = Notify::new();
+        n.notify_one();
+        let mut a = std::pin::pin!(n.notified());
+        assert!(poll(&mut a), "stored permit consumed");
+        let mut b = std::pin::pin!(n.notified());
+        assert!(!poll(&mut b));
+        n.notify_waiters();
+        assert!(poll(&mut b));
+        // notify_waiters stores no permit.
+        let mut c = std::pin::pin!(n.notified());
+        assert!(!poll(&mut c));
+        {
+            let d = n.notified();
+            let mut d = std::pin::pin!(d);
+            assert!(!poll(&mut d));
+            // c is first in line: notify_one picks c.
+            n.notify_one();
+            assert!(!poll(&mut d));
+        }
+        assert!(poll(&mut c));
+        // A chosen waiter dropped without observing passes its notification on.
+        let e = Box::pin(n.notified());
+        let mut e = e;
+        assert!(e
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending());
+        n.notify_one();
+        drop(e);
+        let mut f = std::pin::pin!(n.notified());
+        assert!(poll(&mut f), "handed-off notification becomes a permit");
     }
 }

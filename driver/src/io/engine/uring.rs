@@ -94,7 +94,24 @@ impl BlockEngine for UringEngine {
                 });
             }
             if dev.geometry().is_block_device {
-                // BLKDISCARD has no ring opcode before block uring_cmd; issue it inline.
+                if dev.uring_discard_usable() {
+                    match ops::block_discard(dev.ring_file(), offset, len).await {
+                        Ok(()) => return Ok(()),
+                        Err(IoError::Os {
+                            errno: libc::EINVAL | libc::ENOTTY | libc::EOPNOTSUPP,
+                            ..
+                        }) => {
+                            // Kernel without block uring_cmd (or a device refusing it):
+                            // remember, and use the ioctl.
+                            dev.disable_uring_discard();
+                        }
+                        Err(IoError::Os { errno, .. }) => {
+                            return Err(dev.discard_err(offset, errno))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                // BLKDISCARD ioctl, issued inline (it blocks this reactor while it runs).
                 return dev.discard_blocking(offset, len);
             }
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
