@@ -334,12 +334,13 @@ impl Job {
             record(&mut iv.hist, ns);
         }
         self.last_done.set(done);
-        if start < self.measure_from {
-            return;
-        }
         let mut st = self.stats.borrow_mut();
         if !ok {
+            // Errors count even during the ramp: a run with failed I/O is not clean.
             st.io_errors += 1;
+            return;
+        }
+        if start < self.measure_from {
             return;
         }
         match kind {
@@ -439,7 +440,7 @@ async fn worker(job: Rc<Job>, max_bs: usize) {
         };
         b = nb;
         let done = Instant::now();
-        let mut ok = r.is_ok();
+        let io_ok = r.is_ok();
         if let Err(e) = &r {
             let what = if kind == OpKind::Read {
                 "read"
@@ -451,11 +452,10 @@ async fn worker(job: Rc<Job>, max_bs: usize) {
         if let Some(v) = &job.verifier {
             let mut v = v.borrow_mut();
             match kind {
-                OpKind::Write => v.write_done(off, len, gen, ok),
-                OpKind::Read if ok => {
+                OpKind::Write => v.write_done(off, len, gen, io_ok),
+                OpKind::Read if io_ok => {
                     let bad = v.check_read(&b[..], off);
                     if !bad.is_empty() {
-                        ok = false;
                         job.stats.borrow_mut().verify_errors +=
                             u64::try_from(bad.len()).unwrap_or(1);
                         for m in bad {
@@ -467,10 +467,9 @@ async fn worker(job: Rc<Job>, max_bs: usize) {
             }
             v.set_busy(off, len, false);
         }
-        // A verify failure is a data error, not an I/O error: count the I/O's latency normally.
-        let io_ok = r.is_ok();
+        // A verify failure is a data error, counted above; the I/O itself completed, so its
+        // latency is recorded like any other.
         job.complete(kind, start, done, len, io_ok);
-        let _ = ok;
         if kind == OpKind::Write && job.flush_every > 0 {
             let n = job.writes.get() + 1;
             job.writes.set(n);
