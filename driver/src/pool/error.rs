@@ -92,6 +92,19 @@ pub enum PoolError {
     /// A feature or state makes the operation impossible (checkpoint exists, ...).
     #[error("{0}")]
     Busy(String),
+    /// Checkpoint create while one exists (OpenZFS ZFS_ERR_CHECKPOINT_EXISTS).
+    #[error("checkpoint exists")]
+    CheckpointExists,
+    /// Checkpoint create/discard (or a refused config change) while a discard runs
+    /// (ZFS_ERR_DISCARDING_CHECKPOINT).
+    #[error("currently discarding checkpoint")]
+    DiscardingCheckpoint,
+    /// Discard or rewind without a checkpoint (ZFS_ERR_NO_CHECKPOINT).
+    #[error("checkpoint does not exist")]
+    NoCheckpoint,
+    /// A device too large for a checkpoint space map to address (ZFS_ERR_VDEV_TOO_BIG).
+    #[error("device exceeds supported size")]
+    DeviceTooBig,
     /// An invariant of the pool was broken: a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Internal(String),
@@ -119,6 +132,10 @@ impl PoolError {
             PoolError::InUse { .. } | PoolError::Busy(_) => libc::EBUSY,
             PoolError::ReadOnly => libc::EROFS,
             PoolError::Suspended(e) => *e,
+            PoolError::CheckpointExists => libc::EEXIST,
+            PoolError::DiscardingCheckpoint => libc::EBUSY,
+            PoolError::NoCheckpoint => libc::ENOENT,
+            PoolError::DeviceTooBig => libc::EFBIG,
         }
     }
 

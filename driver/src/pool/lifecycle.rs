@@ -93,6 +93,8 @@ pub struct ImportOptions {
     pub max_txg: Option<u64>,
     /// On a load failure, retry with older uberblocks (`-F`).
     pub rewind: bool,
+    /// Rewind to the pool checkpoint (`--rewind-to-checkpoint`; with `read_only`, a preview).
+    pub rewind_to_checkpoint: bool,
 }
 
 fn hostname() -> String {
@@ -533,7 +535,12 @@ pub(crate) async fn import(
     }
     let mut last_err = None;
     for ub in ubs.iter() {
-        match load(&config, &vdevs, *ub, opts).await {
+        let r = if opts.rewind_to_checkpoint {
+            super::checkpoint::rewind_load(&config, &vdevs, *ub, opts).await
+        } else {
+            load(&config, &vdevs, *ub, opts).await
+        };
+        match r {
             Ok(r) => return Ok(r),
             Err(e) => {
                 tracing::warn!(
@@ -541,8 +548,9 @@ pub(crate) async fn import(
                     "loading pool '{}' failed: {e}",
                     config.pool_name
                 );
+                let fatal = matches!(e, PoolError::NoCheckpoint);
                 last_err = Some(e);
-                if !opts.rewind {
+                if !opts.rewind || fatal {
                     break;
                 }
             }
@@ -552,7 +560,7 @@ pub(crate) async fn import(
 }
 
 /// Loads the pool state from `ub`.
-async fn load(
+pub(crate) async fn load(
     config: &LabelHeader,
     vdevs: &[Arc<Vdev>],
     ub: Uberblock,

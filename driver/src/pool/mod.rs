@@ -9,7 +9,9 @@
 
 pub mod blocklock;
 pub mod cache;
+pub mod checkpoint;
 pub mod directory;
+pub mod discard;
 pub mod error;
 pub mod join;
 pub mod lifecycle;
@@ -34,6 +36,7 @@ use ringpool_ondisk::uberblock::Uberblock;
 
 use crate::io::engine::BlockEngine;
 
+pub use checkpoint::{CheckpointState, CheckpointStatus};
 pub use error::{PoolError, Result};
 pub use lifecycle::{CreateOptions, FoundPool, ImportOptions, PoolOptions, TXG_INITIAL};
 pub use syncer::{SyncCtx, SyncState, SyncTask};
@@ -190,10 +193,12 @@ impl Pool {
         let sh = Arc::clone(&shared);
         let cfg = opts.reactor.clone();
         let read_only = shared.read_only;
+        let ck = checkpoint::state_of(st.directory()).unwrap_or_default();
         let thread = std::thread::Builder::new()
             .name(format!("txg-{}", shared.name))
             .spawn(move || sync_thread(sh, st, cfg, read_only))
             .ok();
+        checkpoint::on_start(&shared, ck);
         Pool {
             shared,
             thread: Mutex::new(thread),
@@ -576,6 +581,7 @@ impl Pool {
         let Some(t) = self.thread.lock().take() else {
             return Ok(());
         };
+        checkpoint::on_close(&self.shared);
         self.shared.exporting.store(export, Ordering::SeqCst);
         self.shared.txg.shutdown();
         let _ = t.join();
@@ -589,6 +595,7 @@ impl Pool {
     /// crash looks like to the devices (tests).
     pub fn abandon(self) {
         self.shared.txg.sync_failed(libc::ESHUTDOWN);
+        checkpoint::on_close(&self.shared);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }

@@ -61,6 +61,8 @@ pub struct Shared {
     pub(crate) exporting: std::sync::atomic::AtomicBool,
     /// Overwritten blocks whose txg closed before their readers finished.
     pub(crate) late_frees: Mutex<Vec<(Dva, u64)>>,
+    /// Checkpoint state mirror and discard reactor.
+    pub(crate) ckpt: super::checkpoint::CkptShared,
     next_shard: AtomicUsize,
 }
 
@@ -105,6 +107,7 @@ impl Shared {
                 last_ub: Mutex::new(None),
                 exporting: std::sync::atomic::AtomicBool::new(false),
                 late_frees: Mutex::new(Vec::new()),
+                ckpt: Default::default(),
                 next_shard: AtomicUsize::new(0),
             }
         })

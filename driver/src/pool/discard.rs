@@ -1,0 +1,339 @@
+//! The checkpoint discard reactor (OpenZFS `spa_checkpoint_discard_thread`, C.5).
+//!
+//! A dedicated thread with its own ring runs while the pool is DISCARDING. Each round:
+//! 1. a sync task snapshots the first device that still has a checkpoint space map (its object
+//!    record as committed, and the memory limit property); when none is left it clears the
+//!    checkpoint feature instead (state NONE, history "finished") and the thread wakes waiters
+//!    once that txg is committed;
+//! 2. open context: read ahead the blocks holding the last `min(length, limit)` bytes of the
+//!    map;
+//! 3. a sync task destroys entries from the end of the map, at most `limit / 16 / 2` of them
+//!    (each entry is at most two words, and up to one debug word accompanies each entry, so
+//!    they fit in the read-ahead), moving each extent into its metaslab's `freeing` (written
+//!    FREE to the metaslab's map in that txg, allocatable after the defer period) and
+//!    truncating the map; an emptied map is destroyed and its directory slot cleared. The task
+//!    never reads what was not read ahead: it stops at the first block it does not hold.
+//!
+//! Everything is persisted through ordinary txgs, so an export or crash mid-way resumes from
+//! disk at the next import ([`super::checkpoint::on_start`]). The space still held is the
+//! allocator's per-device checkpoint space, decremented as extents are moved (I5 per txg).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use ringpool_ondisk::blkptr::BlockPointer;
+use ringpool_ondisk::object::{Bonus, ObjectRecord};
+use ringpool_ondisk::space_map::{pop_tail, SmAction, SpaceMapHeader};
+
+use super::checkpoint::{
+    held_space, queue_task, state_of, take, CheckpointState, CHECKPOINT_FEATURE,
+    DEFAULT_DISCARD_MEMORY_LIMIT, DISCARD_MEMORY_LIMIT_PROP,
+};
+use super::error::{PoolError, Result};
+use super::objtree::{Change, TreeGeom};
+use super::shared::Shared;
+use super::syncer::{destroy_object, leaf_positions, SmTail, SyncCtx, SyncTask};
+
+/// Starts the discard reactor of `shared` unless the pool is closing (joins a previous one
+/// that is finishing).
+pub(crate) fn start(shared: &Arc<Shared>) {
+    if shared.ckpt.cancel.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut slot = shared.ckpt.thread.lock();
+    if let Some(h) = slot.take() {
+        // A previous reactor only exits after setting the state to NONE: it is finishing.
+        let _ = h.join();
+    }
+    *shared.ckpt.error.lock() = None;
+    let sh = Arc::clone(shared);
+    *slot = std::thread::Builder::new()
+        .name(format!("discard-{}", shared.name))
+        .spawn(move || run(sh))
+        .ok();
+}
+
+fn run(shared: Arc<Shared>) {
+    let cfg = crate::io::ReactorConfig {
+        thread_name: "ringpool-discard".into(),
+        ..super::PoolOptions::default().reactor
+    };
+    let sh = Arc::clone(&shared);
+    let r = crate::io::block_on(&cfg, async move { discard_loop(&sh).await });
+    let err = match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(format!("discard reactor ring: {e}")),
+    };
+    if let Some(e) = err {
+        if !shared.ckpt.cancel.load(Ordering::SeqCst) {
+            tracing::warn!(pool = %shared.name, "checkpoint discard stopped: {e}");
+            shared.ckpt.set_error(e);
+        }
+    }
+}
+
+/// A device's checkpoint map as committed.
+#[derive(Debug, Clone)]
+struct MapSnap {
+    dev: u32,
+    obj: u64,
+    rec: ObjectRecord,
+    limit: u64,
+}
+
+#[derive(Debug)]
+enum Snapshot {
+    /// The discard is complete (or there was none).
+    Done,
+    /// Work on this map.
+    Map(MapSnap),
+}
+
+fn header_of(rec: &ObjectRecord) -> SpaceMapHeader {
+    match &rec.bonus {
+        Bonus::SpaceMap(h) => **h,
+        _ => SpaceMapHeader::default(),
+    }
+}
+
+fn corrupt(obj: u64, reason: impl Into<String>) -> PoolError {
+    PoolError::Corrupt {
+        object: format!("checkpoint space map (object {obj})"),
+        offset: 0,
+        reason: reason.into(),
+    }
+}
+
+async fn run_task(shared: &Arc<Shared>, task: SyncTask) -> Result<()> {
+    let (txg, slot) = queue_task(shared, false, task)?;
+    shared.wait_synced(txg).await?;
+    take(&slot)
+}
+
+async fn discard_loop(shared: &Arc<Shared>) -> Result<()> {
+    loop {
+        if shared.ckpt.cancel.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let out = Arc::new(Mutex::new(None));
+        let o = Arc::clone(&out);
+        run_task(
+            shared,
+            Box::new(move |ctx: &mut SyncCtx<'_>| {
+                *o.lock() = Some(snapshot(ctx)?);
+                Ok(())
+            }),
+        )
+        .await?;
+        let snap = out
+            .lock()
+            .take()
+            .ok_or_else(|| PoolError::Internal("discard snapshot task produced nothing".into()))?;
+        let m = match snap {
+            Snapshot::Done => {
+                // The final txg is committed: the state is NONE on disk.
+                shared.ckpt.set_none();
+                return Ok(());
+            }
+            Snapshot::Map(m) => m,
+        };
+        let blocks = prefetch(shared, &m).await?;
+        if shared.ckpt.cancel.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        run_task(
+            shared,
+            Box::new(move |ctx: &mut SyncCtx<'_>| destroy_round(ctx, &m, &blocks)),
+        )
+        .await?;
+    }
+}
+
+/// Sync task: which map to work on next, or the final step.
+fn snapshot(ctx: &mut SyncCtx<'_>) -> Result<Snapshot> {
+    let dir = ctx.st.directory();
+    if state_of(dir)?.0 != CheckpointState::Discarding {
+        return Ok(Snapshot::Done);
+    }
+    let limit = dir
+        .props
+        .get(DISCARD_MEMORY_LIMIT_PROP)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(DEFAULT_DISCARD_MEMORY_LIMIT);
+    let found = dir
+        .devices
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.checkpoint_sm != 0)
+        .map(|(i, d)| (i, d.checkpoint_sm));
+    if let Some((di, obj)) = found {
+        let rec = ctx
+            .st
+            .objects
+            .get(&obj)
+            .cloned()
+            .ok_or_else(|| corrupt(obj, "object missing"))?;
+        return Ok(Snapshot::Map(MapSnap {
+            dev: u32::try_from(di).unwrap_or(u32::MAX),
+            obj,
+            rec,
+            limit,
+        }));
+    }
+    let held = held_space(ctx.shared);
+    if held != 0 {
+        return Err(PoolError::Internal(format!(
+            "checkpoint discard: no checkpoint map left but {held} bytes still held (I5)"
+        )));
+    }
+    ctx.st.directory_mut().features.remove(CHECKPOINT_FEATURE);
+    ctx.log("checkpoint discard finished");
+    Ok(Snapshot::Done)
+}
+
+/// Reads the blocks holding the last `min(length, limit)` bytes of the map.
+async fn prefetch(shared: &Arc<Shared>, m: &MapSnap) -> Result<BTreeMap<u64, Vec<u8>>> {
+    let len = header_of(&m.rec).length;
+    let mut out = BTreeMap::new();
+    if len == 0 {
+        return Ok(out);
+    }
+    let bs = u64::from(m.rec.data_block_size.max(1));
+    let window = len.min(m.limit);
+    let first = (len - window) / bs;
+    let last = (len - 1) / bs;
+    let geom = TreeGeom {
+        levels: m.rec.levels.max(1),
+        ibs: m.rec.indirect_block_size,
+        bs: m.rec.data_block_size,
+    };
+    let name = format!("checkpoint space map dev{} (object {})", m.dev, m.obj);
+    let pos = leaf_positions(shared, &name, &geom, &m.rec.roots[0]).await?;
+    for (blk, d) in pos.iter().filter(|(b, _)| (first..=last).contains(b)) {
+        let data = shared.read_verified(d, &name, blk * bs).await?;
+        out.insert(*blk, data);
+    }
+    for blk in first..=last {
+        if !out.contains_key(&blk) {
+            return Err(corrupt(
+                m.obj,
+                format!("block {blk} below its length is a hole"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Sync task: destroys entries from the end of the map (bounded, prefetched blocks only).
+fn destroy_round(
+    ctx: &mut SyncCtx<'_>,
+    m: &MapSnap,
+    blocks: &BTreeMap<u64, Vec<u8>>,
+) -> Result<()> {
+    let obj = m.obj;
+    let di = m.dev as usize;
+    if ctx.st.dir.devices.get(di).map(|d| d.checkpoint_sm) != Some(obj) {
+        return Ok(()); // stale snapshot: the next round looks again
+    }
+    let mut rec = ctx
+        .st
+        .objects
+        .get(&obj)
+        .cloned()
+        .ok_or_else(|| corrupt(obj, "object missing"))?;
+    let mut header = header_of(&rec);
+    let old_len = header.length;
+    if old_len != header_of(&m.rec).length {
+        return Ok(());
+    }
+    let vdev = ctx.shared.vdev(m.dev)?;
+    let unit = 1u64 << vdev.ashift;
+    let bs = u64::from(rec.data_block_size.max(1));
+    let budget = usize::try_from((m.limit / 16 / 2).max(1)).unwrap_or(usize::MAX);
+    let mut left = budget;
+    let mut len = old_len;
+    let mut delta_units: i64 = 0;
+    while len > 0 && left > 0 {
+        let b = (len - 1) / bs;
+        let Some(block) = blocks.get(&b) else {
+            break; // not read ahead: next round
+        };
+        let valid = usize::try_from(len - b * bs).unwrap_or(usize::MAX);
+        if valid > block.len() {
+            return Err(corrupt(obj, "length beyond the block read"));
+        }
+        let pop = pop_tail(&block[..valid], left).map_err(|e| corrupt(obj, e.to_string()))?;
+        for e in &pop.entries {
+            if e.action != SmAction::Free {
+                return Err(corrupt(obj, format!("ALLOC entry at unit {}", e.offset)));
+            }
+            let start = e.offset.checked_mul(unit);
+            let l = e.run.checked_mul(unit);
+            let (Some(start), Some(l)) = (start, l) else {
+                return Err(corrupt(obj, "entry beyond the device"));
+            };
+            ctx.shared
+                .class
+                .discard_checkpoint_extent(m.dev, start, l)?;
+        }
+        left -= pop.entries.len().min(left);
+        len -= pop.bytes_removed.min(len);
+        delta_units = delta_units
+            .checked_add(pop.alloc_delta_units)
+            .ok_or_else(|| corrupt(obj, "net allocation overflows"))?;
+        if !pop.block_emptied {
+            break;
+        }
+    }
+    if len == old_len {
+        return Ok(());
+    }
+    let unit_i = i64::try_from(unit).map_err(|_| corrupt(obj, "unit"))?;
+    header.alloc = delta_units
+        .checked_mul(unit_i)
+        .and_then(|d| header.alloc.checked_add(d))
+        .ok_or_else(|| corrupt(obj, "net allocation overflows"))?;
+    header.length = len;
+    if len == 0 {
+        if header.alloc != 0 {
+            return Err(corrupt(
+                obj,
+                format!("emptied map still accounts {} bytes", header.alloc),
+            ));
+        }
+        destroy_object(ctx.st, obj);
+        ctx.st.sm_tails.remove(&obj);
+        if let Some(d) = ctx.st.directory_mut().devices.get_mut(di) {
+            d.checkpoint_sm = 0;
+        }
+        return Ok(());
+    }
+    let keep = len.div_ceil(bs);
+    let old_blocks = old_len.div_ceil(bs);
+    let changes = ctx.st.dirty_data.entry(obj).or_default();
+    for blk in keep..old_blocks {
+        changes.insert(blk, Change::Ptr(BlockPointer::EMPTY));
+    }
+    let tail_len = usize::try_from(len % bs).unwrap_or(0);
+    let mut tail = Vec::new();
+    if tail_len != 0 {
+        let b = len / bs;
+        let block = blocks
+            .get(&b)
+            .ok_or_else(|| PoolError::Internal("discard: tail block not read ahead".into()))?;
+        tail = block[..tail_len].to_vec();
+        let mut data = tail.clone();
+        data.resize(usize::try_from(bs).unwrap_or(0), 0);
+        changes.insert(b, Change::Data(Arc::new(data)));
+    }
+    ctx.st.sm_tails.insert(obj, SmTail { tail });
+    rec.length = len;
+    rec.bonus = Bonus::SpaceMap(Box::new(header));
+    ctx.st.objects.insert(obj, rec);
+    ctx.st.dirty_records.insert(obj);
+    Ok(())
+}
