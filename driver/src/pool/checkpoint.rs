@@ -187,13 +187,16 @@ fn check_addressable(vdevs: &[Arc<Vdev>]) -> Result<()> {
     Ok(())
 }
 
+/// Where a sync task's result lands.
+pub(crate) type TaskResult = Arc<Mutex<Option<Result<()>>>>;
+
 /// Queues a sync task for the open txg (like `Pool::sync_task`, usable from the discard
 /// reactor which holds only the shared state). Returns the txg and the result slot.
 pub(crate) fn queue_task(
     shared: &Shared,
     early: bool,
     task: SyncTask,
-) -> Result<(u64, Arc<Mutex<Option<Result<()>>>>)> {
+) -> Result<(u64, TaskResult)> {
     if shared.read_only {
         return Err(PoolError::ReadOnly);
     }

@@ -89,7 +89,7 @@ enum Snapshot {
     /// The discard is complete (or there was none).
     Done,
     /// Work on this map.
-    Map(MapSnap),
+    Map(Box<MapSnap>),
 }
 
 fn header_of(rec: &ObjectRecord) -> SpaceMapHeader {
@@ -177,12 +177,12 @@ fn snapshot(ctx: &mut SyncCtx<'_>) -> Result<Snapshot> {
             .get(&obj)
             .cloned()
             .ok_or_else(|| corrupt(obj, "object missing"))?;
-        return Ok(Snapshot::Map(MapSnap {
+        return Ok(Snapshot::Map(Box::new(MapSnap {
             dev: u32::try_from(di).unwrap_or(u32::MAX),
             obj,
             rec,
             limit,
-        }));
+        })));
     }
     let held = held_space(ctx.shared);
     if held != 0 {
