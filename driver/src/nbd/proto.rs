@@ -259,6 +259,22 @@ impl Errno {
         }
     }
 
+    /// Maps an OS errno (from a device or file error) to the nearest NBD error, as the protocol
+    /// asks: EDQUOT and EFBIG become ENOSPC, EROFS and EACCES become EPERM, anything without an
+    /// NBD counterpart becomes EIO.
+    pub fn from_os(errno: i32) -> Errno {
+        match errno {
+            libc::EPERM | libc::EACCES | libc::EROFS => Errno::Perm,
+            libc::ENOMEM => Errno::NoMem,
+            libc::EINVAL => Errno::Inval,
+            libc::ENOSPC | libc::EDQUOT | libc::EFBIG => Errno::NoSpc,
+            libc::EOVERFLOW => Errno::Overflow,
+            libc::EOPNOTSUPP => Errno::NotSup,
+            libc::ESHUTDOWN => Errno::Shutdown,
+            _ => Errno::Io,
+        }
+    }
+
     /// Decodes a wire value; unknown values are treated as EINVAL, as the protocol asks clients to.
     pub fn from_code(code: u32) -> Errno {
         match code {

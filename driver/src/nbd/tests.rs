@@ -907,6 +907,30 @@ fn read_only_and_alignment() {
     assert_eq!(errno(&d, 0, cmd::READ, 512, 1024), None);
 }
 
+#[test]
+fn errno_mapping() {
+    assert_eq!(Errno::from_os(libc::EDQUOT), Errno::NoSpc);
+    assert_eq!(Errno::from_os(libc::EFBIG), Errno::NoSpc);
+    assert_eq!(Errno::from_os(libc::EROFS), Errno::Perm);
+    assert_eq!(Errno::from_os(libc::ENOTSUP), Errno::NotSup);
+    assert_eq!(Errno::from_os(libc::EIO), Errno::Io);
+    assert_eq!(Errno::from_os(libc::EBADMSG), Errno::Io);
+    for e in [
+        Errno::Perm,
+        Errno::Io,
+        Errno::NoMem,
+        Errno::Inval,
+        Errno::NoSpc,
+        Errno::Overflow,
+        Errno::NotSup,
+        Errno::Shutdown,
+    ] {
+        assert_eq!(Errno::from_code(e.code()), e);
+        assert_eq!(Errno::from_os(i32::try_from(e.code()).unwrap()), e);
+    }
+    assert_eq!(Errno::from_code(4242), Errno::Inval);
+}
+
 // ---- replies ----
 
 #[test]
