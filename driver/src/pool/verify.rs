@@ -127,7 +127,9 @@ pub(crate) fn verify(pool: &Pool) -> Result<VerifyReport> {
         .lock()
         .ok_or_else(|| PoolError::Internal("no committed uberblock".into()))?;
     let mut report = crate::io::block_on(&super::PoolOptions::default().reactor, async {
-        verify_state(shared, ub).await
+        let mut r = verify_state(shared, ub).await?;
+        super::checkpoint::verify_checkpoint(shared, ub, &mut r).await?;
+        Ok::<_, PoolError>(r)
     })??;
     if let Err(e) = shared.class.verify() {
         report.errors.push(format!("allocator invariants: {e}"));
