@@ -1,0 +1,97 @@
+//! Unit tests of the metaslab txg pipeline.
+
+use super::*;
+
+const MS: u64 = 1 << 20;
+
+fn ms() -> Metaslab {
+    Metaslab::new(0, 0, MS, MS, 12, MetaslabConfig::default()).unwrap()
+}
+
+#[test]
+fn alloc_sync_free_defer_cycle() {
+    let mut m = ms();
+    let a = m.alloc(0x4000, 5).unwrap();
+    assert_eq!(a, MS);
+    let out = m.sync(5, 0).unwrap();
+    assert_eq!(out.sm_records, vec![SmRecord::alloc(MS, 0x4000)]);
+    m.sync_done(5).unwrap();
+    m.free(a, 0x4000, 5, 6).unwrap();
+    assert!(matches!(
+        m.free(a, 0x1000, 5, 6),
+        Err(AllocError::DoubleFree { .. }) | Ok(())
+    ));
+    let mut m = ms();
+    let a = m.alloc(0x4000, 5).unwrap();
+    m.sync(5, 0).unwrap();
+    m.sync_done(5).unwrap();
+    m.free(a, 0x4000, 5, 6).unwrap();
+    let out = m.sync(6, 0).unwrap();
+    assert_eq!(out.sm_records, vec![SmRecord::free(a, 0x4000)]);
+    m.sync_done(6).unwrap();
+    assert_eq!(m.free_space(), MS - 0x4000);
+    m.sync(7, 0).unwrap();
+    m.sync_done(7).unwrap();
+    assert_eq!(m.free_space(), MS - 0x4000);
+    m.sync(8, 0).unwrap();
+    m.sync_done(8).unwrap();
+    assert_eq!(m.free_space(), MS);
+    m.verify_quiesced().unwrap();
+}
+
+#[test]
+fn checkpointed_free_is_held() {
+    let mut m = ms();
+    let a = m.alloc(0x2000, 5).unwrap();
+    m.sync(5, 0).unwrap();
+    m.sync_done(5).unwrap();
+    // Free issued in open txg 6 before the checkpoint (txg 5) is created at 6's sync.
+    m.free(a, 0x2000, 5, 6).unwrap();
+    let out = m.sync(6, 5).unwrap();
+    assert!(out.sm_records.is_empty());
+    assert_eq!(out.ckpt_records, vec![SmRecord::free(a, 0x2000)]);
+    assert_eq!(out.ckpt_space, 0x2000);
+    for t in 6..12 {
+        if t > 6 {
+            m.sync(t, 5).unwrap();
+        }
+        m.sync_done(t).unwrap();
+    }
+    assert_eq!(m.free_space(), MS - 0x2000);
+    m.discard_checkpoint_extent(a, 0x2000).unwrap();
+    assert!(m.discard_checkpoint_extent(a, 0x2000).is_err());
+    let out = m.sync(12, 0).unwrap();
+    assert_eq!(out.sm_records, vec![SmRecord::free(a, 0x2000)]);
+    for t in 12..15 {
+        if t > 12 {
+            m.sync(t, 0).unwrap();
+        }
+        m.sync_done(t).unwrap();
+    }
+    assert_eq!(m.free_space(), MS);
+}
+
+#[test]
+fn free_now_returns_immediately() {
+    let mut m = ms();
+    let a = m.alloc(0x3000, 9).unwrap();
+    m.free_now(a, 0x3000, 9).unwrap();
+    assert_eq!(m.free_space(), MS);
+    assert!(m.free_now(a, 0x3000, 9).is_err());
+    assert!(m.sync(9, 0).unwrap().is_empty());
+}
+
+#[test]
+fn load_replays() {
+    let mut m = ms();
+    m.load([
+        SmRecord::alloc(MS, 0x10000),
+        SmRecord::free(MS + 0x4000, 0x1000),
+    ])
+    .unwrap();
+    assert_eq!(m.free_space(), MS - 0x10000 + 0x1000);
+    assert_eq!(m.sm_allocated(), 0x10000 - 0x1000);
+    m.verify().unwrap();
+    let mut m = ms();
+    assert!(m.load([SmRecord::free(MS, 0x1000)]).is_err());
+}
