@@ -37,9 +37,11 @@ pub mod request;
 pub mod server;
 
 #[cfg(test)]
-mod mem_tests;
+mod codec_tests;
 #[cfg(test)]
-mod tests;
+mod handshake_tests;
+#[cfg(test)]
+mod mem_tests;
 
 pub use backend::{
     BackendError, BackendFuture, ExportBackend, ReadLayout, ReadResult, WriteResult,
