@@ -572,6 +572,11 @@ fn d23_export_mid_discard_resumes() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     pool.export()?;
+    // Discarding (or discarded): no rewind.
+    let e = Pool::import(engines(&devs), &rewind_opts(false)).unwrap_err();
+    assert!(matches!(e, PoolError::NoCheckpoint), "{e}");
+    let e = Pool::import(engines(&devs), &rewind_opts(true)).unwrap_err();
+    assert!(matches!(e, PoolError::NoCheckpoint), "{e}");
     let pool = Pool::import(engines(&devs), &iopts())?;
     let st = pool.checkpoint_status();
     if st.state == CheckpointState::Discarding {
@@ -631,5 +636,60 @@ fn d23_crash_mid_discard_resumes() -> anyhow::Result<()> {
         verify_clean(&pool)?;
         pool.export()?;
     }
+    Ok(())
+}
+
+/// Derived 25: a crash at any point of a rewind import leaves either the current state with
+/// its checkpoint (before the point of no return) or the rewound state (after it).
+#[test]
+fn d25_crash_during_rewind() -> anyhow::Result<()> {
+    let devs = new_devs(1);
+    let pool = Pool::create("tank", engines(&devs), &copts())?;
+    populate(&pool)?;
+    pool.checkpoint()?;
+    change_state(&pool)?;
+    pool.export()?;
+    devs[0].reset_log();
+    let pool = Pool::import(engines(&devs), &rewind_opts(false))?;
+    pool.abandon();
+    let n = devs[0].event_count();
+    let (mut pre, mut post) = (0, 0);
+    // Every flush point (and just before it), plus the start and the end.
+    let mut points: Vec<usize> = devs[0]
+        .flush_points()
+        .into_iter()
+        .flat_map(|f| [f.saturating_sub(1), f])
+        .collect();
+    points.extend([0, n]);
+    points.sort_unstable();
+    points.dedup();
+    for at in points {
+        for seed in 0..2u64 {
+            let mode = CrashMode {
+                drop_unflushed_subset: seed == 1,
+                tear_writes: seed == 1,
+            };
+            let d = vec![FaultyEngine::from_image(
+                devs[0].crash_image(at, seed, mode),
+                BS,
+            )];
+            let p = Pool::import(
+                engines(&d),
+                &ImportOptions {
+                    force: true,
+                    ..iopts()
+                },
+            )?;
+            if p.checkpoint_status().state == CheckpointState::Exists {
+                verify_post(&p)?;
+                post += 1;
+            } else {
+                verify_pre(&p, true)?;
+                pre += 1;
+            }
+            p.abandon();
+        }
+    }
+    assert!(pre > 0 && post > 0, "pre {pre} post {post} of {n} events");
     Ok(())
 }
