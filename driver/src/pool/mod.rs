@@ -15,6 +15,7 @@ pub mod discard;
 pub mod error;
 pub mod join;
 pub mod lifecycle;
+pub mod nbd_export;
 pub mod objtree;
 pub mod readers;
 pub mod shared;
@@ -570,6 +571,12 @@ impl Pool {
     /// the blocks found (blocking; syncs first).
     pub fn verify(&self) -> Result<VerifyReport> {
         verify::verify(self)
+    }
+
+    /// Every block of the last committed state (object, type, level, place): for `inspect`
+    /// and fault-injection tests (syncs first).
+    pub fn block_map(&self) -> Result<Vec<verify::BlockInfo>> {
+        verify::block_map(self)
     }
 
     /// Final sync, labels marked exported, devices released.

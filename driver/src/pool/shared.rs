@@ -39,7 +39,6 @@ impl std::fmt::Debug for QueuedTask {
 }
 
 /// Shared pool state.
-#[derive(Debug)]
 pub struct Shared {
     pub(crate) name: String,
     pub(crate) guid: u64,
@@ -64,6 +63,18 @@ pub struct Shared {
     /// Checkpoint state mirror and discard reactor.
     pub(crate) ckpt: super::checkpoint::CkptShared,
     next_shard: AtomicUsize,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("guid", &format_args!("{:#x}", self.guid))
+            .field("read_only", &self.read_only)
+            .field("vdevs", &self.vdevs.read().len())
+            .field("txg", &self.txg)
+            .finish_non_exhaustive()
+    }
 }
 
 thread_local! {

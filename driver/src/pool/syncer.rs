@@ -100,6 +100,8 @@ pub struct SyncState {
     /// Checkpoint txg to stamp into the next uberblock (a rewind keeps it once).
     pub(crate) ub_checkpoint_txg: u64,
     pub(crate) labels_dirty: bool,
+    /// Something was written in the txg being synced (else it is a no-op txg).
+    pub(crate) wrote: bool,
     pub(crate) label: LabelInfo,
     synth: u64,
 }
@@ -129,6 +131,7 @@ impl SyncState {
             ub,
             ub_checkpoint_txg: 0,
             labels_dirty: false,
+            wrote: false,
             label,
             synth: 0,
         }
@@ -320,6 +323,9 @@ pub(crate) async fn update_tree(
         let buf = crate::io::buf::IoBuf::from_slice(&w.data);
         let off = w.dva.offset;
         futs.push(async move { vdev.write(off, buf).await });
+    }
+    if !writes.is_empty() {
+        st.wrote = true;
     }
     try_join_chunks(futs, 64).await?;
     for (k, v) in new_indirect {
@@ -536,7 +542,10 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
             )));
         }
     }
-    commit(shared, st, txg).await?;
+    if st.wrote || st.labels_dirty {
+        commit(shared, st, txg).await?;
+    }
+    st.wrote = false;
     shared.class.sync_done(txg)?;
     Ok(())
 }
@@ -848,7 +857,8 @@ async fn sync_root(shared: &Arc<Shared>, st: &mut SyncState, txg: u64) -> Result
         let maxobj = st.objects.keys().next_back().copied().unwrap_or(0);
         st.meta.max_block_id = maxobj / per;
         st.meta.length = maxobj + 1;
-    } else if st.root_bp.birth_txg() == txg {
+    } else {
+        // The root object set did not change: the root block stays.
         return Ok(());
     }
     // The root block: the root object set's record.
@@ -871,6 +881,7 @@ async fn sync_root(shared: &Arc<Shared>, st: &mut SyncState, txg: u64) -> Result
     let vdev = shared.vdev(dva.device)?;
     vdev.write(dva.offset, crate::io::buf::IoBuf::from_slice(&data))
         .await?;
+    st.wrote = true;
     st.root_bp = BlockPointer::Data(DataPtr {
         dva,
         lsize: ROOT_BLOCK_SIZE,

@@ -15,7 +15,6 @@ use crate::io::engine::BlockEngine;
 use super::error::{PoolError, Result};
 
 /// A device of the pool.
-#[derive(Debug)]
 pub struct Vdev {
     /// Index in the pool's device list.
     pub index: u32,
@@ -31,6 +30,19 @@ pub struct Vdev {
     pub ms_shift: u8,
     /// Txg the device was added in.
     pub added_txg: u64,
+}
+
+impl std::fmt::Debug for Vdev {
+    // Engines may hold whole device images (the in-memory engine): print only their name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vdev")
+            .field("index", &self.index)
+            .field("guid", &format_args!("{:#x}", self.guid))
+            .field("engine", &self.engine.name())
+            .field("ashift", &self.ashift)
+            .field("ms_shift", &self.ms_shift)
+            .finish()
+    }
 }
 
 /// What one label of a device holds.

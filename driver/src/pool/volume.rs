@@ -274,6 +274,17 @@ impl Volume {
     /// Reads `buf.len()` bytes at `offset`. Holes read as zeroes; every block is verified
     /// against its checksum.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_holes(offset, buf, None).await
+    }
+
+    /// Like [`read`](Self::read), also collecting the byte ranges (relative to `offset`) that
+    /// were holes.
+    pub async fn read_holes(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        mut holes: Option<&mut Vec<std::ops::Range<usize>>>,
+    ) -> Result<()> {
         let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
         self.check_range(offset, len)?;
         let bs = self.bs();
@@ -286,7 +297,15 @@ impl Volume {
             let data = self.read_block(blkid).await?;
             match data {
                 Some(d) => buf[done..done + n].copy_from_slice(&d[in_blk..in_blk + n]),
-                None => buf[done..done + n].fill(0),
+                None => {
+                    buf[done..done + n].fill(0);
+                    if let Some(h) = holes.as_deref_mut() {
+                        match h.last_mut() {
+                            Some(last) if last.end == done => last.end = done + n,
+                            _ => h.push(done..done + n),
+                        }
+                    }
+                }
             }
             done += n;
         }
