@@ -129,3 +129,114 @@ fn create_write_read_export_import_verify() -> anyhow::Result<()> {
     pool.export()?;
     Ok(())
 }
+
+#[test]
+fn full_pool_returns_enospc_and_stays_consistent() -> anyhow::Result<()> {
+    let devs = vec![FaultyEngine::new(64 << 20, 4096)];
+    let pool = Pool::create("full", engines(&devs), &copts())?;
+    // Thin: a volume far larger than the pool.
+    let vol = pool.create_volume("big", 1 << 30, 65_536)?;
+    let chunk = pattern(7, 1 << 20);
+    let mut written = 0u64;
+    let err = io::block_on(&rcfg(), async {
+        loop {
+            match vol.write(written, &chunk, false).await {
+                Ok(()) => written += chunk.len() as u64,
+                Err(e) => return e,
+            }
+            if written >= 1 << 30 {
+                panic!("wrote the whole volume into a 64 MiB pool");
+            }
+        }
+    })?;
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert!(written > 16 << 20, "only {written} bytes fit");
+    let s = pool.stats();
+    assert!(s.slop > 0 && s.space.free <= s.space.size);
+    // Still consistent and usable: syncs work, data reads back, freeing space helps.
+    pool.sync_blocking()?;
+    let rep = pool.verify()?;
+    assert!(rep.is_clean(), "{:?}", rep.errors);
+    io::block_on(&rcfg(), async {
+        let mut r = vec![0u8; chunk.len()];
+        vol.read(0, &mut r).await?;
+        assert_eq!(r, chunk);
+        vol.punch(0, 8 << 20, true).await?;
+        Ok::<(), PoolError>(())
+    })??;
+    pool.sync_blocking()?;
+    pool.sync_blocking()?;
+    pool.sync_blocking()?;
+    io::block_on(&rcfg(), async { vol.write(0, &chunk, true).await })??;
+    pool.export()?;
+    Ok(())
+}
+
+#[test]
+fn multi_device_add_device_in_use_and_rewind() -> anyhow::Result<()> {
+    let devs = vec![
+        FaultyEngine::new(64 << 20, 512),
+        FaultyEngine::new(96 << 20, 4096),
+    ];
+    let pool = Pool::create("multi", engines(&devs), &copts())?;
+    assert_eq!(pool.stats().devices.len(), 2);
+    let vol = pool.create_volume("v", 32 << 20, 8192)?;
+    let data = pattern(3, 8 << 20);
+    io::block_on(&rcfg(), async {
+        vol.write(0, &data, false).await?;
+        vol.flush().await
+    })??;
+    let extra = FaultyEngine::new(64 << 20, 4096);
+    let idx = pool.add_device(Arc::new(extra.clone()), None, None)?;
+    assert_eq!(idx, 2);
+    io::block_on(&rcfg(), async {
+        vol.write(8 << 20, &data, false).await?;
+        vol.flush().await
+    })??;
+    let st = pool.stats();
+    assert_eq!(st.devices.len(), 3);
+    assert!(st.devices.iter().all(|(_, _, s)| s.allocated > 0), "{st:?}");
+    let rep = pool.verify()?;
+    assert!(rep.is_clean(), "{:?}", rep.errors);
+    let txg_before = pool.last_uberblock().map(|u| u.txg).unwrap_or(0);
+    io::block_on(&rcfg(), async {
+        vol.write(0, &pattern(9, 65_536), false).await?;
+        vol.flush().await
+    })??;
+    let mut all = devs.clone();
+    all.push(extra);
+    // Still active in this process: a second import is refused unless forced.
+    let e = Pool::import(engines(&all), &iopts())
+        .err()
+        .map(|e| e.errno());
+    assert_eq!(e, Some(libc::EBUSY));
+    pool.abandon();
+    // Rewind to an older txg (-T): the last write is gone, the rest is there.
+    let pool = Pool::import(
+        engines(&all),
+        &ImportOptions {
+            pool: popts(),
+            force: true,
+            max_txg: Some(txg_before),
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(pool.last_uberblock().map(|u| u.txg), Some(txg_before));
+    let vol = pool.open_volume("v")?;
+    io::block_on(&rcfg(), async {
+        let mut r = vec![0u8; 65_536];
+        vol.read(0, &mut r).await?;
+        assert_eq!(r, data[..65_536]);
+        let mut r = vec![0u8; 4096];
+        vol.read((8 << 20) + 4096, &mut r).await?;
+        assert_eq!(r, data[4096..8192]);
+        Ok::<(), PoolError>(())
+    })??;
+    pool.export()?;
+    // Exported: plain import works without force; all three devices are found.
+    let pool = Pool::import(engines(&all), &iopts())?;
+    assert_eq!(pool.stats().devices.len(), 3);
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}
