@@ -693,3 +693,36 @@ fn d25_crash_during_rewind() -> anyhow::Result<()> {
     assert!(pre > 0 && post > 0, "pre {pre} post {post} of {n} events");
     Ok(())
 }
+
+/// On O_DIRECT files in /tmp: checkpoint, rewind preview, export mid-discard (the discard
+/// reactor must release the exclusively opened devices), resume at import.
+#[test]
+fn files_rewind_and_discard_resume() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir_in("/tmp")?;
+    let path = dir.path().join("dev0");
+    std::fs::File::create(&path)?.set_len(DEV)?;
+    let paths = vec![path];
+    let pool = Pool::create_paths("ftank", &paths, &copts())?;
+    populate(&pool)?;
+    pool.set_property(DISCARD_MEMORY_LIMIT_PROP, "256")?;
+    pool.checkpoint()?;
+    change_state(&pool)?;
+    pool.export()?;
+    let pool = Pool::import_paths(&paths, &rewind_opts(true))?;
+    verify_pre(&pool, false)?;
+    pool.export()?;
+    let pool = Pool::import_paths(&paths, &iopts())?;
+    verify_post(&pool)?;
+    let held = pool.checkpoint_status().space;
+    pool.discard_checkpoint()?;
+    while pool.checkpoint_status().space == held {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pool.export()?;
+    let pool = Pool::import_paths(&paths, &iopts())?;
+    pool.wait_discard()?;
+    let st = pool.checkpoint_status();
+    assert_eq!((st.state, st.space), (CheckpointState::None, 0));
+    verify_post(&pool)?;
+    Ok(())
+}
