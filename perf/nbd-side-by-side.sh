@@ -303,6 +303,10 @@ measure() {
   awk -v w0="$w0" -v w1="$w1" -v c0="$c0" -v c1="$c1" -v hz="$TICK" \
     'BEGIN {printf "wall_s=%.3f server_cpu_s=%.3f\n", w1 - w0, (c1 - c0) / hz}' >"$dir/$job.cpu"
   say "r$round $job $target: $(python3 "$HERE/nbd_bench_summary.py" --one "$dir/$job.json")"
+  # A pool whose sync failed refuses every later write (ENOSPC): its numbers would be void.
+  if [[ $target == ringpool ]] && grep -q 'pool suspended' "$OUTDIR/ringpool.log"; then
+    say "WARNING: the ringpool pool is suspended (see $OUTDIR/ringpool.log); its later results are void"
+  fi
 }
 
 # ------------------------------------------------------------------ main
