@@ -653,12 +653,26 @@ fn check_volume_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Wakes every waiter when the sync thread ends, also by a panic (a panicking sync task must
+/// not leave callers waiting forever).
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.txg.sync_failed(libc::EIO);
+        }
+        self.0.txg.stopped();
+    }
+}
+
 fn sync_thread(
     shared: Arc<Shared>,
     mut st: SyncState,
     cfg: crate::io::ReactorConfig,
     read_only: bool,
 ) {
+    let _guard = StopGuard(Arc::clone(&shared));
     let sh = Arc::clone(&shared);
     let r = crate::io::block_on(&cfg, async move {
         loop {
@@ -697,7 +711,6 @@ fn sync_thread(
         tracing::error!(pool = %shared.name, "sync thread ring failed: {e}");
         shared.txg.sync_failed(libc::EIO);
     }
-    shared.txg.stopped();
 }
 
 impl Volume {

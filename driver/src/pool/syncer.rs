@@ -542,9 +542,9 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
             )));
         }
     }
-    if st.wrote || st.labels_dirty {
-        commit(shared, st, txg).await?;
-    }
+    // Every txg gets its uberblock (a txg that changed nothing keeps the same root), so the
+    // last committed uberblock is always the last synced txg (the checkpoint relies on it).
+    commit(shared, st, txg).await?;
     st.wrote = false;
     shared.class.sync_done(txg)?;
     Ok(())
