@@ -240,3 +240,32 @@ fn multi_device_add_device_in_use_and_rewind() -> anyhow::Result<()> {
     pool.export()?;
     Ok(())
 }
+
+#[test]
+fn random_small_writes_until_full_never_suspend_the_pool() -> anyhow::Result<()> {
+    let devs = vec![FaultyEngine::new(64 << 20, 4096)];
+    let pool = Pool::create("full4k", engines(&devs), &copts())?;
+    let vol = pool.create_volume("v", 4 << 30, 4096)?;
+    let blk = pattern(5, 4096 * 8);
+    let mut x: u64 = 12345;
+    let err = io::block_on(&rcfg(), async {
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x % ((4u64 << 30) / 4096 - 8);
+            if let Err(e) = vol.write(b * 4096, &blk, false).await {
+                return Some(e);
+            }
+        }
+        None
+    })?;
+    let err = err.expect("a 64 MiB pool fills up");
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert!(pool.txg().failure().is_none(), "the pool was suspended");
+    pool.sync_blocking()?;
+    let rep = pool.verify()?;
+    assert!(rep.is_clean(), "{:?}", rep.errors);
+    pool.export()?;
+    Ok(())
+}

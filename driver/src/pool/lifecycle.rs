@@ -245,6 +245,7 @@ pub(crate) async fn create(
     }
     let guid = random_guid();
     let txg_engine = TxgEngine::new(TXG_INITIAL - 1, opts.pool.txg.clone());
+    txg_engine.cap_dirty(class.slop_space());
     let shared = Shared::new(
         name.to_string(),
         guid,
@@ -672,6 +673,7 @@ pub(crate) async fn load(
             st.sm_tails.insert(dobj.checkpoint_sm, tail);
         }
     }
+    shared.txg.cap_dirty(class.slop_space());
     if let Some(cub) = &st.dir.checkpoint_ub {
         if let Ok(c) = Uberblock::decode(cub) {
             class.set_checkpoint_txg(c.checkpoint_txg);

@@ -520,6 +520,7 @@ impl Pool {
                 shared.class.add_device(lifecycle_spec(&v))?;
                 lifecycle::new_device_objects(ctx.st, &v, ctx.txg)?;
                 shared.vdevs.write().push(Arc::clone(&v));
+                shared.txg.cap_dirty(shared.class.slop_space());
                 shared
                     .max_ashift
                     .fetch_max(u64::from(ashift), Ordering::Relaxed);

@@ -69,6 +69,9 @@ pub struct TxgEngine {
     /// Wakes the sync thread (new request, dirty threshold, holds drained, shutdown).
     cv: Condvar,
     cfg: TxgConfig,
+    /// Effective dirty limits (the configured ones, lowered to what the pool's slop can cover).
+    dirty_sync: std::sync::atomic::AtomicU64,
+    dirty_max: std::sync::atomic::AtomicU64,
 }
 
 /// A hold on one txg: the txg cannot finish quiescing while the hold lives.
@@ -89,7 +92,12 @@ impl TxgHold {
         let mut g = self.engine.inner.lock();
         let slot = slot(self.txg);
         g.dirty[slot] = g.dirty[slot].saturating_add(bytes);
-        if g.dirty[slot] >= self.engine.cfg.dirty_sync_bytes {
+        if g.dirty[slot]
+            >= self
+                .engine
+                .dirty_sync
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             self.engine.cv.notify_all();
         }
     }
@@ -143,8 +151,20 @@ impl TxgEngine {
                 last_sync: Instant::now(),
             }),
             cv: Condvar::new(),
+            dirty_sync: std::sync::atomic::AtomicU64::new(cfg.dirty_sync_bytes),
+            dirty_max: std::sync::atomic::AtomicU64::new(cfg.dirty_max_bytes),
             cfg,
         })
+    }
+
+    /// Caps the dirty limits so that the metadata a txg can need fits in `reserve` bytes (the
+    /// allocator's slop): at most half of it per txg, with a sync started at an eighth.
+    pub fn cap_dirty(&self, reserve: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.cfg.dirty_max_bytes.min(reserve / 2).max(1 << 20);
+        let sync = self.cfg.dirty_sync_bytes.min(reserve / 8).max(1 << 19);
+        self.dirty_max.store(max, Relaxed);
+        self.dirty_sync.store(sync.min(max), Relaxed);
     }
 
     /// The engine's tunables.
@@ -268,7 +288,7 @@ impl TxgEngine {
                 }
                 return None;
             }
-            if dirty >= self.cfg.dirty_sync_bytes {
+            if dirty >= self.dirty_sync.load(std::sync::atomic::Ordering::Relaxed) {
                 break SyncReason::Dirty;
             }
             let elapsed = g.last_sync.elapsed();
@@ -399,7 +419,13 @@ impl Future for HoldThrottled {
             return Poll::Ready(Err(e));
         }
         let txg = g.open;
-        if g.dirty[slot(txg)] >= self.engine.cfg.dirty_max_bytes && !g.shutdown {
+        if g.dirty[slot(txg)]
+            >= self
+                .engine
+                .dirty_max
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && !g.shutdown
+        {
             g.throttle_waiters.push(cx.waker().clone());
             self.engine.cv.notify_all();
             return Poll::Pending;

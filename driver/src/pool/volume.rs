@@ -424,7 +424,10 @@ impl Volume {
             });
             self.replace(b, bp, txg);
         }
-        hold.add_dirty(u64::try_from(content.len()).unwrap_or(0));
+        // Charge the tree blocks the sync will rewrite too (worst case one indirect block per
+        // data block): the dirty limits then bound the metadata a txg needs.
+        let meta = u64::from(super::syncer::INDIRECT_BLOCK_SIZE) * u64::try_from(nblk).unwrap_or(0);
+        hold.add_dirty(u64::try_from(content.len()).unwrap_or(0) + meta);
         self.shared.mark_dirty(txg);
         drop(hold);
         drop(guards);
@@ -506,7 +509,10 @@ impl Volume {
                 });
                 self.replace(*b, hole, t);
             }
-            hold.add_dirty(64 * u64::try_from(chunk.len()).unwrap_or(0));
+            hold.add_dirty(
+                u64::from(super::syncer::INDIRECT_BLOCK_SIZE)
+                    * u64::try_from(chunk.len()).unwrap_or(0),
+            );
             self.shared.mark_dirty(t);
             txg = t;
         }
