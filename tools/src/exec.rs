@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ringpool_driver::pool::{Pool, SpaceInfo};
+use ringpool_driver::pool::{CheckpointState, Pool, SpaceInfo};
 use serde_json::{json, Value};
 
 use crate::request::Request;
@@ -69,8 +69,13 @@ pub fn pool_json(pool: &Pool) -> Value {
 }
 
 fn checkpoint_json(pool: &Pool) -> Value {
-    let stats = pool.stats();
-    json!({ "state": "none", "space": stats.space.checkpointed })
+    let ck = pool.checkpoint_status();
+    let state = match ck.state {
+        CheckpointState::None => "none",
+        CheckpointState::Exists => "exists",
+        CheckpointState::Discarding => "discarding",
+    };
+    json!({ "state": state, "created": ck.created, "txg": ck.txg, "space": ck.space })
 }
 
 fn volumes_json(pool: &Pool) -> Value {
@@ -192,8 +197,24 @@ pub fn execute(pool: &Arc<Pool>, req: &Request, hook: &dyn VolumeHook) -> Result
                 .map_err(|e| anyhow!("cannot verify '{name}': {e}"))?;
             Ok(json!({ "clean": report.is_clean(), "report": format!("{report:?}") }))
         }
-        Request::Checkpoint { .. } | Request::DiscardCheckpoint { .. } => {
-            bail!("cannot checkpoint '{name}': operation not supported on this type of pool")
+        Request::Checkpoint { .. } => {
+            pool.checkpoint()
+                .map_err(|e| anyhow!("cannot checkpoint '{name}': {e}"))?;
+            Ok(checkpoint_json(pool))
+        }
+        Request::DiscardCheckpoint { wait, .. } => {
+            pool.discard_checkpoint()
+                .map_err(|e| anyhow!("cannot discard checkpoint in '{name}': {e}"))?;
+            if *wait {
+                pool.wait_discard()
+                    .map_err(|e| anyhow!("cannot discard checkpoint in '{name}': {e}"))?;
+            }
+            Ok(checkpoint_json(pool))
+        }
+        Request::WaitDiscard { .. } => {
+            pool.wait_discard()
+                .map_err(|e| anyhow!("cannot wait for '{name}': {e}"))?;
+            Ok(checkpoint_json(pool))
         }
         Request::Export { .. } => bail!("export is handled by the pool's owner"),
     }

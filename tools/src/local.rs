@@ -230,13 +230,11 @@ pub fn import(
     let Some(devs) = pools.get(name) else {
         bail!("cannot import '{name}': no such pool available");
     };
-    if rewind {
-        bail!("cannot import '{name}': checkpoint does not exist");
-    }
     let opts = ImportOptions {
         name: Some(name.to_string()),
         read_only: readonly,
         rewind: recover,
+        rewind_to_checkpoint: rewind,
         force,
         ..Default::default()
     };

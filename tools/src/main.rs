@@ -248,14 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if activity != "discard" {
                 bail!("invalid activity '{activity}': the activities are: discard");
             }
-            local::wait_discard(&pool, |v| {
-                ask(
-                    &state,
-                    Request::Status {
-                        pool: v.to_string(),
-                    },
-                )
-            })?;
+            wait_discard(&state, &pool)?;
         }
         Command::Volume(cmd) => volume(&state, cmd)?,
         Command::History { json, pool } => {
@@ -305,21 +298,46 @@ fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> R
         bail!("'ringpool checkpoint' doesn't work on volumes. A checkpoint saves the whole pool");
     }
     if discard {
-        ask(state, Request::DiscardCheckpoint { pool: pool.clone() })?;
-        if wait {
-            local::wait_discard(&pool, |v| {
-                ask(
-                    state,
-                    Request::Status {
-                        pool: v.to_string(),
-                    },
-                )
-            })?;
+        if wait && control::call(&state.control_socket(), &Request::Pools)?.is_none() {
+            // No serve: the discard reactor runs in this process, so wait in the same open.
+            ask(state, Request::DiscardCheckpoint { pool, wait: true })?;
+        } else {
+            ask(
+                state,
+                Request::DiscardCheckpoint {
+                    pool: pool.clone(),
+                    wait: false,
+                },
+            )?;
+            if wait {
+                wait_discard(state, &pool)?;
+            }
         }
     } else {
         ask(state, Request::Checkpoint { pool })?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for a discard: with progress by polling `serve`, or in one open of the pool here.
+fn wait_discard(state: &StateDir, pool: &str) -> Result<()> {
+    if control::call(&state.control_socket(), &Request::Pools)?.is_some() {
+        return local::wait_discard(pool, |p| {
+            ask(
+                state,
+                Request::Status {
+                    pool: p.to_string(),
+                },
+            )
+        });
+    }
+    ask(
+        state,
+        Request::WaitDiscard {
+            pool: pool.to_string(),
+        },
+    )
+    .map(|_| ())
 }
 
 fn volume(state: &StateDir, cmd: VolumeCommand) -> Result<()> {

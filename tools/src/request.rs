@@ -60,6 +60,13 @@ pub enum Request {
     },
     DiscardCheckpoint {
         pool: String,
+        /// Return only once the discard has finished.
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Block until no checkpoint is being discarded.
+    WaitDiscard {
+        pool: String,
     },
     /// Stop serving the pool, sync it and mark its labels exported.
     Export {
@@ -84,7 +91,8 @@ impl Request {
             | Request::History { pool }
             | Request::Verify { pool }
             | Request::Checkpoint { pool }
-            | Request::DiscardCheckpoint { pool }
+            | Request::DiscardCheckpoint { pool, .. }
+            | Request::WaitDiscard { pool }
             | Request::Export { pool } => Some(pool),
         }
     }

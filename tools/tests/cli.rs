@@ -368,3 +368,70 @@ fn serve_creates_the_demo_pool_when_none_is_known() {
     assert_eq!(std::fs::metadata(&demo).unwrap().len(), 4 << 30);
     assert_eq!(env.json(&["verify", "--json", "demo"])["clean"], true);
 }
+
+#[test]
+fn checkpoint_rewind_walkthrough() {
+    if !have("qemu-io") {
+        eprintln!("skipping: qemu-io missing (qemu-utils)");
+        return;
+    }
+    let env = Env::new();
+    let dev = env.path("d1.img");
+    env.ok(&["create", "--size", "512M", "ck", dev.to_str().unwrap()]);
+    env.ok(&["volume", "create", "-s", "64M", "ck/v"]);
+    assert!(env
+        .fails(&["checkpoint", "-d", "ck"])
+        .contains("checkpoint does not exist"));
+    let port = free_port();
+    let url = format!("nbd://127.0.0.1:{port}/ck/v");
+    let serve = Serve::start(&env, port, &[]);
+    assert_qemu_io(&url, &["write -P 0x11 0 4M", "flush"]);
+    env.ok(&["checkpoint", "ck"]);
+    assert!(env
+        .fails(&["checkpoint", "ck"])
+        .contains("checkpoint exists"));
+    assert_qemu_io(&url, &["write -P 0x22 0 4M", "flush"]);
+    let status = env.json(&["status", "--json", "ck"]);
+    assert_eq!(status[0]["checkpoint"]["state"], "exists");
+    // Overwritten checkpoint-born blocks stay allocated: CKPOINT holds them.
+    assert!(
+        status[0]["checkpoint"]["space"].as_u64().unwrap() >= 4 << 20,
+        "{status}"
+    );
+    assert!(env.ok(&["status", "ck"]).contains("checkpoint: created"));
+    assert!(serve.stop().success());
+
+    assert!(env
+        .fails(&["import", "-d", env.dir.path().to_str().unwrap(), "nope"])
+        .contains("no such pool"));
+    env.ok(&["export", "ck"]);
+    env.ok(&[
+        "import",
+        "-d",
+        env.dir.path().to_str().unwrap(),
+        "--rewind-to-checkpoint",
+        "ck",
+    ]);
+    assert_eq!(
+        env.json(&["status", "--json", "ck"])[0]["checkpoint"]["state"],
+        "none"
+    );
+    assert_eq!(env.json(&["verify", "--json", "ck"])["clean"], true);
+    let serve = Serve::start(&env, port, &[]);
+    assert_qemu_io(&url, &["read -P 0x11 0 4M"]);
+    env.ok(&["checkpoint", "ck"]);
+    assert_qemu_io(&url, &["write -P 0x33 0 1M", "flush"]);
+    env.ok(&["checkpoint", "-d", "-w", "ck"]);
+    assert_eq!(
+        env.json(&["status", "--json", "ck"])[0]["checkpoint"]["state"],
+        "none"
+    );
+    assert!(serve.stop().success());
+    // Without serve: create and discard with wait in this process.
+    env.ok(&["checkpoint", "ck"]);
+    env.ok(&["checkpoint", "-d", "-w", "ck"]);
+    env.ok(&["wait", "-t", "discard", "ck"]);
+    assert_eq!(env.json(&["verify", "--json", "ck"])["clean"], true);
+    let history = env.ok(&["history", "ck"]);
+    assert!(history.contains("checkpoint discard finished"), "{history}");
+}
