@@ -3,7 +3,6 @@
 mod cli;
 mod control;
 mod exec;
-mod export;
 mod local;
 mod output;
 mod request;

@@ -15,7 +15,6 @@ use serde_json::json;
 
 use crate::cli::ServeArgs;
 use crate::exec::{self, VolumeHook};
-use crate::export::VolumeExport;
 use crate::request::{Request, Response};
 use crate::statedir::{KnownPool, StateDir};
 use crate::{control, local};
@@ -54,7 +53,7 @@ impl VolumeHook for Served {
 
 fn publish(exports: &Exports, pool: &Arc<Pool>, volume: &str, read_only: bool) -> Result<()> {
     let vol = pool.open_volume(volume).map_err(|e| anyhow!("{e}"))?;
-    let backend: Arc<dyn ExportBackend> = Arc::new(VolumeExport::new(vol, pool.name()));
+    let backend: Arc<dyn ExportBackend> = Arc::new(vol);
     exports
         .add(&format!("{}/{volume}", pool.name()), backend, read_only)
         .map_err(|e| anyhow!("{e}"))?;
