@@ -7,65 +7,14 @@
     clippy::type_complexity
 )]
 
+mod pool_common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use ringpool_driver::io::{self, BlockEngine, FaultyEngine, ReactorConfig};
-use ringpool_driver::pool::{
-    CreateOptions, ImportOptions, Pool, PoolError, PoolOptions, TxgConfig,
-};
+use ringpool_driver::io::{self, FaultyEngine};
+use ringpool_driver::pool::{ImportOptions, Pool, PoolError};
 
-fn rcfg() -> ReactorConfig {
-    ReactorConfig {
-        reactors: 1,
-        pin: false,
-        arena_bytes: 0,
-        ..Default::default()
-    }
-}
-
-fn popts() -> PoolOptions {
-    PoolOptions {
-        txg: TxgConfig {
-            timeout: Duration::from_millis(200),
-            ..Default::default()
-        },
-        shards: 2,
-        ..Default::default()
-    }
-}
-
-fn copts() -> CreateOptions {
-    CreateOptions {
-        pool: popts(),
-        ..Default::default()
-    }
-}
-
-fn iopts() -> ImportOptions {
-    ImportOptions {
-        pool: popts(),
-        ..Default::default()
-    }
-}
-
-fn engines(devs: &[FaultyEngine]) -> Vec<Arc<dyn BlockEngine>> {
-    devs.iter()
-        .map(|d| Arc::new(d.clone()) as Arc<dyn BlockEngine>)
-        .collect()
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x & 0xff) as u8
-        })
-        .collect()
-}
+use pool_common::{copts, engines, iopts, pattern, popts, rcfg};
 
 #[test]
 fn create_write_read_export_import_verify() -> anyhow::Result<()> {

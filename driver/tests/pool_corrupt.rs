@@ -9,36 +9,22 @@
     clippy::type_complexity
 )]
 
-use std::sync::Arc;
-use std::time::Duration;
+mod pool_common;
 
-use ringpool_driver::io::{self, BlockEngine, FaultyEngine, ReactorConfig};
-use ringpool_driver::pool::{
-    CreateOptions, ImportOptions, Pool, PoolError, PoolOptions, TxgConfig,
-};
+use std::sync::Arc;
+
+use ringpool_driver::io::{self, BlockEngine, FaultyEngine};
+use ringpool_driver::pool::{CreateOptions, ImportOptions, Pool, PoolError, PoolOptions};
 use ringpool_ondisk::layout::{DeviceLayout, LABEL_HEADER_OFFSET};
 use ringpool_ondisk::object::ObjectType;
 
 const SIZE: u64 = 64 << 20;
 
-fn rcfg() -> ReactorConfig {
-    ReactorConfig {
-        reactors: 1,
-        pin: false,
-        arena_bytes: 0,
-        ..Default::default()
-    }
-}
+use pool_common::rcfg;
 
+/// A long sync timer: the tests decide when txgs commit.
 fn popts() -> PoolOptions {
-    PoolOptions {
-        txg: TxgConfig {
-            timeout: Duration::from_secs(10),
-            ..Default::default()
-        },
-        shards: 1,
-        ..Default::default()
-    }
+    pool_common::popts_with(10_000, 1)
 }
 
 fn import(dev: &FaultyEngine, rewind: bool) -> Result<Pool, PoolError> {

@@ -26,32 +26,19 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use ringpool_driver::io::{self, BlockEngine, FaultEvent, FaultyEngine, ReactorConfig};
-use ringpool_driver::pool::{
-    CreateOptions, ImportOptions, Pool, PoolError, PoolOptions, TxgConfig, Volume,
-};
+use ringpool_driver::io::{self, BlockEngine, FaultEvent, FaultyEngine};
+use ringpool_driver::pool::{CreateOptions, ImportOptions, Pool, PoolError, PoolOptions, Volume};
+
+use pool_common::rcfg;
 
 const DEV_SIZE: u64 = 64 << 20;
 const SECTOR: u32 = 512;
 
-fn rcfg() -> ReactorConfig {
-    ReactorConfig {
-        reactors: 1,
-        pin: false,
-        arena_bytes: 0,
-        ..Default::default()
-    }
-}
-
+/// Sync timer `timeout_ms`, and a small tree-block cache so eviction is exercised.
 fn popts(timeout_ms: u64) -> PoolOptions {
     PoolOptions {
-        txg: TxgConfig {
-            timeout: Duration::from_millis(timeout_ms),
-            ..Default::default()
-        },
-        shards: 2,
         cache_bytes: 1 << 20,
-        ..Default::default()
+        ..pool_common::popts_with(timeout_ms, 2)
     }
 }
 

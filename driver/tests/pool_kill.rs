@@ -7,38 +7,25 @@
 // Test arithmetic on small sizes: the casts cannot truncate here.
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+mod pool_common;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use ringpool_driver::io::{self, Device, ReactorConfig};
-use ringpool_driver::pool::{
-    CreateOptions, ImportOptions, Pool, PoolError, PoolOptions, TxgConfig,
-};
+use ringpool_driver::io::{self, Device};
+use ringpool_driver::pool::{CreateOptions, ImportOptions, Pool, PoolError, PoolOptions};
+
+use pool_common::rcfg;
 
 const BS: usize = 4096;
 const VOL: u64 = 4 << 20;
 
-fn rcfg() -> ReactorConfig {
-    ReactorConfig {
-        reactors: 1,
-        pin: false,
-        arena_bytes: 0,
-        ..Default::default()
-    }
-}
-
+/// A 50 ms sync timer: many txgs commit while the child runs.
 fn popts() -> PoolOptions {
-    PoolOptions {
-        txg: TxgConfig {
-            timeout: Duration::from_millis(50),
-            ..Default::default()
-        },
-        shards: 1,
-        ..Default::default()
-    }
+    pool_common::popts_with(50, 1)
 }
 
 fn paths(dir: &Path) -> Vec<PathBuf> {

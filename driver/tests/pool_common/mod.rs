@@ -2,6 +2,9 @@
 // Test arithmetic on small in-memory sizes: the casts cannot truncate here.
 #![allow(dead_code, clippy::cast_possible_truncation)]
 
+pub mod setup;
+pub use setup::*;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
