@@ -148,7 +148,15 @@ pub fn run(args: &CompareArgs) -> Result<bool, PerfError> {
             source: e,
         })?;
     }
-    Ok(errors.iter().all(|&e| e == 0))
+    let mut healthy = true;
+    for p in &plans {
+        let (lines, ok) = p.spec.finish()?;
+        healthy &= ok;
+        for l in lines {
+            say(l);
+        }
+    }
+    Ok(healthy && errors.iter().all(|&e| e == 0))
 }
 
 /// The comparison table.

@@ -78,7 +78,15 @@ fn single(target: &str, w: &ringpool_perf::cli::WorkloadArgs) -> anyhow::Result<
         );
         std::fs::write(p, svg).with_context(|| format!("writing {}", p.display()))?;
     }
-    Ok(!rep.failed())
+    let (lines, healthy) = outcome.plan.spec.finish()?;
+    for l in lines {
+        if json {
+            eprintln!("{l}");
+        } else {
+            println!("{l}");
+        }
+    }
+    Ok(!rep.failed() && healthy)
 }
 
 fn interval_collector_of(o: &runner::RunOutcome) -> intervals::Collector {

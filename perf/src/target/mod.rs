@@ -2,12 +2,14 @@
 //! shared by all jobs; each job [`TargetSpec::connect`]s on its own reactor and drives the
 //! resulting [`Conn`] with up to `qd` concurrent I/Os.
 //!
-//! Adding a target (the pool volume, once the pool exists) means: a `TargetSpec` variant with
-//! its `probe`/`connect`, and a `Conn` variant implementing read/write/flush.
+//! Adding a target means: a `TargetSpec` variant with its `probe`/`prepare`/`connect` (and
+//! `finish` when it holds state across the run), and a `Conn` variant implementing
+//! read/write/flush.
 
 pub mod delay;
 pub mod nbd;
 pub mod nbd_proto;
+pub mod pool;
 pub mod raw;
 
 use std::future::Future;
@@ -50,6 +52,8 @@ pub enum TargetSpec {
     Raw(raw::RawSpec),
     /// An NBD server.
     Nbd(nbd::NbdSpec),
+    /// A volume of a ringpool pool, in process.
+    Pool(pool::PoolSpec),
     /// `delay:EVERY:MS:TARGET`: stalls every EVERY-th I/O of a job by MS milliseconds before
     /// passing it on (a test device for the open-loop / coordinated-omission logic).
     Delay {
@@ -88,9 +92,7 @@ impl TargetSpec {
             return Ok(TargetSpec::Nbd(nbd::NbdSpec::parse(s, w.nbd_conns)?));
         }
         if s.starts_with("pool:") {
-            return Err(PerfError::Config(format!(
-                "target '{s}': the in-process pool target needs driver::pool, which does not exist yet; measure a pool volume through its NBD export meanwhile"
-            )));
+            return Ok(TargetSpec::Pool(pool::PoolSpec::parse(s)?));
         }
         Ok(TargetSpec::Raw(raw::RawSpec::new(s, w.direct)))
     }
@@ -100,6 +102,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Raw(r) => r.probe(w),
             TargetSpec::Nbd(n) => n.probe(),
+            TargetSpec::Pool(p) => p.probe(w),
             TargetSpec::Delay { every, ms, inner } => {
                 let mut i = inner.probe(w)?;
                 i.describe = format!("{} (stall {ms} ms every {every} I/Os)", i.describe);
@@ -119,6 +122,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Raw(r) => r.prepare(w, region, unit, run_id),
             TargetSpec::Nbd(_) => Ok(()),
+            TargetSpec::Pool(p) => p.prepare(w, region, unit, run_id),
             TargetSpec::Delay { inner, .. } => inner.prepare(w, region, unit, run_id),
         }
     }
@@ -129,6 +133,7 @@ impl TargetSpec {
             Ok(match self {
                 TargetSpec::Raw(r) => AnyConn::Raw(r.connect()?),
                 TargetSpec::Nbd(n) => AnyConn::Nbd(n.connect(job).await?),
+                TargetSpec::Pool(p) => AnyConn::Pool(p.connect()?),
                 TargetSpec::Delay { every, ms, inner } => AnyConn::Delay(delay::DelayConn::new(
                     *every,
                     *ms,
@@ -137,6 +142,16 @@ impl TargetSpec {
             })
         })
     }
+
+    /// Ends the target after the last run (the pool: sync, optional verify, export).
+    /// Returns report lines and false when the target ended unhealthy.
+    pub fn finish(&self) -> Result<(Vec<String>, bool), PerfError> {
+        match self {
+            TargetSpec::Raw(_) | TargetSpec::Nbd(_) => Ok((Vec::new(), true)),
+            TargetSpec::Pool(p) => p.finish(),
+            TargetSpec::Delay { inner, .. } => inner.finish(),
+        }
+    }
 }
 
 /// The connection of any target.
@@ -144,6 +159,7 @@ impl TargetSpec {
 pub enum AnyConn {
     Raw(raw::RawConn),
     Nbd(nbd::NbdConn),
+    Pool(pool::PoolConn),
     Delay(delay::DelayConn),
 }
 
@@ -151,7 +167,7 @@ impl AnyConn {
     /// Ends the connection cleanly (NBD: DISC); errors are not interesting at that point.
     pub async fn close(&self) {
         match self {
-            AnyConn::Raw(_) => {}
+            AnyConn::Raw(_) | AnyConn::Pool(_) => {}
             AnyConn::Nbd(n) => n.close().await,
             AnyConn::Delay(d) => Box::pin(d.inner().close()).await,
         }
@@ -163,6 +179,7 @@ impl Conn for AnyConn {
         match self {
             AnyConn::Raw(c) => c.read(buf, off).await,
             AnyConn::Nbd(c) => c.read(buf, off).await,
+            AnyConn::Pool(c) => c.read(buf, off).await,
             AnyConn::Delay(c) => c.read(buf, off).await,
         }
     }
@@ -171,6 +188,7 @@ impl Conn for AnyConn {
         match self {
             AnyConn::Raw(c) => c.write(buf, off, fua).await,
             AnyConn::Nbd(c) => c.write(buf, off, fua).await,
+            AnyConn::Pool(c) => c.write(buf, off, fua).await,
             AnyConn::Delay(c) => c.write(buf, off, fua).await,
         }
     }
@@ -179,6 +197,7 @@ impl Conn for AnyConn {
         match self {
             AnyConn::Raw(c) => c.flush().await,
             AnyConn::Nbd(c) => c.flush().await,
+            AnyConn::Pool(c) => c.flush().await,
             AnyConn::Delay(c) => c.flush().await,
         }
     }
