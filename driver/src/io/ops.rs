@@ -173,15 +173,27 @@ pub async fn write_at(
 /// Read exactly `buf.len()` bytes at `offset`, continuing after short reads.
 pub async fn read_exact_at(
     fd: impl Into<FileRef>,
+    buf: IoBuf,
+    offset: u64,
+) -> (Result<(), IoError>, IoBuf) {
+    let len = buf.len();
+    read_exact_range(fd, buf, 0..len, offset).await
+}
+
+/// Read exactly `range.len()` bytes at `offset` into `buf[range]` (the rest of `buf` is left
+/// alone), continuing after short reads. `range` must lie within the capacity.
+pub async fn read_exact_range(
+    fd: impl Into<FileRef>,
     mut buf: IoBuf,
+    range: Range<usize>,
     offset: u64,
 ) -> (Result<(), IoError>, IoBuf) {
     let fd = fd.into();
-    let total = buf.len();
+    let total = range.len();
     let mut done = 0usize;
     while done < total {
         let off = offset + done as u64;
-        let (r, b) = read_window(fd, buf, done..total, off).await;
+        let (r, b) = read_window(fd, buf, range.start + done..range.end, off).await;
         buf = b;
         match r {
             Ok(0) => {

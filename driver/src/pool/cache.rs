@@ -3,27 +3,38 @@
 //! Tree blocks are immutable once written (copy-on-write), so a block is identified by where it
 //! lives *and* the checksum its parent records: a block rewritten in place during a later sync
 //! pass gets a new checksum, hence a new key, and a stale entry can never be returned. Memory is
-//! bounded by a byte budget; the least recently used entries go first, so memory does not grow
-//! with the size of the volumes.
+//! bounded by a byte budget; the least recently used entries go first (CLOCK / second chance,
+//! so a hit never reorders anything), so memory does not grow with the size of the volumes.
+//! Large caches are split into shards by key hash so reactors do not serialize on one lock.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
+
+/// Budget per shard below which the cache is not split (a tiny cache stays one exact LRU).
+const MIN_SHARD_BYTES: usize = 4 << 20;
+/// Most shards (reactors contend on one shard lock only when they hit the same shard).
+const MAX_SHARDS: usize = 16;
 
 #[derive(Debug)]
 struct Entry<V> {
     value: V,
     bytes: usize,
-    tick: u64,
+    /// Set on every hit; eviction gives a referenced entry a second chance instead of
+    /// reordering on every hit (a hit is then a hash lookup and a flag store).
+    referenced: AtomicBool,
+    /// Generation of this entry's slot in the queue (stale queue slots are skipped).
+    gen: u64,
 }
 
 #[derive(Debug)]
 struct Inner<K, V> {
     map: HashMap<K, Entry<V>>,
-    /// tick -> key, oldest first.
-    order: BTreeMap<u64, K>,
-    tick: u64,
+    /// Insertion order (oldest first) as (key, generation); may hold stale slots.
+    queue: VecDeque<(K, u64)>,
+    gen: u64,
     bytes: usize,
     hits: u64,
     misses: u64,
@@ -42,94 +53,143 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
-/// A thread-safe LRU cache with a byte budget. Values are cheap to clone (`Arc`s).
+/// A thread-safe cache with a byte budget evicting (approximately) the least recently used
+/// entries: CLOCK / second chance per shard. Values are cheap to clone (`Arc`s).
 #[derive(Debug)]
 pub struct LruCache<K, V> {
-    inner: Mutex<Inner<K, V>>,
+    shards: Vec<Mutex<Inner<K, V>>>,
+    hasher: std::collections::hash_map::RandomState,
     limit: usize,
+    shard_limit: usize,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
     /// A cache holding at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
+        let n = (limit / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS);
         LruCache {
-            inner: Mutex::new(Inner {
-                map: HashMap::new(),
-                order: BTreeMap::new(),
-                tick: 0,
-                bytes: 0,
-                hits: 0,
-                misses: 0,
-            }),
+            shards: (0..n)
+                .map(|_| {
+                    Mutex::new(Inner {
+                        map: HashMap::new(),
+                        queue: VecDeque::new(),
+                        gen: 0,
+                        bytes: 0,
+                        hits: 0,
+                        misses: 0,
+                    })
+                })
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
             limit,
+            shard_limit: limit / n,
         }
     }
 
-    /// Look a block up, marking it most recently used.
+    fn shard(&self, key: &K) -> &Mutex<Inner<K, V>> {
+        if self.shards.len() == 1 {
+            return &self.shards[0];
+        }
+        let h = self.hasher.hash_one(key);
+        let i = usize::try_from(h % self.shards.len() as u64).unwrap_or(0);
+        &self.shards[i]
+    }
+
+    /// Look a block up, marking it recently used.
     pub fn get(&self, key: &K) -> Option<V> {
-        let mut g = self.inner.lock();
-        g.tick += 1;
-        let tick = g.tick;
-        let Some(e) = g.map.get_mut(key) else {
+        let mut g = self.shard(key).lock();
+        let Some(e) = g.map.get(key) else {
             g.misses += 1;
             return None;
         };
-        let old = e.tick;
-        e.tick = tick;
+        e.referenced.store(true, Ordering::Relaxed);
         let v = e.value.clone();
-        g.order.remove(&old);
-        g.order.insert(tick, key.clone());
         g.hits += 1;
         Some(v)
     }
 
-    /// Insert (or replace) a block of `bytes` bytes, evicting the oldest entries over budget.
+    /// Insert (or replace) a block of `bytes` bytes, evicting old entries over budget.
     pub fn insert(&self, key: K, value: V, bytes: usize) {
-        let mut g = self.inner.lock();
-        g.tick += 1;
-        let tick = g.tick;
-        if let Some(old) = g.map.insert(key.clone(), Entry { value, bytes, tick }) {
-            g.order.remove(&old.tick);
+        let mut g = self.shard(&key).lock();
+        g.gen += 1;
+        let gen = g.gen;
+        let entry = Entry {
+            value,
+            bytes,
+            referenced: AtomicBool::new(false),
+            gen,
+        };
+        if let Some(old) = g.map.insert(key.clone(), entry) {
             g.bytes -= old.bytes;
         }
-        g.order.insert(tick, key);
+        g.queue.push_back((key, gen));
         g.bytes += bytes;
-        while g.bytes > self.limit && g.map.len() > 1 {
-            let Some((_, k)) = g.order.pop_first() else {
+        // Second chance: a referenced entry at the head goes to the back (flag cleared); the
+        // first unreferenced one is evicted. Every entry is passed over at most once per
+        // eviction round, so this ends.
+        let mut budget = g.queue.len() * 2 + 1;
+        while g.bytes > self.shard_limit && g.map.len() > 1 && budget > 0 {
+            budget -= 1;
+            let Some((k, gen)) = g.queue.pop_front() else {
                 break;
             };
-            if let Some(e) = g.map.remove(&k) {
-                g.bytes -= e.bytes;
+            let verdict = match g.map.get(&k) {
+                Some(e) if e.gen == gen => Some(e.referenced.swap(false, Ordering::Relaxed)),
+                _ => None, // stale slot
+            };
+            match verdict {
+                Some(true) => {
+                    g.gen += 1;
+                    let ng = g.gen;
+                    if let Some(e) = g.map.get_mut(&k) {
+                        e.gen = ng;
+                    }
+                    g.queue.push_back((k, ng));
+                }
+                Some(false) => {
+                    if let Some(e) = g.map.remove(&k) {
+                        g.bytes -= e.bytes;
+                    }
+                }
+                None => {}
             }
+        }
+        // Keep stale slots from piling up (entries replaced or removed).
+        if g.queue.len() > 2 * g.map.len() + 64 {
+            let Inner { map, queue, .. } = &mut *g;
+            queue.retain(|(k, gen)| map.get(k).is_some_and(|e| e.gen == *gen));
         }
     }
 
     /// Drop one entry if present.
     pub fn remove(&self, key: &K) {
-        let mut g = self.inner.lock();
+        let mut g = self.shard(key).lock();
         if let Some(e) = g.map.remove(key) {
-            g.order.remove(&e.tick);
             g.bytes -= e.bytes;
         }
     }
 
     /// Drop everything.
     pub fn clear(&self) {
-        let mut g = self.inner.lock();
-        g.map.clear();
-        g.order.clear();
-        g.bytes = 0;
+        for s in &self.shards {
+            let mut g = s.lock();
+            g.map.clear();
+            g.queue.clear();
+            g.bytes = 0;
+        }
     }
 
     /// Current statistics.
     pub fn stats(&self) -> CacheStats {
-        let g = self.inner.lock();
-        CacheStats {
-            entries: g.map.len(),
-            bytes: g.bytes,
-            hits: g.hits,
-            misses: g.misses,
+        let mut out = CacheStats::default();
+        for s in &self.shards {
+            let g = s.lock();
+            out.entries += g.map.len();
+            out.bytes += g.bytes;
+            out.hits += g.hits;
+            out.misses += g.misses;
         }
+        out
     }
 
     /// The byte budget.
@@ -141,6 +201,24 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_cache_is_sharded_and_stays_within_budget() {
+        let c: LruCache<u32, u32> = LruCache::new(64 << 20);
+        assert!(c.shards.len() > 1);
+        for i in 0..40_000u32 {
+            c.insert(i, i, 4096);
+            if i % 3 == 0 {
+                // Hot keys keep being hit.
+                let _ = c.get(&0);
+            }
+        }
+        let s = c.stats();
+        assert!(s.bytes <= 64 << 20, "{s:?}");
+        assert!(s.entries >= (48 << 20) / 4096, "{s:?}");
+        assert_eq!(c.get(&0), Some(0), "a hot entry survives");
+        assert_eq!(c.get(&39_999), Some(39_999));
+    }
 
     #[test]
     fn evicts_least_recently_used_within_budget() {

@@ -48,18 +48,12 @@ impl ExportBackend for Volume {
         format!("ringpool volume {}", self.name())
     }
 
-    fn read(
-        &self,
-        offset: u64,
-        mut buf: IoBuf,
-        range: Range<usize>,
-    ) -> BackendFuture<'_, ReadResult> {
+    fn read(&self, offset: u64, buf: IoBuf, range: Range<usize>) -> BackendFuture<'_, ReadResult> {
         Box::pin(async move {
             let mut holes = Vec::new();
             let len = range.len();
-            let r = self
-                .read_holes(offset, &mut buf[range], Some(&mut holes))
-                .await;
+            // Straight into the reply buffer (the volume verifies every block in place).
+            let (r, buf) = self.read_into(offset, buf, range, Some(&mut holes)).await;
             let res = r.map_err(|e| to_backend(&e)).map(|()| {
                 if holes.is_empty() {
                     ReadLayout::Data
@@ -83,7 +77,7 @@ impl ExportBackend for Volume {
 
     fn write(&self, offset: u64, data: IoBuf, fua: bool) -> BackendFuture<'_, WriteResult> {
         Box::pin(async move {
-            let r = Volume::write(self, offset, &data, fua).await;
+            let (r, data) = self.write_buf(offset, data, fua).await;
             (r.map_err(|e| to_backend(&e)), data)
         })
     }

@@ -19,6 +19,7 @@ use super::readers::ReaderTracker;
 use super::syncer::SyncTask;
 use super::txg::TxgEngine;
 use super::vdev::Vdev;
+use crate::io::IoBuf;
 use super::volume::VolumeInner;
 
 /// A queued sync task and where its result goes.
@@ -284,21 +285,59 @@ impl Shared {
         let lsize = usize::try_from(d.lsize)
             .unwrap_or(usize::MAX)
             .min(buf.len());
-        let actual = Checksum::compute(d.checksum.algo, &buf[..lsize]);
-        if actual != d.checksum {
-            return Err(PoolError::Checksum {
-                object: object.to_string(),
-                offset,
-                level: d.level,
-                device: d.dva.device,
-                dev_offset: d.dva.offset,
-                expected: d.checksum.to_string(),
-                actual: actual.to_string(),
-            });
+        Self::verify(d, &buf[..lsize], object, offset)?;
+        Ok(buf[..lsize].to_vec())
+    }
+
+    /// Checks `data` (the block's logical bytes, read from where `d` points) against the
+    /// checksum `d` records. The error (and its strings) is only built on a mismatch.
+    pub(crate) fn verify(d: &DataPtr, data: &[u8], object: &str, offset: u64) -> Result<()> {
+        let actual = Checksum::compute(d.checksum.algo, data);
+        if actual == d.checksum {
+            return Ok(());
         }
-        let mut v = buf[..lsize].to_vec();
-        v.truncate(lsize);
-        Ok(v)
+        Err(PoolError::Checksum {
+            object: object.to_string(),
+            offset,
+            level: d.level,
+            device: d.dva.device,
+            dev_offset: d.dva.offset,
+            expected: d.checksum.to_string(),
+            actual: actual.to_string(),
+        })
+    }
+
+    /// Reads `range.len()` bytes at `dev_offset` of device `dev` into `buf[range]` (straight
+    /// into the caller's buffer where the engine can, e.g. an NBD reply buffer).
+    pub(crate) async fn read_raw_into(
+        &self,
+        dev: u32,
+        dev_offset: u64,
+        buf: IoBuf,
+        range: std::ops::Range<usize>,
+    ) -> (Result<()>, IoBuf) {
+        let vdev = match self.vdev(dev) {
+            Ok(v) => v,
+            Err(e) => return (Err(e), buf),
+        };
+        let (r, buf) = vdev.engine.read_into(buf, range, dev_offset).await;
+        (r.map_err(PoolError::from), buf)
+    }
+
+    /// Writes `buf` (already laid out block after block, `asize` apart) at `dev_offset` of
+    /// device `dev` in one request, handing the buffer back.
+    pub(crate) async fn write_raw(
+        &self,
+        dev: u32,
+        dev_offset: u64,
+        buf: IoBuf,
+    ) -> (Result<()>, IoBuf) {
+        let vdev = match self.vdev(dev) {
+            Ok(v) => v,
+            Err(e) => return (Err(e), buf),
+        };
+        let (r, buf) = vdev.engine.write_at(buf, dev_offset).await;
+        (r.map_err(PoolError::from), buf)
     }
 
     /// An indirect block's pointers, through the cache.
@@ -358,10 +397,11 @@ impl Shared {
             let vdev = self.vdev(dvas[i].device)?;
             let asize = usize::try_from(dvas[i].asize).unwrap_or(0);
             let mut buf = crate::io::buf::alloc(asize * (j - i));
-            buf.fill(0);
             for k in i..j {
                 let dst = (k - i) * asize;
                 buf[dst..dst + bs].copy_from_slice(&content[k * bs..(k + 1) * bs]);
+                // Only the allocation padding past the block (if any) needs zeroes.
+                buf[dst + bs..dst + asize].fill(0);
             }
             let off = dvas[i].offset;
             futs.push(async move { vdev.write(off, buf).await });

@@ -12,8 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use ringpool_ondisk::blkptr::{BlockPointer, DataPtr, HolePtr};
-use ringpool_ondisk::checksum::{Checksum, ChecksumAlgo};
+use ringpool_ondisk::blkptr::{BlockPointer, HolePtr};
 use ringpool_ondisk::object::ObjectType;
 
 use super::blocklock::KeyLocks;
@@ -21,6 +20,9 @@ use super::error::{PoolError, Result};
 use super::objtree::TreeGeom;
 use super::shared::Shared;
 use super::txg::TXG_SIZE;
+
+mod read;
+mod write;
 
 const SHARDS: usize = 16;
 /// Consecutive blocks that share a shard (keeps a sequential write on one lock).
@@ -63,6 +65,8 @@ pub(crate) struct VolMap {
 #[derive(Debug)]
 pub(crate) struct VolumeInner {
     pub name: String,
+    /// "volume 'NAME' (object N)", built once for error messages.
+    pub obj_name: String,
     pub object: u64,
     pub block_size: u32,
     pub size: RwLock<u64>,
@@ -75,6 +79,7 @@ pub(crate) struct VolumeInner {
 impl VolumeInner {
     pub(crate) fn new(name: String, object: u64, block_size: u32, size: u64, map: VolMap) -> Self {
         VolumeInner {
+            obj_name: format!("volume '{name}' (object {object})"),
             name,
             object,
             block_size,
@@ -111,6 +116,51 @@ impl VolumeInner {
             Some((_, bp)) => Ok(bp),
             None => Err(*m),
         }
+    }
+
+    /// Overlay entries (or `None`) for blocks `first..=last`, with the committed map to walk
+    /// for the others: one consistent snapshot (the sync installs a tree and drops its
+    /// overlay under the map lock).
+    fn overlay_or_map_range(&self, first: u64, last: u64) -> (Vec<Option<BlockPointer>>, VolMap) {
+        let m = self.map.read();
+        let mut out = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
+        let mut b = first;
+        while b <= last {
+            // Blocks of one shard run share one lock acquisition.
+            let run_end = (((b >> SHARD_RUN_SHIFT) + 1) << SHARD_RUN_SHIFT).min(last + 1);
+            let sh = self.shard(b).lock();
+            for k in b..run_end {
+                out.push(sh.lookup(k).map(|(_, bp)| bp));
+            }
+            b = run_end;
+        }
+        (out, *m)
+    }
+
+    /// Publishes consecutive blocks `first..` of txg `txg`; returns the pointers they replaced
+    /// in the same txg.
+    fn publish_range(&self, txg: u64, first: u64, bps: &[BlockPointer]) -> Vec<BlockPointer> {
+        let _m = self.map.read();
+        let s = usize::try_from(txg % TXG_SIZE as u64).unwrap_or(0);
+        let mut replaced = Vec::new();
+        let last = first + u64::try_from(bps.len()).unwrap_or(0);
+        let mut b = first;
+        while b < last {
+            let run_end = (((b >> SHARD_RUN_SHIFT) + 1) << SHARD_RUN_SHIFT).min(last);
+            let mut sh = self.shard(b).lock();
+            if sh.slot_txg[s] != txg {
+                sh.slots[s].clear();
+                sh.slot_txg[s] = txg;
+            }
+            for k in b..run_end {
+                let bp = bps[usize::try_from(k - first).unwrap_or(0)];
+                if let Some(old) = sh.slots[s].insert(k, bp) {
+                    replaced.push(old);
+                }
+            }
+            b = run_end;
+        }
+        replaced
     }
 
     /// Overlay entries of txg `txg`, sorted by block id (sync thread, after quiesce).
@@ -241,6 +291,54 @@ impl Volume {
         self.lookup_tree(&map, blkid).await
     }
 
+    /// Current pointers of blocks `first..=last`. Tree walks reuse the indirect blocks of the
+    /// previous block (neighbours share their parents), so a long range costs one cache
+    /// lookup per indirect block instead of one per block and level.
+    async fn lookup_range(&self, first: u64, last: u64) -> Result<Vec<BlockPointer>> {
+        let (overlay, map) = self.inner.overlay_or_map_range(first, last);
+        let geom = map.geom;
+        let levels = usize::from(geom.levels);
+        // Per level: (index of the node at that level, its children).
+        let mut memo: Vec<Option<(u64, std::sync::Arc<Vec<BlockPointer>>)>> = vec![None; levels];
+        let mut out = Vec::with_capacity(overlay.len());
+        for (blkid, ov) in (first..=last).zip(overlay) {
+            if let Some(bp) = ov {
+                out.push(bp);
+                continue;
+            }
+            if blkid >= geom.capacity_blocks() {
+                out.push(BlockPointer::EMPTY);
+                continue;
+            }
+            let mut bp = map.root;
+            let mut level = geom.levels - 1;
+            while level > 0 {
+                let BlockPointer::Data(d) = bp else {
+                    break;
+                };
+                let span = geom.span(level);
+                let node = blkid / span;
+                let li = usize::from(level);
+                let children = match &memo[li] {
+                    Some((n, c)) if *n == node => std::sync::Arc::clone(c),
+                    _ => {
+                        let c = self
+                            .shared
+                            .load_indirect(&d, &self.inner.obj_name, node * span * self.bs())
+                            .await?;
+                        memo[li] = Some((node, std::sync::Arc::clone(&c)));
+                        c
+                    }
+                };
+                let idx = geom.child_index(level, blkid);
+                bp = children.get(idx).copied().unwrap_or(BlockPointer::EMPTY);
+                level -= 1;
+            }
+            out.push(bp);
+        }
+        Ok(out)
+    }
+
     async fn lookup_tree(&self, map: &VolMap, blkid: u64) -> Result<BlockPointer> {
         let geom = map.geom;
         if blkid >= geom.capacity_blocks() {
@@ -255,20 +353,13 @@ impl Volume {
             let first = (blkid / geom.span(level)) * geom.span(level) * self.bs();
             let children = self
                 .shared
-                .load_indirect(&d, &self.object_name(), first)
+                .load_indirect(&d, &self.inner.obj_name, first)
                 .await?;
             let idx = geom.child_index(level, blkid);
             bp = children.get(idx).copied().unwrap_or(BlockPointer::EMPTY);
             level -= 1;
         }
         Ok(bp)
-    }
-
-    fn object_name(&self) -> String {
-        format!(
-            "volume '{}' (object {})",
-            self.inner.name, self.inner.object
-        )
     }
 
     /// Reads `buf.len()` bytes at `offset`. Holes read as zeroes; every block is verified
@@ -278,37 +369,20 @@ impl Volume {
     }
 
     /// Like [`read`](Self::read), also collecting the byte ranges (relative to `offset`) that
-    /// were holes.
+    /// were holes. (Goes through an aligned bounce buffer; [`read_into`](Self::read_into)
+    /// reads straight into an [`IoBuf`](crate::io::IoBuf).)
     pub async fn read_holes(
         &self,
         offset: u64,
         buf: &mut [u8],
-        mut holes: Option<&mut Vec<std::ops::Range<usize>>>,
+        holes: Option<&mut Vec<std::ops::Range<usize>>>,
     ) -> Result<()> {
-        let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
-        self.check_range(offset, len)?;
-        let bs = self.bs();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + u64::try_from(done).unwrap_or(0);
-            let blkid = pos / bs;
-            let in_blk = usize::try_from(pos % bs).unwrap_or(0);
-            let n = (usize::try_from(bs).unwrap_or(0) - in_blk).min(buf.len() - done);
-            let data = self.read_block(blkid).await?;
-            match data {
-                Some(d) => buf[done..done + n].copy_from_slice(&d[in_blk..in_blk + n]),
-                None => {
-                    buf[done..done + n].fill(0);
-                    if let Some(h) = holes.as_deref_mut() {
-                        match h.last_mut() {
-                            Some(last) if last.end == done => last.end = done + n,
-                            _ => h.push(done..done + n),
-                        }
-                    }
-                }
-            }
-            done += n;
-        }
+        let mut tmp = crate::io::buf::alloc(buf.len());
+        tmp.set_len(buf.len());
+        let n = buf.len();
+        let (r, tmp) = self.read_into(offset, tmp, 0..n, holes).await;
+        r?;
+        buf.copy_from_slice(&tmp[..n]);
         Ok(())
     }
 
@@ -323,7 +397,7 @@ impl Volume {
             };
             let res = self
                 .shared
-                .read_verified(&d, &self.object_name(), blkid * self.bs())
+                .read_verified(&d, &self.inner.obj_name, blkid * self.bs())
                 .await;
             drop(guard);
             match res {
@@ -340,98 +414,6 @@ impl Volume {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Writes `data` at `offset` (copy-on-write). With `fua`, returns once the txg holding the
-    /// write has committed.
-    pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
-        self.check_writable()?;
-        let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
-        self.check_range(offset, len)?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        let bs = self.bs();
-        let first = offset / bs;
-        let last = (offset + len - 1) / bs;
-        let mut txg = 0;
-        // Bounded batches keep a huge write from pinning a txg and memory for too long.
-        let batch = (1u64 << 20) / bs;
-        let mut blk = first;
-        while blk <= last {
-            let end = (blk + batch.max(1) - 1).min(last);
-            txg = txg.max(self.write_blocks(offset, data, blk, end).await?);
-            blk = end + 1;
-        }
-        if fua {
-            self.shared.wait_synced(txg).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes blocks `first..=last` of the request (`offset`, `data`).
-    async fn write_blocks(&self, offset: u64, data: &[u8], first: u64, last: u64) -> Result<u64> {
-        let bs = self.bs();
-        let bsu = usize::try_from(bs).unwrap_or(0);
-        let mut guards = Vec::new();
-        for b in first..=last {
-            guards.push(self.inner.locks.lock(b).await);
-        }
-        let nblk = usize::try_from(last - first + 1).unwrap_or(0);
-        let mut content = vec![0u8; nblk * bsu];
-        let req_end = offset + u64::try_from(data.len()).unwrap_or(0);
-        for (i, b) in (first..=last).enumerate() {
-            let bstart = b * bs;
-            let bend = bstart + bs;
-            let lo = bstart.max(offset);
-            let hi = bend.min(req_end);
-            let dst = &mut content[i * bsu..(i + 1) * bsu];
-            if lo > bstart || hi < bend {
-                // Partial block: read-modify-write under the block lock.
-                if let Some(old) = self.read_block(b).await? {
-                    dst.copy_from_slice(&old);
-                }
-            }
-            let s = usize::try_from(lo - offset).unwrap_or(0);
-            let e = usize::try_from(hi - offset).unwrap_or(0);
-            let o = usize::try_from(lo - bstart).unwrap_or(0);
-            dst[o..o + (e - s)].copy_from_slice(&data[s..e]);
-        }
-        let hold = self
-            .shared
-            .txg
-            .hold_throttled()
-            .await
-            .map_err(PoolError::Suspended)?;
-        let txg = hold.txg();
-        let dvas = self.shared.alloc_blocks(bs, nblk, txg)?;
-        if let Err(e) = self.shared.write_extents(&dvas, &content, bsu).await {
-            for d in &dvas {
-                self.shared.free_now(d, txg);
-            }
-            return Err(e);
-        }
-        for (i, b) in (first..=last).enumerate() {
-            let blk = &content[i * bsu..(i + 1) * bsu];
-            let bp = BlockPointer::Data(DataPtr {
-                dva: dvas[i],
-                lsize: self.inner.block_size,
-                kind: ObjectType::VolumeData,
-                level: 0,
-                birth_txg: txg,
-                fill: 1,
-                checksum: Checksum::compute(ChecksumAlgo::Crc32c, blk),
-            });
-            self.replace(b, bp, txg);
-        }
-        // Charge the tree blocks the sync will rewrite too (worst case one indirect block per
-        // data block): the dirty limits then bound the metadata a txg needs.
-        let meta = u64::from(super::syncer::INDIRECT_BLOCK_SIZE) * u64::try_from(nblk).unwrap_or(0);
-        hold.add_dirty(u64::try_from(content.len()).unwrap_or(0) + meta);
-        self.shared.mark_dirty(txg);
-        drop(hold);
-        drop(guards);
-        Ok(txg)
     }
 
     /// Publishes `bp` for `blkid` and hands back what it replaced in the same txg.
@@ -557,7 +539,7 @@ impl Volume {
             }
             let children = self
                 .shared
-                .load_indirect(&d, &self.object_name(), base * self.bs())
+                .load_indirect(&d, &self.inner.obj_name, base * self.bs())
                 .await?;
             let span = geom.span(level - 1);
             // Push in reverse so blocks come out in ascending order.

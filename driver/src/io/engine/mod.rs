@@ -16,6 +16,7 @@ mod sync;
 mod uring;
 
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 
 pub use faulty::{CrashMode, FaultEvent, FaultyEngine};
@@ -39,6 +40,28 @@ pub trait BlockEngine: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// Read exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: IoBuf, offset: u64) -> IoFuture;
+    /// Read exactly `range.len()` bytes at `offset` into `buf[range]`, leaving the rest of
+    /// `buf` alone (a reader fills its part of a larger reply buffer without a bounce copy).
+    /// `range` must lie within `buf.capacity()`. The default reads into a temporary buffer
+    /// and copies; engines that can target the range directly override it.
+    fn read_into(&self, mut buf: IoBuf, range: Range<usize>, offset: u64) -> IoFuture {
+        if range.start > range.end || range.end > buf.capacity() {
+            let e = IoError::Os {
+                op: OpKind::Read,
+                errno: libc::EINVAL,
+            };
+            return Box::pin(std::future::ready((Err(e), buf)));
+        }
+        let tmp = crate::io::buf::alloc(range.len());
+        let fut = self.read_at(tmp, offset);
+        Box::pin(async move {
+            let (r, tmp) = fut.await;
+            if r.is_ok() {
+                buf.spare_and_all_mut()[range].copy_from_slice(&tmp);
+            }
+            (r, buf)
+        })
+    }
     /// Write exactly `buf.len()` bytes at `offset`.
     fn write_at(&self, buf: IoBuf, offset: u64) -> IoFuture;
     /// Make every completed write durable (fdatasync through the ring).

@@ -1,5 +1,6 @@
 //! [`UringEngine`]: device I/O through the current thread's reactor ring.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::{check_discard, check_io, BlockEngine, IoFuture, UnitFuture};
@@ -46,6 +47,30 @@ impl BlockEngine for UringEngine {
                 return (Err(e), buf);
             }
             let (r, buf) = ops::read_exact_at(dev.ring_file(), buf, offset).await;
+            (
+                r.map_err(|e| map(&dev, OpKind::Read, offset, len, addr, e)),
+                buf,
+            )
+        })
+    }
+
+    fn read_into(&self, buf: IoBuf, range: Range<usize>, offset: u64) -> IoFuture {
+        let dev = Arc::clone(&self.dev);
+        Box::pin(async move {
+            let g = dev.geometry();
+            let len = range.len();
+            let addr = buf.addr().wrapping_add(range.start);
+            if range.start > range.end || range.end > buf.capacity() {
+                let e = IoError::Os {
+                    op: OpKind::Read,
+                    errno: libc::EINVAL,
+                };
+                return (Err(e), buf);
+            }
+            if let Err(e) = check_io(&g, dev.name(), OpKind::Read, offset, len, addr) {
+                return (Err(e), buf);
+            }
+            let (r, buf) = ops::read_exact_range(dev.ring_file(), buf, range, offset).await;
             (
                 r.map_err(|e| map(&dev, OpKind::Read, offset, len, addr, e)),
                 buf,
