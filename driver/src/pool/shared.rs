@@ -19,8 +19,8 @@ use super::readers::ReaderTracker;
 use super::syncer::SyncTask;
 use super::txg::TxgEngine;
 use super::vdev::Vdev;
-use crate::io::IoBuf;
 use super::volume::VolumeInner;
+use crate::io::IoBuf;
 
 /// A queued sync task and where its result goes.
 pub(crate) struct QueuedTask {

@@ -207,7 +207,9 @@ impl Volume {
                 if Some(i) == direct {
                     let b = own_buf.take().unwrap_or_else(|| IoBuf::with_capacity(0));
                     let dst = base + pieces[r.pieces.start].dst;
-                    let f = self.shared.read_raw_into(r.dev, r.dev_off, b, dst..dst + r.bytes);
+                    let f = self
+                        .shared
+                        .read_raw_into(r.dev, r.dev_off, b, dst..dst + r.bytes);
                     futs.push(f);
                 } else {
                     let mut b = crate::io::buf::alloc(r.bytes);

@@ -20,7 +20,8 @@ const BATCH_BYTES: u64 = 1 << 20;
 
 /// True if `dvas` are back to back on one device, each `asize` bytes: one device write.
 fn contiguous(dvas: &[Dva], asize: u32) -> bool {
-    dvas.iter().all(|d| d.asize == asize && d.device == dvas[0].device)
+    dvas.iter()
+        .all(|d| d.asize == asize && d.device == dvas[0].device)
         && dvas
             .windows(2)
             .all(|w| w[1].offset == w[0].offset + u64::from(w[0].asize))
@@ -69,7 +70,10 @@ impl Volume {
             let r = self.write(offset, &data, fua).await;
             return (r, data);
         }
-        if let Err(e) = self.check_writable().and_then(|()| self.check_range(offset, len)) {
+        if let Err(e) = self
+            .check_writable()
+            .and_then(|()| self.check_range(offset, len))
+        {
             return (Err(e), data);
         }
         let first = offset / bs;
@@ -186,8 +190,8 @@ impl Volume {
         }
         // Charge the tree blocks the sync will rewrite too (worst case one indirect block per
         // data block): the dirty limits then bound the metadata a txg needs.
-        let meta = u64::from(super::super::syncer::INDIRECT_BLOCK_SIZE)
-            * u64::try_from(nblk).unwrap_or(0);
+        let meta =
+            u64::from(super::super::syncer::INDIRECT_BLOCK_SIZE) * u64::try_from(nblk).unwrap_or(0);
         hold.add_dirty(bs * u64::try_from(nblk).unwrap_or(0) + meta);
         self.shared.mark_dirty(txg);
         drop(hold);
