@@ -539,6 +539,8 @@ struct RunReport {
     sync_ms_avg: f64,
     prefill_s: f64,
     free_bytes: u64,
+    /// Metaslabs with a full by-size index (allocated from lately), of all.
+    indexed_ms: (usize, usize),
 }
 
 fn run(args: &Args, threads: usize) -> Result<RunReport> {
@@ -594,6 +596,13 @@ fn run(args: &Args, threads: usize) -> Result<RunReport> {
         nospace += r.nospace;
     }
     let stats = class.stats();
+    let nms = class.group(0)?.metaslab_count();
+    let mut indexed_ms = 0;
+    for i in 0..nms {
+        if class.with_metaslab(0, i, |m| m.is_active_indexed())? {
+            indexed_ms += 1;
+        }
+    }
     let ceph_score = CephScore::score(&class, 1 << args.ashift)?;
     let cpu_s: f64 = results.iter().map(|r| r.cpu_s).sum();
     let ganged: u64 = results.iter().map(|r| r.ganged).sum();
@@ -625,6 +634,7 @@ fn run(args: &Args, threads: usize) -> Result<RunReport> {
         },
         prefill_s,
         free_bytes: stats.total.free,
+        indexed_ms: (indexed_ms, nms),
     })
 }
 
@@ -688,9 +698,11 @@ fn main() -> Result<()> {
                 r.ceph_score
             );
             println!(
-                "  allocator heap {} MiB = {:.1} bytes per free segment",
+                "  allocator heap {} MiB = {:.1} bytes per free segment; {} of {} metaslabs fully indexed",
                 r.class_heap / isz(usize::try_from(MIB).unwrap_or(usize::MAX)),
-                per_seg
+                per_seg,
+                r.indexed_ms.0,
+                r.indexed_ms.1
             );
             if let Some(s) = speedup {
                 if t != 1 {

@@ -21,6 +21,7 @@
 //! The allocator benchmark (Ceph's `test_alloc_bench2_90_500_x2`, adapted) is
 //! `cargo run --release -p ringpool-alloc --example allocbench -- --help`; see alloc/README.md.
 
+pub mod blockmap;
 pub mod class;
 pub mod error;
 pub mod frag;

@@ -14,8 +14,7 @@
 //! open txg `T+1` of a block born at `T` must be checkpointed when the checkpoint `T` is created at
 //! the start of `T+1`'s sync, although no checkpoint existed when the free was issued.
 
-use std::collections::BTreeMap;
-
+use crate::blockmap::BlockMap;
 use crate::error::AllocError;
 use crate::frag::{fragmentation, segment_weight};
 use crate::range_tree::{RangeTree, SearchLimit, HISTOGRAM_BUCKETS};
@@ -27,6 +26,11 @@ pub const TXG_SIZE: usize = 4;
 pub const TXG_MASK: u64 = 3;
 /// Frees become allocatable this many txgs after the txg that freed them.
 pub const TXG_DEFER_SIZE: usize = 2;
+
+/// Txgs without an allocation after which `sync_done` floors a metaslab's size index (see
+/// [`MetaslabConfig::passive_size_floor`]). Lazy, so a shard hopping between metaslabs (ganged
+/// allocations, rotors) does not rebuild indexes on every hop.
+pub const PASSIVE_AFTER_TXGS: u64 = 8;
 
 /// Largest run (in units) a one-word space-map entry can carry; longer runs and offsets of
 /// 2^47 units or more need a two-word entry. Used only to estimate the encoded map length.
@@ -60,6 +64,13 @@ pub struct MetaslabConfig {
     /// debug option there). Off: the check runs at `sync` over the sorted queue instead, which
     /// is cheaper; either way a double free is an error and nothing wrong is ever emitted.
     pub eager_free_checks: bool,
+    /// Once a metaslab has not been allocated from for [`PASSIVE_AFTER_TXGS`] txgs, only free
+    /// segments of at least this many bytes are kept in its by-size index
+    /// [`metaslab_by_size_min_shift`, 16 KiB]: an idle metaslab only receives deferred frees,
+    /// mostly short, and skipping their index updates halves that cost (and the memory). The
+    /// next allocation re-indexes everything (ZFS `metaslab_size_tree_full_load`). 0 keeps the
+    /// index full.
+    pub passive_size_floor: u64,
 }
 
 impl Default for MetaslabConfig {
@@ -73,6 +84,7 @@ impl Default for MetaslabConfig {
             condense_pct: 200,
             condense_min_bytes: 64 << 10,
             eager_free_checks: false,
+            passive_size_floor: 16 << 10,
         }
     }
 }
@@ -100,12 +112,15 @@ impl MetaslabSyncOutput {
 
 /// Frees queued for one txg: start -> (len, birth txg). Not coalesced (each free keeps its
 /// birth for the routing decision at sync), but overlap-checked on insert.
-type QueuedFrees = BTreeMap<u64, (u64, u64)>;
+type QueuedFrees = BlockMap<u64, (u64, u64)>;
 
 fn queued_overlaps(q: &QueuedFrees, start: u64, len: u64) -> bool {
     // Queued frees are disjoint: only the last one starting before the end can overlap.
     !q.is_empty()
-        && matches!(q.range(..start + len).next_back(), Some((&s, &(l, _))) if s + l > start)
+        && q.pred_lt(start + len).is_some_and(|p| {
+            let (s, (l, _)) = q.get(p);
+            s + l > start
+        })
 }
 
 /// A metaslab. Not thread-safe: the group keeps each one behind its own lock.
@@ -140,6 +155,8 @@ pub struct Metaslab {
     queue_checked_txg: u64,
     /// True once anything was allocated, freed or loaded (load requires a pristine metaslab).
     touched: bool,
+    /// Txg of the last allocation attempt (drives the lazy index floor).
+    active_txg: u64,
 }
 
 impl Metaslab {
@@ -157,6 +174,7 @@ impl Metaslab {
             return Err(AllocError::InvalidGeometry("empty metaslab".into()));
         }
         let mut allocatable = RangeTree::with_index(start, size, ashift, true)?;
+        allocatable.set_size_floor(cfg.passive_size_floor);
         allocatable.add(start, size)?;
         let plain = || RangeTree::with_index(start, size, ashift, false);
         Ok(Self {
@@ -182,6 +200,7 @@ impl Metaslab {
             last_sync_txg: 0,
             queue_checked_txg: 0,
             touched: false,
+            active_txg: 0,
         })
     }
 
@@ -233,9 +252,28 @@ impl Metaslab {
     pub fn set_sm_length(&mut self, bytes: u64) {
         self.sm_length = bytes;
     }
-    /// Largest allocatable segment in bytes.
+    /// Largest allocatable segment in bytes: exact while the metaslab is active (after an
+    /// allocation, until [`Metaslab::passivate`]) or when it holds a segment above the passive
+    /// size floor; otherwise an upper bound (from the size histogram). O(1).
     pub fn max_free(&self) -> u64 {
+        self.allocatable.largest_bound()
+    }
+
+    /// Exact largest allocatable segment (may scan a passive metaslab's segments).
+    pub fn max_free_exact(&self) -> u64 {
         self.allocatable.largest()
+    }
+
+    /// Whether the by-size index is complete (the metaslab allocated since its last passivation).
+    pub fn is_active_indexed(&self) -> bool {
+        self.allocatable.is_fully_indexed()
+    }
+
+    /// Drop short segments from the by-size index now (see
+    /// [`MetaslabConfig::passive_size_floor`]; `sync_done` does it after
+    /// [`PASSIVE_AFTER_TXGS`] idle txgs).
+    pub fn passivate(&mut self) {
+        self.allocatable.set_size_floor(self.cfg.passive_size_floor);
     }
     /// Segment-based weight of the allocatable tree (see [`crate::frag::segment_weight`]).
     pub fn weight(&self) -> u64 {
@@ -372,6 +410,14 @@ impl Metaslab {
                 "allocating slot {slot} still holds txg {} while allocating for txg {txg}",
                 self.allocating_txg[slot]
             )));
+        }
+        if self.allocatable.largest_bound() < size {
+            return Err(AllocError::NoSpace { size });
+        }
+        self.active_txg = txg;
+        if !self.allocatable.is_fully_indexed() {
+            // Becoming active: index every segment so best fit sees the short ones.
+            self.allocatable.set_size_floor(0);
         }
         let largest = self.allocatable.largest();
         if largest < size {
@@ -511,10 +557,10 @@ impl Metaslab {
         let slot = Self::slot(txg);
         let bad = self.pending_frees[slot]
             .iter()
-            .find(|(&s, &(l, _))| self.is_free_somewhere(s, l))
-            .map(|(&s, &(l, _))| (s, l));
+            .find(|&(s, (l, _))| self.is_free_somewhere(s, l))
+            .map(|(s, (l, _))| (s, l));
         if let Some((start, len)) = bad {
-            self.pending_frees[slot].remove(&start);
+            self.pending_frees[slot].remove(start);
             self.queue_checked_txg = 0;
             return Err(AllocError::DoubleFree { start, len });
         }
@@ -604,7 +650,7 @@ impl Metaslab {
             self.check_queued_frees(txg)?;
         }
         self.queue_checked_txg = 0;
-        for (start, (len, birth)) in std::mem::take(&mut self.pending_frees[slot]) {
+        for (start, (len, birth)) in self.pending_frees[slot].drain_all() {
             let held = checkpoint_txg != 0 && birth <= checkpoint_txg && txg > checkpoint_txg;
             if held {
                 self.checkpointing.add(start, len)?;
@@ -658,6 +704,13 @@ impl Metaslab {
                 "sync_done({txg}) with unsynced allocations of that txg"
             )));
         }
+        if self.allocatable.is_fully_indexed()
+            && self.cfg.passive_size_floor != 0
+            && txg >= self.active_txg.saturating_add(PASSIVE_AFTER_TXGS)
+        {
+            // Idle: floor the index before the deferred frees are merged in.
+            self.passivate();
+        }
         let d = usize::try_from(txg % 2).unwrap_or(0);
         let alloc = &mut self.allocatable;
         self.defer[d].move_into(alloc)?;
@@ -704,8 +757,7 @@ impl Metaslab {
         let mut pend: Vec<(u64, u64)> = self
             .pending_frees
             .iter()
-            .flatten()
-            .map(|(&s, &(l, _))| (s, l))
+            .flat_map(|q| q.iter().map(|(s, (l, _))| (s, l)))
             .collect();
         pend.sort_unstable();
         for w in pend.windows(2) {

@@ -1,22 +1,23 @@
 //! Range tree: a set of disjoint, coalesced `[start, end)` segments.
 //!
-//! Segments are indexed by offset (a `BTreeMap` start -> length) and, optionally, by size (a
-//! `BTreeSet` of `(length, start)`), and a power-of-two histogram of segment sizes is kept (bucket
-//! `i` counts segments whose byte length lies in `[2^i, 2^(i+1))`), as in ZFS's `range_tree.c`.
+//! Segments are indexed by offset (a [`BlockMap`] start -> length) and, optionally, by size (a
+//! `BlockMap` keyed by `(length, start)`), and a power-of-two histogram of segment sizes is kept
+//! (bucket `i` counts segments whose byte length lies in `[2^i, 2^(i+1))`), as in ZFS's
+//! `range_tree.c`. Both indexes are B+trees of height two with large leaves (see
+//! [`crate::blockmap`]): an update finds its segment once and rewrites it in place.
 //!
 //! The API speaks bytes (absolute device offsets). Internally a segment is stored in units of
 //! `2^shift` bytes relative to the tree's `base`, in a [`SegUnit`] word: `u32` for metaslab trees
 //! (ZFS's 32-bit segment packing: a metaslab holds at most 2^32 units), which keeps a free segment
-//! at about 2 x 8 bytes of payload in the two B-trees, or `u64` for trees that span a whole device.
+//! at 2 x 8 bytes of payload in the two indexes, or `u64` for trees that span a whole device.
 //!
 //! Adding a range that overlaps an existing segment is [`AllocError::DoubleFree`]; removing a
 //! range that is not entirely inside one segment is [`AllocError::DoubleAlloc`]. Neither changes
 //! the tree.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
-use std::ops::Bound::{Excluded, Unbounded};
 
+use crate::blockmap::BlockMap;
 use crate::error::AllocError;
 
 /// How many smallest-fitting segments `find_best` probes for an aligned fit before it falls back
@@ -135,8 +136,11 @@ pub struct RangeTree<U: SegUnit = u32> {
     shift: u32,
     /// Number of units the tree may cover, `<= U::MAX`.
     span: u64,
-    by_start: BTreeMap<U, U>,
-    by_size: Option<BTreeSet<U::SizeKey>>,
+    by_start: BlockMap<U, U>,
+    by_size: Option<BlockMap<U::SizeKey, ()>>,
+    /// Segments shorter than this many units are left out of `by_size` (ZFS
+    /// `metaslab_by_size_min_shift`); 0 = every segment is indexed.
+    floor: u64,
     hist: [u64; HISTOGRAM_BUCKETS],
     space: u64,
 }
@@ -187,8 +191,9 @@ impl<U: SegUnit> RangeTree<U> {
             base,
             shift,
             span,
-            by_start: BTreeMap::new(),
-            by_size: indexed.then(BTreeSet::new),
+            by_start: BlockMap::new(),
+            by_size: indexed.then(BlockMap::new),
+            floor: 0,
             hist: [0; HISTOGRAM_BUCKETS],
             space: 0,
         })
@@ -200,8 +205,9 @@ impl<U: SegUnit> RangeTree<U> {
             base: self.base,
             shift: self.shift,
             span: self.span,
-            by_start: BTreeMap::new(),
-            by_size: self.by_size.as_ref().map(|_| BTreeSet::new()),
+            by_start: BlockMap::new(),
+            by_size: self.by_size.as_ref().map(|_| BlockMap::new()),
+            floor: self.floor,
             hist: [0; HISTOGRAM_BUCKETS],
             space: 0,
         }
@@ -225,6 +231,42 @@ impl<U: SegUnit> RangeTree<U> {
     /// Whether the by-size index is kept.
     pub fn is_indexed(&self) -> bool {
         self.by_size.is_some()
+    }
+
+    /// Whether every segment is in the by-size index (indexed and no size floor).
+    pub fn is_fully_indexed(&self) -> bool {
+        self.by_size.is_some() && self.floor <= 1
+    }
+
+    /// The size floor in bytes (0: none).
+    pub fn size_floor(&self) -> u64 {
+        self.floor << self.shift
+    }
+
+    /// Keep only segments of at least `bytes` (rounded up to units) in the by-size index, or
+    /// every segment with 0 (ZFS `metaslab_size_tree_full_load`). A floored index makes adding and
+    /// removing short segments cheaper and smaller (an idle metaslab is only ever added to by
+    /// deferred frees, mostly short), while [`RangeTree::find_best`] stays exact (requests below
+    /// the floor scan). Changing the floor rebuilds the index: O(n log n).
+    pub fn set_size_floor(&mut self, bytes: u64) {
+        let floor = bytes.div_ceil(1 << self.shift);
+        let floor = if floor <= 1 { 0 } else { floor };
+        if floor == self.floor {
+            return;
+        }
+        self.floor = floor;
+        if self.by_size.is_none() {
+            return;
+        }
+        let mut keys: Vec<(U::SizeKey, ())> = self
+            .by_start
+            .iter()
+            .filter(|(_, l)| l.get() >= floor)
+            .map(|(s, l)| (U::size_key(l.get(), s.get()), ()))
+            .collect();
+        keys.sort_unstable();
+        // Keys are distinct (distinct starts), so the sorted build cannot fail.
+        self.by_size = Some(BlockMap::from_sorted(&keys).unwrap_or_default());
     }
 
     /// Total bytes covered by segments.
@@ -280,26 +322,26 @@ impl<U: SegUnit> RangeTree<U> {
     #[inline]
     fn index_insert(&mut self, start: u64, len: u64) {
         self.hist[hist_bucket(len << self.shift)] += 1;
-        if let Some(ix) = self.by_size.as_mut() {
-            ix.insert(U::size_key(len, start));
+        if let Some(ix) = self.by_size.as_mut().filter(|_| len >= self.floor) {
+            ix.insert(U::size_key(len, start), ());
         }
     }
 
     #[inline]
     fn index_remove(&mut self, start: u64, len: u64) {
         self.hist[hist_bucket(len << self.shift)] -= 1;
-        if let Some(ix) = self.by_size.as_mut() {
-            ix.remove(&U::size_key(len, start));
+        if let Some(ix) = self.by_size.as_mut().filter(|_| len >= self.floor) {
+            ix.remove(U::size_key(len, start));
         }
     }
 
     /// The segment containing unit `u`, or the last one starting before it: `(start, len)`.
     #[inline]
     fn seg_at_or_before(&self, u: u64) -> Option<(u64, u64)> {
-        self.by_start
-            .range(..=U::from_u64(u))
-            .next_back()
-            .map(|(s, l)| (s.get(), l.get()))
+        self.by_start.pred(U::from_u64(u)).map(|p| {
+            let (s, l) = self.by_start.get(p);
+            (s.get(), l.get())
+        })
     }
 
     /// Add `[start, start + len)`, merging with touching neighbours. Overlap with an existing
@@ -310,16 +352,17 @@ impl<U: SegUnit> RangeTree<U> {
         // One descent: the last two segments starting at or before `e`. Because segments are
         // disjoint and sorted, they are the only candidates for an overlap, for the neighbour
         // ending at `s` and for the neighbour starting at `e`.
-        let mut it = self.by_start.range_mut(..=U::from_u64(e));
-        let mut next_at_e: Option<(u64, u64)> = None;
-        let mut cand = it.next_back();
-        if let Some((k, v)) = &cand {
+        let mut cand = self.by_start.pred(U::from_u64(e));
+        let mut next_at_e = None;
+        if let Some(p) = cand {
+            let (k, v) = self.by_start.get(p);
             if k.get() == e {
-                next_at_e = Some((e, v.get()));
-                cand = it.next_back();
+                next_at_e = Some((p, v.get()));
+                cand = self.by_start.prev(p);
             }
         }
-        if let Some((k, v)) = cand {
+        if let Some(p) = cand {
+            let (k, v) = self.by_start.get(p);
             let (ps, pl) = (k.get(), v.get());
             if ps + pl > s {
                 return Err(AllocError::DoubleFree { start, len });
@@ -327,10 +370,10 @@ impl<U: SegUnit> RangeTree<U> {
             if ps + pl == s {
                 // Merge with prev: grow it in place (and swallow next if it touches too).
                 let nlen = pl + l + next_at_e.map_or(0, |n| n.1);
-                *v = U::from_u64(nlen);
-                if let Some((ns, nl)) = next_at_e {
-                    self.by_start.remove(&U::from_u64(ns));
-                    self.index_remove(ns, nl);
+                self.by_start.set_val(p, U::from_u64(nlen));
+                if let Some((np, nl)) = next_at_e {
+                    self.by_start.remove_at(np);
+                    self.index_remove(e, nl);
                 }
                 self.index_remove(ps, pl);
                 self.index_insert(ps, nlen);
@@ -339,11 +382,13 @@ impl<U: SegUnit> RangeTree<U> {
             }
         }
         match next_at_e {
-            Some((ns, nl)) => {
-                self.by_start.remove(&U::from_u64(ns));
+            Some((np, nl)) => {
+                // Grow the next segment downwards: its key moves from `e` to `s`, which keeps
+                // the order (nothing lies in between, checked above).
                 let nlen = l + nl;
-                self.by_start.insert(U::from_u64(s), U::from_u64(nlen));
-                self.index_remove(ns, nl);
+                self.by_start.set_key(np, U::from_u64(s));
+                self.by_start.set_val(np, U::from_u64(nlen));
+                self.index_remove(e, nl);
                 self.index_insert(s, nlen);
             }
             None => {
@@ -360,9 +405,10 @@ impl<U: SegUnit> RangeTree<U> {
     pub fn remove(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
         let (s, l) = self.to_units(start, len)?;
         let e = s + l;
-        let Some((k, v)) = self.by_start.range_mut(..=U::from_u64(s)).next_back() else {
+        let Some(p) = self.by_start.pred(U::from_u64(s)) else {
             return Err(AllocError::DoubleAlloc { start, len });
         };
+        let (k, v) = self.by_start.get(p);
         let (ps, pl) = (k.get(), v.get());
         let pe = ps + pl;
         if pe < e {
@@ -371,17 +417,23 @@ impl<U: SegUnit> RangeTree<U> {
         let left = s - ps;
         let right = pe - e;
         if left > 0 {
-            // Trim in place.
-            *v = U::from_u64(left);
+            // Trim in place; the right remainder (if any) is a new segment.
+            self.by_start.set_val(p, U::from_u64(left));
+            if right > 0 {
+                self.by_start.insert(U::from_u64(e), U::from_u64(right));
+            }
+        } else if right > 0 {
+            // Cut from the front: the key moves up to `e`, still below the next segment.
+            self.by_start.set_key(p, U::from_u64(e));
+            self.by_start.set_val(p, U::from_u64(right));
         } else {
-            self.by_start.remove(&U::from_u64(ps));
+            self.by_start.remove_at(p);
         }
         self.index_remove(ps, pl);
         if left > 0 {
             self.index_insert(ps, left);
         }
         if right > 0 {
-            self.by_start.insert(U::from_u64(e), U::from_u64(right));
             self.index_insert(e, right);
         }
         self.space -= len;
@@ -398,7 +450,7 @@ impl<U: SegUnit> RangeTree<U> {
                 pieces.push((s, (ps + pl).min(e) - s));
             }
         }
-        for (ns, nl) in self.by_start.range((Excluded(U::from_u64(s)), Unbounded)) {
+        for (ns, nl) in self.by_start.iter_from(U::from_u64(s + 1)) {
             let (ns, nl) = (ns.get(), nl.get());
             if ns >= e {
                 break;
@@ -435,10 +487,10 @@ impl<U: SegUnit> RangeTree<U> {
         // before `e` is the only candidate (segments are disjoint and sorted).
         let s = (start - self.base) >> self.shift;
         let e = (end - self.base).div_ceil(1 << self.shift);
-        matches!(
-            self.by_start.range(..U::from_u64(e)).next_back(),
-            Some((ps, pl)) if ps.get() + pl.get() > s
-        )
+        self.by_start.pred_lt(U::from_u64(e)).is_some_and(|p| {
+            let (ps, pl) = self.by_start.get(p);
+            ps.get() + pl.get() > s
+        })
     }
 
     /// Best fit: the start of an `align`-aligned range of `len` bytes inside the smallest segment
@@ -457,10 +509,12 @@ impl<U: SegUnit> RangeTree<U> {
             let a = align_up(sb, align.max(unit))?;
             (a + len <= sb + (l << self.shift)).then_some(a)
         };
-        match &self.by_size {
+        // A floored index misses the short segments a short request may fit best.
+        let index = self.by_size.as_ref().filter(|_| ulen >= self.floor);
+        match index {
             Some(ix) => {
                 let mut examined = 0usize;
-                for &k in ix.range(U::size_key(ulen, 0)..) {
+                for (k, ()) in ix.iter_from(U::size_key(ulen, 0)) {
                     let (l, s) = U::unpack(k);
                     if let Some(a) = fits(s, l) {
                         return Some(a);
@@ -478,14 +532,14 @@ impl<U: SegUnit> RangeTree<U> {
                 if need > U::MAX {
                     return None;
                 }
-                ix.range(U::size_key(need, 0)..).find_map(|&k| {
+                ix.iter_from(U::size_key(need, 0)).find_map(|(k, ())| {
                     let (l, s) = U::unpack(k);
                     fits(s, l)
                 })
             }
             None => {
                 let mut best: Option<(u64, u64)> = None;
-                for (s, l) in &self.by_start {
+                for (s, l) in self.by_start.iter() {
                     let (s, l) = (s.get(), l.get());
                     if let Some(a) = fits(s, l) {
                         if best.is_none_or(|(bl, _)| l < bl) {
@@ -521,7 +575,7 @@ impl<U: SegUnit> RangeTree<U> {
             _ => cu,
         };
         let mut first: Option<u64> = None;
-        for (count, (s, l)) in self.by_start.range(U::from_u64(first_key)..).enumerate() {
+        for (count, (s, l)) in self.by_start.iter_from(U::from_u64(first_key)).enumerate() {
             let sb = self.to_bytes(s.get());
             let f = *first.get_or_insert(sb);
             if count >= limit.max_count || (count >= limit.min_count && sb - f > limit.max_bytes) {
@@ -536,13 +590,43 @@ impl<U: SegUnit> RangeTree<U> {
         None
     }
 
-    /// Length in bytes of the largest segment (0 when empty).
+    /// Length in bytes of the largest segment (0 when empty). O(1) with a full index, or with
+    /// a floored one holding a segment above the floor; otherwise a scan.
     pub fn largest(&self) -> u64 {
         let units = match &self.by_size {
-            Some(ix) => ix.last().map_or(0, |&k| U::unpack(k).0),
-            None => self.by_start.values().map(|l| l.get()).max().unwrap_or(0),
+            Some(ix) if !ix.is_empty() || self.floor == 0 => {
+                ix.last().map_or(0, |(k, ())| U::unpack(k).0)
+            }
+            _ => self
+                .by_start
+                .iter()
+                .map(|(_, l)| l.get())
+                .max()
+                .unwrap_or(0),
         };
         units << self.shift
+    }
+
+    /// An upper bound of [`RangeTree::largest`] in O(1) (exact when `largest` is O(1); else
+    /// derived from the histogram and the floor).
+    pub fn largest_bound(&self) -> u64 {
+        match &self.by_size {
+            Some(ix) if !ix.is_empty() || self.floor == 0 => {
+                ix.last().map_or(0, |(k, ())| U::unpack(k).0) << self.shift
+            }
+            _ => {
+                let Some(b) = self.hist.iter().rposition(|&c| c != 0) else {
+                    return 0;
+                };
+                let unit = 1u64 << self.shift;
+                // Bucket b holds lengths below 2^(b+1) bytes, a multiple of the unit.
+                let mut bound = (1u64 << b).saturating_mul(2).saturating_sub(unit);
+                if self.by_size.is_some() && self.floor > 1 {
+                    bound = bound.min((self.floor - 1) << self.shift);
+                }
+                bound
+            }
+        }
     }
 
     /// The segments in offset order as `(start, len)` in bytes.
@@ -556,7 +640,7 @@ impl<U: SegUnit> RangeTree<U> {
     pub fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let u = (from.saturating_sub(self.base) >> self.shift).min(self.span);
         self.by_start
-            .range(U::from_u64(u)..)
+            .iter_from(U::from_u64(u))
             .map(|(s, l)| (self.to_bytes(s.get()), l.get() << self.shift))
     }
 
@@ -569,8 +653,8 @@ impl<U: SegUnit> RangeTree<U> {
 
     /// Empty the tree, calling `f(start, len)` for every segment in offset order.
     pub fn vacate(&mut self, mut f: impl FnMut(u64, u64)) {
-        let map = std::mem::take(&mut self.by_start);
-        for (s, l) in map {
+        let mut map = std::mem::take(&mut self.by_start);
+        for (s, l) in map.drain_all() {
             f(self.to_bytes(s.get()), l.get() << self.shift);
         }
         self.clear();
@@ -585,13 +669,14 @@ impl<U: SegUnit> RangeTree<U> {
             && dst.shift == self.shift
             && dst.span == self.span
             && dst.by_size.is_some() == self.by_size.is_some()
+            && dst.floor == self.floor
         {
             std::mem::swap(self, dst);
             return Ok(());
         }
-        let map = std::mem::take(&mut self.by_start);
+        let mut map = std::mem::take(&mut self.by_start);
         self.clear();
-        let mut it = map.into_iter();
+        let mut it = map.drain_all();
         while let Some((s, l)) = it.next() {
             let (s, l) = (s.get(), l.get());
             if let Err(e) = dst.add(self.to_bytes(s), l << self.shift) {
@@ -626,7 +711,12 @@ impl<U: SegUnit> RangeTree<U> {
         let mut hist = [0u64; HISTOGRAM_BUCKETS];
         let mut space = 0u64;
         let mut prev_end: Option<u64> = None;
-        for (s, l) in &self.by_start {
+        let mut indexed = 0usize;
+        self.by_start.check().map_err(AllocError::Invariant)?;
+        if let Some(ix) = &self.by_size {
+            ix.check().map_err(AllocError::Invariant)?;
+        }
+        for (s, l) in self.by_start.iter() {
             let (s, l) = (s.get(), l.get());
             if l == 0 || s + l > self.span {
                 return bad(format!(
@@ -645,14 +735,21 @@ impl<U: SegUnit> RangeTree<U> {
             hist[hist_bucket(l << self.shift)] += 1;
             space += l << self.shift;
             if let Some(ix) = &self.by_size {
-                if !ix.contains(&U::size_key(l, s)) {
+                if l >= self.floor && !ix.contains_key(U::size_key(l, s)) {
                     return bad(format!("segment {s}+{l} missing from the size index"));
+                }
+                if l >= self.floor {
+                    indexed += 1;
                 }
             }
         }
         if let Some(ix) = &self.by_size {
-            if ix.len() != self.by_start.len() {
-                return bad("size index length differs".into());
+            if ix.len() != indexed {
+                return bad(format!(
+                    "size index holds {} keys, {indexed} segments reach the floor {}",
+                    ix.len(),
+                    self.floor
+                ));
             }
         }
         if hist != self.hist {

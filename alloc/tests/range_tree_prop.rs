@@ -16,21 +16,36 @@ enum Op {
     ClearRange(u64, u64),
     Best(u64, u64),
     First(u64, u64, u64),
+    /// Change the by-size index floor (units; 0 = full index).
+    Floor(u64),
 }
 
-fn range() -> impl Strategy<Value = (u64, u64)> {
-    (0..UNITS, 1..24u64).prop_map(|(s, l)| (s, l.min(UNITS - s).max(1)))
+fn range(units: u64, max_len: u64) -> impl Strategy<Value = (u64, u64)> {
+    (0..units, 1..max_len).prop_map(move |(s, l)| (s, l.min(units - s).max(1)))
+}
+
+fn op_in(units: u64, max_len: u64) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => range(units, max_len).prop_map(|(s, l)| Op::Add(s, l)),
+        3 => range(units, max_len).prop_map(|(s, l)| Op::Remove(s, l)),
+        1 => range(units, max_len).prop_map(|(s, l)| Op::ClearRange(s, l)),
+        1 => (1..20u64, 0..4u32).prop_map(|(l, a)| Op::Best(l, 1 << a)),
+        1 => (0..units, 1..20u64, 0..3u32).prop_map(|(c, l, a)| Op::First(c, l, 1 << a)),
+        1 => (0..6u64).prop_map(Op::Floor),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => range().prop_map(|(s, l)| Op::Add(s, l)),
-        3 => range().prop_map(|(s, l)| Op::Remove(s, l)),
-        1 => range().prop_map(|(s, l)| Op::ClearRange(s, l)),
-        1 => (1..20u64, 0..4u32).prop_map(|(l, a)| Op::Best(l, 1 << a)),
-        1 => (0..UNITS, 1..20u64, 0..3u32).prop_map(|(c, l, a)| Op::First(c, l, 1 << a)),
-    ]
+    op_in(UNITS, 24)
 }
+
+/// Many short ranges over a larger region: hundreds of segments, so the trees' leaves split,
+/// merge and rebalance (a leaf holds 128 segments).
+fn dense_op() -> impl Strategy<Value = Op> {
+    op_in(DENSE_UNITS, 4)
+}
+
+const DENSE_UNITS: u64 = 4096;
 
 fn b(u: u64) -> u64 {
     BASE + (u << SHIFT)
@@ -110,6 +125,7 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                     other => panic!("find_best mismatch {other:?}"),
                 }
             }
+            Op::Floor(f) => t.set_size_floor(f << SHIFT),
             Op::First(c, l, a) => {
                 let (cur, len, align) = (b(c), l << SHIFT, a << SHIFT);
                 // oracle: first segment (in offset order) containing or after the cursor
@@ -124,6 +140,7 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
             }
         }
         check_same(&t, &o);
+        assert!(t.largest_bound() >= t.largest());
     }
     let largest = o.iter().map(|r| r.end - r.start).max().unwrap_or(0);
     assert_eq!(t.largest(), largest);
@@ -150,6 +167,20 @@ proptest! {
     #[test]
     fn wide_matches_rangemap(ops in prop::collection::vec(op(), 1..200)) {
         run(WideRangeTree::new(BASE, UNITS << SHIFT, SHIFT).unwrap(), ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dense_indexed_u32_matches_rangemap(ops in prop::collection::vec(dense_op(), 1..2500)) {
+        run(RangeTree::<u32>::new(BASE, DENSE_UNITS << SHIFT, SHIFT).unwrap(), ops);
+    }
+
+    #[test]
+    fn dense_wide_matches_rangemap(ops in prop::collection::vec(dense_op(), 1..2500)) {
+        run(WideRangeTree::new(BASE, DENSE_UNITS << SHIFT, SHIFT).unwrap(), ops);
     }
 }
 
