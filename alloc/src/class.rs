@@ -154,6 +154,19 @@ struct ShardState {
 #[derive(Debug)]
 struct ShardSlot(Mutex<ShardState>);
 
+/// The class's free-space counter on its own cache line: shards add to it (batched) while
+/// every allocation reads the read-mostly fields next to it.
+#[repr(align(128))]
+#[derive(Debug)]
+struct PaddedI64(AtomicI64);
+
+impl std::ops::Deref for PaddedI64 {
+    type Target = AtomicI64;
+    fn deref(&self) -> &AtomicI64 {
+        &self.0
+    }
+}
+
 /// The pool-wide allocator. All methods take `&self`; share it with an `Arc`.
 #[derive(Debug)]
 pub struct MetaslabClass {
@@ -164,7 +177,7 @@ pub struct MetaslabClass {
     shards: Box<[ShardSlot]>,
     checkpoint_txg: AtomicU64,
     /// Allocatable bytes (minus what shards have not published yet).
-    free_space: AtomicI64,
+    free_space: PaddedI64,
     total_size: AtomicU64,
 }
 
@@ -190,7 +203,7 @@ impl MetaslabClass {
             generation: AtomicU64::new(1),
             shards,
             checkpoint_txg: AtomicU64::new(0),
-            free_space: AtomicI64::new(0),
+            free_space: PaddedI64(AtomicI64::new(0)),
             total_size: AtomicU64::new(0),
         }
     }
@@ -499,7 +512,7 @@ impl MetaslabClass {
         let slot = &g.slots[i];
         let mut ms = slot.ms.lock();
         ms.free_now(extent.start, extent.len, txg)?;
-        slot.max_free.store(ms.max_free(), Relaxed);
+        slot.refresh(&ms, &g.bound);
         drop(ms);
         self.free_space.fetch_add(to_i64(extent.len), Relaxed);
         Ok(())

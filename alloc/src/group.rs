@@ -1,6 +1,9 @@
 //! Metaslab group: the metaslabs of one device, each behind its own lock.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
 
 use parking_lot::Mutex;
 
@@ -64,9 +67,63 @@ pub(crate) struct MsSlot {
 }
 
 impl MsSlot {
-    fn refresh(&self, ms: &Metaslab) {
+    /// Publish the metaslab's weight and largest-free hint.
+    pub(crate) fn refresh(&self, ms: &Metaslab, bound: &FreeBound) {
         self.weight.store(ms.weight(), Relaxed);
-        self.max_free.store(ms.max_free(), Relaxed);
+        self.set_hint(ms.max_free(), bound);
+    }
+
+    /// Publish a largest-free hint. A hint that grew raises the group's bound after the slot
+    /// is written, so a scan that read the bound before the raise cannot lower it below `v`.
+    pub(crate) fn set_hint(&self, v: u64, bound: &FreeBound) {
+        if v > self.max_free.swap(v, SeqCst) {
+            bound.raise(v);
+        }
+    }
+}
+
+/// Bits of [`FreeBound`]'s word holding the version.
+const BOUND_VER_BITS: u32 = 18;
+const BOUND_VER_MASK: u64 = (1 << BOUND_VER_BITS) - 1;
+
+/// An upper bound of every slot's `max_free` hint, so an allocation no metaslab can hold fails
+/// in O(1) instead of scanning every slot (ganged allocations on a fragmented pool try sizes
+/// that fit nowhere several times each). One word: the bound in 512-byte units rounded up (46
+/// bits) and a version (18 bits) that every raise bumps; a lowering is a compare-exchange
+/// against the word read before the scan that justified it, so it fails when any slot grew in
+/// between. On its own cache line: written only when a hint grows (sync_done) or by a lowering.
+#[repr(align(128))]
+#[derive(Debug)]
+pub(crate) struct FreeBound(AtomicU64);
+
+impl FreeBound {
+    fn pack(bytes: u64, ver: u64) -> u64 {
+        let units = bytes.div_ceil(512).min((1 << (64 - BOUND_VER_BITS)) - 1);
+        (units << BOUND_VER_BITS) | (ver & BOUND_VER_MASK)
+    }
+
+    /// Bytes of a word (at least the bound it was packed from).
+    pub(crate) fn bytes(w: u64) -> u64 {
+        (w >> BOUND_VER_BITS) << 9
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.0.load(SeqCst)
+    }
+
+    /// A hint grew to `bytes`.
+    pub(crate) fn raise(&self, bytes: u64) {
+        let _ = self.0.fetch_update(SeqCst, SeqCst, |w| {
+            Some(Self::pack(Self::bytes(w).max(bytes), (w & BOUND_VER_MASK) + 1))
+        });
+    }
+
+    /// Lower to `bytes` (the largest hint a scan saw) unless a hint grew since `w0` was read.
+    pub(crate) fn lower(&self, w0: u64, bytes: u64) {
+        let new = Self::pack(bytes, w0 & BOUND_VER_MASK);
+        if new < w0 {
+            let _ = self.0.compare_exchange(w0, new, SeqCst, Relaxed);
+        }
     }
 }
 
@@ -79,6 +136,8 @@ pub struct MetaslabGroup {
     pub(crate) ckpt_space: AtomicU64,
     /// Allocatable bytes as of the last sync_done (for the rotor's free-space bias).
     pub(crate) free_hint: AtomicU64,
+    /// Upper bound of every slot's `max_free`.
+    pub(crate) bound: FreeBound,
 }
 
 impl MetaslabGroup {
@@ -105,6 +164,7 @@ impl MetaslabGroup {
             )));
         }
         let spec = DeviceSpec { end, ..spec };
+        let mut max_hint = 0;
         let ms_size = 1u64 << spec.ms_shift;
         let count = (end - spec.start).div_ceil(ms_size);
         let mut slots = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
@@ -112,6 +172,7 @@ impl MetaslabGroup {
             let s = spec.start + i * ms_size;
             let len = ms_size.min(end - s);
             let ms = Metaslab::new(spec.dev, i, s, len, spec.ashift, cfg)?;
+            max_hint = max_hint.max(ms.max_free());
             slots.push(MsSlot {
                 weight: AtomicU64::new(ms.weight()),
                 max_free: AtomicU64::new(ms.max_free()),
@@ -124,6 +185,7 @@ impl MetaslabGroup {
             slots: slots.into_boxed_slice(),
             ckpt_space: AtomicU64::new(0),
             free_hint: AtomicU64::new(end - spec.start),
+            bound: FreeBound(AtomicU64::new(FreeBound::pack(max_hint, 0))),
         })
     }
 
@@ -181,7 +243,7 @@ impl MetaslabGroup {
         let slot = self.slots.get(index)?;
         let mut ms = slot.ms.lock();
         let r = f(&mut ms);
-        slot.refresh(&ms);
+        slot.refresh(&ms, &self.bound);
         Some(r)
     }
 
@@ -196,16 +258,20 @@ impl MetaslabGroup {
         shard: u32,
         try_hard: bool,
     ) -> Result<u64, AllocError> {
+        let w0 = self.bound.load();
+        if asize > FreeBound::bytes(w0) {
+            return Err(AllocError::NoSpace { size: asize });
+        }
         if let Some(i) = *active {
             let slot = &self.slots[i];
             if slot.max_free.load(Relaxed) >= asize {
                 let mut ms = slot.ms.lock();
                 match ms.alloc(asize, txg) {
                     Ok(off) => {
-                        slot.max_free.store(ms.max_free(), Relaxed);
+                        slot.set_hint(ms.max_free(), &self.bound);
                         return Ok(off);
                     }
-                    Err(AllocError::NoSpace { .. }) => slot.refresh(&ms),
+                    Err(AllocError::NoSpace { .. }) => slot.refresh(&ms, &self.bound),
                     Err(e) => return Err(e),
                 }
             }
@@ -217,10 +283,14 @@ impl MetaslabGroup {
         }
         // Each metaslab is tried at most once per call.
         let mut tried = vec![false; self.slots.len()];
+        let mut first_scan = true;
         loop {
             let mut best: Option<(u64, usize)> = None;
+            let mut seen_max = 0;
             for (i, slot) in self.slots.iter().enumerate() {
-                if tried[i] || slot.max_free.load(Relaxed) < asize {
+                let hint = slot.max_free.load(SeqCst);
+                seen_max = seen_max.max(hint);
+                if tried[i] || hint < asize {
                     continue;
                 }
                 let owner = slot.owner.load(Relaxed);
@@ -233,8 +303,13 @@ impl MetaslabGroup {
                 }
             }
             let Some((_, i)) = best else {
+                if first_scan {
+                    // Nothing fits anywhere: later requests this large fail at the bound.
+                    self.bound.lower(w0, seen_max);
+                }
                 return Err(AllocError::NoSpace { size: asize });
             };
+            first_scan = false;
             tried[i] = true;
             let slot = &self.slots[i];
             let owned = slot
@@ -248,12 +323,12 @@ impl MetaslabGroup {
             let mut ms = slot.ms.lock();
             match ms.alloc(asize, txg) {
                 Ok(off) => {
-                    slot.max_free.store(ms.max_free(), Relaxed);
+                    slot.set_hint(ms.max_free(), &self.bound);
                     *active = Some(i);
                     return Ok(off);
                 }
                 Err(AllocError::NoSpace { .. }) => {
-                    slot.refresh(&ms);
+                    slot.refresh(&ms, &self.bound);
                     if owned {
                         let _ = slot
                             .owner
@@ -321,9 +396,18 @@ impl MetaslabGroup {
             before += ms.free_space();
             ms.sync_done(txg)?;
             after += ms.free_space();
-            slot.refresh(&ms);
+            slot.refresh(&ms, &self.bound);
         }
         self.free_hint.store(after, Relaxed);
+        // Tighten the bound to the refreshed hints (unless one grew meanwhile).
+        let w0 = self.bound.load();
+        let max = self
+            .slots
+            .iter()
+            .map(|s| s.max_free.load(SeqCst))
+            .max()
+            .unwrap_or(0);
+        self.bound.lower(w0, max);
         Ok(i128::from(after) - i128::from(before))
     }
 }
