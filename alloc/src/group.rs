@@ -114,7 +114,10 @@ impl FreeBound {
     /// A hint grew to `bytes`.
     pub(crate) fn raise(&self, bytes: u64) {
         let _ = self.0.fetch_update(SeqCst, SeqCst, |w| {
-            Some(Self::pack(Self::bytes(w).max(bytes), (w & BOUND_VER_MASK) + 1))
+            Some(Self::pack(
+                Self::bytes(w).max(bytes),
+                (w & BOUND_VER_MASK) + 1,
+            ))
         });
     }
 
