@@ -218,3 +218,129 @@ fn random_small_writes_until_full_never_suspend_the_pool() -> anyhow::Result<()>
     pool.export()?;
     Ok(())
 }
+
+/// A write error while committing (the uberblock ring of label 0 fails) suspends the pool:
+/// health says SUSPENDED with the txg and errno, the device's WRITE counter counts, writes and
+/// FLUSH fail with the errno while reads go on, export reports the suspension, and after the
+/// fault is gone a plain import (no force: the process no longer holds the pool) is ONLINE
+/// with everything flushed before the failure and a clean verify.
+#[test]
+fn sync_write_error_suspends_and_export_import_recovers() -> anyhow::Result<()> {
+    use ringpool_driver::pool::PoolHealth;
+    use ringpool_ondisk::layout::{LABEL_RING_OFFSET, LABEL_RING_SIZE};
+
+    let devs = vec![FaultyEngine::new(64 << 20, 4096)];
+    let pool = Pool::create("sick", engines(&devs), &copts())?;
+    let vol = pool.create_volume("v", 16 << 20, 4096)?;
+    let a = pattern(21, 65_536);
+    let b = pattern(22, 65_536);
+    io::block_on(&rcfg(), async {
+        vol.write(0, &a, false).await?;
+        vol.flush().await
+    })??;
+    assert_eq!(pool.health(), PoolHealth::Online);
+    let st = pool.status();
+    assert_eq!(st.devices.len(), 1);
+    assert_eq!(st.devices[0].errors, Default::default());
+
+    // Reads failing count as READ errors and do not suspend anything.
+    let (alloc_lo, alloc_hi) = (1u64 << 20, (64u64 << 20) - (1 << 20));
+    devs[0].inject_eio(alloc_lo..alloc_hi, true, false);
+    pool.txg().sync_now();
+    let r = io::block_on(&rcfg(), async {
+        let mut buf = vec![0u8; 4096];
+        vol.read(0, &mut buf).await
+    })?;
+    assert_eq!(r.map_err(|e| e.errno()), Err(libc::EIO));
+    assert!(pool.status().devices[0].errors.read >= 1);
+    assert!(pool.health().is_online());
+    devs[0].clear_faults();
+    pool.clear_errors();
+    assert_eq!(pool.status().devices[0].errors, Default::default());
+
+    // The uberblock ring of the first label refuses writes: the next commit fails.
+    let ring = LABEL_RING_OFFSET..LABEL_RING_OFFSET + LABEL_RING_SIZE;
+    devs[0].inject_eio(ring, false, true);
+    let flushed = io::block_on(&rcfg(), async {
+        vol.write(1 << 20, &b, false).await?;
+        vol.flush().await
+    })?;
+    assert_eq!(flushed.map_err(|e| e.errno()), Err(libc::EIO));
+    let (txg, errno, reason) = match pool.health() {
+        PoolHealth::Suspended { txg, errno, reason } => (txg, errno, reason),
+        other => panic!("expected a suspended pool, got {other}"),
+    };
+    assert_eq!(errno, libc::EIO);
+    assert!(txg > 0 && !reason.is_empty(), "{txg} {reason}");
+    assert_eq!(pool.health().name(), "SUSPENDED");
+    assert!(pool.status().devices[0].errors.write >= 1);
+    // Changes are refused, reads still work.
+    let w = io::block_on(&rcfg(), async { vol.write(2 << 20, &b, false).await })?;
+    assert_eq!(w.map_err(|e| e.errno()), Err(libc::EIO));
+    assert_eq!(
+        pool.set_property("k", "v").map_err(|e| e.errno()),
+        Err(libc::EIO)
+    );
+    io::block_on(&rcfg(), async {
+        let mut r = vec![0u8; a.len()];
+        vol.read(0, &mut r).await?;
+        assert_eq!(r, a);
+        Ok::<(), PoolError>(())
+    })??;
+    drop(vol);
+    let e = pool.export().map_err(|e| e.errno());
+    assert_eq!(e, Err(libc::EIO), "export reports the suspension");
+
+    devs[0].clear_faults();
+    let pool = Pool::import(engines(&devs), &iopts())?;
+    assert_eq!(pool.health(), PoolHealth::Online);
+    assert_eq!(pool.status().devices[0].errors, Default::default());
+    let vol = pool.open_volume("v")?;
+    io::block_on(&rcfg(), async {
+        let mut r = vec![0u8; a.len()];
+        vol.read(0, &mut r).await?;
+        assert_eq!(r, a, "flushed before the failure");
+        // The failed txg may have reached the second label: old (zeroes) or new, nothing else.
+        vol.read(1 << 20, &mut r).await?;
+        assert!(r == b || r.iter().all(|&x| x == 0), "block of the failed txg");
+        vol.write(2 << 20, &b, false).await?;
+        vol.flush().await
+    })??;
+    assert!(pool.verify()?.is_clean());
+    drop(vol);
+    pool.export()?;
+    let pool = Pool::import(engines(&devs), &iopts())?;
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}
+
+/// A pool left active by another host is refused without force, and so is one held by a live
+/// process of this host; force overrides both.
+#[test]
+fn import_refuses_a_pool_active_elsewhere() -> anyhow::Result<()> {
+    let devs = vec![FaultyEngine::new(64 << 20, 4096)];
+    let other = ringpool_driver::pool::PoolOptions {
+        hostname: "elsewhere".into(),
+        host_id: 0x5eed,
+        ..popts()
+    };
+    let pool = Pool::create("away", engines(&devs), &pool_common::copts_with(other))?;
+    pool.abandon();
+    let e = Pool::import(engines(&devs), &iopts()).map_err(|e| e.errno());
+    assert_eq!(e.err(), Some(libc::EBUSY), "active on another host");
+    let forced = ImportOptions {
+        force: true,
+        ..iopts()
+    };
+    let pool = Pool::import(engines(&devs), &forced)?;
+    // Imported here and still open: refused; once abandoned (this process let go, as if it
+    // had died), a plain import succeeds.
+    let e = Pool::import(engines(&devs), &iopts()).map_err(|e| e.errno());
+    assert_eq!(e.err(), Some(libc::EBUSY), "open in this process");
+    pool.abandon();
+    let pool = Pool::import(engines(&devs), &iopts())?;
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}

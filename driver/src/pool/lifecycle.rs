@@ -97,6 +97,29 @@ pub struct ImportOptions {
     pub rewind_to_checkpoint: bool,
 }
 
+/// Pools this process has imported (GUID -> number of open handles).
+static IMPORTED: parking_lot::Mutex<BTreeMap<u64, usize>> = parking_lot::Mutex::new(BTreeMap::new());
+
+/// Records that this process holds pool `guid` (until [`release_imported`]).
+pub(crate) fn note_imported(guid: u64) {
+    *IMPORTED.lock().entry(guid).or_insert(0) += 1;
+}
+
+/// This process let go of pool `guid`.
+pub(crate) fn release_imported(guid: u64) {
+    let mut g = IMPORTED.lock();
+    if let Some(n) = g.get_mut(&guid) {
+        *n -= 1;
+        if *n == 0 {
+            g.remove(&guid);
+        }
+    }
+}
+
+fn imported_here(guid: u64) -> bool {
+    IMPORTED.lock().contains_key(&guid)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -231,6 +254,7 @@ pub(crate) async fn create(
             ashift,
             ms_shift,
             added_txg: TXG_INITIAL,
+            errors: Default::default(),
         }));
     }
     // Wipe every label so nothing of a previous pool can be selected.
@@ -479,8 +503,15 @@ pub(crate) async fn import(
         let h = &config.host;
         let me = my_host(&opts.pool);
         let other_host = h.hostname != me.hostname || h.host_id != me.host_id;
+        // This host: the pool is in use while the process that imported it lives — for this
+        // very process, while it still holds the pool (one that was abandoned or closed after a
+        // suspension left its labels "active" but is no longer open).
         let alive = !other_host
-            && (h.pid == me.pid || std::path::Path::new(&format!("/proc/{}", h.pid)).exists());
+            && if h.pid == me.pid {
+                imported_here(config.pool_guid)
+            } else {
+                std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
+            };
         if other_host || alive {
             return Err(PoolError::InUse {
                 pool: config.pool_name.clone(),
@@ -519,6 +550,7 @@ pub(crate) async fn import(
             ashift: ent.ashift,
             ms_shift: ent.ms_shift,
             added_txg: ent.added_txg,
+            errors: Default::default(),
         }));
     }
     // Every uberblock of every label of the pool, newest first.

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod directory;
 pub mod discard;
 pub mod error;
+pub mod health;
 pub mod join;
 pub mod lifecycle;
 pub mod nbd_export;
@@ -39,6 +40,7 @@ use crate::io::engine::BlockEngine;
 
 pub use checkpoint::{CheckpointState, CheckpointStatus};
 pub use error::{PoolError, Result};
+pub use health::{DeviceErrors, DeviceHealth, PoolHealth, PoolStatus};
 pub use lifecycle::{CreateOptions, FoundPool, ImportOptions, PoolOptions, TXG_INITIAL};
 pub use syncer::{SyncCtx, SyncState, SyncTask};
 pub use txg::TxgConfig;
@@ -200,6 +202,7 @@ impl Pool {
             .spawn(move || sync_thread(sh, st, cfg, read_only))
             .ok();
         checkpoint::on_start(&shared, ck);
+        lifecycle::note_imported(shared.guid);
         Pool {
             shared,
             thread: Mutex::new(thread),
@@ -494,6 +497,7 @@ impl Pool {
             ashift,
             ms_shift,
             added_txg: 0,
+            errors: Default::default(),
         };
         crate::io::block_on(&PoolOptions::default().reactor, async {
             for l in 0..4 {
@@ -516,6 +520,7 @@ impl Pool {
                     ashift,
                     ms_shift,
                     added_txg: ctx.txg,
+                    errors: Default::default(),
                 });
                 shared.class.add_device(lifecycle_spec(&v))?;
                 lifecycle::new_device_objects(ctx.st, &v, ctx.txg)?;
@@ -568,6 +573,40 @@ impl Pool {
         }
     }
 
+    /// ONLINE, or SUSPENDED with the txg, errno and reason of the failed sync (see
+    /// [`health`] for what a suspension means and how to recover).
+    pub fn health(&self) -> PoolHealth {
+        self.shared.suspension.health(self.shared.txg.failure())
+    }
+
+    /// Health plus every device's READ / WRITE / CKSUM error counters (`zpool status`).
+    pub fn status(&self) -> PoolStatus {
+        let devices = self
+            .shared
+            .vdevs
+            .read()
+            .iter()
+            .map(|v| DeviceHealth {
+                index: v.index,
+                name: v.engine.name().to_string(),
+                guid: v.guid,
+                errors: v.errors.snapshot(),
+            })
+            .collect();
+        PoolStatus {
+            health: self.health(),
+            devices,
+        }
+    }
+
+    /// Resets every device's error counters (`zpool clear`; a suspension stays: it ends only
+    /// by export and import).
+    pub fn clear_errors(&self) {
+        for v in self.shared.vdevs.read().iter() {
+            v.errors.clear();
+        }
+    }
+
     /// Walks every block pointer, checks every checksum and reconciles the space maps with
     /// the blocks found (blocking; syncs first).
     pub fn verify(&self) -> Result<VerifyReport> {
@@ -593,6 +632,7 @@ impl Pool {
         self.shared.exporting.store(export, Ordering::SeqCst);
         self.shared.txg.shutdown();
         let _ = t.join();
+        lifecycle::release_imported(self.shared.guid);
         if let Some(e) = self.shared.txg.failure() {
             return Err(PoolError::Suspended(e));
         }
@@ -606,6 +646,7 @@ impl Pool {
         checkpoint::on_close(&self.shared);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
+            lifecycle::release_imported(self.shared.guid);
         }
     }
 
@@ -661,6 +702,10 @@ struct StopGuard(Arc<Shared>);
 impl Drop for StopGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            let txg = self.0.txg.syncing_txg().unwrap_or(0);
+            self.0
+                .suspension
+                .set(txg, libc::EIO, "the txg sync thread panicked".into());
             self.0.txg.sync_failed(libc::EIO);
         }
         self.0.txg.stopped();
@@ -693,6 +738,7 @@ fn sync_thread(
                 Ok(()) => sh.txg.sync_done(txg),
                 Err(e) => {
                     tracing::error!(pool = %sh.name, txg, "sync failed, pool suspended: {e}");
+                    sh.suspension.set(txg, e.errno(), e.to_string());
                     for t in sh.tasks.lock().drain(..) {
                         *t.result.lock() = Some(Err(PoolError::Suspended(e.errno())));
                     }
@@ -710,6 +756,10 @@ fn sync_thread(
     });
     if let Err(e) = r {
         tracing::error!(pool = %shared.name, "sync thread ring failed: {e}");
+        let txg = shared.txg.syncing_txg().unwrap_or(0);
+        shared
+            .suspension
+            .set(txg, libc::EIO, format!("the txg sync thread's ring failed: {e}"));
         shared.txg.sync_failed(libc::EIO);
     }
 }

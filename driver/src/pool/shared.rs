@@ -63,6 +63,8 @@ pub struct Shared {
     pub(crate) late_frees: Mutex<Vec<(Dva, u64)>>,
     /// Checkpoint state mirror and discard reactor.
     pub(crate) ckpt: super::checkpoint::CkptShared,
+    /// Why the pool was suspended, once a sync failed.
+    pub(crate) suspension: super::health::Suspension,
     next_shard: AtomicUsize,
 }
 
@@ -120,6 +122,7 @@ impl Shared {
                 exporting: std::sync::atomic::AtomicBool::new(false),
                 late_frees: Mutex::new(Vec::new()),
                 ckpt: Default::default(),
+                suspension: Default::default(),
                 next_shard: AtomicUsize::new(0),
             }
         })
@@ -285,8 +288,19 @@ impl Shared {
         let lsize = usize::try_from(d.lsize)
             .unwrap_or(usize::MAX)
             .min(buf.len());
-        Self::verify(d, &buf[..lsize], object, offset)?;
+        Self::verify(d, &buf[..lsize], object, offset).map_err(|e| self.count_checksum(e))?;
         Ok(buf[..lsize].to_vec())
+    }
+
+    /// Counts a checksum mismatch against the device it was read from (CKSUM column of
+    /// [`super::Pool::status`]); passes any other error through uncounted.
+    pub(crate) fn count_checksum(&self, e: PoolError) -> PoolError {
+        if let PoolError::Checksum { device, .. } = &e {
+            if let Ok(v) = self.vdev(*device) {
+                v.errors.checksum_error();
+            }
+        }
+        e
     }
 
     /// Checks `data` (the block's logical bytes, read from where `d` points) against the

@@ -1,5 +1,6 @@
 //! One device of the pool: its engine, its layout, and label / uberblock-ring I/O.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ringpool_ondisk::label::LabelHeader;
@@ -30,6 +31,51 @@ pub struct Vdev {
     pub ms_shift: u8,
     /// Txg the device was added in.
     pub added_txg: u64,
+    /// I/O and checksum errors seen since import (`zpool status` columns).
+    pub errors: ErrorCounters,
+}
+
+/// Error counters of one device, in memory only (they start at zero at every import, as in
+/// OpenZFS, and [`super::Pool::clear_errors`] resets them).
+#[derive(Debug, Default)]
+pub struct ErrorCounters {
+    read: AtomicU64,
+    write: AtomicU64,
+    checksum: AtomicU64,
+}
+
+impl ErrorCounters {
+    /// A block read from this device did not match its parent's checksum.
+    pub fn checksum_error(&self) {
+        self.checksum.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current counts.
+    pub fn snapshot(&self) -> DeviceErrors {
+        DeviceErrors {
+            read: self.read.load(Ordering::Relaxed),
+            write: self.write.load(Ordering::Relaxed),
+            checksum: self.checksum.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Back to zero.
+    pub fn clear(&self) {
+        for c in [&self.read, &self.write, &self.checksum] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A snapshot of a device's error counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceErrors {
+    /// Failed reads.
+    pub read: u64,
+    /// Failed writes and flushes.
+    pub write: u64,
+    /// Reads whose content did not match the checksum its parent records.
+    pub checksum: u64,
 }
 
 impl std::fmt::Debug for Vdev {
@@ -72,6 +118,9 @@ impl Vdev {
     pub async fn read(&self, offset: u64, len: u32) -> Result<IoBuf> {
         let buf = buf_of(usize::try_from(len).unwrap_or(0));
         let (r, buf) = self.engine.read_at(buf, offset).await;
+        if r.is_err() {
+            self.errors.read.fetch_add(1, Ordering::Relaxed);
+        }
         r?;
         Ok(buf)
     }
@@ -79,12 +128,19 @@ impl Vdev {
     /// Writes `buf` at `offset`.
     pub async fn write(&self, offset: u64, buf: IoBuf) -> Result<()> {
         let (r, _buf) = self.engine.write_at(buf, offset).await;
+        if r.is_err() {
+            self.errors.write.fetch_add(1, Ordering::Relaxed);
+        }
         r.map_err(PoolError::from)
     }
 
     /// Makes completed writes durable.
     pub async fn flush(&self) -> Result<()> {
-        self.engine.flush().await.map_err(PoolError::from)
+        let r = self.engine.flush().await;
+        if r.is_err() {
+            self.errors.write.fetch_add(1, Ordering::Relaxed);
+        }
+        r.map_err(PoolError::from)
     }
 
     /// Writes `header` into label `index` (the whole header area).

@@ -309,11 +309,13 @@ impl Volume {
     async fn reread(&self, p: Piece, err: PoolError) -> Result<Option<Vec<u8>>> {
         let mut seen = p.bp;
         let mut err = err;
-        for _ in 0..3 {
+        for round in 0..3 {
             let guard = self.shared.readers.enter();
             let now = self.lookup(p.blkid).await?;
             if now == seen {
-                return Err(err);
+                // The first mismatch came from verify_piece (uncounted); later ones from
+                // read_verified, which counted them.
+                return Err(if round == 0 { self.shared.count_checksum(err) } else { err });
             }
             let Some(d) = data_of(&now) else {
                 return Ok(None);
