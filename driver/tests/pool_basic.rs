@@ -302,7 +302,10 @@ fn sync_write_error_suspends_and_export_import_recovers() -> anyhow::Result<()> 
         assert_eq!(r, a, "flushed before the failure");
         // The failed txg may have reached the second label: old (zeroes) or new, nothing else.
         vol.read(1 << 20, &mut r).await?;
-        assert!(r == b || r.iter().all(|&x| x == 0), "block of the failed txg");
+        assert!(
+            r == b || r.iter().all(|&x| x == 0),
+            "block of the failed txg"
+        );
         vol.write(2 << 20, &b, false).await?;
         vol.flush().await
     })??;

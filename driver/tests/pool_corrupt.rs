@@ -104,8 +104,15 @@ fn data_block_flip_names_object_and_offset() -> anyhow::Result<()> {
     let bad: Vec<_> = res.iter().filter(|(_, r)| r.is_err()).collect();
     assert_eq!(bad.len(), 1, "exactly the damaged block fails");
     let errs = pool.status().devices[0].errors;
-    assert_eq!((errs.checksum, errs.read, errs.write), (1, 0, 0), "CKSUM counts it");
-    assert!(pool.health().is_online(), "a damaged block does not suspend the pool");
+    assert_eq!(
+        (errs.checksum, errs.read, errs.write),
+        (1, 0, 0),
+        "CKSUM counts it"
+    );
+    assert!(
+        pool.health().is_online(),
+        "a damaged block does not suspend the pool"
+    );
     let (off, err) = bad[0];
     let err = err.as_ref().unwrap_err();
     assert!(err.is_checksum(), "{err}");

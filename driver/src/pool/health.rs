@@ -52,7 +52,10 @@ impl std::fmt::Display for PoolHealth {
         match self {
             PoolHealth::Online => f.write_str("ONLINE"),
             PoolHealth::Suspended { txg, errno, reason } => {
-                write!(f, "SUSPENDED (sync of txg {txg} failed, errno {errno}: {reason})")
+                write!(
+                    f,
+                    "SUSPENDED (sync of txg {txg} failed, errno {errno}: {reason})"
+                )
             }
         }
     }

@@ -98,7 +98,8 @@ pub struct ImportOptions {
 }
 
 /// Pools this process has imported (GUID -> number of open handles).
-static IMPORTED: parking_lot::Mutex<BTreeMap<u64, usize>> = parking_lot::Mutex::new(BTreeMap::new());
+static IMPORTED: parking_lot::Mutex<BTreeMap<u64, usize>> =
+    parking_lot::Mutex::new(BTreeMap::new());
 
 /// Records that this process holds pool `guid` (until [`release_imported`]).
 pub(crate) fn note_imported(guid: u64) {

@@ -757,9 +757,11 @@ fn sync_thread(
     if let Err(e) = r {
         tracing::error!(pool = %shared.name, "sync thread ring failed: {e}");
         let txg = shared.txg.syncing_txg().unwrap_or(0);
-        shared
-            .suspension
-            .set(txg, libc::EIO, format!("the txg sync thread's ring failed: {e}"));
+        shared.suspension.set(
+            txg,
+            libc::EIO,
+            format!("the txg sync thread's ring failed: {e}"),
+        );
         shared.txg.sync_failed(libc::EIO);
     }
 }
