@@ -334,8 +334,7 @@ impl Shared {
             Ok(v) => v,
             Err(e) => return (Err(e), buf),
         };
-        let (r, buf) = vdev.engine.read_into(buf, range, dev_offset).await;
-        (r.map_err(PoolError::from), buf)
+        vdev.read_into(buf, range, dev_offset).await
     }
 
     /// Writes `buf` (already laid out block after block, `asize` apart) at `dev_offset` of
@@ -350,8 +349,7 @@ impl Shared {
             Ok(v) => v,
             Err(e) => return (Err(e), buf),
         };
-        let (r, buf) = vdev.engine.write_at(buf, dev_offset).await;
-        (r.map_err(PoolError::from), buf)
+        vdev.write_keep(buf, dev_offset).await
     }
 
     /// An indirect block's pointers, through the cache.

@@ -134,6 +134,30 @@ impl Vdev {
         r.map_err(PoolError::from)
     }
 
+    /// Reads into `buf[range]` at `offset` (straight into a caller's buffer), counting a
+    /// failure as a READ error.
+    pub async fn read_into(
+        &self,
+        buf: IoBuf,
+        range: std::ops::Range<usize>,
+        offset: u64,
+    ) -> (Result<()>, IoBuf) {
+        let (r, buf) = self.engine.read_into(buf, range, offset).await;
+        if r.is_err() {
+            self.errors.read.fetch_add(1, Ordering::Relaxed);
+        }
+        (r.map_err(PoolError::from), buf)
+    }
+
+    /// Writes `buf` at `offset` and hands the buffer back, counting a failure as a WRITE error.
+    pub async fn write_keep(&self, buf: IoBuf, offset: u64) -> (Result<()>, IoBuf) {
+        let (r, buf) = self.engine.write_at(buf, offset).await;
+        if r.is_err() {
+            self.errors.write.fetch_add(1, Ordering::Relaxed);
+        }
+        (r.map_err(PoolError::from), buf)
+    }
+
     /// Makes completed writes durable.
     pub async fn flush(&self) -> Result<()> {
         let r = self.engine.flush().await;

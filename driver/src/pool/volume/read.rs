@@ -315,7 +315,11 @@ impl Volume {
             if now == seen {
                 // The first mismatch came from verify_piece (uncounted); later ones from
                 // read_verified, which counted them.
-                return Err(if round == 0 { self.shared.count_checksum(err) } else { err });
+                return Err(if round == 0 {
+                    self.shared.count_checksum(err)
+                } else {
+                    err
+                });
             }
             let Some(d) = data_of(&now) else {
                 return Ok(None);
