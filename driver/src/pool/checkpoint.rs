@@ -317,6 +317,9 @@ fn create_task(ctx: &mut SyncCtx<'_>) -> Result<()> {
         )));
     }
     ub.checkpoint_txg = ub.txg;
+    // A reguid earlier in this txg renamed the pool, not its state: a rewind must write an
+    // uberblock the current labels accept.
+    ub.pool_guid = ctx.shared.guid();
     let bytes = ub.to_bytes()?.to_vec();
     {
         let d = ctx.st.directory_mut();

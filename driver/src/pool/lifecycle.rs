@@ -467,6 +467,23 @@ pub(crate) async fn import(
             }
         }
     }
+    // A crash in the middle of a reguid leaves labels of the old and the new GUID on the same
+    // devices: one pool, whose newer configuration wins (reguid.rs makes it loadable).
+    let superseded: Vec<u64> = pools
+        .values()
+        .filter(|h| {
+            pools.values().any(|o| {
+                o.pool_guid != h.pool_guid
+                    && o.pool_name == h.pool_name
+                    && o.config_txg > h.config_txg
+                    && o.devices.iter().any(|d| h.devices.iter().any(|e| e.guid == d.guid))
+            })
+        })
+        .map(|h| h.pool_guid)
+        .collect();
+    for g in superseded {
+        pools.remove(&g);
+    }
     let chosen: Vec<&LabelHeader> = pools
         .values()
         .filter(|h| match &opts.name {
@@ -524,10 +541,15 @@ pub(crate) async fn import(
     // Map devices by guid.
     let mut by_dev: HashMap<u64, &ScannedDevice> = HashMap::new();
     for d in &scanned {
+        // (Or, mid-reguid, a device whose labels all still carry the old GUID.)
+        let same_dev = |h: &LabelHeader| {
+            h.pool_name == config.pool_name && config.devices.iter().any(|e| e.guid == h.device_guid)
+        };
         if let Some(l) = d
             .labels
             .iter()
             .find(|l| l.header.pool_guid == config.pool_guid)
+            .or_else(|| d.labels.iter().find(|l| same_dev(&l.header)))
         {
             by_dev.entry(l.header.device_guid).or_insert(d);
         }

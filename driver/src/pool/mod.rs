@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod nbd_export;
 pub mod objtree;
 pub mod readers;
+pub mod reguid;
 pub mod shared;
 pub mod syncer;
 pub mod txg;
@@ -216,7 +217,7 @@ impl Pool {
 
     /// Pool GUID.
     pub fn guid(&self) -> u64 {
-        self.shared.guid
+        self.shared.guid()
     }
 
     /// Whether imported read-only.
@@ -553,7 +554,7 @@ impl Pool {
         let vdevs = self.shared.vdevs.read();
         PoolStats {
             name: self.shared.name.clone(),
-            guid: self.shared.guid,
+            guid: self.shared.guid(),
             space: conv(&cs.total),
             slop: cs.slop,
             devices: cs

@@ -42,7 +42,8 @@ impl std::fmt::Debug for QueuedTask {
 /// Shared pool state.
 pub struct Shared {
     pub(crate) name: String,
-    pub(crate) guid: u64,
+    /// Pool GUID (changed online by `reguid`).
+    guid: AtomicU64,
     pub(crate) read_only: bool,
     pub(crate) vdevs: RwLock<Vec<Arc<Vdev>>>,
     pub(crate) txg: Arc<TxgEngine>,
@@ -72,7 +73,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("name", &self.name)
-            .field("guid", &format_args!("{:#x}", self.guid))
+            .field("guid", &format_args!("{:#x}", self.guid()))
             .field("read_only", &self.read_only)
             .field("vdevs", &self.vdevs.read().len())
             .field("txg", &self.txg)
@@ -85,6 +86,17 @@ thread_local! {
 }
 
 impl Shared {
+    /// The pool GUID.
+    pub(crate) fn guid(&self) -> u64 {
+        self.guid.load(Ordering::SeqCst)
+    }
+
+    /// Changes the pool GUID (`reguid`, from sync context: the next labels and uberblocks
+    /// carry it).
+    pub(crate) fn set_guid(&self, guid: u64) {
+        self.guid.store(guid, Ordering::SeqCst);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: String,
@@ -107,7 +119,7 @@ impl Shared {
             });
             Shared {
                 name,
-                guid,
+                guid: AtomicU64::new(guid),
                 read_only,
                 vdevs: RwLock::new(vdevs),
                 txg,

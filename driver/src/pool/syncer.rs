@@ -933,7 +933,7 @@ pub(crate) fn label_header(shared: &Shared, st: &SyncState, vdev: &Vdev) -> Labe
     let vdevs = shared.vdevs.read();
     LabelHeader {
         pool_name: st.label.pool_name.clone(),
-        pool_guid: shared.guid,
+        pool_guid: shared.guid(),
         device_guid: vdev.guid,
         device_index: vdev.index,
         devices: vdevs
@@ -1000,7 +1000,7 @@ async fn commit(shared: &Arc<Shared>, st: &mut SyncState, txg: u64) -> Result<()
         timestamp: now_secs(),
         checkpoint_txg: st.ub_checkpoint_txg,
         root: st.root_bp,
-        pool_guid: shared.guid,
+        pool_guid: shared.guid(),
     };
     for pair in [[0usize, 1], [2, 3]] {
         let mut futs = Vec::new();
