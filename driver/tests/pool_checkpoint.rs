@@ -1,157 +1,42 @@
-//! Pool checkpoint scenarios (OpenZFS `tests/functional/pool_checkpoint`, volumes instead of
-//! filesystems, `verify` instead of zdb) on the in-memory fault-injecting engine.
+//! Pool checkpoint scenarios (OpenZFS `tests/functional/pool_checkpoint`, reference section E)
+//! on the in-memory fault-injecting engine: volumes instead of filesystems, `verify` instead of
+//! zdb. The scenarios are spread over four binaries by theme:
+//!
+//! | scenario | test |
+//! |---|---|
+//! | E1 checkpoint_rewind | `pool_checkpoint::e01_rewind` |
+//! | E2 checkpoint_open | `pool_checkpoint::e02_open` |
+//! | E3 checkpoint_ro_rewind | `pool_checkpoint::e03_ro_rewind` |
+//! | E4 checkpoint_after_rewind | `pool_checkpoint::e04_checkpoint_after_rewind` |
+//! | E5 checkpoint_discard | `pool_checkpoint::e05_discard_then_rewind_fails` |
+//! | E6 checkpoint_discard_many | `pool_checkpoint::e06_discard_many` |
+//! | E7 checkpoint_twice, E8 checkpoint_invalid | `pool_checkpoint::e07_e08_twice_and_invalid` (argument parsing: the `ringpool checkpoint` CLI tests) |
+//! | E9 checkpoint_conf_change | `pool_checkpoint_config::e09_conf_change_refused` (reguid; attach/replace/remove do not exist) |
+//! | E10 checkpoint_removal | `pool_checkpoint_config::e10_config_ops_serialize_with_checkpoint` (no device removal: the create refusals that exist, and a device add racing the create) |
+//! | E11 checkpoint_vdev_add | `pool_checkpoint::e11_vdev_add_then_rewind`, `pool_checkpoint_config::reguid_allowed_after_rewind_removed_device` |
+//! | E12 checkpoint_lun_expsz | not portable: ringpool has no online device expansion (`zpool online -e`) |
+//! | E13 checkpoint_zhack_feat | `pool_checkpoint::e13_directory_state_after_checkpoint_rewinds` (no feature gate at import: directory features/properties set after the checkpoint vanish) |
+//! | E14 checkpoint_capacity | `pool_checkpoint::e14_capacity` |
+//! | E15 checkpoint_sm_scale | `pool_checkpoint_config::e15_every_device_is_addressable` (two-word offsets span any u64 device: DEVICE_TOO_BIG is unreachable) |
+//! | E16 checkpoint_big_rewind | `pool_checkpoint_churn::e16_big_rewind_after_churn` |
+//! | E17 checkpoint_indirect | `pool_checkpoint_churn::e17_grown_pool_churn_and_verify` (no removal/indirect devices: a pool grown by add, then churn) |
+//! | E18 checkpoint_discard_busy | `pool_checkpoint_discard::e18_discard_busy` |
+//! | E19 checkpoint_zdb | `pool_checkpoint::e19_inspect_checkpointed_state` |
+//! | 20 | `pool_checkpoint_churn::d20_checkpointed_free_routing` |
+//! | 21 | `pool_checkpoint_churn::d21_frees_up_to_checkpoint_txg_are_not_held` |
+//! | 22 | `pool_checkpoint_churn::d22_condense_and_reload_never_expose_held_ranges` |
+//! | 23 | `pool_checkpoint_discard::d23_*` (tiny limit, export, crash), `files_rewind_and_discard_resume` |
+//! | 24 | `pool_checkpoint_discard::d24_two_word_entries_and_budget_stops` (+ `ringpool_ondisk` tail-pop unit tests) |
+//! | 25 | `pool_checkpoint_config::d25_crash_during_rewind` |
+//! | 26 | `pool_checkpoint::e14_capacity` (deleting frees nothing, discard works on the full pool) |
+
+mod pool_common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ringpool_driver::io::{self, BlockEngine, CrashMode, FaultyEngine, ReactorConfig};
-use ringpool_driver::pool::checkpoint::DISCARD_MEMORY_LIMIT_PROP;
-use ringpool_driver::pool::{
-    CheckpointState, CreateOptions, ImportOptions, Pool, PoolError, PoolOptions, TxgConfig,
-};
-
-const DEV: u64 = 64 << 20;
-const BS: u32 = 4096;
-
-fn rcfg() -> ReactorConfig {
-    ReactorConfig {
-        reactors: 1,
-        pin: false,
-        arena_bytes: 0,
-        ..Default::default()
-    }
-}
-
-fn popts() -> PoolOptions {
-    PoolOptions {
-        txg: TxgConfig {
-            timeout: Duration::from_millis(200),
-            ..Default::default()
-        },
-        shards: 2,
-        ..Default::default()
-    }
-}
-
-fn copts() -> CreateOptions {
-    CreateOptions {
-        pool: popts(),
-        ms_shift: None,
-        ..Default::default()
-    }
-}
-
-fn iopts() -> ImportOptions {
-    ImportOptions {
-        pool: popts(),
-        ..Default::default()
-    }
-}
-
-fn rewind_opts(read_only: bool) -> ImportOptions {
-    ImportOptions {
-        rewind_to_checkpoint: true,
-        read_only,
-        ..iopts()
-    }
-}
-
-fn engines(devs: &[FaultyEngine]) -> Vec<Arc<dyn BlockEngine>> {
-    devs.iter()
-        .map(|d| Arc::new(d.clone()) as Arc<dyn BlockEngine>)
-        .collect()
-}
-
-fn new_devs(n: usize) -> Vec<FaultyEngine> {
-    (0..n).map(|_| FaultyEngine::new(DEV, BS)).collect()
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x & 0xff) as u8
-        })
-        .collect()
-}
-
-fn write(pool: &Pool, vol: &str, off: u64, data: &[u8]) -> Result<(), PoolError> {
-    let v = pool.open_volume(vol)?;
-    io::block_on(&rcfg(), async { v.write(off, data, false).await })?
-}
-
-fn read(pool: &Pool, vol: &str, off: u64, len: usize) -> Result<Vec<u8>, PoolError> {
-    let v = pool.open_volume(vol)?;
-    let mut buf = vec![0u8; len];
-    io::block_on(&rcfg(), async { v.read(off, &mut buf).await })??;
-    Ok(buf)
-}
-
-fn punch(pool: &Pool, vol: &str, off: u64, len: u64) -> Result<(), PoolError> {
-    let v = pool.open_volume(vol)?;
-    io::block_on(&rcfg(), async { v.punch(off, len, false).await })?
-}
-
-const PRE0: u64 = 1;
-const PRE1: u64 = 2;
-const POST0: u64 = 3;
-const POST2: u64 = 4;
-const LEN: usize = 256 << 10;
-
-/// `populate`: two volumes with known contents.
-fn populate(pool: &Pool) -> anyhow::Result<()> {
-    pool.create_volume("fs0", 8 << 20, BS)?;
-    pool.create_volume("fs1", 8 << 20, BS)?;
-    write(pool, "fs0", 0, &pattern(PRE0, LEN))?;
-    write(pool, "fs1", 0, &pattern(PRE1, LEN))?;
-    pool.sync_blocking()?;
-    Ok(())
-}
-
-/// `change_state_after_checkpoint`: destroy fs1, create fs2, overwrite fs0, write fs2.
-fn change_state(pool: &Pool) -> anyhow::Result<()> {
-    pool.destroy_volume("fs1")?;
-    pool.create_volume("fs2", 8 << 20, BS)?;
-    write(pool, "fs0", 0, &pattern(POST0, LEN))?;
-    write(pool, "fs2", 0, &pattern(POST2, LEN))?;
-    pool.sync_blocking()?;
-    Ok(())
-}
-
-fn verify_clean(pool: &Pool) -> anyhow::Result<()> {
-    let rep = pool.verify()?;
-    anyhow::ensure!(rep.is_clean(), "verify: {:?}", rep.errors);
-    Ok(())
-}
-
-fn verify_pre(pool: &Pool, run_verify: bool) -> anyhow::Result<()> {
-    assert_eq!(read(pool, "fs0", 0, LEN)?, pattern(PRE0, LEN));
-    assert_eq!(read(pool, "fs1", 0, LEN)?, pattern(PRE1, LEN));
-    assert!(pool.open_volume("fs2").is_err(), "fs2 must not exist");
-    if run_verify {
-        verify_clean(pool)?;
-    }
-    Ok(())
-}
-
-fn verify_post(pool: &Pool) -> anyhow::Result<()> {
-    assert_eq!(read(pool, "fs0", 0, LEN)?, pattern(POST0, LEN));
-    assert_eq!(read(pool, "fs2", 0, LEN)?, pattern(POST2, LEN));
-    assert!(pool.open_volume("fs1").is_err(), "fs1 must be gone");
-    verify_clean(pool)
-}
-
-fn history(pool: &Pool) -> anyhow::Result<Vec<String>> {
-    Ok(pool
-        .directory()?
-        .history
-        .into_iter()
-        .map(|(_, _, t)| t)
-        .collect())
-}
+use pool_common::ckpt::*;
+use pool_common::{copts, engines, iopts, pattern, popts};
+use ringpool_driver::pool::{CheckpointState, Pool, PoolError};
 
 /// E.1 checkpoint_rewind (+ history, E.2-style verify of the checkpointed state).
 #[test]
@@ -427,302 +312,97 @@ fn e14_capacity() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// E.16 checkpoint_big_rewind: churn after the checkpoint never reuses a checkpointed block.
+
+
+
+
+
+
+
+
+/// E.13 checkpoint_zhack_feat, ported: ringpool has no feature gate that could make the current
+/// state unimportable, so the part that carries over is checked: directory state created after
+/// the checkpoint (features, properties) is not part of the rewound pool, and what changed
+/// comes back.
 #[test]
-fn e16_big_rewind_after_churn() -> anyhow::Result<()> {
-    let devs = new_devs(2);
+fn e13_directory_state_after_checkpoint_rewinds() -> anyhow::Result<()> {
+    use ringpool_driver::pool::checkpoint::CHECKPOINT_FEATURE;
+    let devs = new_devs(1);
     let pool = Pool::create("tank", engines(&devs), &copts())?;
     populate(&pool)?;
-    pool.create_volume("churn", 32 << 20, BS)?;
-    let blocks = (32u64 << 20) / u64::from(BS);
-    for i in 0..2000u64 {
-        let b = (i * 7919) % blocks;
-        write(&pool, "churn", b * 4096, &pattern(1000 + i, 4096))?;
-    }
-    pool.sync_blocking()?;
-    let sample: Vec<(u64, Vec<u8>)> = (0..50u64)
-        .map(|i| {
-            let b = (i * 613) % blocks;
-            (b, read(&pool, "churn", b * 4096, 4096).unwrap())
-        })
-        .collect();
+    pool.set_property("user:before", "1")?;
     pool.checkpoint()?;
     change_state(&pool)?;
-    for round in 0..4u64 {
-        for i in 0..1500u64 {
-            let b = (i * 104_729 + round * 31) % blocks;
-            write(
-                &pool,
-                "churn",
-                b * 4096,
-                &pattern(5000 + round * 10_000 + i, 4096),
-            )?;
-        }
-        punch(&pool, "churn", (round * 1024) * 4096, 512 * 4096)?;
-        pool.sync_blocking()?;
-    }
-    verify_clean(&pool)?;
+    pool.set_property("user:before", "changed")?;
+    pool.set_property("user:after", "2")?;
+    pool.export()?;
+    let pool = Pool::import(engines(&devs), &iopts())?;
+    let d = pool.directory()?;
+    assert_eq!(d.props.get("user:after").map(String::as_str), Some("2"));
+    assert_eq!(d.features.get(CHECKPOINT_FEATURE), Some(&1));
     pool.export()?;
     let pool = Pool::import(engines(&devs), &rewind_opts(false))?;
+    let d = pool.directory()?;
+    assert_eq!(d.props.get("user:before").map(String::as_str), Some("1"));
+    assert!(!d.props.contains_key("user:after"), "{:?}", d.props);
+    assert!(!d.features.contains_key(CHECKPOINT_FEATURE), "{:?}", d.features);
+    assert!(d.checkpoint_ub.is_none());
     verify_pre(&pool, true)?;
-    for (b, data) in &sample {
-        assert_eq!(&read(&pool, "churn", b * 4096, 4096)?, data, "block {b}");
-    }
-    pool.export()?;
     Ok(())
 }
 
-/// Derived 20: a free of a block born at or before the checkpoint is held (CKPOINT grows by
-/// its size); a block born after it is freed normally.
+/// E.19 checkpoint_zdb: the checkpointed uberblock is visible in the current state and absent
+/// from the checkpointed one; the checkpointed state shows the volume destroyed since; the same
+/// holds after an export; after a discard there is nothing to inspect.
 #[test]
-fn d20_checkpointed_free_routing() -> anyhow::Result<()> {
+fn e19_inspect_checkpointed_state() -> anyhow::Result<()> {
     let devs = new_devs(1);
     let pool = Pool::create("tank", engines(&devs), &copts())?;
-    pool.create_volume("v", 8 << 20, BS)?;
-    write(&pool, "v", 0, &pattern(1, 4096))?;
-    pool.sync_blocking()?;
+    populate(&pool)?;
     pool.checkpoint()?;
-    pool.sync_blocking()?;
-    // Metadata rewritten since (root block, object set) is held too: measure from here.
-    let base = pool.checkpoint_status().space;
-    write(&pool, "v", 0, &pattern(2, 4096))?;
-    pool.sync_blocking()?;
-    let after = pool.checkpoint_status().space;
-    assert!(after >= base + 4096, "{base} -> {after}");
-    // Born after the checkpoint: an ordinary free (warm up the metadata first).
-    for (off, seed) in [(8192u64, 5u64), (4096, 3)] {
-        write(&pool, "v", off, &pattern(seed, 4096))?;
-        pool.sync_blocking()?;
-        write(&pool, "v", off, &pattern(seed + 10, 4096))?;
-        pool.sync_blocking()?;
-        pool.sync_blocking()?;
-    }
-    let s1 = pool.checkpoint_status().space;
-    write(&pool, "v", 4096, &pattern(4, 4096))?;
-    pool.sync_blocking()?;
-    punch(&pool, "v", 4096, 4096)?;
-    pool.sync_blocking()?;
-    assert_eq!(pool.checkpoint_status().space, s1);
-    let s = pool.stats();
-    assert!(s.space.allocated >= s.space.checkpointed);
-    verify_clean(&pool)?;
-    Ok(())
-}
-
-fn fragmented_checkpoint(pool: &Pool, blocks: u64) -> anyhow::Result<()> {
-    pool.create_volume("frag", 16 << 20, BS)?;
-    for i in 0..blocks {
-        write(pool, "frag", i * 4096, &pattern(i, 4096))?;
-        if i % 64 == 63 {
-            pool.sync_blocking()?;
-        }
-    }
-    pool.sync_blocking()?;
-    pool.checkpoint()?;
-    // Every other block: extents that never coalesce in the checkpoint map.
-    for i in (0..blocks).step_by(2) {
-        punch(pool, "frag", i * 4096, 4096)?;
-    }
-    pool.sync_blocking()?;
-    Ok(())
-}
-
-/// Derived 23: a tiny memory limit spreads the discard over many txgs; the space still held
-/// decreases monotonically to 0; verify is clean at the end.
-#[test]
-fn d23_discard_tiny_memory_limit() -> anyhow::Result<()> {
-    let devs = new_devs(1);
-    let pool = Pool::create("tank", engines(&devs), &copts())?;
-    pool.set_property(DISCARD_MEMORY_LIMIT_PROP, "128")?;
-    fragmented_checkpoint(&pool, 240)?;
-    let held = pool.checkpoint_status().space;
-    assert!(held >= 120 * 4096, "{held}");
-    let t0 = pool.stats().synced_txg;
-    pool.discard_checkpoint()?;
-    let mut last = held;
-    let mut samples = 0;
-    loop {
-        let st = pool.checkpoint_status();
-        assert!(st.space <= last, "space grew from {last} to {}", st.space);
-        last = st.space;
-        samples += 1;
-        if st.state == CheckpointState::None {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert_eq!(last, 0);
-    assert!(samples > 3);
-    // 120 entries, 4 per round: at least 30 destroy txgs.
-    assert!(pool.stats().synced_txg - t0 >= 30);
-    verify_clean(&pool)?;
-    Ok(())
-}
-
-/// Derived 23: export mid-discard, re-import resumes from disk.
-#[test]
-fn d23_export_mid_discard_resumes() -> anyhow::Result<()> {
-    let devs = new_devs(1);
-    let pool = Pool::create("tank", engines(&devs), &copts())?;
-    pool.set_property(DISCARD_MEMORY_LIMIT_PROP, "128")?;
-    fragmented_checkpoint(&pool, 240)?;
-    let held = pool.checkpoint_status().space;
-    pool.discard_checkpoint()?;
-    while pool.checkpoint_status().space == held {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let txg = pool.checkpoint_status().txg;
+    change_state(&pool)?;
+    // `zdb P`: "Checkpointed uberblock found", fs1 absent; verify walks both states.
+    let d = pool.directory()?;
+    assert!(d.checkpoint_ub.is_some(), "checkpointed uberblock found");
+    assert!(!d.volumes.contains_key("fs1"));
+    let rep = pool.verify()?;
+    assert!(rep.is_clean(), "{:?}", rep.errors);
+    assert_eq!(rep.checkpoint_bytes, pool.checkpoint_status().space);
+    assert!(rep.checkpoint_bytes > 0);
     pool.export()?;
-    // Discarding (or discarded): no rewind.
-    let e = Pool::import(engines(&devs), &rewind_opts(false)).unwrap_err();
-    assert!(matches!(e, PoolError::NoCheckpoint), "{e}");
+    let found = Pool::discover(engines(&devs), &popts())?;
+    assert_eq!(found.len(), 1, "{found:?}");
+    // Twice: the read-only look at the checkpointed state changes nothing.
+    for _ in 0..2 {
+        exported_inspection(&devs, txg)?;
+    }
+    let pool = Pool::import(engines(&devs), &iopts())?;
+    pool.discard_checkpoint()?;
+    pool.wait_discard()?;
+    // No checkpoint line any more; `zdb -k` fails.
+    assert!(pool.directory()?.checkpoint_ub.is_none());
+    assert_eq!(pool.verify()?.checkpoint_bytes, 0);
+    pool.export()?;
     let e = Pool::import(engines(&devs), &rewind_opts(true)).unwrap_err();
     assert!(matches!(e, PoolError::NoCheckpoint), "{e}");
-    let pool = Pool::import(engines(&devs), &iopts())?;
-    let st = pool.checkpoint_status();
-    if st.state == CheckpointState::Discarding {
-        assert!(st.space < held && st.space > 0, "{st:?}");
-    }
-    let e = pool.checkpoint().unwrap_err();
-    if st.state == CheckpointState::Discarding {
-        assert!(matches!(e, PoolError::DiscardingCheckpoint), "{e}");
-    }
-    pool.wait_discard()?;
-    assert_eq!(pool.checkpoint_status().space, 0);
-    verify_clean(&pool)?;
-    pool.export()?;
-    let e = Pool::import(engines(&devs), &rewind_opts(false)).unwrap_err();
-    assert!(matches!(e, PoolError::NoCheckpoint), "{e}");
     Ok(())
 }
 
-/// Derived 23: crash mid-discard (unflushed writes dropped or torn), import resumes.
-#[test]
-fn d23_crash_mid_discard_resumes() -> anyhow::Result<()> {
-    let devs = new_devs(1);
-    let pool = Pool::create("tank", engines(&devs), &copts())?;
-    pool.set_property(DISCARD_MEMORY_LIMIT_PROP, "256")?;
-    fragmented_checkpoint(&pool, 200)?;
-    let held = pool.checkpoint_status().space;
-    devs[0].reset_log();
-    pool.discard_checkpoint()?;
-    while pool.checkpoint_status().space > held / 2 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    pool.abandon();
-    let n = devs[0].event_count();
-    for (k, at) in [n / 3, n / 2, n].into_iter().enumerate() {
-        let img = devs[0].crash_image(
-            at,
-            k as u64,
-            CrashMode {
-                drop_unflushed_subset: true,
-                tear_writes: true,
-            },
-        );
-        let d = vec![FaultyEngine::from_image(img, BS)];
-        let pool = Pool::import(
-            engines(&d),
-            &ImportOptions {
-                force: true,
-                ..iopts()
-            },
-        )?;
-        if pool.checkpoint_status().state == CheckpointState::Exists {
-            // Crashed before the discard's txg committed.
-            pool.discard_checkpoint()?;
-        }
-        pool.wait_discard()?;
-        assert_eq!(pool.checkpoint_status().space, 0);
-        verify_clean(&pool)?;
-        pool.export()?;
-    }
-    Ok(())
-}
-
-/// Derived 25: a crash at any point of a rewind import leaves either the current state with
-/// its checkpoint (before the point of no return) or the rewound state (after it).
-#[test]
-fn d25_crash_during_rewind() -> anyhow::Result<()> {
-    let devs = new_devs(1);
-    let pool = Pool::create("tank", engines(&devs), &copts())?;
-    populate(&pool)?;
-    pool.checkpoint()?;
-    change_state(&pool)?;
-    pool.export()?;
-    devs[0].reset_log();
-    let pool = Pool::import(engines(&devs), &rewind_opts(false))?;
-    pool.abandon();
-    let n = devs[0].event_count();
-    let (mut pre, mut post) = (0, 0);
-    // Every flush point (and just before it), plus the start and the end.
-    let mut points: Vec<usize> = devs[0]
-        .flush_points()
-        .into_iter()
-        .flat_map(|f| [f.saturating_sub(1), f])
-        .collect();
-    points.extend([0, n]);
-    points.sort_unstable();
-    points.dedup();
-    for at in points {
-        for seed in 0..2u64 {
-            let mode = CrashMode {
-                drop_unflushed_subset: seed == 1,
-                tear_writes: seed == 1,
-            };
-            let d = vec![FaultyEngine::from_image(
-                devs[0].crash_image(at, seed, mode),
-                BS,
-            )];
-            let p = Pool::import(
-                engines(&d),
-                &ImportOptions {
-                    force: true,
-                    ..iopts()
-                },
-            )?;
-            if p.checkpoint_status().state == CheckpointState::Exists {
-                verify_post(&p)?;
-                post += 1;
-            } else {
-                verify_pre(&p, true)?;
-                pre += 1;
-            }
-            p.abandon();
-        }
-    }
-    assert!(pre > 0 && post > 0, "pre {pre} post {post} of {n} events");
-    Ok(())
-}
-
-/// On O_DIRECT files in /tmp: checkpoint, rewind preview, export mid-discard (the discard
-/// reactor must release the exclusively opened devices), resume at import.
-#[test]
-fn files_rewind_and_discard_resume() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir_in("/tmp")?;
-    let path = dir.path().join("dev0");
-    std::fs::File::create(&path)?.set_len(DEV)?;
-    let paths = vec![path];
-    let pool = Pool::create_paths("ftank", &paths, &copts())?;
-    populate(&pool)?;
-    pool.set_property(DISCARD_MEMORY_LIMIT_PROP, "256")?;
-    pool.checkpoint()?;
-    change_state(&pool)?;
-    pool.export()?;
-    let pool = Pool::import_paths(&paths, &rewind_opts(true))?;
-    verify_pre(&pool, false)?;
-    pool.export()?;
-    let pool = Pool::import_paths(&paths, &iopts())?;
-    verify_post(&pool)?;
-    let held = pool.checkpoint_status().space;
-    pool.discard_checkpoint()?;
-    while pool.checkpoint_status().space == held {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    pool.export()?;
-    let pool = Pool::import_paths(&paths, &iopts())?;
-    pool.wait_discard()?;
-    let st = pool.checkpoint_status();
-    assert_eq!((st.state, st.space), (CheckpointState::None, 0));
-    verify_post(&pool)?;
+/// The `zdb -e` half of E.19 (the pool is exported): `-k` is a read-only rewind import.
+fn exported_inspection(devs: &[ringpool_driver::io::FaultyEngine], txg: u64) -> anyhow::Result<()> {
+    // The checkpointed universe: fs1 exists, no checkpoint inside it.
+    let ck = Pool::import(engines(devs), &rewind_opts(true))?;
+    assert!(ck.open_volume("fs1").is_ok());
+    assert_eq!(ck.checkpoint_status().state, CheckpointState::None);
+    assert_eq!(ck.last_uberblock().map(|u| u.checkpoint_txg), Some(txg));
+    verify_pre(&ck, false)?;
+    ck.export()?;
+    // The current universe still has the checkpoint.
+    let cur = Pool::import(engines(devs), &iopts())?;
+    assert_eq!(cur.checkpoint_status().state, CheckpointState::Exists);
+    assert_eq!(cur.checkpoint_status().txg, txg);
+    assert!(cur.open_volume("fs1").is_err());
+    cur.export()?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 // Test arithmetic on small in-memory sizes: the casts cannot truncate here.
 #![allow(dead_code, clippy::cast_possible_truncation)]
 
+pub mod ckpt;
 pub mod setup;
 pub use setup::*;
 
