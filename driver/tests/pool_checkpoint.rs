@@ -312,14 +312,6 @@ fn e14_capacity() -> anyhow::Result<()> {
     Ok(())
 }
 
-
-
-
-
-
-
-
-
 /// E.13 checkpoint_zhack_feat, ported: ringpool has no feature gate that could make the current
 /// state unimportable, so the part that carries over is checked: directory state created after
 /// the checkpoint (features, properties) is not part of the rewound pool, and what changed
@@ -345,7 +337,11 @@ fn e13_directory_state_after_checkpoint_rewinds() -> anyhow::Result<()> {
     let d = pool.directory()?;
     assert_eq!(d.props.get("user:before").map(String::as_str), Some("1"));
     assert!(!d.props.contains_key("user:after"), "{:?}", d.props);
-    assert!(!d.features.contains_key(CHECKPOINT_FEATURE), "{:?}", d.features);
+    assert!(
+        !d.features.contains_key(CHECKPOINT_FEATURE),
+        "{:?}",
+        d.features
+    );
     assert!(d.checkpoint_ub.is_none());
     verify_pre(&pool, true)?;
     Ok(())

@@ -116,8 +116,9 @@ fn e17_grown_pool_churn_and_verify() -> anyhow::Result<()> {
         for i in 0..3000u64 {
             let b = (i * 7919) % blocks;
             v.write(b * 4096, &pattern(900 + i, 4096), false).await?;
-            if i % 7 == 0 {
-                v.punch(((i * 104_729) % blocks) * 4096, 4096, false).await?;
+            if i.is_multiple_of(7) {
+                v.punch(((i * 104_729) % blocks) * 4096, 4096, false)
+                    .await?;
             }
         }
         v.flush().await
@@ -174,7 +175,7 @@ fn d21_frees_up_to_checkpoint_txg_are_not_held() -> anyhow::Result<()> {
                 while !s2.load(Ordering::Relaxed) {
                     let b = (i * 7919 + round) % 1024;
                     v.write(b * 4096, &pattern(i, 4096), false).await?;
-                    if i % 5 == 0 {
+                    if i.is_multiple_of(5) {
                         v.punch(((i * 31) % 1024) * 4096, 4096, false).await?;
                     }
                     i += 1;
@@ -187,7 +188,9 @@ fn d21_frees_up_to_checkpoint_txg_are_not_held() -> anyhow::Result<()> {
         pool.checkpoint()?;
         std::thread::sleep(std::time::Duration::from_millis(50));
         stop.store(true, Ordering::Relaxed);
-        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
         pool.sync_blocking()?;
         verify_clean(&pool)?;
         pool.discard_checkpoint()?;
@@ -214,7 +217,6 @@ fn d22_condense_and_reload_never_expose_held_ranges() -> anyhow::Result<()> {
     pool.sync_blocking()?;
     let before = read(&pool, "churn", 0, 20 << 20)?;
     pool.checkpoint()?;
-    let blocks = (20u64 << 20) / 4096;
     let v = pool.open_volume("churn")?;
     // Overwrite and trim the same blocks over and over (each txg appends ALLOC and FREE runs to
     // the metaslab maps: long maps describing little, i.e. condense candidates).
@@ -222,7 +224,8 @@ fn d22_condense_and_reload_never_expose_held_ranges() -> anyhow::Result<()> {
         io::block_on(&rcfg(), async {
             for i in 0..800u64 {
                 let b = (i * 37 + round) % 1024;
-                v.write(b * 4096, &pattern(round * 1000 + i, 4096), false).await?;
+                v.write(b * 4096, &pattern(round * 1000 + i, 4096), false)
+                    .await?;
             }
             v.punch((round % 4) * 256 * 4096, 256 * 4096, false).await?;
             v.flush().await
@@ -245,7 +248,7 @@ fn d22_condense_and_reload_never_expose_held_ranges() -> anyhow::Result<()> {
     verify_clean(&pool)?;
     pool.export()?;
     let pool = Pool::import(engines(&devs), &rewind_opts(false))?;
-    assert_eq!(read(&pool, "churn", 0, (blocks * 4096) as usize)?, before);
+    assert_eq!(read(&pool, "churn", 0, 20 << 20)?, before);
     verify_clean(&pool)?;
     Ok(())
 }

@@ -157,7 +157,9 @@ fn reguid_crash_at_every_flush_point() -> anyhow::Result<()> {
                 .zip(&flushes)
                 .enumerate()
                 .map(|(d, (dev, f))| {
-                    let at = f.get(k).map_or(usize::MAX, |&i| i + usize::from(seed == 2 && d == 1));
+                    let at = f
+                        .get(k)
+                        .map_or(usize::MAX, |&i| i + usize::from(seed == 2 && d == 1));
                     FaultyEngine::from_image(dev.crash_image(at, seed * 31 + k as u64, mode), BS)
                 })
                 .collect();
@@ -204,7 +206,9 @@ fn e10_config_ops_serialize_with_checkpoint() -> anyhow::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         pool.checkpoint()?;
-        adder.join().map_err(|_| anyhow::anyhow!("adder panicked"))??;
+        adder
+            .join()
+            .map_err(|_| anyhow::anyhow!("adder panicked"))??;
         let ck = pool.checkpoint_status().txg;
         let added = pool
             .directory()?
@@ -217,7 +221,11 @@ fn e10_config_ops_serialize_with_checkpoint() -> anyhow::Result<()> {
         pool.export()?;
         let pool = Pool::import(engines(&devs), &rewind_opts(false))?;
         let want = if added <= ck { 2 } else { 1 };
-        assert_eq!(pool.stats().devices.len(), want, "add txg {added}, checkpoint txg {ck}");
+        assert_eq!(
+            pool.stats().devices.len(),
+            want,
+            "add txg {added}, checkpoint txg {ck}"
+        );
         verify_pre(&pool, true)?;
     }
     Ok(())
@@ -230,7 +238,7 @@ fn e10_config_ops_serialize_with_checkpoint() -> anyhow::Result<()> {
 #[test]
 fn e15_every_device_is_addressable() -> anyhow::Result<()> {
     use ringpool_ondisk::space_map::SM2_OFFSET_BITS;
-    assert!(SM2_OFFSET_BITS + 9 >= 64);
+    const { assert!(SM2_OFFSET_BITS + 9 >= 64) };
     let devs = vec![FaultyEngine::new(DEV, 512)];
     let opts = CreateOptions {
         ashift: Some(9),

@@ -476,7 +476,9 @@ pub(crate) async fn import(
                 o.pool_guid != h.pool_guid
                     && o.pool_name == h.pool_name
                     && o.config_txg > h.config_txg
-                    && o.devices.iter().any(|d| h.devices.iter().any(|e| e.guid == d.guid))
+                    && o.devices
+                        .iter()
+                        .any(|d| h.devices.iter().any(|e| e.guid == d.guid))
             })
         })
         .map(|h| h.pool_guid)
@@ -543,7 +545,8 @@ pub(crate) async fn import(
     for d in &scanned {
         // (Or, mid-reguid, a device whose labels all still carry the old GUID.)
         let same_dev = |h: &LabelHeader| {
-            h.pool_name == config.pool_name && config.devices.iter().any(|e| e.guid == h.device_guid)
+            h.pool_name == config.pool_name
+                && config.devices.iter().any(|e| e.guid == h.device_guid)
         };
         if let Some(l) = d
             .labels

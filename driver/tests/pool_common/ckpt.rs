@@ -83,8 +83,14 @@ pub fn verify_clean(pool: &Pool) -> anyhow::Result<()> {
 
 /// `verify_pre_checkpoint_state` (verify skipped for a read-only rewind, as zdb is).
 pub fn verify_pre(pool: &Pool, run_verify: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(read(pool, "fs0", 0, LEN)? == pattern(PRE0, LEN), "fs0 not pre");
-    anyhow::ensure!(read(pool, "fs1", 0, LEN)? == pattern(PRE1, LEN), "fs1 not pre");
+    anyhow::ensure!(
+        read(pool, "fs0", 0, LEN)? == pattern(PRE0, LEN),
+        "fs0 not pre"
+    );
+    anyhow::ensure!(
+        read(pool, "fs1", 0, LEN)? == pattern(PRE1, LEN),
+        "fs1 not pre"
+    );
     anyhow::ensure!(pool.open_volume("fs2").is_err(), "fs2 must not exist");
     if run_verify {
         verify_clean(pool)?;
@@ -94,8 +100,14 @@ pub fn verify_pre(pool: &Pool, run_verify: bool) -> anyhow::Result<()> {
 
 /// `verify_post_checkpoint_state`.
 pub fn verify_post(pool: &Pool) -> anyhow::Result<()> {
-    anyhow::ensure!(read(pool, "fs0", 0, LEN)? == pattern(POST0, LEN), "fs0 not post");
-    anyhow::ensure!(read(pool, "fs2", 0, LEN)? == pattern(POST2, LEN), "fs2 not post");
+    anyhow::ensure!(
+        read(pool, "fs0", 0, LEN)? == pattern(POST0, LEN),
+        "fs0 not post"
+    );
+    anyhow::ensure!(
+        read(pool, "fs2", 0, LEN)? == pattern(POST2, LEN),
+        "fs2 not post"
+    );
     anyhow::ensure!(pool.open_volume("fs1").is_err(), "fs1 must be gone");
     verify_clean(pool)
 }
