@@ -25,6 +25,8 @@ pub enum JobMsg {
         index: u32,
         ios: u64,
         bytes: u64,
+        /// Failed I/Os (not in `ios`, `bytes` or `hist`).
+        errors: u64,
         hist: Hist,
     },
     /// The job finished; `intervals` is how many it sent.
@@ -37,8 +39,11 @@ pub struct IntervalSummary {
     /// Seconds since the start of the run (ramp included) at the end of this interval.
     pub t_s: f64,
     pub ramp: bool,
+    /// Completed I/Os per second (failed ones excluded).
     pub iops: f64,
     pub mib_s: f64,
+    /// Failed I/Os in this second.
+    pub errors: u64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
@@ -49,6 +54,7 @@ struct Pending {
     reported: u32,
     ios: u64,
     bytes: u64,
+    errors: u64,
     hist: Hist,
 }
 
@@ -92,6 +98,7 @@ impl Collector {
                 index,
                 ios,
                 bytes,
+                errors,
                 hist,
                 ..
             } => {
@@ -99,11 +106,13 @@ impl Collector {
                     reported: 0,
                     ios: 0,
                     bytes: 0,
+                    errors: 0,
                     hist: new_interval_hist(),
                 });
                 p.reported += 1;
                 p.ios += ios;
                 p.bytes += bytes;
+                p.errors += errors;
                 let _ = p.hist.add(&hist);
             }
             JobMsg::Done { job, intervals } => {
@@ -128,6 +137,7 @@ impl Collector {
                 reported: 0,
                 ios: 0,
                 bytes: 0,
+                errors: 0,
                 hist: new_interval_hist(),
             });
             let secs = INTERVAL.as_secs_f64();
@@ -137,6 +147,7 @@ impl Collector {
                 ramp: k < self.ramp_intervals,
                 iops: p.ios as f64 / secs,
                 mib_s: p.bytes as f64 / secs / 1_048_576.0,
+                errors: p.errors,
                 p50_us: ns_to_us(p.hist.value_at_quantile(0.5)),
                 p99_us: ns_to_us(p.hist.value_at_quantile(0.99)),
                 max_us: ns_to_us(p.hist.max()),
@@ -188,6 +199,7 @@ mod tests {
             index,
             ios,
             bytes: ios * 4096,
+            errors: u64::from(index),
             hist,
         }
     }
@@ -200,6 +212,7 @@ mod tests {
         let out = c.push(iv(1, 0, 5));
         assert_eq!(out.len(), 1);
         assert!((out[0].iops - 15.0).abs() < 1e-9);
+        assert_eq!(out[0].errors, 0);
         assert!(out[0].ramp);
         // Job 1 finishes after one interval: interval 1 only needs job 0.
         let out = c.push(JobMsg::Done {
@@ -208,6 +221,7 @@ mod tests {
         });
         assert_eq!(out.len(), 1);
         assert!(!out[0].ramp);
+        assert_eq!(out[0].errors, 1, "errors are summed per interval");
         c.push(JobMsg::Done {
             job: 0,
             intervals: 2,

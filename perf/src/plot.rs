@@ -252,6 +252,7 @@ mod tests {
                 ramp: false,
                 iops: 1000.0,
                 mib_s: 4.0,
+                errors: 0,
                 p50_us: 50.0,
                 p99_us: 90.0,
                 max_us: 100.0,

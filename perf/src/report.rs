@@ -190,7 +190,11 @@ pub fn interval_line(s: &IntervalSummary) -> String {
         fmt_us(s.p50_us),
         fmt_us(s.p99_us),
         fmt_us(s.max_us)
-    )
+    ) + &if s.errors > 0 {
+        format!("  errors {}", s.errors)
+    } else {
+        String::new()
+    }
 }
 
 fn lat_cols(l: &Lat) -> String {

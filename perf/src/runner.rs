@@ -260,6 +260,7 @@ struct IntervalState {
     index: u32,
     ios: u64,
     bytes: u64,
+    errors: u64,
     hist: Hist,
 }
 
@@ -306,11 +307,13 @@ impl Job {
                 index: iv.index,
                 ios: iv.ios,
                 bytes: iv.bytes,
+                errors: iv.errors,
                 hist,
             });
             iv.index += 1;
             iv.ios = 0;
             iv.bytes = 0;
+            iv.errors = 0;
         }
     }
 
@@ -328,10 +331,16 @@ impl Job {
             u64::try_from(done.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX);
         self.rotate(done);
         {
+            // A failed I/O (ENOSPC, EIO...) often fails fast: it would inflate the second's
+            // IOPS and drag its latency down, so it is counted apart.
             let mut iv = self.iv.borrow_mut();
-            iv.ios += 1;
-            iv.bytes += len;
-            record(&mut iv.hist, ns);
+            if ok {
+                iv.ios += 1;
+                iv.bytes += len;
+                record(&mut iv.hist, ns);
+            } else {
+                iv.errors += 1;
+            }
         }
         self.last_done.set(done);
         let mut st = self.stats.borrow_mut();
@@ -565,6 +574,7 @@ async fn job_main(ctx: JobCtx) -> Result<JobOutcome, String> {
             index: 0,
             ios: 0,
             bytes: 0,
+            errors: 0,
             hist: new_interval_hist(),
         }),
         tx: ctx.tx.clone(),

@@ -147,6 +147,10 @@ fn full_pool_reports_enospc_per_io_and_stays_consistent() {
         let e = e.as_str().unwrap_or("");
         assert!(e.contains("No space left on device"), "{e}");
     }
+    // Failed writes are counted per second apart from the completed ones.
+    let iv = v["intervals"].as_array().expect("intervals");
+    let iv_errors: u64 = iv.iter().map(|i| i["errors"].as_u64().unwrap_or(0)).sum();
+    assert!(iv_errors > 0, "{v}");
     // The pool was not suspended, synced, passed its own verify and exported.
     assert!(!err.contains("SUSPENDED"), "{err}");
     assert!(err.contains("verify clean"), "{err}");
