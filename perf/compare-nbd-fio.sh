@@ -193,13 +193,15 @@ for r in rows:
     if k not in keys:
         keys.append(k)
 print()
-print("%-26s %9s %9s %7s %9s %9s %7s %9s %9s  %s" % (
-    "server / workload", "ringperf", "fio", "IOPS x", "ringperf", "fio", "p50 x", "ringperf", "fio", "goal"))
-print("%-26s %9s %9s %7s %9s %9s %7s %9s %9s" % (
-    "", "IOPS", "IOPS", "", "p50 us", "p50 us", "", "p99 us", "p99 us"))
+print("%-26s %9s %9s %7s %7s %9s %9s %7s %7s %9s %9s  %s" % (
+    "server / workload", "ringperf", "fio", "IOPS x", "paired", "ringperf", "fio", "p50 x", "paired",
+    "ringperf", "fio", "goal"))
+print("%-26s %9s %9s %7s %7s %9s %9s %7s %7s %9s %9s" % (
+    "", "IOPS", "IOPS", "", "IOPS x", "p50 us", "p50 us", "", "p50 x", "p99 us", "p99 us"))
 for k in keys:
+    sel = [r for r in rows if (r["srv"], r["rw"], r["qd"]) == k]
     def agg(tool):
-        rs = [r for r in rows if (r["srv"], r["rw"], r["qd"]) == k and r["tool"] == tool]
+        rs = [r for r in sel if r["tool"] == tool]
         if not rs:
             return (0.0, 0.0, 0.0)
         return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p50"] for r in rs),
@@ -208,8 +210,19 @@ for k in keys:
     fi, f50, f99 = agg("fio")
     ix = ri / fi if fi else 0.0
     px = r50 / f50 if f50 else 0.0
-    ok = abs(ix - 1) <= 0.05 and abs(px - 1) <= 0.10
-    print("%-26s %9.0f %9.0f %7.3f %9.1f %9.1f %7.3f %9.1f %9.1f  %s" % (
-        "%s %s qd%d" % k, ri, fi, ix, r50, f50, px, r99, f99, "ok" if ok else "MISSED"))
-print("IOPS: mean over rounds; p50, p99: median over rounds; goal: IOPS within 5 %, p50 within 10 %")
+    # The two runs of a round are back to back: their ratio is immune to drift between rounds.
+    pi, pp = [], []
+    for rnd in sorted({r["round"] for r in sel}):
+        a = [r for r in sel if r["round"] == rnd and r["tool"] == "ringperf"]
+        b = [r for r in sel if r["round"] == rnd and r["tool"] == "fio"]
+        if a and b and b[0]["iops"] and b[0]["p50"]:
+            pi.append(a[0]["iops"] / b[0]["iops"])
+            pp.append(a[0]["p50"] / b[0]["p50"])
+    mi = statistics.median(pi) if pi else 0.0
+    mp = statistics.median(pp) if pp else 0.0
+    ok = abs(mi - 1) <= 0.05 and abs(mp - 1) <= 0.10
+    print("%-26s %9.0f %9.0f %7.3f %7.3f %9.1f %9.1f %7.3f %7.3f %9.1f %9.1f  %s" % (
+        "%s %s qd%d" % k, ri, fi, ix, mi, r50, f50, px, mp, r99, f99, "ok" if ok else "MISSED"))
+print("IOPS: mean over rounds; p50, p99: median over rounds; paired: median over rounds of the")
+print("ratio of the two back-to-back runs of a round; goal (paired): IOPS within 5 %, p50 within 10 %")
 PY
