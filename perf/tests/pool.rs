@@ -64,15 +64,16 @@ fn pool_verify_run_with_flush_and_fua_then_reimport_and_read_back() {
     assert!(err.contains("prefilling"), "{err}");
     assert!(err.contains("verify clean"), "{err}");
 
-    // FUA writes: each one returns only after its txg committed.
-    let target = format!("pool:{img}?volume=bench");
+    // FUA writes: each one returns only after its txg committed. Through the copying slice API
+    // this time (`copy`), verified by the read-back below.
+    let target = format!("pool:{img}?volume=bench&copy");
     let (code, v, err) = stderr_of(&[
         "--target",
         &target,
         "--size",
         "32M",
         "--rw",
-        "randwrite",
+        "randrw",
         "--qd",
         "4",
         "--runtime",

@@ -19,7 +19,11 @@
 //! | `cache=SIZE` | tree-block cache budget (default the pool's, 64 MiB) |
 //! | `force` | import even if the labels say another host or process holds the pool |
 //! | `check` | after the run, sync and run the pool's `verify` (every checksum, space maps) |
+//! | `copy` | use the slice API (`Volume::read/write`, data copied) instead of the owned-buffer one |
 //!
+//! By default a job reads with `Volume::read_into` and writes with `Volume::write_buf`, the
+//! owned-buffer calls the NBD export uses: aligned I/O goes between the device and the job's
+//! (registered) buffer without a copy.
 //! The run's end ([`PoolSpec::finish`]) syncs and exports the pool, reports its space
 //! accounting, and fails if the pool was suspended (a failed sync) or `check` found damage.
 
@@ -61,6 +65,8 @@ pub struct PoolSpec {
     pub cache: Option<usize>,
     pub force: bool,
     pub check: bool,
+    /// Use the copying slice API.
+    pub copy: bool,
     opened: Arc<Mutex<Option<Opened>>>,
 }
 
@@ -107,6 +113,7 @@ impl PoolSpec {
             cache: None,
             force: false,
             check: false,
+            copy: false,
             opened: Arc::new(Mutex::new(None)),
         };
         let size = |k: &str, v: Option<&str>| -> Result<u64, PerfError> {
@@ -141,9 +148,10 @@ impl PoolSpec {
                 }
                 "force" => spec.force = true,
                 "check" => spec.check = true,
+                "copy" => spec.copy = true,
                 _ => {
                     return Err(bad(format!(
-                        "unknown option '{k}' (create[=SIZE], name, volume, volsize, bs, ashift, cache, force, check)"
+                        "unknown option '{k}' (create[=SIZE], name, volume, volsize, bs, ashift, cache, force, check, copy)"
                     )))
                 }
             }
@@ -375,6 +383,7 @@ impl PoolSpec {
     pub fn connect(&self) -> io::Result<PoolConn> {
         Ok(PoolConn {
             vol: self.volume()?,
+            copy: self.copy,
         })
     }
 
@@ -542,16 +551,26 @@ impl Fill {
 #[derive(Debug)]
 pub struct PoolConn {
     vol: Volume,
+    copy: bool,
 }
 
 impl Conn for PoolConn {
     async fn read(&self, mut buf: IoBuf, off: u64) -> IoResult {
-        let r = self.vol.read(off, &mut buf[..]).await;
+        if self.copy {
+            let r = self.vol.read(off, &mut buf[..]).await;
+            return (r.map_err(|e| pool_io_err(&e)), buf);
+        }
+        let len = buf.len();
+        let (r, buf) = self.vol.read_into(off, buf, 0..len, None).await;
         (r.map_err(|e| pool_io_err(&e)), buf)
     }
 
     async fn write(&self, buf: IoBuf, off: u64, fua: bool) -> IoResult {
-        let r = self.vol.write(off, &buf[..], fua).await;
+        if self.copy {
+            let r = self.vol.write(off, &buf[..], fua).await;
+            return (r.map_err(|e| pool_io_err(&e)), buf);
+        }
+        let (r, buf) = self.vol.write_buf(off, buf, fua).await;
         (r.map_err(|e| pool_io_err(&e)), buf)
     }
 
@@ -573,9 +592,9 @@ mod tests {
         assert_eq!(s.volsize, Some(64 << 20));
         assert_eq!(s.vol_bs, 16384);
         assert!(s.check && !s.force);
-        let s = PoolSpec::parse("pool:/a?create&force").unwrap();
+        let s = PoolSpec::parse("pool:/a?create&force&copy").unwrap();
         assert_eq!(s.create, Some(None));
-        assert!(s.force);
+        assert!(s.force && s.copy);
         let s = PoolSpec::parse("pool:/a").unwrap();
         assert_eq!(s.create, None);
         assert!(PoolSpec::parse("pool:").is_err());
