@@ -203,7 +203,7 @@ impl Pool {
             .spawn(move || sync_thread(sh, st, cfg, read_only))
             .ok();
         checkpoint::on_start(&shared, ck);
-        lifecycle::note_imported(shared.guid);
+        lifecycle::note_imported(shared.guid());
         Pool {
             shared,
             thread: Mutex::new(thread),
@@ -633,7 +633,7 @@ impl Pool {
         self.shared.exporting.store(export, Ordering::SeqCst);
         self.shared.txg.shutdown();
         let _ = t.join();
-        lifecycle::release_imported(self.shared.guid);
+        lifecycle::release_imported(self.shared.guid());
         if let Some(e) = self.shared.txg.failure() {
             return Err(PoolError::Suspended(e));
         }
@@ -647,7 +647,7 @@ impl Pool {
         checkpoint::on_close(&self.shared);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
-            lifecycle::release_imported(self.shared.guid);
+            lifecycle::release_imported(self.shared.guid());
         }
     }
 
