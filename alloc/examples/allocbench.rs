@@ -158,6 +158,10 @@ struct Txg {
     ops: AtomicU64,
     syncs: AtomicU64,
     sync_time_ns: AtomicU64,
+    /// Time workers spent waiting for another worker's sync to finish (serialisation).
+    sync_wait_ns: AtomicU64,
+    /// Thread CPU time spent syncing (sync + sync_done), nanoseconds.
+    sync_cpu_ns: AtomicU64,
 }
 
 #[repr(align(128))]
@@ -172,6 +176,8 @@ impl Txg {
             ops: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             sync_time_ns: AtomicU64::new(0),
+            sync_wait_ns: AtomicU64::new(0),
+            sync_cpu_ns: AtomicU64::new(0),
         }
     }
 
@@ -191,8 +197,14 @@ impl Txg {
 
     /// Close the open txg, wait for its holders to drain, sync it and finish it.
     fn sync(&self, class: &MetaslabClass) -> Result<()> {
+        let w0 = Instant::now();
         let _g = self.sync_lock.lock();
+        self.sync_wait_ns.fetch_add(
+            u64::try_from(w0.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let start = Instant::now();
+        let cpu0 = thread_cpu_s();
         let t = self.open.fetch_add(1, Ordering::SeqCst);
         for h in &self.holds {
             // Yield rather than spin: the holder may be descheduled on a busy machine.
@@ -204,6 +216,9 @@ impl Txg {
         drop(out);
         class.sync_done(t).context("sync_done")?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let cpu_ns = ((thread_cpu_s() - cpu0) * 1e9) as u64;
+        self.sync_cpu_ns.fetch_add(cpu_ns, Ordering::Relaxed);
         self.sync_time_ns.fetch_add(
             u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -541,6 +556,12 @@ struct RunReport {
     free_bytes: u64,
     /// Metaslabs with a full by-size index (allocated from lately), of all.
     indexed_ms: (usize, usize),
+    /// /proc/loadavg (1, 5, 15 min) when the phase started.
+    loadavg: String,
+    /// Seconds workers waited for another worker's sync.
+    sync_wait_s: f64,
+    /// Worker CPU seconds spent in txg syncs (part of `cpu_s`).
+    sync_cpu_s: f64,
 }
 
 fn run(args: &Args, threads: usize) -> Result<RunReport> {
@@ -562,6 +583,11 @@ fn run(args: &Args, threads: usize) -> Result<RunReport> {
     let go = Arc::new(AtomicBool::new(false));
     let syncs0 = txg.syncs.load(Ordering::Relaxed);
     let sync_ns0 = txg.sync_time_ns.load(Ordering::Relaxed);
+    let wait_ns0 = txg.sync_wait_ns.load(Ordering::Relaxed);
+    let sync_cpu0 = txg.sync_cpu_ns.load(Ordering::Relaxed);
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     let mut results = Vec::new();
     let elapsed = std::thread::scope(|s| -> Result<f64> {
         let mut hs = Vec::new();
@@ -582,6 +608,8 @@ fn run(args: &Args, threads: usize) -> Result<RunReport> {
     })?;
     let syncs = txg.syncs.load(Ordering::Relaxed) - syncs0;
     let sync_ns = txg.sync_time_ns.load(Ordering::Relaxed) - sync_ns0;
+    let sync_wait_s = (txg.sync_wait_ns.load(Ordering::Relaxed) - wait_ns0) as f64 / 1e9;
+    let sync_cpu_s = (txg.sync_cpu_ns.load(Ordering::Relaxed) - sync_cpu0) as f64 / 1e9;
     // Let the last frees through the defer pipeline so the free space is what is measured.
     for _ in 0..3 {
         txg.sync(&class)?;
@@ -635,6 +663,9 @@ fn run(args: &Args, threads: usize) -> Result<RunReport> {
         prefill_s,
         free_bytes: stats.total.free,
         indexed_ms: (indexed_ms, nms),
+        loadavg,
+        sync_wait_s,
+        sync_cpu_s,
     })
 }
 
@@ -644,6 +675,7 @@ fn main() -> Result<()> {
         bail!("--threads needs positive counts");
     }
     let mut one: Option<f64> = None;
+    let mut one_cpu: Option<f64> = None;
     for &t in &args.threads {
         let r = run(&args, t)?;
         let pairs_per_thread = r.allocs.min(r.frees) as f64 / r.seconds / t as f64;
@@ -651,15 +683,24 @@ fn main() -> Result<()> {
         let per_seg = r.class_heap as f64 / r.free_segments.max(1) as f64;
         if t == 1 {
             one = Some(rate);
+            one_cpu = Some(r.cpu_s);
         }
         let speedup = one.map(|o| rate / o);
+        // With t idle cores the phase would take cpu_t / t: the speed-up the CPU cost allows.
+        let cpu_speedup = one_cpu.map(|c1| t as f64 * c1 / r.cpu_s.max(1e-9));
+        let cores_used = r.cpu_s / r.seconds.max(1e-9);
         if args.json {
             println!(
-                "{{\"scale_gib\":{},\"threads\":{},\"seconds\":{:.3},\"cpu_s\":{:.3},\"allocs\":{},\"frees\":{},\"nospace\":{},\"ganged\":{},\"allocs_per_s\":{:.0},\"pairs_per_s_per_thread\":{:.0},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"zfs_frag_pct\":{},\"ceph_frag_score\":{:.4},\"free_segments\":{},\"free_bytes\":{},\"heap_bytes\":{},\"bytes_per_free_segment\":{:.1},\"syncs\":{},\"sync_ms_avg\":{:.2},\"prefill_s\":{:.3},\"speedup_vs_1\":{}}}",
+                "{{\"scale_gib\":{},\"threads\":{},\"seconds\":{:.3},\"cpu_s\":{:.3},\"allocs\":{},\"frees\":{},\"nospace\":{},\"ganged\":{},\"allocs_per_s\":{:.0},\"pairs_per_s_per_thread\":{:.0},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"zfs_frag_pct\":{},\"ceph_frag_score\":{:.4},\"free_segments\":{},\"free_bytes\":{},\"heap_bytes\":{},\"bytes_per_free_segment\":{:.1},\"syncs\":{},\"sync_ms_avg\":{:.2},\"prefill_s\":{:.3},\"speedup_vs_1\":{},\"cpu_speedup_vs_1\":{},\"cores_used\":{:.2},\"sync_wait_s\":{:.3},\"sync_cpu_s\":{:.3},\"loadavg\":\"{}\"}}",
                 args.scale, t, r.seconds, r.cpu_s, r.allocs, r.frees, r.nospace, r.ganged, rate, pairs_per_thread,
                 r.p50_ns, r.p99_ns, r.p999_ns, r.max_ns, r.zfs_frag, r.ceph_score, r.free_segments,
                 r.free_bytes, r.class_heap, per_seg, r.syncs, r.sync_ms_avg, r.prefill_s,
-                speedup.map_or("null".to_string(), |s| format!("{s:.3}"))
+                speedup.map_or("null".to_string(), |s| format!("{s:.3}")),
+                cpu_speedup.map_or("null".to_string(), |s| format!("{s:.3}")),
+                cores_used,
+                r.sync_wait_s,
+                r.sync_cpu_s,
+                r.loadavg
             );
         } else {
             println!(
@@ -668,27 +709,39 @@ fn main() -> Result<()> {
                 t,
                 sync_every(&args)
             );
-            println!("prefill (90% in 1-4 MiB, free 5%): {:.2} s", r.prefill_s);
+            println!(
+                "prefill (90% in 1-4 MiB, free 5%): {:.2} s; load average at start {}",
+                r.prefill_s, r.loadavg
+            );
             println!(
                 "fragmented phase: {:.2} s for {:.1}x capacity; {} allocs ({} ganged), {} frees, {} ENOSPC",
                 r.seconds, args.rewrite, r.allocs, r.ganged, r.frees, r.nospace
             );
             println!(
-                "  allocations/s {:.0}; alloc+free pairs/s per thread {:.0} (wall)",
+                "  allocations/s {:.0}; alloc+free pairs/s per thread {:.0} (wall clock)",
                 rate, pairs_per_thread
             );
+            let pairs = r.allocs.min(r.frees) as f64;
             println!(
-                "  thread CPU {:.2} s: {:.0} alloc+free pairs per CPU-second",
+                "  worker CPU {:.2} s ({:.2} cores busy of {}): {:.0} alloc+free pairs per CPU-second",
                 r.cpu_s,
-                r.allocs.min(r.frees) as f64 / r.cpu_s.max(1e-9)
+                cores_used,
+                t,
+                pairs / r.cpu_s.max(1e-9)
+            );
+            println!(
+                "    of which txg syncs {:.2} s ({:.0} %); alloc/free calls + benchmark loop alone: {:.0} pairs per CPU-second",
+                r.sync_cpu_s,
+                100.0 * r.sync_cpu_s / r.cpu_s.max(1e-9),
+                pairs / (r.cpu_s - r.sync_cpu_s).max(1e-9)
             );
             println!(
                 "  alloc latency p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
                 r.p50_ns, r.p99_ns, r.p999_ns, r.max_ns
             );
             println!(
-                "  txg syncs {} (avg {:.2} ms each, sync+sync_done)",
-                r.syncs, r.sync_ms_avg
+                "  txg syncs {} (avg {:.2} ms each, sync+sync_done); workers waited {:.2} s for each other's syncs",
+                r.syncs, r.sync_ms_avg, r.sync_wait_s
             );
             println!(
                 "  free {} MiB in {} segments; ZFS frag {}%; Ceph score {:.4}",
@@ -704,9 +757,11 @@ fn main() -> Result<()> {
                 r.indexed_ms.0,
                 r.indexed_ms.1
             );
-            if let Some(s) = speedup {
+            if let (Some(s), Some(c)) = (speedup, cpu_speedup) {
                 if t != 1 {
-                    println!("  speed-up over 1 thread: {s:.2}x");
+                    println!(
+                        "  speed-up over 1 thread: {s:.2}x wall; {c:.2}x by CPU time (what {t} idle cores would give)"
+                    );
                 }
             }
         }

@@ -604,7 +604,8 @@ impl Metaslab {
                 free.extend(t.iter());
             }
         }
-        free.sort_unstable();
+        // A few sorted runs (one per tree): the stable sort merges runs in about linear time.
+        free.sort();
         let mut out = Vec::with_capacity(free.len() + 1);
         let mut pos = self.start;
         for (s, l) in free {
