@@ -45,6 +45,13 @@ impl SearchLimit {
     };
 }
 
+/// `move_into` merges in one linear pass (instead of one descent per segment) when the source
+/// has at least 1/`BULK_MERGE_RATIO` as many segments as the destination. Measured with
+/// allocbench (8 GiB, ~170 deferred segments into ~7000 per metaslab and txg): streaming and
+/// rebuilding both indexes costs more than 170 descents, so the bulk path is kept for large
+/// batches (a big free, a discard, a checkpoint rewind) only.
+const BULK_MERGE_RATIO: usize = 8;
+
 /// Number of histogram buckets (one per bit of a `u64` length).
 pub const HISTOGRAM_BUCKETS: usize = 64;
 
@@ -674,6 +681,15 @@ impl<U: SegUnit> RangeTree<U> {
             std::mem::swap(self, dst);
             return Ok(());
         }
+        let same_geometry =
+            dst.base == self.base && dst.shift == self.shift && dst.span == self.span;
+        if same_geometry
+            && self.by_start.len().saturating_mul(BULK_MERGE_RATIO) >= dst.by_start.len()
+            && dst.bulk_merge(self)
+        {
+            self.clear();
+            return Ok(());
+        }
         let mut map = std::mem::take(&mut self.by_start);
         self.clear();
         let mut it = map.drain_all();
@@ -693,6 +709,130 @@ impl<U: SegUnit> RangeTree<U> {
             }
         }
         Ok(())
+    }
+
+    /// Merge every segment of `src` (same geometry) into `self` in one linear pass over both
+    /// trees, rebuilding the indexes from sorted runs: O(n + m) sequential work instead of `m`
+    /// cold descents, each with its by-size updates. Returns false, changing nothing, when a
+    /// segment of `src` overlaps one of `self` (the caller then takes the per-segment path,
+    /// which reports the overlap). `src` is left as it was (the caller clears it).
+    fn bulk_merge(&mut self, src: &RangeTree<U>) -> bool {
+        let floor = self.floor;
+        let indexed = self.by_size.is_some();
+        let mut merged: Vec<(U, U)> = Vec::with_capacity(self.by_start.len() + src.by_start.len());
+        let mut size_removes: Vec<U::SizeKey> = Vec::new();
+        let mut size_inserts: Vec<U::SizeKey> = Vec::new();
+        let mut hist = self.hist;
+        let mut a = self
+            .by_start
+            .iter()
+            .map(|(s, l)| (s.get(), l.get()))
+            .peekable();
+        let mut b = src
+            .by_start
+            .iter()
+            .map(|(s, l)| (s.get(), l.get()))
+            .peekable();
+        // The output segment being built: start, length, and the untouched `self` segment it
+        // still equals (None once anything joined it or when it started from `src`).
+        let mut cur: Option<(u64, u64, Option<(u64, u64)>)> = None;
+        loop {
+            let from_a = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.0 < y.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let (s, l) = if from_a { a.next() } else { b.next() }.unwrap_or_default();
+            match cur.as_mut() {
+                Some((cs, cl, orig)) if *cs + *cl >= s => {
+                    if *cs + *cl > s {
+                        return false; // overlap: a double free
+                    }
+                    // Touching: coalesce. An original `self` segment stops being untouched.
+                    if let Some((os, ol)) = orig.take() {
+                        hist[hist_bucket(ol << self.shift)] -= 1;
+                        if indexed && ol >= floor {
+                            size_removes.push(U::size_key(ol, os));
+                        }
+                    }
+                    if from_a {
+                        hist[hist_bucket(l << self.shift)] -= 1;
+                        if indexed && l >= floor {
+                            size_removes.push(U::size_key(l, s));
+                        }
+                    }
+                    *cl += l;
+                }
+                _ => {
+                    if let Some((cs, cl, orig)) = cur.take() {
+                        Self::flush_merged(
+                            &mut merged,
+                            &mut size_inserts,
+                            &mut hist,
+                            (cs, cl, orig.is_some()),
+                            self.shift,
+                            indexed && cl >= floor,
+                        );
+                    }
+                    cur = Some((s, l, from_a.then_some((s, l))));
+                }
+            }
+        }
+        if let Some((cs, cl, orig)) = cur {
+            Self::flush_merged(
+                &mut merged,
+                &mut size_inserts,
+                &mut hist,
+                (cs, cl, orig.is_some()),
+                self.shift,
+                indexed && cl >= floor,
+            );
+        }
+        drop((a, b));
+        // Everything checked: install the new state.
+        self.by_start = BlockMap::from_sorted(&merged).unwrap_or_default();
+        if let Some(ix) = self.by_size.as_mut() {
+            size_removes.sort_unstable();
+            size_inserts.sort_unstable();
+            let mut rm = size_removes.iter().peekable();
+            let mut ins = size_inserts.iter().copied().peekable();
+            let mut keys: Vec<(U::SizeKey, ())> = Vec::with_capacity(ix.len() + size_inserts.len());
+            for (k, ()) in ix.iter() {
+                if rm.peek().is_some_and(|&&r| r == k) {
+                    rm.next();
+                    continue;
+                }
+                while let Some(i) = ins.next_if(|&i| i < k) {
+                    keys.push((i, ()));
+                }
+                keys.push((k, ()));
+            }
+            keys.extend(ins.map(|i| (i, ())));
+            *ix = BlockMap::from_sorted(&keys).unwrap_or_default();
+        }
+        self.hist = hist;
+        self.space += src.space;
+        true
+    }
+
+    /// Emit one output segment of [`RangeTree::bulk_merge`]; a segment that is not an
+    /// untouched original gets its histogram and size-index entries.
+    fn flush_merged(
+        merged: &mut Vec<(U, U)>,
+        size_inserts: &mut Vec<U::SizeKey>,
+        hist: &mut [u64; HISTOGRAM_BUCKETS],
+        (s, l, untouched): (u64, u64, bool),
+        shift: u32,
+        index_it: bool,
+    ) {
+        merged.push((U::from_u64(s), U::from_u64(l)));
+        if !untouched {
+            hist[hist_bucket(l << shift)] += 1;
+            if index_it {
+                size_inserts.push(U::size_key(l, s));
+            }
+        }
     }
 
     /// Remove every segment.

@@ -205,3 +205,58 @@ fn span_limits_and_move() {
     ));
     assert_eq!(c.space(), 0x1000);
 }
+
+/// Build a tree from possibly overlapping ranges (later ones that overlap are skipped), with
+/// the oracle of what it holds.
+fn build(
+    ranges: &[(u64, u64)],
+    indexed: bool,
+    floor_units: u64,
+) -> (RangeTree<u32>, RangeSet<u64>) {
+    let mut t = RangeTree::<u32>::with_index(BASE, DENSE_UNITS << SHIFT, SHIFT, indexed).unwrap();
+    t.set_size_floor(floor_units << SHIFT);
+    let mut o = RangeSet::new();
+    for &(s, l) in ranges {
+        let (s, l) = (b(s), l << SHIFT);
+        if t.add(s, l).is_ok() {
+            o.insert(s..s + l);
+        }
+    }
+    (t, o)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// `move_into` of a non-empty source into a non-empty destination, through the bulk merge
+    /// (source at least 1/8 of the destination) and the per-segment path (tiny source): the
+    /// union when disjoint, `DoubleFree` and conserved space when not.
+    #[test]
+    fn move_into_merges_like_union(
+        dst in prop::collection::vec(range(DENSE_UNITS, 6), 0..300),
+        src in prop::collection::vec(range(DENSE_UNITS, 6), 0..120),
+        floor in 0..5u64,
+    ) {
+        let (mut d, od) = build(&dst, true, floor);
+        let (mut s, os) = build(&src, false, 0);
+        let overlap = os.iter().any(|r| od.overlaps(r));
+        let before = d.space() + s.space();
+        let r = s.move_into(&mut d);
+        d.verify().unwrap();
+        s.verify().unwrap();
+        if overlap {
+            let refused = matches!(r, Err(AllocError::DoubleFree { .. }));
+            prop_assert!(refused);
+            prop_assert_eq!(d.space() + s.space(), before);
+        } else {
+            r.unwrap();
+            let mut u = od.clone();
+            for r in os.iter() {
+                u.insert(r.clone());
+            }
+            check_same(&d, &u);
+            prop_assert!(s.is_empty());
+            prop_assert_eq!(d.largest(), u.iter().map(|r| r.end - r.start).max().unwrap_or(0));
+        }
+    }
+}
