@@ -52,6 +52,9 @@ impl SearchLimit {
 /// batches (a big free, a discard, a checkpoint rewind) only.
 const BULK_MERGE_RATIO: usize = 8;
 
+/// A segment as `(start, len)` in units.
+type Seg = (u64, u64);
+
 /// Number of histogram buckets (one per bit of a `u64` length).
 pub const HISTOGRAM_BUCKETS: usize = 64;
 
@@ -735,7 +738,7 @@ impl<U: SegUnit> RangeTree<U> {
             .peekable();
         // The output segment being built: start, length, and the untouched `self` segment it
         // still equals (None once anything joined it or when it started from `src`).
-        let mut cur: Option<(u64, u64, Option<(u64, u64)>)> = None;
+        let mut cur: Option<(u64, u64, Option<Seg>)> = None;
         loop {
             let from_a = match (a.peek(), b.peek()) {
                 (Some(x), Some(y)) => x.0 < y.0,
