@@ -162,6 +162,51 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
         Some(Pos { leaf, idx })
     }
 
+    /// For each of `keys`, the position of the last entry with key `< k` (like
+    /// [`BlockMap::pred_lt`]), appended to `out`. The leaf searches of up to 8 keys run in
+    /// lockstep: their loads are independent, so the cache misses of cold leaves overlap
+    /// instead of being paid one after another.
+    pub fn pred_lt_many(&self, keys: &[K], out: &mut Vec<Option<Pos>>) {
+        const LANES: usize = 8;
+        for chunk in keys.chunks(LANES) {
+            let mut leaf = [0usize; LANES];
+            let mut lo = [0usize; LANES];
+            let mut hi = [0usize; LANES];
+            for (i, &k) in chunk.iter().enumerate() {
+                let li = self.mins.partition_point(|m| *m < k);
+                if li > 0 {
+                    leaf[i] = li - 1;
+                    hi[i] = self.leaves[li - 1].len();
+                }
+                // li == 0: lo == hi == 0, no search, no predecessor.
+            }
+            loop {
+                let mut active = false;
+                for (i, &k) in chunk.iter().enumerate() {
+                    if lo[i] < hi[i] {
+                        active = true;
+                        let mid = (lo[i] + hi[i]) / 2;
+                        if self.leaves[leaf[i]][mid].0 < k {
+                            lo[i] = mid + 1;
+                        } else {
+                            hi[i] = mid;
+                        }
+                    }
+                }
+                if !active {
+                    break;
+                }
+            }
+            for i in 0..chunk.len() {
+                // The leaf's first key is < k, so lo >= 1 whenever a leaf was searched.
+                out.push((lo[i] > 0).then(|| Pos {
+                    leaf: leaf[i],
+                    idx: lo[i] - 1,
+                }));
+            }
+        }
+    }
+
     /// Position of the first entry with key `>= k`.
     #[inline]
     pub fn succ(&self, k: K) -> Option<Pos> {
@@ -431,10 +476,20 @@ mod tests {
                     m.pred(k).map(|p| m.get(p)),
                     o.range(..=k).next_back().map(|(a, b)| (*a, *b))
                 ),
-                Op::PredLt(k) => assert_eq!(
-                    m.pred_lt(k).map(|p| m.get(p)),
-                    o.range(..k).next_back().map(|(a, b)| (*a, *b))
-                ),
+                Op::PredLt(k) => {
+                    let want = o.range(..k).next_back().map(|(a, b)| (*a, *b));
+                    assert_eq!(m.pred_lt(k).map(|p| m.get(p)), want);
+                    // The lockstep batch agrees for a batch of nearby keys (9 > one lane group).
+                    let keys: Vec<u16> = (0..9u16).map(|d| k.saturating_add(d * 37)).collect();
+                    let mut out = Vec::new();
+                    m.pred_lt_many(&keys, &mut out);
+                    for (&kk, got) in keys.iter().zip(&out) {
+                        assert_eq!(
+                            got.map(|p| m.get(p)),
+                            o.range(..kk).next_back().map(|(a, b)| (*a, *b))
+                        );
+                    }
+                }
                 Op::Succ(k) => {
                     let got = m.succ(k);
                     assert_eq!(

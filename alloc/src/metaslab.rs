@@ -511,8 +511,12 @@ impl Metaslab {
 
     /// Whether any part of the range is in a tree of free space.
     fn is_free_somewhere(&self, start: u64, len: u64) -> bool {
-        self.allocatable.overlaps(start, len)
-            || self.freeing.overlaps(start, len)
+        self.allocatable.overlaps(start, len) || self.is_free_elsewhere(start, len)
+    }
+
+    /// Whether any part of the range is in a tree of free space other than `allocatable`.
+    fn is_free_elsewhere(&self, start: u64, len: u64) -> bool {
+        self.freeing.overlaps(start, len)
             || self.freed.overlaps(start, len)
             || self.defer[0].overlaps(start, len)
             || self.defer[1].overlaps(start, len)
@@ -555,10 +559,17 @@ impl Metaslab {
     /// failed check leaves no metaslab half-synced).
     pub fn check_queued_frees(&mut self, txg: u64) -> Result<(), AllocError> {
         let slot = Self::slot(txg);
-        let bad = self.pending_frees[slot]
+        // The large tree (allocatable) is probed in lockstep batches; the others are small.
+        let queued: Vec<(u64, u64)> = self.pending_frees[slot]
             .iter()
-            .find(|&(s, (l, _))| self.is_free_somewhere(s, l))
-            .map(|(s, (l, _))| (s, l));
+            .map(|(s, (l, _))| (s, l))
+            .collect();
+        let first_alloc = self.allocatable.first_overlap(&queued);
+        let bad = queued
+            .iter()
+            .enumerate()
+            .find(|&(i, &(s, l))| first_alloc == Some(i) || self.is_free_elsewhere(s, l))
+            .map(|(_, &r)| r);
         if let Some((start, len)) = bad {
             self.pending_frees[slot].remove(start);
             self.queue_checked_txg = 0;

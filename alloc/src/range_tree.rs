@@ -503,6 +503,32 @@ impl<U: SegUnit> RangeTree<U> {
         })
     }
 
+    /// Index of the first of `ranges` (byte `(start, len)`, inside the region and aligned to
+    /// the unit, as a metaslab's queued frees are) that overlaps a segment; the lookups run in
+    /// lockstep batches ([`BlockMap::pred_lt_many`]). Ranges that are misaligned or outside
+    /// the region fall back to [`RangeTree::overlaps`].
+    pub fn first_overlap(&self, ranges: &[(u64, u64)]) -> Option<usize> {
+        if self.by_start.is_empty() || ranges.is_empty() {
+            return None;
+        }
+        let mut units = Vec::with_capacity(ranges.len());
+        for &(start, len) in ranges {
+            match self.to_units(start, len) {
+                Ok(u) => units.push(u),
+                Err(_) => return ranges.iter().position(|&(s, l)| self.overlaps(s, l)),
+            }
+        }
+        let keys: Vec<U> = units.iter().map(|&(s, l)| U::from_u64(s + l)).collect();
+        let mut preds = Vec::with_capacity(keys.len());
+        self.by_start.pred_lt_many(&keys, &mut preds);
+        units.iter().zip(&preds).position(|(&(s, _), p)| {
+            p.is_some_and(|p| {
+                let (ps, pl) = self.by_start.get(p);
+                ps.get() + pl.get() > s
+            })
+        })
+    }
+
     /// Best fit: the start of an `align`-aligned range of `len` bytes inside the smallest segment
     /// that can hold it (ties: lowest offset). Does not modify the tree.
     pub fn find_best(&self, len: u64, align: u64) -> Option<u64> {

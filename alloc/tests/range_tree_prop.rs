@@ -144,6 +144,17 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
     }
     let largest = o.iter().map(|r| r.end - r.start).max().unwrap_or(0);
     assert_eq!(t.largest(), largest);
+    // Batched overlap probes agree with the oracle, in both orders.
+    let units = (t.region_end() - BASE) >> SHIFT;
+    let mut probes: Vec<(u64, u64)> = (0..units)
+        .step_by(3)
+        .map(|u| (b(u), (2u64.min(units - u)) << SHIFT))
+        .collect();
+    for _ in 0..2 {
+        let want = probes.iter().position(|&(s, l)| o.overlaps(&(s..s + l)));
+        assert_eq!(t.first_overlap(&probes), want);
+        probes.reverse();
+    }
     let mut seen = Vec::new();
     t.vacate(|s, l| seen.push((s, l)));
     assert_eq!(seen.len(), o.iter().count());
