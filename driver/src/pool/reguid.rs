@@ -27,7 +27,7 @@ use ringpool_ondisk::uberblock::Uberblock;
 
 use super::checkpoint::check_config_change;
 use super::error::{PoolError, Result};
-use super::lifecycle::random_guid;
+use super::lifecycle::{note_imported, random_guid, release_imported};
 use super::syncer::{guid_sum, label_header, now_secs, SyncCtx};
 use super::vdev::Vdev;
 use super::Pool;
@@ -86,6 +86,9 @@ fn reguid_task(ctx: &mut SyncCtx<'_>) -> Result<u64> {
         pool_guid: new,
     };
     ctx.shared.set_guid(new);
+    // This process now holds the pool under its new GUID (double-import guard).
+    note_imported(new);
+    release_imported(old);
     ctx.st.label.config_txg = ctx.txg;
     let headers: Vec<LabelHeader> = vdevs
         .iter()
