@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// ringpool: a user-space block storage engine. Pools of files or block devices, thin
 /// copy-on-write volumes exported over NBD, and OpenZFS-style pool checkpoints.
@@ -64,10 +64,15 @@ pub enum Command {
     },
     /// Sync and export a pool: labels are marked exported and devices released.
     Export { pool: String },
-    /// Show pool health, devices and checkpoint state.
+    /// Show pool health, devices with their error counters, and the checkpoint state.
     Status {
+        /// Also show slop space and txgs.
         #[arg(short = 'v')]
         verbose: bool,
+        /// Exact numbers (bytes) instead of human-readable sizes.
+        #[arg(short = 'p')]
+        parsable: bool,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         pool: Option<String>,
@@ -90,10 +95,15 @@ pub enum Command {
         json: bool,
         pool: Option<String>,
     },
-    /// Get pool properties (`all` for every property).
+    /// Get pool properties (`all` for every property, or a comma-separated list).
     Get {
+        /// Scripted mode: no header, tab-separated.
+        #[arg(short = 'H')]
+        scripted: bool,
+        /// Exact numbers (bytes) instead of human-readable sizes.
         #[arg(short = 'p')]
         parsable: bool,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         property: String,
@@ -178,19 +188,46 @@ pub enum VolumeCommand {
     },
 }
 
+/// What `inspect` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InspectWhat {
+    /// The four labels of every device (pool, guids, layout, state, host).
+    Labels,
+    /// The labels and every valid uberblock of their rings.
+    Uberblocks,
+    /// Every metaslab: offset, size, allocated, free, fragmentation, weight, space map.
+    Metaslabs,
+    /// One space map, header and every entry (--metaslab DEV:INDEX or --checkpoint DEV).
+    Spacemap,
+}
+
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    ringpool inspect labels tank\n  \
+    ringpool inspect uberblocks --device /tmp/d1.img\n  \
+    ringpool inspect metaslabs tank\n  \
+    ringpool inspect spacemap tank --metaslab 0:3\n  \
+    ringpool inspect spacemap tank --checkpoint 0")]
 pub struct InspectArgs {
-    /// What to show: labels, uberblocks, metaslabs, spacemap.
-    #[arg(value_name = "WHAT")]
-    pub what: String,
-    /// The pool (imported, or found on --device / -d).
+    /// What to show.
+    #[arg(value_enum, value_name = "WHAT")]
+    pub what: InspectWhat,
+    /// The pool (known to the state directory, or found on --device).
     pub pool: Option<String>,
-    /// A device to read directly (no import).
-    #[arg(long)]
+    /// Read these devices directly instead of a known pool (labels: plain reads; metaslabs
+    /// and spacemap: a read-only open of the pool on them).
+    #[arg(long, value_name = "PATH")]
     pub device: Vec<PathBuf>,
-    /// With `spacemap`: the metaslab (DEV:INDEX).
-    #[arg(long)]
+    /// With `spacemap`: the metaslab, as DEVICE:INDEX (e.g. 0:3).
+    #[arg(long, value_name = "DEV:INDEX", conflicts_with = "checkpoint")]
     pub metaslab: Option<String>,
+    /// With `spacemap`: the checkpoint space map of device DEV (default 0).
+    #[arg(long, value_name = "DEV", num_args = 0..=1, default_missing_value = "0")]
+    pub checkpoint: Option<u32>,
+    /// Exact numbers (bytes) instead of human-readable sizes.
+    #[arg(short = 'p')]
+    pub parsable: bool,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }

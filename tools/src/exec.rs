@@ -4,8 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
+use ringpool_driver::pool::directory::Directory;
+use ringpool_driver::pool::inspect::{SpaceMapItem, SpaceMapWhich};
 use ringpool_driver::pool::{CheckpointState, Pool, SpaceInfo};
+use ringpool_ondisk::space_map::SmAction;
 use serde_json::{json, Value};
 
 use crate::request::Request;
@@ -42,8 +45,49 @@ fn space_json(s: &SpaceInfo) -> Value {
     })
 }
 
+/// How the pool is opened, as the state directory remembers its import.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct View {
+    /// Imported `--readonly` (a command that only reads opens every pool read-only; this is
+    /// about the import).
+    pub readonly: bool,
+    /// A `--rewind-to-checkpoint --readonly` preview: the checkpointed state, read-only.
+    pub checkpoint_view: bool,
+}
+
+impl View {
+    /// How the state directory says the pool was imported.
+    pub fn of(kp: &crate::statedir::KnownPool) -> View {
+        View {
+            readonly: kp.readonly || kp.checkpoint_view,
+            checkpoint_view: kp.checkpoint_view,
+        }
+    }
+}
+
+/// The pool's health as zpool names it: SUSPENDED once a txg failed to sync (nothing more is
+/// written until the pool is exported and imported again), ONLINE otherwise.
+fn health(pool: &Pool) -> &'static str {
+    if pool.txg().failure().is_some() {
+        "SUSPENDED"
+    } else {
+        "ONLINE"
+    }
+}
+
+/// The directory: through a sync task on a writable pool (it includes what is not committed
+/// yet), from disk on a read-only pool (which runs no sync tasks).
+fn directory(pool: &Pool) -> Result<Directory> {
+    let dir = if pool.read_only() {
+        pool.committed_directory()
+    } else {
+        pool.directory()
+    };
+    dir.map_err(|e| anyhow!("cannot read the directory of '{}': {e}", pool.name()))
+}
+
 /// The `list`/`status` view of a pool.
-pub fn pool_json(pool: &Pool) -> Value {
+pub fn pool_json(pool: &Pool, view: View) -> Value {
     let stats = pool.stats();
     let devices: Vec<Value> = stats
         .devices
@@ -58,8 +102,10 @@ pub fn pool_json(pool: &Pool) -> Value {
     let mut v = space_json(&stats.space);
     v["name"] = json!(stats.name);
     v["guid"] = json!(stats.guid.to_string());
-    v["health"] = json!("ONLINE");
-    v["read_only"] = json!(pool.read_only());
+    v["health"] = json!(health(pool));
+    v["suspended_errno"] = json!(pool.txg().failure());
+    v["read_only"] = json!(view.readonly);
+    v["checkpoint_view"] = json!(view.checkpoint_view);
     v["slop"] = json!(stats.slop);
     v["synced_txg"] = json!(stats.synced_txg);
     v["open_txg"] = json!(stats.open_txg);
@@ -96,8 +142,8 @@ fn volumes_json(pool: &Pool) -> Value {
 }
 
 /// Every property `get all` reports, with its value.
-fn properties(pool: &Pool) -> Result<Vec<(String, Value)>> {
-    let v = pool_json(pool);
+fn properties(pool: &Pool, view: View) -> Result<Vec<(String, Value)>> {
+    let v = pool_json(pool, view);
     let mut props = vec![
         ("size".to_string(), v["size"].clone()),
         ("allocated".to_string(), v["allocated"].clone()),
@@ -109,32 +155,122 @@ fn properties(pool: &Pool) -> Result<Vec<(String, Value)>> {
         ("guid".to_string(), v["guid"].clone()),
         (
             "readonly".to_string(),
-            json!(if pool.read_only() { "on" } else { "off" }),
+            json!(if view.readonly { "on" } else { "off" }),
         ),
     ];
-    let dir = pool.directory().context("cannot read the pool directory")?;
+    let dir = directory(pool)?;
     for (k, val) in dir.props {
         props.push((k, json!(val)));
     }
     Ok(props)
 }
 
+fn action_name(a: SmAction) -> &'static str {
+    match a {
+        SmAction::Alloc => "alloc",
+        SmAction::Free => "free",
+    }
+}
+
+fn metaslabs_json(pool: &Pool) -> Result<Value> {
+    let names: std::collections::BTreeMap<u32, String> = pool
+        .stats()
+        .devices
+        .into_iter()
+        .map(|(i, n, _)| (i, n))
+        .collect();
+    let ms = pool
+        .metaslabs()
+        .map_err(|e| anyhow!("cannot inspect '{}': {e}", pool.name()))?;
+    Ok(json!(ms
+        .iter()
+        .map(|m| json!({
+            "device": m.device,
+            "device_name": names.get(&m.device),
+            "index": m.index,
+            "offset": m.offset,
+            "size": m.size,
+            "allocated": m.allocated,
+            "free": m.free,
+            "allocatable": m.allocatable,
+            "deferred": m.deferred,
+            "max_free": m.max_free,
+            "fragmentation": m.fragmentation,
+            "weight": m.weight,
+            "spacemap": m.sm_object,
+            "spacemap_length": m.sm_length,
+            "histogram": m.histogram,
+        }))
+        .collect::<Vec<_>>()))
+}
+
+fn space_map_json(pool: &Pool, device: u32, metaslab: Option<u64>) -> Result<Value> {
+    let which = match metaslab {
+        Some(index) => SpaceMapWhich::Metaslab { device, index },
+        None => SpaceMapWhich::Checkpoint { device },
+    };
+    let d = pool
+        .space_map(which)
+        .map_err(|e| anyhow!("cannot inspect '{}': {e}", pool.name()))?;
+    let records: Vec<Value> = d
+        .records
+        .iter()
+        .map(|(pos, r)| match *r {
+            SpaceMapItem::Debug {
+                action,
+                txg,
+                sync_pass,
+            } => json!({ "pos": pos, "type": "debug", "action": action_name(action),
+                         "txg": txg, "pass": sync_pass }),
+            SpaceMapItem::Padding => json!({ "pos": pos, "type": "padding" }),
+            SpaceMapItem::Extent {
+                action,
+                start,
+                length,
+            } => json!({ "pos": pos, "type": "entry", "action": action_name(action),
+                         "start": start, "length": length }),
+        })
+        .collect();
+    Ok(json!({
+        "kind": if metaslab.is_some() { "metaslab" } else { "checkpoint" },
+        "device": device,
+        "metaslab": metaslab,
+        "object": d.object,
+        "region_start": d.region_start,
+        "region_size": d.region_size,
+        "ashift": d.ashift,
+        "block_size": d.block_size,
+        "length": d.header.length,
+        "allocated": d.header.alloc,
+        "histogram": d.header.histogram.to_vec(),
+        "records": records,
+    }))
+}
+
 /// Runs `req` on `pool`.
-pub fn execute(pool: &Arc<Pool>, req: &Request, hook: &dyn VolumeHook) -> Result<Value> {
+pub fn execute(
+    pool: &Arc<Pool>,
+    req: &Request,
+    hook: &dyn VolumeHook,
+    view: View,
+) -> Result<Value> {
     let name = pool.name().to_string();
     match req {
         Request::Pools => Ok(json!([name])),
-        Request::Status { .. } | Request::List { .. } => Ok(pool_json(pool)),
+        Request::Status { .. } | Request::List { .. } => Ok(pool_json(pool, view)),
         Request::Get { property, .. } => {
-            let props = properties(pool)?;
+            let props = properties(pool, view)?;
+            let wanted: Vec<&str> = property.split(',').map(str::trim).collect();
+            for w in &wanted {
+                if *w != "all" && !props.iter().any(|(k, _)| k == w) {
+                    bail!("bad property list: invalid property '{w}'");
+                }
+            }
             let chosen: Vec<Value> = props
                 .into_iter()
-                .filter(|(k, _)| property == "all" || k == property)
+                .filter(|(k, _)| wanted.contains(&"all") || wanted.contains(&k.as_str()))
                 .map(|(k, v)| json!({ "name": name, "property": k, "value": v }))
                 .collect();
-            if chosen.is_empty() {
-                bail!("bad property list: invalid property '{property}'");
-            }
             Ok(json!(chosen))
         }
         Request::Set {
@@ -183,7 +319,7 @@ pub fn execute(pool: &Arc<Pool>, req: &Request, hook: &dyn VolumeHook) -> Result
             Ok(json!({}))
         }
         Request::History { .. } => {
-            let dir = pool.directory().context("cannot read the pool directory")?;
+            let dir = directory(pool)?;
             let rows: Vec<Value> = dir
                 .history
                 .iter()
@@ -216,6 +352,12 @@ pub fn execute(pool: &Arc<Pool>, req: &Request, hook: &dyn VolumeHook) -> Result
                 .map_err(|e| anyhow!("cannot wait for '{name}': {e}"))?;
             Ok(checkpoint_json(pool))
         }
-        Request::Export { .. } => bail!("export is handled by the pool's owner"),
+        Request::Metaslabs { .. } => metaslabs_json(pool),
+        Request::SpaceMap {
+            device, metaslab, ..
+        } => space_map_json(pool, *device, *metaslab),
+        Request::Export { .. } | Request::Open { .. } => {
+            bail!("export and open are handled by the pool's owner")
+        }
     }
 }

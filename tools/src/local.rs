@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ringpool_driver::pool::{CreateOptions, ImportOptions, Pool};
-use ringpool_ondisk::label::LabelHeader;
+use ringpool_ondisk::label::{LabelHeader, PoolState};
 use ringpool_ondisk::layout::{
     DeviceLayout, LABEL_COUNT, LABEL_HEADER_AREA_SIZE, LABEL_HEADER_OFFSET, LABEL_RING_OFFSET,
     LABEL_RING_SIZE, MIN_ASHIFT,
@@ -18,8 +18,8 @@ use ringpool_ondisk::layout::{
 use ringpool_ondisk::uberblock::Uberblock;
 use serde_json::{json, Value};
 
-use crate::cli::InspectArgs;
-use crate::exec::{self, NoHook};
+use crate::cli::{InspectArgs, InspectWhat};
+use crate::exec::{self, NoHook, View};
 use crate::request::{Request, Response};
 use crate::size::{nicenum, parse_size};
 use crate::statedir::{KnownPool, StateDir};
@@ -105,7 +105,22 @@ pub fn create(
         .map_err(|e| anyhow!("cannot create '{name}': {e}"))?;
     pool.export()
         .map_err(|e| anyhow!("cannot create '{name}': {e}"))?;
-    state.set_pool(name, Some(KnownPool { devices }))?;
+    state.set_pool(name, Some(KnownPool::new(devices)))?;
+    Ok(())
+}
+
+/// Refuses devices that hold a label of a pool (this one or another): adding them would
+/// destroy that pool (zpool's "is part of pool" check).
+pub fn check_unused(pool: &str, devices: &[PathBuf]) -> Result<()> {
+    for d in devices {
+        if let Some(h) = read_labels(d)?.into_iter().flatten().next() {
+            bail!(
+                "cannot add to '{pool}': {} is part of pool '{}'",
+                d.display(),
+                h.pool_name
+            );
+        }
+    }
     Ok(())
 }
 
@@ -119,21 +134,32 @@ pub fn remember_added(state: &StateDir, name: &str, added: &[PathBuf]) -> Result
     Ok(())
 }
 
-fn open(state: &StateDir, name: &str, read_only: bool) -> Result<Pool> {
+/// How a known pool is opened: as it was imported (read-only, or the read-only checkpoint
+/// preview), and read-only anyway when the caller changes nothing.
+pub fn import_options(kp: &KnownPool, name: &str, read_only: bool) -> ImportOptions {
+    ImportOptions {
+        name: Some(name.to_string()),
+        read_only: read_only || kp.readonly || kp.checkpoint_view,
+        rewind_to_checkpoint: kp.checkpoint_view,
+        ..Default::default()
+    }
+}
+
+fn open(state: &StateDir, name: &str, read_only: bool) -> Result<(Pool, View)> {
     let known = state.pools()?;
     let Some(kp) = known.get(name) else {
         bail!("cannot open '{name}': no such pool");
     };
-    let opts = ImportOptions {
-        name: Some(name.to_string()),
-        read_only,
-        ..Default::default()
-    };
-    Pool::import_paths(&kp.devices, &opts).map_err(|e| anyhow!("cannot open '{name}': {e}"))
+    let opts = import_options(kp, name, read_only);
+    let pool =
+        Pool::import_paths(&kp.devices, &opts).map_err(|e| anyhow!("cannot open '{name}': {e}"))?;
+    let view = View::of(kp);
+    Ok((pool, view))
 }
 
 /// Requests that change nothing open the pool read-only: a `status` writes no uberblock.
-/// (`get` and `history` read the directory through a sync task, which needs a writable pool.)
+/// (`get` and `history` read the directory through a sync task on a writable pool, which also
+/// logs the open in the history; read-only they read it from disk.)
 fn is_read_only(req: &Request) -> bool {
     matches!(
         req,
@@ -141,6 +167,8 @@ fn is_read_only(req: &Request) -> bool {
             | Request::List { .. }
             | Request::VolumeList { .. }
             | Request::Verify { .. }
+            | Request::Metaslabs { .. }
+            | Request::SpaceMap { .. }
     )
 }
 
@@ -151,8 +179,13 @@ pub fn execute(state: &StateDir, req: &Request) -> Result<Response> {
             value: json!(state.pools()?.into_keys().collect::<Vec<_>>()),
         });
     };
-    let pool = Arc::new(open(state, name, is_read_only(req))?);
-    let result = exec::execute(&pool, req, &NoHook);
+    if matches!(req, Request::Open { .. }) {
+        // Nobody serves: the next command opens the pool itself.
+        return Ok(Response::Ok { value: json!({}) });
+    }
+    let (pool, view) = open(state, name, is_read_only(req))?;
+    let pool = Arc::new(pool);
+    let result = exec::execute(&pool, req, &NoHook, view);
     let pool = Arc::try_unwrap(pool).map_err(|_| anyhow!("pool '{name}' still in use"))?;
     pool.export()
         .map_err(|e| anyhow!("cannot export '{name}': {e}"))?;
@@ -165,90 +198,181 @@ pub fn execute(state: &StateDir, req: &Request) -> Result<Response> {
 }
 
 pub fn export(state: &StateDir, name: &str) -> Result<()> {
-    let pool = open(state, name, false)?;
+    let (pool, _) = open(state, name, false)?;
     pool.export()
         .map_err(|e| anyhow!("cannot export '{name}': {e}"))
 }
 
-/// Device files in the search directories (or the known pools' devices).
+/// Device files in the search directories (by default the state directory's search list).
 fn candidates(state: &StateDir, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let explicit = !dirs.is_empty();
+    let dirs = if explicit {
+        dirs.to_vec()
+    } else {
+        state.search_dirs()?
+    };
     let mut out = Vec::new();
-    if dirs.is_empty() {
-        for p in state.pools()?.into_values() {
-            out.extend(p.devices);
-        }
-        return Ok(out);
-    }
-    for d in dirs {
-        let found = ringpool_driver::pool::scan_dir(d)
-            .map_err(|e| anyhow!("cannot search '{}': {e}", d.display()))?;
+    for d in &dirs {
+        let found = match ringpool_driver::pool::scan_dir(d) {
+            Ok(found) => found,
+            // A remembered directory that is gone is no error; a named one is.
+            Err(_) if !explicit => continue,
+            Err(e) => bail!("cannot search '{}': {e}", d.display()),
+        };
         for f in found {
-            out.push(fs::canonicalize(&f).unwrap_or(f));
+            let f = fs::canonicalize(&f).unwrap_or(f);
+            if !out.contains(&f) {
+                out.push(f);
+            }
         }
     }
     Ok(out)
 }
 
-pub fn import(
-    state: &StateDir,
-    dirs: &[PathBuf],
-    name: Option<&str>,
-    rewind: bool,
-    readonly: bool,
-    recover: bool,
-    force: bool,
-) -> Result<()> {
-    let devices = candidates(state, dirs)?;
-    // Which devices hold which pool, from their labels (read without opening exclusively).
-    let mut pools: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
-    for d in &devices {
-        if let Some(h) = read_labels(d)
+/// An importable pool found on devices: its newest label, and its devices found.
+struct Found {
+    header: LabelHeader,
+    devices: Vec<PathBuf>,
+}
+
+/// Groups `devices` by the pool their newest label names.
+fn find_pools(devices: &[PathBuf]) -> std::collections::BTreeMap<String, Found> {
+    let mut pools: std::collections::BTreeMap<String, Found> = Default::default();
+    for d in devices {
+        let Some(h) = read_labels(d)
             .unwrap_or_default()
             .into_iter()
             .flatten()
             .max_by_key(|h| h.config_txg)
-        {
-            pools
-                .entry(h.pool_name.clone())
-                .or_default()
-                .push(d.clone());
+        else {
+            continue;
+        };
+        let f = pools.entry(h.pool_name.clone()).or_insert_with(|| Found {
+            header: h.clone(),
+            devices: Vec::new(),
+        });
+        if h.config_txg > f.header.config_txg {
+            f.header = h;
         }
+        f.devices.push(d.clone());
     }
-    let Some(name) = name else {
-        if pools.is_empty() {
-            println!("no pools available to import");
+    pools
+}
+
+/// `import` without a pool: zpool's listing of what could be imported.
+fn list_importable(
+    state: &StateDir,
+    pools: &std::collections::BTreeMap<String, Found>,
+) -> Result<()> {
+    let known = state.pools()?;
+    let importable: Vec<(&String, &Found)> = pools
+        .iter()
+        .filter(|(n, _)| !known.contains_key(*n))
+        .collect();
+    if importable.is_empty() {
+        println!("no pools available to import");
+    }
+    for (name, f) in importable {
+        let missing = f.header.devices.len().saturating_sub(f.devices.len());
+        let state_word = if missing > 0 { "UNAVAIL" } else { "ONLINE" };
+        println!(
+            "   pool: {name}\n     id: {}\n  state: {state_word}",
+            f.header.pool_guid
+        );
+        if missing > 0 {
+            println!(" status: {missing} device(s) of the pool are missing.\n action: The pool cannot be imported. Attach the missing devices and try again (-d DIR).");
+        } else if f.header.state == PoolState::Active {
+            println!(
+                " status: The pool was last opened by host '{}' (pid {}) and not exported.\n action: The pool can be imported if that process is gone; otherwise use -f.",
+                f.header.host.hostname, f.header.host.pid
+            );
+        } else {
+            println!(" action: The pool can be imported using its name or numeric identifier.");
         }
-        for (pool, devs) in &pools {
-            println!("   pool: {pool}\n  state: ONLINE\n config:\n");
-            for d in devs {
-                println!("\t  {}", d.display());
-            }
-            println!();
+        println!(" config:\n");
+        println!("\t{name}\t{state_word}");
+        for d in &f.devices {
+            println!("\t  {}\tONLINE", d.display());
         }
-        return Ok(());
+        println!();
+    }
+    Ok(())
+}
+
+/// What `import` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct ImportRequest<'a> {
+    pub dirs: &'a [PathBuf],
+    pub name: Option<&'a str>,
+    pub rewind_to_checkpoint: bool,
+    pub readonly: bool,
+    pub recover: bool,
+    pub force: bool,
+}
+
+/// Imports a pool: opens it once (replaying, rewinding to the checkpoint or recovering as
+/// asked), exports it again and records it in the state directory so that every command and
+/// `serve` open it the same way. `--readonly` (with or without `--rewind-to-checkpoint`)
+/// writes nothing and is remembered, so the pool stays a read-only view until exported.
+/// Returns the pool's name when one was imported.
+pub fn import(state: &StateDir, req: &ImportRequest<'_>) -> Result<Option<String>> {
+    let devices = candidates(state, req.dirs)?;
+    let pools = find_pools(&devices);
+    let Some(name) = req.name else {
+        list_importable(state, &pools)?;
+        return Ok(None);
     };
-    let Some(devs) = pools.get(name) else {
+    // Accept the numeric identifier as well as the name.
+    let found = pools.get(name).or_else(|| {
+        pools
+            .values()
+            .find(|f| f.header.pool_guid.to_string() == name)
+    });
+    let Some(found) = found else {
         bail!("cannot import '{name}': no such pool available");
     };
+    let name = found.header.pool_name.clone();
+    if state.pools()?.contains_key(&name) {
+        bail!("cannot import '{name}': a pool with that name already exists");
+    }
     let opts = ImportOptions {
-        name: Some(name.to_string()),
-        read_only: readonly,
-        rewind: recover,
-        rewind_to_checkpoint: rewind,
-        force,
+        name: Some(name.clone()),
+        read_only: req.readonly,
+        rewind: req.recover,
+        rewind_to_checkpoint: req.rewind_to_checkpoint,
+        force: req.force,
         ..Default::default()
     };
-    let pool =
-        Pool::import_paths(devs, &opts).map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
+    let pool = Pool::import_paths(&found.devices, &opts)
+        .map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
+    let at = pool
+        .last_uberblock()
+        .filter(|u| u.checkpoint_txg > 0)
+        .map_or(String::new(), |u| format!(" (txg {})", u.checkpoint_txg));
     pool.export()
         .map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
+    let checkpoint_view = req.rewind_to_checkpoint && req.readonly;
     state.set_pool(
-        name,
+        &name,
         Some(KnownPool {
-            devices: devs.clone(),
+            readonly: req.readonly,
+            checkpoint_view,
+            ..KnownPool::new(found.devices.clone())
         }),
     )?;
-    Ok(())
+    if checkpoint_view {
+        println!(
+            "pool '{name}' imported read-only at its checkpoint{at}: nothing is written and \
+             the checkpoint is kept.\n'ringpool export {name}' then 'ringpool import {name}' returns \
+             to the current state; 'ringpool import --rewind-to-checkpoint {name}' after the export \
+             rewinds for good."
+        );
+    } else if req.rewind_to_checkpoint {
+        println!("pool '{name}' rewound to its checkpoint{at}; the checkpoint is gone");
+    } else if req.readonly {
+        println!("pool '{name}' imported read-only");
+    }
+    Ok(Some(name))
 }
 
 /// Polls the pool's status until no checkpoint is being discarded, with progress.
@@ -324,7 +448,29 @@ fn device_size(file: &fs::File) -> Result<u64> {
     Ok(f.seek(SeekFrom::End(0))?)
 }
 
-pub fn inspect(state: &StateDir, args: &InspectArgs) -> Result<()> {
+/// Opens the pool found on `devices` read-only (no state directory: `inspect --device`, the
+/// pool's `zdb -e`), runs `req` on it and closes it.
+pub fn execute_on_devices(devices: &[PathBuf], name: Option<&str>, req: &Request) -> Result<Value> {
+    let opts = ImportOptions {
+        name: name.map(str::to_string),
+        read_only: true,
+        ..Default::default()
+    };
+    let what = name.unwrap_or("the pool on the devices");
+    let pool = Arc::new(
+        Pool::import_paths(devices, &opts).map_err(|e| anyhow!("cannot open '{what}': {e}"))?,
+    );
+    let result = exec::execute(&pool, req, &NoHook, View::default());
+    if let Ok(p) = Arc::try_unwrap(pool) {
+        p.export()
+            .map_err(|e| anyhow!("cannot close '{what}': {e}"))?;
+    }
+    result
+}
+
+/// `inspect labels|uberblocks`: the four labels of every device and their uberblock rings,
+/// read with plain reads (works while the pool is imported, exported or damaged).
+pub fn inspect_labels(state: &StateDir, args: &InspectArgs) -> Result<()> {
     let devices: Vec<PathBuf> = if !args.device.is_empty() {
         args.device.clone()
     } else if let Some(pool) = &args.pool {
@@ -380,10 +526,6 @@ pub fn inspect(state: &StateDir, args: &InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    match args.what.as_str() {
-        "labels" | "uberblocks" => {}
-        other => bail!("cannot inspect '{other}': choose labels or uberblocks"),
-    }
     for dev in &report {
         println!("device {}", dev["device"].as_str().unwrap_or("?"));
         for l in dev["labels"].as_array().into_iter().flatten() {
@@ -397,7 +539,7 @@ pub fn inspect(state: &StateDir, args: &InspectArgs) -> Result<()> {
                 l["device_index"], l["ashift"], l["ms_shift"], l["state"].as_str().unwrap_or(""),
                 l["host"].as_str().unwrap_or(""), l["config_txg"]
             );
-            if args.what == "uberblocks" {
+            if args.what == InspectWhat::Uberblocks {
                 for u in l["uberblocks"].as_array().into_iter().flatten() {
                     println!(
                         "    slot {:>4} txg {:>8} checkpoint_txg {} time {}",

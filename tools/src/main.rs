@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use serde_json::Value;
 
-use cli::{Cli, Command, VolumeCommand};
+use cli::{Cli, Command, InspectWhat, VolumeCommand};
 use request::{Request, Response};
 use statedir::StateDir;
 
@@ -93,13 +93,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             pool,
             devices,
-        } => local::create(&state, &pool, &devices, &options, size.as_deref(), force)?,
+        } => {
+            local::create(&state, &pool, &devices, &options, size.as_deref(), force)?;
+            tell_serve(&state, &pool)?;
+        }
         Command::Add {
             size,
             pool,
             devices,
         } => {
             let devices = local::prepare_devices(&devices, size.as_deref())?;
+            local::check_unused(&pool, &devices)?;
             let devs = devices.iter().map(|d| d.display().to_string()).collect();
             ask(
                 &state,
@@ -117,15 +121,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recover,
             force,
             pool,
-        } => local::import(
-            &state,
-            &dirs,
-            pool.as_deref(),
-            rewind_to_checkpoint,
-            readonly,
-            recover,
-            force,
-        )?,
+        } => {
+            let req = local::ImportRequest {
+                dirs: &dirs,
+                name: pool.as_deref(),
+                rewind_to_checkpoint,
+                readonly,
+                recover,
+                force,
+            };
+            if let Some(name) = local::import(&state, &req)? {
+                tell_serve(&state, &name)?;
+            }
+        }
         Command::Export { pool } => {
             if control::call(
                 &state.control_socket(),
@@ -139,6 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status {
             verbose,
+            parsable,
             json,
             pool,
         } => {
@@ -156,8 +165,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&Value::Array(values))?;
             } else {
-                let texts: Vec<String> =
-                    values.iter().map(|v| output::status(v, verbose)).collect();
+                let texts: Vec<String> = values
+                    .iter()
+                    .map(|v| output::status(v, verbose, parsable))
+                    .collect();
                 print!("{}", texts.join("\n"));
             }
         }
@@ -208,6 +219,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Get {
+            scripted,
             parsable,
             json,
             property,
@@ -219,7 +231,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!(
                     "{}",
-                    output::get(v.as_array().map_or(&[][..], |a| a), false, parsable)
+                    output::get(v.as_array().map_or(&[][..], |a| a), scripted, parsable)
                 );
             }
         }
@@ -278,10 +290,74 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Inspect(args) => local::inspect(&state, &args)?,
+        Command::Inspect(args) => inspect(&state, &args)?,
         Command::Serve(args) => serve::run(&state, &args)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lets a running `serve` open a pool the state directory just learned about.
+fn tell_serve(state: &StateDir, pool: &str) -> Result<()> {
+    if let Some(Response::Error { message }) = control::call(
+        &state.control_socket(),
+        &Request::Open {
+            pool: pool.to_string(),
+        },
+    )? {
+        bail!("{message}");
+    }
+    Ok(())
+}
+
+/// Parses `DEV:INDEX`.
+fn parse_metaslab(s: &str) -> Result<(u32, u64)> {
+    let parsed = s
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse().ok()?, i.parse().ok()?)));
+    parsed.ok_or_else(|| anyhow::anyhow!("invalid metaslab '{s}': expected DEVICE:INDEX, e.g. 0:3"))
+}
+
+fn inspect(state: &StateDir, args: &cli::InspectArgs) -> Result<()> {
+    let pool = args.pool.clone().unwrap_or_default();
+    let req = match args.what {
+        InspectWhat::Labels | InspectWhat::Uberblocks => return local::inspect_labels(state, args),
+        InspectWhat::Metaslabs => Request::Metaslabs { pool: pool.clone() },
+        InspectWhat::Spacemap => {
+            let (device, metaslab) = match (&args.metaslab, args.checkpoint) {
+                (Some(m), _) => {
+                    let (d, i) = parse_metaslab(m)?;
+                    (d, Some(i))
+                }
+                (None, Some(d)) => (d, None),
+                (None, None) => {
+                    bail!("inspect spacemap: choose --metaslab DEVICE:INDEX or --checkpoint DEVICE")
+                }
+            };
+            Request::SpaceMap {
+                pool: pool.clone(),
+                device,
+                metaslab,
+            }
+        }
+    };
+    let v = if !args.device.is_empty() {
+        local::execute_on_devices(&args.device, args.pool.as_deref(), &req)?
+    } else if args.pool.is_none() {
+        bail!("inspect needs a pool or --device");
+    } else {
+        ask(state, req)?
+    };
+    if args.json {
+        return print_json(&v);
+    }
+    match args.what {
+        InspectWhat::Metaslabs => print!(
+            "{}",
+            output::metaslabs(v.as_array().map_or(&[][..], |a| a), args.parsable)
+        ),
+        _ => print!("{}", output::space_map(&v, args.parsable)),
+    }
+    Ok(())
 }
 
 fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> Result<ExitCode> {

@@ -109,28 +109,49 @@ fn format_time(secs: u64) -> String {
     format!("{year:04}-{month:02}-{d:02} {h:02}:{m:02}:{s:02} UTC")
 }
 
+/// A device's error counter cell: the count, or "-" when the pool layer reports none.
+fn error_cell(dev: &Value, which: &str) -> String {
+    dev["errors"][which]
+        .as_u64()
+        .map_or_else(|| "-".to_string(), |n| n.to_string())
+}
+
 /// `status`: zpool status's shape.
-pub fn status(pool: &Value, verbose: bool) -> String {
+pub fn status(pool: &Value, verbose: bool, parsable: bool) -> String {
+    let name = pool["name"].as_str().unwrap_or("?");
+    let health = pool["health"].as_str().unwrap_or("?");
+    let size = |v: &Value| size_cell(v, parsable, false);
     let mut out = String::new();
-    out.push_str(&format!(
-        "  pool: {}\n",
-        pool["name"].as_str().unwrap_or("?")
-    ));
-    out.push_str(&format!(
-        " state: {}\n",
-        pool["health"].as_str().unwrap_or("?")
-    ));
+    out.push_str(&format!("  pool: {name}\n"));
+    out.push_str(&format!(" state: {health}\n"));
+    if health == "SUSPENDED" {
+        out.push_str(&format!(
+            "status: A txg failed to sync (errno {}): the pool is suspended and writes fail.\n\
+             action: Check the devices and free space, then 'ringpool export {name}' and\n\
+             \t'ringpool import {name}' (the pool reopens at its last committed txg).\n",
+            num(&pool["suspended_errno"])
+        ));
+    } else if pool["checkpoint_view"].as_bool() == Some(true) {
+        out.push_str(&format!(
+            "status: The pool is imported read-only at its checkpoint: this is the checkpointed\n\
+             \tstate, nothing is written and the checkpoint is kept.\n\
+             action: 'ringpool export {name}' then 'ringpool import {name}' returns to the current\n\
+             \tstate; 'ringpool import --rewind-to-checkpoint {name}' after the export rewinds for good.\n"
+        ));
+    } else if pool["read_only"].as_bool() == Some(true) {
+        out.push_str("status: The pool is imported read-only.\n");
+    }
     out.push_str(&format!("   txg: {}\n", num(&pool["synced_txg"])));
     let ck = &pool["checkpoint"];
     match ck["state"].as_str() {
         Some("exists") => out.push_str(&format!(
             "checkpoint: created {}, consumes {}\n",
             format_time(num(&ck["created"])),
-            nicenum(num(&ck["space"]))
+            size(&ck["space"])
         )),
         Some("discarding") => out.push_str(&format!(
             "checkpoint: discarding, {} remaining\n",
-            nicenum(num(&ck["space"]))
+            size(&ck["space"])
         )),
         _ => {}
     }
@@ -138,24 +159,33 @@ pub fn status(pool: &Value, verbose: bool) -> String {
     let mut table = Table::new(&[
         ("NAME", Align::Left),
         ("STATE", Align::Left),
+        ("READ", Align::Right),
+        ("WRITE", Align::Right),
+        ("CKSUM", Align::Right),
         ("SIZE", Align::Right),
         ("ALLOC", Align::Right),
         ("CKPOINT", Align::Right),
     ]);
     table.row(vec![
-        pool["name"].as_str().unwrap_or("?").to_string(),
-        "ONLINE".into(),
-        nicenum(num(&pool["size"])),
-        nicenum(num(&pool["allocated"])),
-        size_cell(&pool["checkpoint"]["space"], false, true),
+        name.to_string(),
+        health.to_string(),
+        error_cell(pool, "read"),
+        error_cell(pool, "write"),
+        error_cell(pool, "checksum"),
+        size(&pool["size"]),
+        size(&pool["allocated"]),
+        size_cell(&pool["checkpoint"]["space"], parsable, true),
     ]);
     for dev in pool["devices"].as_array().into_iter().flatten() {
         table.row(vec![
             format!("  {}", dev["name"].as_str().unwrap_or("?")),
-            "ONLINE".into(),
-            nicenum(num(&dev["size"])),
-            nicenum(num(&dev["allocated"])),
-            size_cell(&dev["checkpoint"], false, true),
+            dev["health"].as_str().unwrap_or(health).to_string(),
+            error_cell(dev, "read"),
+            error_cell(dev, "write"),
+            error_cell(dev, "checksum"),
+            size(&dev["size"]),
+            size(&dev["allocated"]),
+            size_cell(&dev["checkpoint"], parsable, true),
         ]);
     }
     for line in table.render(false).lines() {
@@ -166,11 +196,161 @@ pub fn status(pool: &Value, verbose: bool) -> String {
     if verbose {
         out.push_str(&format!(
             "\nslop: {}  open txg: {}\n",
-            nicenum(num(&pool["slop"])),
+            size(&pool["slop"]),
             num(&pool["open_txg"])
         ));
     }
-    out.push_str("\nerrors: No known data errors\n");
+    let data_errors = pool["errors"]["checksum"].as_u64().unwrap_or(0);
+    if data_errors > 0 {
+        out.push_str(&format!(
+            "\nerrors: {data_errors} checksum errors; run 'ringpool verify {name}' for details\n"
+        ));
+    } else {
+        out.push_str("\nerrors: No known data errors\n");
+    }
+    out
+}
+
+/// `inspect metaslabs`: one row per metaslab, grouped by device (zdb -m).
+pub fn metaslabs(rows: &[Value], parsable: bool) -> String {
+    let mut out = String::new();
+    let mut devices: Vec<u64> = rows.iter().map(|r| num(&r["device"])).collect();
+    devices.dedup();
+    for dev in devices {
+        let ms: Vec<&Value> = rows.iter().filter(|r| num(&r["device"]) == dev).collect();
+        let name = ms
+            .first()
+            .and_then(|m| m["device_name"].as_str())
+            .unwrap_or("?");
+        out.push_str(&format!("device {dev} ({name}): {} metaslabs\n", ms.len()));
+        let mut table = Table::new(&[
+            ("METASLAB", Align::Right),
+            ("OFFSET", Align::Right),
+            ("SIZE", Align::Right),
+            ("ALLOC", Align::Right),
+            ("FREE", Align::Right),
+            ("DEFER", Align::Right),
+            ("MAXFREE", Align::Right),
+            ("FRAG", Align::Right),
+            ("WEIGHT", Align::Right),
+            ("SPACEMAP", Align::Right),
+            ("SMLEN", Align::Right),
+        ]);
+        for m in ms {
+            let frag = num(&m["fragmentation"]);
+            table.row(vec![
+                num(&m["index"]).to_string(),
+                format!("{:#x}", num(&m["offset"])),
+                size_cell(&m["size"], parsable, false),
+                size_cell(&m["allocated"], parsable, false),
+                size_cell(&m["free"], parsable, false),
+                size_cell(&m["deferred"], parsable, false),
+                size_cell(&m["max_free"], parsable, false),
+                if parsable {
+                    frag.to_string()
+                } else {
+                    format!("{frag}%")
+                },
+                format!("{:#x}", num(&m["weight"])),
+                num(&m["spacemap"]).to_string(),
+                size_cell(&m["spacemap_length"], parsable, false),
+            ]);
+        }
+        for line in table.render(false).lines() {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `inspect spacemap`: the header and every record, in log order (zdb -mmm).
+pub fn space_map(v: &Value, parsable: bool) -> String {
+    let mut out = String::new();
+    let dev = num(&v["device"]);
+    let what = match v["metaslab"].as_u64() {
+        Some(ms) => format!("metaslab {dev}:{ms}"),
+        None => format!("checkpoint space map of device {dev}"),
+    };
+    let object = num(&v["object"]);
+    if object == 0 {
+        out.push_str(&format!("{what}: no space map (nothing recorded)\n"));
+        return out;
+    }
+    let start = num(&v["region_start"]);
+    let size = num(&v["region_size"]);
+    out.push_str(&format!(
+        "{what}: space map object {object}, region [{start:#x}, {:#x}), ashift {}, block size {}\n",
+        start + size,
+        num(&v["ashift"]),
+        num(&v["block_size"])
+    ));
+    let alloc = v["allocated"].as_i64().unwrap_or(0);
+    out.push_str(&format!("  smp_length = {:#x}\n", num(&v["length"])));
+    // Net allocated: negative for a checkpoint map, which only records frees.
+    let sign = if alloc < 0 { "-" } else { "" };
+    let abs = alloc.unsigned_abs();
+    out.push_str(&format!(
+        "  smp_alloc = {sign}{abs:#x} ({sign}{})\n",
+        if parsable {
+            abs.to_string()
+        } else {
+            nicenum(abs)
+        }
+    ));
+    let ashift = num(&v["ashift"]);
+    let hist: Vec<String> = v["histogram"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, n)| num(n) > 0)
+        .map(|(i, n)| {
+            let bucket = u32::try_from(i as u64 + ashift).unwrap_or(63).min(63);
+            format!(
+                "[{}, {}): {}",
+                nicenum(1u64 << bucket),
+                nicenum(1u64 << (bucket + 1).min(63)),
+                num(n)
+            )
+        })
+        .collect();
+    if !hist.is_empty() {
+        out.push_str(&format!("  free segments: {}\n", hist.join(", ")));
+    }
+    let mut entries = 0u64;
+    for (i, r) in v["records"].as_array().into_iter().flatten().enumerate() {
+        let action = match r["action"].as_str() {
+            Some("alloc") => "A",
+            Some("free") => "F",
+            _ => "?",
+        };
+        match r["type"].as_str() {
+            Some("debug") => out.push_str(&format!(
+                "    [{i:6}]    {}: txg {}, pass {}\n",
+                if action == "A" { "ALLOC" } else { "FREE" },
+                num(&r["txg"]),
+                num(&r["pass"])
+            )),
+            Some("padding") => out.push_str(&format!("    [{i:6}]    PADDING\n")),
+            _ => {
+                entries += 1;
+                let s = num(&r["start"]);
+                let l = num(&r["length"]);
+                out.push_str(&format!(
+                    "    [{i:6}] {action}  range: {s:010x}-{:010x}  size: {}\n",
+                    s + l,
+                    if parsable {
+                        l.to_string()
+                    } else {
+                        format!("{l:06x}")
+                    }
+                ));
+            }
+        }
+    }
+    out.push_str(&format!("  {entries} entries\n"));
     out
 }
 

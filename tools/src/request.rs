@@ -72,6 +72,22 @@ pub enum Request {
     Export {
         pool: String,
     },
+    /// Every metaslab of every device (`inspect metaslabs`).
+    Metaslabs {
+        pool: String,
+    },
+    /// One space map, header and records (`inspect spacemap`): a metaslab's, or with
+    /// `metaslab: None` the device's checkpoint space map.
+    SpaceMap {
+        pool: String,
+        device: u32,
+        metaslab: Option<u64>,
+    },
+    /// `serve` opens a pool the state directory just learned about (create, import) and
+    /// exports its volumes.
+    Open {
+        pool: String,
+    },
 }
 
 impl Request {
@@ -93,7 +109,10 @@ impl Request {
             | Request::Checkpoint { pool }
             | Request::DiscardCheckpoint { pool, .. }
             | Request::WaitDiscard { pool }
-            | Request::Export { pool } => Some(pool),
+            | Request::Export { pool }
+            | Request::Metaslabs { pool }
+            | Request::SpaceMap { pool, .. }
+            | Request::Open { pool } => Some(pool),
         }
     }
 }

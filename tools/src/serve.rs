@@ -10,11 +10,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use parking_lot::Mutex;
 use ringpool_driver::io::{ReactorConfig, ReactorSet};
 use ringpool_driver::nbd::{ExportBackend, Exports, NbdServer, NbdServerConfig};
-use ringpool_driver::pool::{ImportOptions, Pool, PoolOptions};
+use ringpool_driver::pool::{Pool, PoolOptions};
 use serde_json::json;
 
 use crate::cli::ServeArgs;
-use crate::exec::{self, VolumeHook};
+use crate::exec::{self, View, VolumeHook};
 use crate::request::{Request, Response};
 use crate::statedir::{KnownPool, StateDir};
 use crate::{control, local};
@@ -27,8 +27,12 @@ const DEMO_VOLUME_SIZE: u64 = 1 << 30;
 /// The pools `serve` holds and the exports it publishes.
 struct Served {
     pools: Mutex<BTreeMap<String, Arc<Pool>>>,
+    /// How each pool was imported (a read-only checkpoint preview shows so in `status`).
+    views: Mutex<BTreeMap<String, View>>,
     exports: Arc<Exports>,
     read_only: bool,
+    state: StateDir,
+    shards: usize,
 }
 
 impl std::fmt::Debug for Served {
@@ -51,11 +55,16 @@ impl VolumeHook for Served {
     }
 }
 
+/// Exports a volume over NBD; read-only when serve was asked so or the pool is read-only.
 fn publish(exports: &Exports, pool: &Arc<Pool>, volume: &str, read_only: bool) -> Result<()> {
     let vol = pool.open_volume(volume).map_err(|e| anyhow!("{e}"))?;
     let backend: Arc<dyn ExportBackend> = Arc::new(vol);
     exports
-        .add(&format!("{}/{volume}", pool.name()), backend, read_only)
+        .add(
+            &format!("{}/{volume}", pool.name()),
+            backend,
+            read_only || pool.read_only(),
+        )
         .map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
@@ -65,11 +74,13 @@ impl Served {
         let result = match &req {
             Request::Pools => Ok(json!(self.pools.lock().keys().cloned().collect::<Vec<_>>())),
             Request::Export { pool } => self.export(pool).map(|()| json!({})),
+            Request::Open { pool } => self.open(pool).map(|()| json!({})),
             other => {
                 let name = other.pool().unwrap_or_default().to_string();
                 let pool = self.pools.lock().get(&name).cloned();
+                let view = self.views.lock().get(&name).copied().unwrap_or_default();
                 match pool {
-                    Some(p) => exec::execute(&p, other, self),
+                    Some(p) => exec::execute(&p, other, self, view),
                     None => Err(anyhow!("cannot open '{name}': no such pool")),
                 }
             }
@@ -82,12 +93,41 @@ impl Served {
         }
     }
 
+    /// Opens a pool of the state directory and exports its volumes (at start, and when
+    /// `create` or `import` tell a running serve about a new pool).
+    fn open(&self, name: &str) -> Result<()> {
+        if self.pools.lock().contains_key(name) {
+            return Ok(());
+        }
+        let known = self.state.pools()?;
+        let Some(kp) = known.get(name) else {
+            bail!("cannot open '{name}': no such pool");
+        };
+        let mut opts = local::import_options(kp, name, false);
+        opts.pool = PoolOptions {
+            shards: self.shards,
+            ..Default::default()
+        };
+        let pool = Arc::new(
+            Pool::import_paths(&kp.devices, &opts)
+                .map_err(|e| anyhow!("cannot open '{name}': {e}"))?,
+        );
+        for vol in pool.list_volumes() {
+            publish(&self.exports, &pool, &vol.name, self.read_only)?;
+        }
+        let view = View::of(kp);
+        self.views.lock().insert(name.to_string(), view);
+        self.pools.lock().insert(name.to_string(), pool);
+        Ok(())
+    }
+
     /// Stops serving `name`: its exports go first (connections finish their requests), then
     /// the pool syncs and its labels are marked exported.
     fn export(&self, name: &str) -> Result<()> {
         let Some(pool) = self.pools.lock().remove(name) else {
             bail!("cannot export '{name}': no such pool");
         };
+        self.views.lock().remove(name);
         for export in self.exports.names() {
             if export.split_once('/').map(|(p, _)| p) == Some(name) {
                 self.exports.remove(&export);
@@ -160,7 +200,7 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
         local::create(state, DEMO_POOL, &[file], &[], Some(DEMO_FILE_SIZE), true)?;
         known = state.pools()?;
         names.push(DEMO_POOL.to_string());
-        let pool = local_open(&known, DEMO_POOL, 1)?;
+        let pool = local_open(&known, DEMO_POOL)?;
         pool.create_volume("vol0", DEMO_VOLUME_SIZE, 4096)
             .map_err(|e| anyhow!("cannot create '{DEMO_POOL}/vol0': {e}"))?;
         pool.export().map_err(|e| anyhow!("{e}"))?;
@@ -176,15 +216,14 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     .context("cannot start the reactors")?;
     let served = Arc::new(Served {
         pools: Mutex::new(BTreeMap::new()),
+        views: Mutex::new(BTreeMap::new()),
         exports: Arc::new(Exports::new()),
         read_only: args.read_only,
+        state: state.clone(),
+        shards: reactors_n,
     });
     for name in &names {
-        let pool = Arc::new(local_open(&known, name, reactors_n)?);
-        for vol in pool.list_volumes() {
-            publish(&served.exports, &pool, &vol.name, args.read_only)?;
-        }
-        served.pools.lock().insert(name.clone(), pool);
+        served.open(name)?;
     }
     let socket: PathBuf = args.socket.clone().unwrap_or_else(|| state.nbd_socket());
     let mut server = NbdServer::start(
@@ -235,17 +274,11 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn local_open(known: &BTreeMap<String, KnownPool>, name: &str, shards: usize) -> Result<Pool> {
+/// Opens a known pool in this process (the demo pool right after its creation).
+fn local_open(known: &BTreeMap<String, KnownPool>, name: &str) -> Result<Pool> {
     let Some(kp) = known.get(name) else {
         bail!("cannot open '{name}': no such pool");
     };
-    let opts = ImportOptions {
-        name: Some(name.to_string()),
-        pool: PoolOptions {
-            shards,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let opts = local::import_options(kp, name, false);
     Pool::import_paths(&kp.devices, &opts).map_err(|e| anyhow!("cannot open '{name}': {e}"))
 }

@@ -14,6 +14,7 @@ pub mod directory;
 pub mod discard;
 pub mod error;
 pub mod health;
+pub mod inspect;
 pub mod join;
 pub mod lifecycle;
 pub mod nbd_export;

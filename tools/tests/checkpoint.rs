@@ -1,0 +1,256 @@
+//! The checkpoint from the command line: the README walkthrough (checkpoint, change, rewind),
+//! the read-only preview of the checkpointed state, a discard in progress and its errors.
+
+mod common;
+
+use common::{assert_qemu_io, assert_qemu_io_opts, free_port, have, qemu_io, Env, Serve};
+use serde_json::Value;
+
+#[test]
+fn checkpoint_rewind_walkthrough() {
+    if !have("qemu-io") {
+        eprintln!("skipping: qemu-io missing (qemu-utils)");
+        return;
+    }
+    let env = Env::new();
+    let dev = env.path("d1.img");
+    env.ok(&["create", "--size", "512M", "ck", dev.to_str().unwrap()]);
+    env.ok(&["volume", "create", "-s", "64M", "ck/v"]);
+    assert!(env
+        .fails(&["checkpoint", "-d", "ck"])
+        .contains("checkpoint does not exist"));
+    let port = free_port();
+    let url = format!("nbd://127.0.0.1:{port}/ck/v");
+    let serve = Serve::start(&env, port, &[]);
+    assert_qemu_io(&url, &["write -P 0x11 0 4M", "flush"]);
+    env.ok(&["checkpoint", "ck"]);
+    assert!(env
+        .fails(&["checkpoint", "ck"])
+        .contains("checkpoint exists"));
+    assert_qemu_io(&url, &["write -P 0x22 0 4M", "flush"]);
+    let status = env.json(&["status", "--json", "ck"]);
+    assert_eq!(status[0]["checkpoint"]["state"], "exists");
+    // Overwritten checkpoint-born blocks stay allocated: CKPOINT holds them.
+    assert!(
+        status[0]["checkpoint"]["space"].as_u64().unwrap() >= 4 << 20,
+        "{status}"
+    );
+    assert!(env.ok(&["status", "ck"]).contains("checkpoint: created"));
+    assert!(serve.stop().success());
+
+    assert!(env
+        .fails(&["import", "-d", env.dir.path().to_str().unwrap(), "nope"])
+        .contains("no such pool"));
+    env.ok(&["export", "ck"]);
+    env.ok(&[
+        "import",
+        "-d",
+        env.dir.path().to_str().unwrap(),
+        "--rewind-to-checkpoint",
+        "ck",
+    ]);
+    assert_eq!(
+        env.json(&["status", "--json", "ck"])[0]["checkpoint"]["state"],
+        "none"
+    );
+    assert_eq!(env.json(&["verify", "--json", "ck"])["clean"], true);
+    let serve = Serve::start(&env, port, &[]);
+    assert_qemu_io(&url, &["read -P 0x11 0 4M"]);
+    env.ok(&["checkpoint", "ck"]);
+    assert_qemu_io(&url, &["write -P 0x33 0 1M", "flush"]);
+    env.ok(&["checkpoint", "-d", "-w", "ck"]);
+    assert_eq!(
+        env.json(&["status", "--json", "ck"])[0]["checkpoint"]["state"],
+        "none"
+    );
+    assert!(serve.stop().success());
+    // Without serve: create and discard with wait in this process.
+    env.ok(&["checkpoint", "ck"]);
+    env.ok(&["checkpoint", "-d", "-w", "ck"]);
+    env.ok(&["wait", "-t", "discard", "ck"]);
+    assert_eq!(env.json(&["verify", "--json", "ck"])["clean"], true);
+    let history = env.ok(&["history", "ck"]);
+    assert!(history.contains("checkpoint discard finished"), "{history}");
+    // The rewind consumed the checkpoint: rewinding again is refused, a plain import works.
+    env.ok(&["export", "ck"]);
+    let dir = env.dir.path().to_str().unwrap();
+    assert!(env
+        .fails(&["import", "-d", dir, "--rewind-to-checkpoint", "ck"])
+        .contains("cannot import 'ck': checkpoint does not exist"));
+    env.ok(&["import", "-d", dir, "ck"]);
+    assert!(env
+        .fails(&["import", "-d", dir, "ck"])
+        .contains("a pool with that name already exists"));
+}
+
+/// Net bytes of a space map dump (ALLOC minus FREE entries).
+fn net_bytes(map: &Value) -> i64 {
+    map["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "entry")
+        .map(|r| {
+            let l = i64::try_from(r["length"].as_u64().unwrap()).unwrap();
+            if r["action"] == "alloc" {
+                l
+            } else {
+                -l
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn readonly_rewind_is_a_preview_that_keeps_the_checkpoint() {
+    if !have("qemu-io") {
+        eprintln!("skipping: qemu-io missing (qemu-utils)");
+        return;
+    }
+    let env = Env::new();
+    let dev = env.path("d1.img");
+    env.ok(&["create", "--size", "512M", "ro", dev.to_str().unwrap()]);
+    env.ok(&["volume", "create", "-s", "64M", "ro/v"]);
+    let port = free_port();
+    let url = format!("nbd://127.0.0.1:{port}/ro/v");
+    let serve = Serve::start(&env, port, &[]);
+    assert_qemu_io(&url, &["write -P 0x11 0 4M", "flush"]);
+    env.ok(&["checkpoint", "ro"]);
+    assert_qemu_io(&url, &["write -P 0x22 0 4M", "flush"]);
+    // The checkpoint space map holds exactly what CKPOINT reports.
+    let status = env.json(&["status", "--json", "ro"]);
+    let held = status[0]["checkpoint"]["space"].as_u64().unwrap();
+    assert!(held >= 4 << 20, "{status}");
+    let map = env.json(&["inspect", "spacemap", "--json", "ro", "--checkpoint"]);
+    assert!(map["object"].as_u64().unwrap() > 0, "{map}");
+    assert_eq!(net_bytes(&map), -i64::try_from(held).unwrap(), "{map}");
+    assert!(map["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["type"] != "entry" || r["action"] == "free"));
+
+    // Export through serve, then import the checkpointed state read-only: serve picks it up
+    // and exports the volume read-only.
+    env.ok(&["export", "ro"]);
+    let out = env.ok(&["import", "--rewind-to-checkpoint", "--readonly", "ro"]);
+    assert!(out.contains("read-only at its checkpoint"), "{out}");
+    let status = env.json(&["status", "--json", "ro"]);
+    assert_eq!(status[0]["checkpoint_view"], true, "{status}");
+    assert_eq!(status[0]["read_only"], true);
+    let text = env.ok(&["status", "ro"]);
+    assert!(
+        text.contains("imported read-only at its checkpoint"),
+        "{text}"
+    );
+    let ro = env.json(&["get", "--json", "readonly", "ro"]);
+    assert_eq!(ro[0]["value"], "on");
+    assert_eq!(
+        env.json(&["volume", "list", "--json", "ro"])[0]["name"],
+        "ro/v"
+    );
+    assert!(
+        env.json(&["history", "--json", "ro"])
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    );
+    assert_qemu_io_opts(&url, &["-r"], &["read -P 0x11 0 4M"]);
+    let w = qemu_io(&url, &["write -P 0x33 0 4k"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&w.stdout),
+        String::from_utf8_lossy(&w.stderr)
+    );
+    assert!(
+        !w.status.success() || text.contains("failed") || text.contains("denied"),
+        "a write to the read-only preview succeeded: {text}"
+    );
+    for (args, what) in [
+        (
+            &["volume", "create", "-s", "1M", "ro/x"][..],
+            "cannot create 'ro/x'",
+        ),
+        (&["checkpoint", "ro"][..], "cannot checkpoint 'ro'"),
+        (
+            &["set", "comment=x", "ro"][..],
+            "cannot set property for 'ro'",
+        ),
+        (
+            &["volume", "resize", "-s", "128M", "ro/v"][..],
+            "cannot resize 'ro/v'",
+        ),
+    ] {
+        let err = env.fails(args);
+        assert!(
+            err.contains(what) && err.contains("read-only"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(env
+        .fails(&["import", "ro"])
+        .contains("a pool with that name already exists"));
+
+    // Export and a plain import return to the current state, with the checkpoint kept.
+    env.ok(&["export", "ro"]);
+    env.ok(&["import", "ro"]);
+    let status = env.json(&["status", "--json", "ro"]);
+    assert_eq!(status[0]["checkpoint"]["state"], "exists", "{status}");
+    assert_eq!(status[0]["read_only"], false);
+    assert_eq!(status[0]["checkpoint"]["space"].as_u64().unwrap(), held);
+    assert_qemu_io(&url, &["read -P 0x22 0 4M"]);
+    assert!(serve.stop().success());
+    assert_eq!(env.json(&["verify", "--json", "ro"])["clean"], true);
+}
+
+#[test]
+fn discard_in_progress_refuses_checkpoint_changes() {
+    if !have("qemu-io") {
+        eprintln!("skipping: qemu-io missing (qemu-utils)");
+        return;
+    }
+    let env = Env::new();
+    let dev = env.path("d1.img");
+    env.ok(&["create", "--size", "512M", "dc", dev.to_str().unwrap()]);
+    env.ok(&["volume", "create", "-s", "64M", "dc/v"]);
+    // A tiny discard budget: four checkpoint-map entries per txg (OpenZFS's
+    // zfs_spa_discard_memory_limit), so the discard below takes hundreds of txgs.
+    env.ok(&["set", "checkpoint_discard_memory_limit=128", "dc"]);
+    let port = free_port();
+    let url = format!("nbd://127.0.0.1:{port}/dc/v");
+    let serve = Serve::start(&env, port, &[]);
+    assert_qemu_io(&url, &["write -P 0x11 0 8M", "flush"]);
+    env.ok(&["checkpoint", "dc"]);
+    // Overwrite every other 4K block: the checkpoint map gets ~1000 separate extents.
+    let cmds: Vec<String> = (0..1024u64)
+        .map(|i| format!("write -P 0x22 {} 4k", i * 8192))
+        .chain(std::iter::once("flush".to_string()))
+        .collect();
+    let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    assert_qemu_io(&url, &refs);
+    env.ok(&["checkpoint", "-d", "dc"]);
+    assert!(env
+        .fails(&["checkpoint", "dc"])
+        .contains("cannot checkpoint 'dc': currently discarding checkpoint"));
+    assert!(env
+        .fails(&["checkpoint", "-d", "dc"])
+        .contains("cannot discard checkpoint in 'dc': currently discarding checkpoint"));
+    let status = env.json(&["status", "--json", "dc"]);
+    assert_eq!(status[0]["checkpoint"]["state"], "discarding", "{status}");
+    assert!(env
+        .ok(&["status", "dc"])
+        .contains("checkpoint: discarding,"));
+    assert!(env
+        .fails(&["wait", "-t", "scrub", "dc"])
+        .contains("invalid activity"));
+    env.ok(&["wait", "-t", "discard", "dc"]);
+    let status = env.json(&["status", "--json", "dc"]);
+    assert_eq!(status[0]["checkpoint"]["state"], "none", "{status}");
+    assert_eq!(status[0]["checkpoint"]["space"], 0);
+    assert_qemu_io(&url, &["read -P 0x22 0 4k", "read -P 0x11 4k 4k"]);
+    assert!(serve.stop().success());
+    assert_eq!(env.json(&["verify", "--json", "dc"])["clean"], true);
+    let history = env.ok(&["history", "dc"]);
+    assert!(history.contains("checkpoint discard finished"), "{history}");
+}
