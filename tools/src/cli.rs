@@ -130,6 +130,10 @@ pub enum Command {
         activity: String,
         pool: String,
     },
+    /// Give the pool a new GUID (refused while a checkpoint exists or is being discarded).
+    Reguid { pool: String },
+    /// Reset the READ / WRITE / CKSUM error counters of the pool's devices.
+    Clear { pool: String },
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use ringpool_driver::pool::directory::Directory;
 use ringpool_driver::pool::inspect::{SpaceMapItem, SpaceMapWhich};
-use ringpool_driver::pool::{CheckpointState, Pool, SpaceInfo};
+use ringpool_driver::pool::{CheckpointState, DeviceErrors, Pool, PoolHealth, SpaceInfo};
 use ringpool_ondisk::space_map::SmAction;
 use serde_json::{json, Value};
 
@@ -65,16 +65,6 @@ impl View {
     }
 }
 
-/// The pool's health as zpool names it: SUSPENDED once a txg failed to sync (nothing more is
-/// written until the pool is exported and imported again), ONLINE otherwise.
-fn health(pool: &Pool) -> &'static str {
-    if pool.txg().failure().is_some() {
-        "SUSPENDED"
-    } else {
-        "ONLINE"
-    }
-}
-
 /// The directory: through a sync task on a writable pool (it includes what is not committed
 /// yet), from disk on a read-only pool (which runs no sync tasks).
 fn directory(pool: &Pool) -> Result<Directory> {
@@ -86,9 +76,16 @@ fn directory(pool: &Pool) -> Result<Directory> {
     dir.map_err(|e| anyhow!("cannot read the directory of '{}': {e}", pool.name()))
 }
 
+fn errors_json(e: &DeviceErrors) -> Value {
+    json!({ "read": e.read, "write": e.write, "checksum": e.checksum })
+}
+
 /// The `list`/`status` view of a pool.
 pub fn pool_json(pool: &Pool, view: View) -> Value {
     let stats = pool.stats();
+    let status = pool.status();
+    let health = status.health.name();
+    let mut totals = DeviceErrors::default();
     let devices: Vec<Value> = stats
         .devices
         .iter()
@@ -96,14 +93,25 @@ pub fn pool_json(pool: &Pool, view: View) -> Value {
             let mut v = space_json(space);
             v["index"] = json!(index);
             v["name"] = json!(name);
+            v["health"] = json!(health);
+            if let Some(d) = status.devices.iter().find(|d| d.index == *index) {
+                totals.read += d.errors.read;
+                totals.write += d.errors.write;
+                totals.checksum += d.errors.checksum;
+                v["guid"] = json!(d.guid.to_string());
+                v["errors"] = errors_json(&d.errors);
+            }
             v
         })
         .collect();
     let mut v = space_json(&stats.space);
     v["name"] = json!(stats.name);
     v["guid"] = json!(stats.guid.to_string());
-    v["health"] = json!(health(pool));
-    v["suspended_errno"] = json!(pool.txg().failure());
+    v["health"] = json!(health);
+    v["errors"] = errors_json(&totals);
+    if let PoolHealth::Suspended { txg, errno, reason } = &status.health {
+        v["suspended"] = json!({ "txg": txg, "errno": errno, "reason": reason });
+    }
     v["read_only"] = json!(view.readonly);
     v["checkpoint_view"] = json!(view.checkpoint_view);
     v["slop"] = json!(stats.slop);
@@ -353,6 +361,16 @@ pub fn execute(
             Ok(checkpoint_json(pool))
         }
         Request::Metaslabs { .. } => metaslabs_json(pool),
+        Request::Reguid { .. } => {
+            let guid = pool
+                .reguid()
+                .map_err(|e| anyhow!("cannot reguid '{name}': {e}"))?;
+            Ok(json!({ "guid": guid.to_string() }))
+        }
+        Request::Clear { .. } => {
+            pool.clear_errors();
+            Ok(json!({}))
+        }
         Request::SpaceMap {
             device, metaslab, ..
         } => space_map_json(pool, *device, *metaslab),

@@ -262,6 +262,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             wait_discard(&state, &pool)?;
         }
         Command::Volume(cmd) => volume(&state, cmd)?,
+        Command::Reguid { pool } => {
+            ask(&state, Request::Reguid { pool })?;
+        }
+        Command::Clear { pool } => {
+            ask(&state, Request::Clear { pool })?;
+        }
         Command::History { json, pool } => {
             let v = ask(&state, Request::History { pool: pool.clone() })?;
             if json {

@@ -84,7 +84,9 @@ pub fn list(
             for dev in pool["devices"].as_array().into_iter().flatten() {
                 let mut d = dev.clone();
                 d["name"] = Value::String(format!("  {}", dev["name"].as_str().unwrap_or("?")));
-                d["health"] = Value::String("ONLINE".into());
+                if d["health"].is_null() {
+                    d["health"] = pool["health"].clone();
+                }
                 table.row(columns.iter().map(|c| list_cell(&d, c, parsable)).collect());
             }
         }
@@ -125,11 +127,15 @@ pub fn status(pool: &Value, verbose: bool, parsable: bool) -> String {
     out.push_str(&format!("  pool: {name}\n"));
     out.push_str(&format!(" state: {health}\n"));
     if health == "SUSPENDED" {
+        let s = &pool["suspended"];
         out.push_str(&format!(
-            "status: A txg failed to sync (errno {}): the pool is suspended and writes fail.\n\
+            "status: The sync of txg {} failed (errno {}: {}): the pool is suspended,\n\
+             \twrites and flushes fail, reads keep working.\n\
              action: Check the devices and free space, then 'ringpool export {name}' and\n\
              \t'ringpool import {name}' (the pool reopens at its last committed txg).\n",
-            num(&pool["suspended_errno"])
+            num(&s["txg"]),
+            s["errno"].as_i64().unwrap_or(0),
+            s["reason"].as_str().unwrap_or("unknown")
         ));
     } else if pool["checkpoint_view"].as_bool() == Some(true) {
         out.push_str(&format!(
@@ -200,10 +206,15 @@ pub fn status(pool: &Value, verbose: bool, parsable: bool) -> String {
             num(&pool["open_txg"])
         ));
     }
-    let data_errors = pool["errors"]["checksum"].as_u64().unwrap_or(0);
-    if data_errors > 0 {
+    let e = &pool["errors"];
+    let total = num(&e["read"]) + num(&e["write"]) + num(&e["checksum"]);
+    if total > 0 {
         out.push_str(&format!(
-            "\nerrors: {data_errors} checksum errors; run 'ringpool verify {name}' for details\n"
+            "\nerrors: {} read, {} write, {} checksum errors since import; 'ringpool verify {name}'\n\
+             \tchecks every block, 'ringpool clear {name}' resets the counters\n",
+            num(&e["read"]),
+            num(&e["write"]),
+            num(&e["checksum"])
         ));
     } else {
         out.push_str("\nerrors: No known data errors\n");

@@ -83,6 +83,14 @@ pub enum Request {
         device: u32,
         metaslab: Option<u64>,
     },
+    /// Give the pool a new GUID (refused while a checkpoint exists).
+    Reguid {
+        pool: String,
+    },
+    /// Reset the devices' error counters.
+    Clear {
+        pool: String,
+    },
     /// `serve` opens a pool the state directory just learned about (create, import) and
     /// exports its volumes.
     Open {
@@ -112,6 +120,8 @@ impl Request {
             | Request::Export { pool }
             | Request::Metaslabs { pool }
             | Request::SpaceMap { pool, .. }
+            | Request::Reguid { pool }
+            | Request::Clear { pool }
             | Request::Open { pool } => Some(pool),
         }
     }

@@ -36,6 +36,11 @@ fn checkpoint_rewind_walkthrough() {
         "{status}"
     );
     assert!(env.ok(&["status", "ck"]).contains("checkpoint: created"));
+    // A new GUID would orphan the checkpoint: refused (OpenZFS's wording).
+    let guid = status[0]["guid"].clone();
+    assert!(env
+        .fails(&["reguid", "ck"])
+        .contains("cannot reguid 'ck': checkpoint exists"));
     assert!(serve.stop().success());
 
     assert!(env
@@ -63,7 +68,13 @@ fn checkpoint_rewind_walkthrough() {
         env.json(&["status", "--json", "ck"])[0]["checkpoint"]["state"],
         "none"
     );
+    // Without a checkpoint the pool takes a new GUID (through serve's control socket).
+    env.ok(&["reguid", "ck"]);
+    let new_guid = env.json(&["status", "--json", "ck"])[0]["guid"].clone();
+    assert_ne!(new_guid, guid);
     assert!(serve.stop().success());
+    // The new GUID is on disk.
+    assert_eq!(env.json(&["status", "--json", "ck"])[0]["guid"], new_guid);
     // Without serve: create and discard with wait in this process.
     env.ok(&["checkpoint", "ck"]);
     env.ok(&["checkpoint", "-d", "-w", "ck"]);
@@ -181,6 +192,7 @@ fn readonly_rewind_is_a_preview_that_keeps_the_checkpoint() {
             &["volume", "resize", "-s", "128M", "ro/v"][..],
             "cannot resize 'ro/v'",
         ),
+        (&["reguid", "ro"][..], "cannot reguid 'ro'"),
     ] {
         let err = env.fails(args);
         assert!(
@@ -236,6 +248,9 @@ fn discard_in_progress_refuses_checkpoint_changes() {
     assert!(env
         .fails(&["checkpoint", "-d", "dc"])
         .contains("cannot discard checkpoint in 'dc': currently discarding checkpoint"));
+    assert!(env
+        .fails(&["reguid", "dc"])
+        .contains("cannot reguid 'dc': currently discarding checkpoint"));
     let status = env.json(&["status", "--json", "dc"]);
     assert_eq!(status[0]["checkpoint"]["state"], "discarding", "{status}");
     assert!(env

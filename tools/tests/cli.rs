@@ -78,7 +78,20 @@ fn pool_and_volume_lifecycle() {
     let status = env.json(&["status", "--json", "tank"]);
     assert_eq!(status[0]["health"], "ONLINE");
     assert_eq!(status[0]["checkpoint"]["state"], "none");
-    assert!(env.ok(&["status", "tank"]).contains("pool: tank"));
+    for e in ["read", "write", "checksum"] {
+        assert_eq!(status[0]["errors"][e], 0, "{status}");
+        assert_eq!(status[0]["devices"][0]["errors"][e], 0, "{status}");
+    }
+    let text = env.ok(&["status", "tank"]);
+    assert!(
+        text.contains("pool: tank") && text.contains("READ  WRITE  CKSUM"),
+        "{text}"
+    );
+    assert!(text.contains("No known data errors"), "{text}");
+    let exact = env.ok(&["status", "-p", "tank"]);
+    assert!(exact.contains(&size.to_string()), "{exact}");
+    env.ok(&["clear", "tank"]);
+    assert!(env.fails(&["clear", "nope"]).contains("no such pool"));
     let verify = env.json(&["verify", "--json", "tank"]);
     assert_eq!(verify["clean"], true, "{verify}");
     assert!(env
