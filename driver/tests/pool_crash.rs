@@ -8,6 +8,8 @@
 //! model allows (the version acknowledged before the last completed FLUSH, or a newer one —
 //! never garbage, never another block's data); verify must be clean.
 //!
+//! Odd seeds defer every sync-time free to the next txg (the persisted deferred free list).
+//!
 //! `RINGPOOL_CRASH_SEED=<n>` replays one workload seed; `RINGPOOL_CRASH_IMAGES=<n>` sets the
 //! number of crash images per seed (default 560, four seeds = 2240 images).
 
@@ -40,6 +42,16 @@ fn popts(timeout_ms: u64) -> PoolOptions {
         cache_bytes: 1 << 20,
         ..pool_common::popts_with(timeout_ms, 2)
     }
+}
+
+/// The workload's pool: a 15 ms sync timer; odd seeds defer every sync-time free to the next
+/// txg (`deferred_free_pass = 1`), so crash images also cut through persisted deferred frees.
+fn workload_opts(seed: u64) -> PoolOptions {
+    let mut o = popts(15);
+    if seed % 2 == 1 {
+        o.txg.deferred_free_pass = 1;
+    }
+    o
 }
 
 /// The states a block went through: (content, acknowledged-before-this-op-index).
@@ -105,7 +117,7 @@ fn run_workload(seed: u64, ops: usize) -> anyhow::Result<(Arc<Vec<u8>>, Vec<Faul
         "crash",
         engines,
         &CreateOptions {
-            pool: popts(15),
+            pool: workload_opts(seed),
             ashift: Some(12),
             ms_shift: None,
         },

@@ -22,6 +22,7 @@ const T_DEVICE: u16 = 5;
 const T_CHECKPOINT_UB: u16 = 6;
 const T_FEATURE: u16 = 7;
 const T_CREATED: u16 = 8;
+const T_DEFERRED_FREES: u16 = 9;
 
 /// One volume of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +67,9 @@ pub struct Directory {
     pub checkpoint_ub: Option<Vec<u8>>,
     /// Feature refcounts.
     pub features: BTreeMap<String, u64>,
+    /// Object listing the frees deferred from sync passes >= 2 of the last committed txg
+    /// (OpenZFS's deferred bpobj); 0 = not created yet.
+    pub deferred_frees: u64,
 }
 
 fn put_tlv(out: &mut Vec<u8>, tag: u16, val: &[u8]) {
@@ -136,6 +140,13 @@ impl Directory {
         out.extend_from_slice(&MAGIC.to_le_bytes());
         put_tlv(&mut out, T_NEXT_OBJECT, &self.next_object.to_le_bytes());
         put_tlv(&mut out, T_CREATED, &self.created.to_le_bytes());
+        if self.deferred_frees != 0 {
+            put_tlv(
+                &mut out,
+                T_DEFERRED_FREES,
+                &self.deferred_frees.to_le_bytes(),
+            );
+        }
         for (name, v) in &self.volumes {
             let mut b = Vec::new();
             put_str(&mut b, name);
@@ -195,6 +206,7 @@ impl Directory {
             match tag {
                 T_NEXT_OBJECT => d.next_object = v.u64()?,
                 T_CREATED => d.created = v.u64()?,
+                T_DEFERRED_FREES => d.deferred_frees = v.u64()?,
                 T_VOLUME => {
                     let name = v.str()?;
                     let e = VolumeEntry {
@@ -252,6 +264,7 @@ mod tests {
         let mut d = Directory {
             next_object: 42,
             created: 7,
+            deferred_frees: 11,
             ..Default::default()
         };
         d.volumes.insert(

@@ -731,6 +731,7 @@ pub(crate) async fn load(
             st.sm_tails.insert(dobj.checkpoint_sm, tail);
         }
     }
+    st.defer_prev = super::deferred::load(&shared, &st).await?;
     shared.txg.cap_dirty(class.slop_space());
     if let Some(cub) = &st.dir.checkpoint_ub {
         if let Ok(c) = Uberblock::decode(cub) {

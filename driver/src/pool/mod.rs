@@ -10,6 +10,7 @@
 pub mod blocklock;
 pub mod cache;
 pub mod checkpoint;
+pub mod deferred;
 pub mod directory;
 pub mod discard;
 pub mod error;
@@ -45,7 +46,7 @@ pub use error::{PoolError, Result};
 pub use health::{DeviceErrors, DeviceHealth, PoolHealth, PoolStatus};
 pub use lifecycle::{CreateOptions, FoundPool, ImportOptions, PoolOptions, TXG_INITIAL};
 pub use syncer::{SyncCtx, SyncState, SyncTask};
-pub use txg::TxgConfig;
+pub use txg::{SyncStats, TxgConfig};
 pub use verify::VerifyReport;
 pub use volume::{Extent, Volume};
 
@@ -599,6 +600,11 @@ impl Pool {
             health: self.health(),
             devices,
         }
+    }
+
+    /// Passes, deferred frees, condensed space maps and time spent by the syncs since import.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.shared.sync_stats.lock().clone()
     }
 
     /// Resets every device's error counters (`zpool clear`; a suspension stays: it ends only

@@ -66,6 +66,8 @@ pub struct Shared {
     pub(crate) ckpt: super::checkpoint::CkptShared,
     /// Why the pool was suspended, once a sync failed.
     pub(crate) suspension: super::health::Suspension,
+    /// Passes, deferred frees and time of the syncs so far.
+    pub(crate) sync_stats: Mutex<super::txg::SyncStats>,
     next_shard: AtomicUsize,
 }
 
@@ -135,6 +137,7 @@ impl Shared {
                 late_frees: Mutex::new(Vec::new()),
                 ckpt: Default::default(),
                 suspension: Default::default(),
+                sync_stats: Default::default(),
                 next_shard: AtomicUsize::new(0),
             }
         })

@@ -25,6 +25,7 @@ use ringpool_ondisk::space_map::{
 };
 use ringpool_ondisk::uberblock::Uberblock;
 
+use super::deferred::{self, free_in_sync};
 use super::directory::Directory;
 use super::error::{PoolError, Result};
 use super::join::{join_all, try_join_chunks};
@@ -103,6 +104,16 @@ pub struct SyncState {
     /// Something was written in the txg being synced (else it is a no-op txg).
     pub(crate) wrote: bool,
     pub(crate) label: LabelInfo,
+    /// Sync pass of the txg being synced (1-based; 0 between txgs).
+    pub(crate) pass: u32,
+    /// Frees deferred from late passes of the txg being synced (see [`super::deferred`]).
+    pub(crate) defer_next: Vec<super::deferred::DeferredFree>,
+    /// Frees the last committed txg deferred: issued in pass 1 of the next one.
+    pub(crate) defer_prev: Vec<super::deferred::DeferredFree>,
+    /// The deferred list changed since it was last written into its object.
+    pub(crate) defer_dirty: bool,
+    /// Metaslabs (device, index) whose space map was appended to in the txg being synced.
+    pub(crate) ms_synced: std::collections::HashSet<(u32, u64)>,
     synth: u64,
 }
 
@@ -133,6 +144,11 @@ impl SyncState {
             labels_dirty: false,
             wrote: false,
             label,
+            pass: 0,
+            defer_next: Vec::new(),
+            defer_prev: Vec::new(),
+            defer_dirty: false,
+            ms_synced: Default::default(),
             synth: 0,
         }
     }
@@ -334,7 +350,7 @@ pub(crate) async fn update_tree(
             .insert(k, v, usize::try_from(geom.ibs).unwrap_or(0));
     }
     for f in frees {
-        shared.free(&f.dva, f.birth_txg, txg)?;
+        free_in_sync(shared, st, &f.dva, f.birth_txg, txg)?;
     }
     Ok((new_root, geom))
 }
@@ -457,11 +473,14 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
     };
     tasks.sort_by_key(|t| !t.early);
     let (early, normal): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.early);
+    let started = std::time::Instant::now();
+    st.pass = 1;
     for t in early {
         let mut ctx = SyncCtx { st, shared, txg };
         let r = (t.task)(&mut ctx);
         *t.result.lock() = Some(r);
     }
+    deferred::free_previous(shared, st, txg)?;
     sync_volumes(shared, st, txg).await?;
     shared.free_overwritten(txg)?;
     for t in normal {
@@ -472,7 +491,10 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
     destroy_objects(shared, st, txg).await?;
 
     let mut pass: u32 = 1;
+    let mut condensed = 0u64;
     loop {
+        st.pass = pass;
+        deferred::write_list(st, txg)?;
         if st.dir_dirty {
             st.dir_dirty = false;
             let bytes = st.dir.encode();
@@ -481,11 +503,13 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
         sync_dirty_objects(shared, st, txg).await?;
         sync_root(shared, st, txg).await?;
         let out = shared.class.sync(txg)?;
-        if out.devices.is_empty() {
+        if out.devices.is_empty() && !st.defer_dirty && !st.dir_dirty {
             break;
         }
         for dev in out.devices {
             for (ms, o) in dev.metaslabs {
+                condensed += u64::from(o.condensed);
+                st.ms_synced.insert((dev.dev, ms));
                 let obj = st
                     .ms_objects
                     .get(dev.dev as usize)
@@ -546,7 +570,15 @@ pub(crate) async fn sync_txg(shared: &Arc<Shared>, st: &mut SyncState, txg: u64)
     // last committed uberblock is always the last synced txg (the checkpoint relies on it).
     commit(shared, st, txg).await?;
     st.wrote = false;
+    st.pass = 0;
+    st.ms_synced.clear();
+    let deferred_now = u64::try_from(st.defer_next.len()).unwrap_or(u64::MAX);
+    deferred::rotate(st);
     shared.class.sync_done(txg)?;
+    shared
+        .sync_stats
+        .lock()
+        .record(pass, deferred_now, condensed, started.elapsed());
     Ok(())
 }
 
@@ -865,12 +897,13 @@ async fn sync_root(shared: &Arc<Shared>, st: &mut SyncState, txg: u64) -> Result
     let mut buf = vec![0u8; usize::try_from(ROOT_BLOCK_SIZE).unwrap_or(0)];
     encode_object_block(&[Some(st.meta.clone())], &mut buf)?;
     let asize = shared.asize(ROOT_BLOCK_SIZE);
-    let dva = match &st.root_bp {
+    let old_root = st.root_bp;
+    let dva = match &old_root {
         BlockPointer::Data(d) if d.birth_txg == txg && d.dva.asize == asize => d.dva,
         other => {
             let dva = shared.alloc_meta(asize, txg)?;
             if let BlockPointer::Data(d) = other {
-                shared.free(&d.dva, d.birth_txg, txg)?;
+                free_in_sync(shared, st, &d.dva, d.birth_txg, txg)?;
             }
             dva
         }

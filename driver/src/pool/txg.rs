@@ -29,6 +29,9 @@ pub struct TxgConfig {
     pub dirty_sync_bytes: u64,
     /// Writers wait (asynchronously) while the open txg holds more than this.
     pub dirty_max_bytes: u64,
+    /// From this sync pass on, frees go to the next txg so that the passes converge
+    /// (OpenZFS `zfs_sync_pass_deferred_free`, 2; `u32::MAX` never defers).
+    pub deferred_free_pass: u32,
 }
 
 impl Default for TxgConfig {
@@ -37,7 +40,54 @@ impl Default for TxgConfig {
             timeout: Duration::from_secs(5),
             dirty_sync_bytes: 64 << 20,
             dirty_max_bytes: 256 << 20,
+            deferred_free_pass: 2,
         }
+    }
+}
+
+/// What the txg sync thread has done since import (`Pool::sync_stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Txgs committed.
+    pub txgs: u64,
+    /// Sync passes of the last txg (1 = nothing had to be rewritten).
+    pub last_passes: u32,
+    /// Most passes any txg needed.
+    pub max_passes: u32,
+    /// Frees the last txg deferred to the next one.
+    pub last_deferred_frees: u64,
+    /// Frees deferred in total.
+    pub deferred_frees: u64,
+    /// Space maps rewritten condensed.
+    pub condensed_maps: u64,
+    /// Time the last txg's sync took (passes and commit).
+    pub last_sync: Duration,
+    /// Longest sync.
+    pub max_sync: Duration,
+    /// Time spent syncing in total.
+    pub total_sync: Duration,
+}
+
+impl SyncStats {
+    /// Accounts one committed txg.
+    pub fn record(&mut self, passes: u32, deferred: u64, condensed: u64, took: Duration) {
+        self.txgs += 1;
+        self.last_passes = passes;
+        self.max_passes = self.max_passes.max(passes);
+        self.last_deferred_frees = deferred;
+        self.deferred_frees += deferred;
+        self.condensed_maps += condensed;
+        self.last_sync = took;
+        self.max_sync = self.max_sync.max(took);
+        self.total_sync += took;
+    }
+
+    /// Mean sync time per txg.
+    pub fn mean_sync(&self) -> Duration {
+        u32::try_from(self.txgs)
+            .ok()
+            .filter(|n| *n > 0)
+            .map_or(Duration::ZERO, |n| self.total_sync / n)
     }
 }
 

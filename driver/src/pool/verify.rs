@@ -204,6 +204,26 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
     let dir = Directory::decode(
         &read_object_bytes(shared, "pool directory", dir_rec, dir_rec.length).await?,
     )?;
+    // Frees the committed txg deferred to the next one: allocated, referenced by the list
+    // (and by nothing else: a listed block still in a tree shows as referenced twice).
+    if dir.deferred_frees != 0 {
+        match objects.get(&dir.deferred_frees) {
+            Some(rec) => {
+                let bytes =
+                    read_object_bytes(shared, "deferred free list", rec, rec.length).await?;
+                for (dva, _) in super::deferred::decode(&bytes)? {
+                    referenced
+                        .entry(dva.device)
+                        .or_default()
+                        .push((dva.offset, dva.offset + u64::from(dva.asize)));
+                }
+            }
+            None => report.errors.push(format!(
+                "deferred free list object {} missing",
+                dir.deferred_frees
+            )),
+        }
+    }
     // Allocated per the space maps, and held by the checkpoint.
     let mut allocated: Ranges = BTreeMap::new();
     let mut held: Ranges = BTreeMap::new();
