@@ -230,6 +230,41 @@ fn pipelined_requests_complete_with_their_cookies() {
             "data of request {i}"
         );
     }
+    // Many small reads at once: their replies are copied into send batches; more than one
+    // batch fills up, and the full ones go out together in order.
+    let small = 1024u64;
+    let mut burst = Vec::new();
+    for i in 0..small {
+        let off = (i * 4096 * 7) % (n * 65536);
+        burst.extend(encode_request(false, 0, cmd::READ, 5000 + i, off, 4096));
+    }
+    c.s.write_all(&burst).unwrap();
+    let mut got = std::collections::HashMap::new();
+    while got.len() < usize::try_from(small).unwrap() {
+        let Reply::Chunk {
+            cookie, payload, ..
+        } = c.recv(0, &mut Vec::new())
+        else {
+            panic!()
+        };
+        let i = cookie - 5000;
+        let off = (i * 4096 * 7) % (n * 65536);
+        assert_eq!(be64(&payload), off);
+        assert!(
+            got.insert(i, payload[8..].to_vec()).is_none(),
+            "one reply per cookie"
+        );
+    }
+    for i in 0..small {
+        let off = (i * 4096 * 7) % (n * 65536);
+        let blk = off / 65536;
+        let within = usize::try_from(off % 65536).unwrap();
+        let want = pattern(65536, u8::try_from(blk).unwrap());
+        assert!(
+            got[&i] == want[within..within + 4096],
+            "data of small read {i}"
+        );
+    }
 }
 
 #[test]

@@ -45,6 +45,8 @@ const RECV_WINDOW: usize = RECV_BUF;
 /// WRITE payloads larger than this are received straight into their own buffer once the
 /// receive buffer is exhausted; smaller ones always pass through the receive buffer.
 const DIRECT_PAYLOAD_MIN: usize = 64 * 1024;
+/// Capacity of one send batch of small replies.
+const SEND_BATCH: usize = 64 * 1024;
 /// Replies up to this size are copied into the send batch; larger ones are sent zero-copy.
 pub const INLINE_REPLY_MAX: usize = 16 * 1024;
 /// Read data starts at this (page-aligned) offset of a large reply buffer; the header sits
@@ -222,6 +224,8 @@ struct DataItem {
 struct OutQueue {
     /// Batched small replies.
     small: IoBuf,
+    /// Earlier batches that filled up (sent before `small`, in one vectored send).
+    full: Vec<IoBuf>,
     small_credit: u64,
     small_reqs: usize,
     data: VecDeque<DataItem>,
@@ -267,13 +271,32 @@ impl Conn {
         let mut scratch = self.scratch.borrow_mut();
         scratch.clear();
         f(&mut scratch);
+        self.queue_parts(credit, &[&scratch]);
+    }
+
+    /// Queues a small reply made of `parts` (e.g. a read header and its data), copied once
+    /// into the send batch. A batch that is full is set aside whole (sent with the next ones
+    /// in one vectored send) instead of being grown and copied.
+    fn queue_parts(&self, credit: u64, parts: &[&[u8]]) {
+        if self.broken.get() {
+            self.release(credit, 1);
+            return;
+        }
+        let need: usize = parts.iter().map(|p| p.len()).sum();
         let mut q = self.out.borrow_mut();
-        if !q.small.extend_from_slice(&scratch) {
-            let need = q.small.len() + scratch.len();
-            let mut bigger = IoBuf::with_capacity(need.max(q.small.capacity() * 2));
-            bigger.extend_from_slice(&q.small);
-            bigger.extend_from_slice(&scratch);
-            q.small = bigger;
+        if q.small.len() + need > q.small.capacity() {
+            let cap = need.max(SEND_BATCH);
+            let fresh = crate::io::buf::alloc(cap);
+            let mut fresh = fresh;
+            fresh.clear();
+            let old = std::mem::replace(&mut q.small, fresh);
+            if !old.is_empty() {
+                q.full.push(old);
+            }
+        }
+        for p in parts {
+            let ok = q.small.extend_from_slice(p);
+            debug_assert!(ok, "send batch sized for the reply");
         }
         q.small_credit += credit;
         q.small_reqs += 1;
@@ -314,32 +337,45 @@ impl Conn {
 /// The writer task: sends batched small replies and large data replies until the connection
 /// closes and every reply is out.
 async fn writer(conn: Rc<Conn>) {
-    let mut spare = Some(IoBuf::with_capacity(64 * 1024));
+    let mut spare: Option<IoBuf> = None;
     loop {
         let taken = {
             let mut q = conn.out.borrow_mut();
-            if q.small.is_empty() && q.data.is_empty() {
+            if q.small.is_empty() && q.full.is_empty() && q.data.is_empty() {
                 None
             } else {
-                let fresh = spare
-                    .take()
-                    .unwrap_or_else(|| IoBuf::with_capacity(64 * 1024));
-                let batch = std::mem::replace(&mut q.small, fresh);
+                let fresh = spare.take().unwrap_or_else(|| {
+                    let mut b = crate::io::buf::alloc(SEND_BATCH);
+                    b.clear();
+                    b
+                });
+                let last = std::mem::replace(&mut q.small, fresh);
+                let mut batches = std::mem::take(&mut q.full);
+                if !last.is_empty() {
+                    batches.push(last);
+                }
                 let c = std::mem::take(&mut q.small_credit);
                 let r = std::mem::take(&mut q.small_reqs);
-                Some((batch, c, r, std::mem::take(&mut q.data)))
+                Some((batches, c, r, std::mem::take(&mut q.data)))
             }
         };
-        let Some((mut batch, credit, reqs, data)) = taken else {
+        let Some((mut batches, credit, reqs, data)) = taken else {
             if conn.closing.get() && conn.inflight_reqs.get() == 0 {
                 return;
             }
             conn.writer_wake.notified().await;
             continue;
         };
-        if !batch.is_empty() && !conn.broken.get() {
-            let (r, b) = conn.stream.send_all(batch).await;
-            batch = b;
+        if !batches.is_empty() && !conn.broken.get() {
+            let r = if batches.len() == 1 {
+                let (r, b) = conn.stream.send_all(batches.remove(0)).await;
+                batches.push(b);
+                r
+            } else {
+                let (r, b) = conn.stream.send_all_vectored(batches).await;
+                batches = b;
+                r
+            };
             if let Err(e) = r {
                 tracing::debug!(conn = conn.id, error = %e, "send failed");
                 conn.broken.set(true);
@@ -348,10 +384,12 @@ async fn writer(conn: Rc<Conn>) {
         if reqs > 0 {
             conn.release(credit, reqs);
         }
-        batch.clear();
-        // Keep the batch buffer for reuse unless it grew huge for a burst.
-        if batch.capacity() <= 1 << 20 {
-            spare = Some(batch);
+        // Keep one ordinary batch buffer for reuse (not one grown for a huge reply).
+        if let Some(mut b) = batches.pop() {
+            if b.capacity() == SEND_BATCH {
+                b.clear();
+                spare = Some(b);
+            }
         }
         for item in data {
             if !conn.broken.get() {
@@ -438,7 +476,8 @@ pub(crate) async fn serve(stream: Stream, shared: Arc<Shared>, id: u64) {
         mode: negotiated.mode,
         min_block: info.min_block,
         out: RefCell::new(OutQueue {
-            small: IoBuf::with_capacity(64 * 1024),
+            small: IoBuf::with_capacity(SEND_BATCH),
+            full: Vec::new(),
             small_credit: 0,
             small_reqs: 0,
             data: VecDeque::new(),
@@ -697,20 +736,18 @@ async fn read(
         }
         _ if inline => {
             let data = &buf[..len];
-            conn.queue_small(credit, |v| {
-                let mut h = [0u8; reply::MAX_READ_PREFIX];
-                let n = reply::read_data_header(
-                    &mut h,
-                    mode,
-                    cookie,
-                    roff,
-                    offset,
-                    u64::from(length),
-                    true,
-                );
-                v.extend_from_slice(&h[..n]);
-                v.extend_from_slice(data);
-            });
+            let mut h = [0u8; reply::MAX_READ_PREFIX];
+            let n = reply::read_data_header(
+                &mut h,
+                mode,
+                cookie,
+                roff,
+                offset,
+                u64::from(length),
+                true,
+            );
+            // Header and data go into the send batch with one copy.
+            conn.queue_parts(credit, &[&h[..n], data]);
         }
         _ => {
             let n = mode.read_prefix_len();

@@ -18,6 +18,56 @@ const MIN_SHARD_BYTES: usize = 4 << 20;
 /// Most shards (reactors contend on one shard lock only when they hit the same shard).
 const MAX_SHARDS: usize = 16;
 
+/// A fast, non-cryptographic hasher (FxHash-style multiply-rotate): the keys are block
+/// addresses and checksums of verified blocks, and a lookup runs on every read, so SipHash's
+/// cost (and its flooding resistance, which nothing here needs) is not worth it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+const FX_K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FastHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(FX_K);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        // Fold the high bits down: HashMap uses the low bits for buckets, the shard index
+        // the high ones.
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        for b in chunks.remainder() {
+            self.add(u64::from(*b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+}
+
+type FastBuild = std::hash::BuildHasherDefault<FastHasher>;
+
 #[derive(Debug)]
 struct Entry<V> {
     value: V,
@@ -31,7 +81,7 @@ struct Entry<V> {
 
 #[derive(Debug)]
 struct Inner<K, V> {
-    map: HashMap<K, Entry<V>>,
+    map: HashMap<K, Entry<V>, FastBuild>,
     /// Insertion order (oldest first) as (key, generation); may hold stale slots.
     queue: VecDeque<(K, u64)>,
     gen: u64,
@@ -58,7 +108,7 @@ pub struct CacheStats {
 #[derive(Debug)]
 pub struct LruCache<K, V> {
     shards: Vec<Mutex<Inner<K, V>>>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: FastBuild,
     limit: usize,
     shard_limit: usize,
 }
@@ -71,7 +121,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
             shards: (0..n)
                 .map(|_| {
                     Mutex::new(Inner {
-                        map: HashMap::new(),
+                        map: HashMap::default(),
                         queue: VecDeque::new(),
                         gen: 0,
                         bytes: 0,
@@ -80,7 +130,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
                     })
                 })
                 .collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: FastBuild::default(),
             limit,
             shard_limit: limit / n,
         }
@@ -91,7 +141,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
             return &self.shards[0];
         }
         let h = self.hasher.hash_one(key);
-        let i = usize::try_from(h % self.shards.len() as u64).unwrap_or(0);
+        let i = usize::try_from((h >> 48) % self.shards.len() as u64).unwrap_or(0);
         &self.shards[i]
     }
 

@@ -99,6 +99,10 @@ impl Volume {
         if range.is_empty() {
             return (Ok(()), buf);
         }
+        let bs = self.bs();
+        if offset / bs == (offset + len - 1) / bs {
+            return self.read_one(offset, buf, range, holes).await;
+        }
         let guard = self.shared.readers.enter();
         let pieces = match self.pieces(offset, range.len()).await {
             Ok(p) => p,
@@ -107,6 +111,86 @@ impl Volume {
         let (r, buf) = self.read_pieces(&pieces, buf, range, holes).await;
         drop(guard);
         (r, buf)
+    }
+
+    /// A read within one block (the common small random read): no batching machinery.
+    async fn read_one(
+        &self,
+        offset: u64,
+        mut buf: IoBuf,
+        range: Range<usize>,
+        mut holes: Option<&mut Vec<Range<usize>>>,
+    ) -> (Result<()>, IoBuf) {
+        let bs = self.bs();
+        let blkid = offset / bs;
+        let len = range.len();
+        let in_blk = usize::try_from(offset % bs).unwrap_or(0);
+        let guard = self.shared.readers.enter();
+        let bp = match self.lookup(blkid).await {
+            Ok(bp) => bp,
+            Err(e) => return (Err(e), buf),
+        };
+        let piece = Piece {
+            blkid,
+            bp,
+            dst: 0,
+            len,
+            in_blk,
+        };
+        let Some(d) = data_of(&bp) else {
+            buf.spare_and_all_mut()[range].fill(0);
+            push_hole(&mut holes, 0..len);
+            return (Ok(()), buf);
+        };
+        let asize = usize::try_from(d.dva.asize).unwrap_or(usize::MAX);
+        let lsize = usize::try_from(d.lsize).unwrap_or(usize::MAX);
+        let direct = in_blk == 0
+            && u64::try_from(len).is_ok_and(|l| l == bs)
+            && lsize == len
+            && asize == lsize
+            && (buf.addr() + range.start).is_multiple_of(crate::io::buf::DEFAULT_ALIGN);
+        let checked = if direct {
+            let (r, b) = self
+                .shared
+                .read_raw_into(d.dva.device, d.dva.offset, buf, range.clone())
+                .await;
+            buf = b;
+            if let Err(e) = r {
+                return (Err(e), buf);
+            }
+            self.verify_piece(d, &piece, &buf[range.clone()])
+        } else {
+            let mut own = crate::io::buf::alloc(asize);
+            own.set_len(asize);
+            let (r, own) = self
+                .shared
+                .read_raw_into(d.dva.device, d.dva.offset, own, 0..asize)
+                .await;
+            if let Err(e) = r {
+                return (Err(e), buf);
+            }
+            let v = self.verify_piece(d, &piece, &own[..lsize.min(asize)]);
+            if v.is_ok() {
+                buf.spare_and_all_mut()[range.clone()].copy_from_slice(&own[in_blk..in_blk + len]);
+            }
+            v
+        };
+        drop(guard);
+        match checked {
+            Ok(()) => (Ok(()), buf),
+            Err(err) => match self.reread(piece, err).await {
+                Ok(Some(data)) => {
+                    buf.spare_and_all_mut()[range].copy_from_slice(&data[in_blk..in_blk + len]);
+                    (Ok(()), buf)
+                }
+                Ok(None) => {
+                    buf.spare_and_all_mut()[range].fill(0);
+                    push_hole(&mut holes, 0..len);
+                    (Ok(()), buf)
+                }
+                Err(e) => (Err(e), buf),
+            },
+        }
     }
 
     /// Splits `[offset, offset + len)` into per-block pieces with their current pointers.
