@@ -60,6 +60,10 @@ pub enum Command {
         /// Import even if the pool seems active on another host or process.
         #[arg(short = 'f')]
         force: bool,
+        /// With no pool named: list the importable pools as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The pool's name or numeric identifier.
         pool: Option<String>,
     },
     /// Sync and export a pool: labels are marked exported and devices released.

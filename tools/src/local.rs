@@ -263,12 +263,32 @@ fn find_pools(devices: &[PathBuf]) -> std::collections::BTreeMap<String, Found> 
 fn list_importable(
     state: &StateDir,
     pools: &std::collections::BTreeMap<String, Found>,
+    json: bool,
 ) -> Result<()> {
     let known = state.pools()?;
     let importable: Vec<(&String, &Found)> = pools
         .iter()
         .filter(|(n, _)| !known.contains_key(*n))
         .collect();
+    if json {
+        let list: Vec<Value> = importable
+            .iter()
+            .map(|(name, f)| {
+                let missing = f.header.devices.len().saturating_sub(f.devices.len());
+                json!({
+                    "name": name,
+                    "guid": f.header.pool_guid.to_string(),
+                    "state": if missing > 0 { "UNAVAIL" } else { "ONLINE" },
+                    "missing_devices": missing,
+                    "last_state": format!("{:?}", f.header.state),
+                    "host": f.header.host.hostname,
+                    "devices": f.devices.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
     if importable.is_empty() {
         println!("no pools available to import");
     }
@@ -308,6 +328,7 @@ pub struct ImportRequest<'a> {
     pub readonly: bool,
     pub recover: bool,
     pub force: bool,
+    pub json: bool,
 }
 
 /// Imports a pool: opens it once (replaying, rewinding to the checkpoint or recovering as
@@ -319,7 +340,7 @@ pub fn import(state: &StateDir, req: &ImportRequest<'_>) -> Result<Option<String
     let devices = candidates(state, req.dirs)?;
     let pools = find_pools(&devices);
     let Some(name) = req.name else {
-        list_importable(state, &pools)?;
+        list_importable(state, &pools, req.json)?;
         return Ok(None);
     };
     // Accept the numeric identifier as well as the name.

@@ -11,6 +11,7 @@ mod size;
 mod statedir;
 mod table;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -38,9 +39,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether a running `serve` holds `pool` (a serve may hold only some of the known pools).
+fn serve_holds(state: &StateDir, pool: &str) -> Result<bool> {
+    Ok(
+        match control::call(&state.control_socket(), &Request::Pools)? {
+            Some(Response::Ok { value }) => value
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p.as_str() == Some(pool))),
+            _ => false,
+        },
+    )
+}
+
 /// Sends `req` to the `serve` holding the pool, or runs it on a pool opened here.
 fn ask(state: &StateDir, req: Request) -> Result<Value> {
-    let resp = match control::call(&state.control_socket(), &req)? {
+    let held = match req.pool() {
+        Some(p) => serve_holds(state, p)?,
+        None => true,
+    };
+    let served = if held {
+        control::call(&state.control_socket(), &req)?
+    } else {
+        None
+    };
+    let resp = match served {
         Some(resp) => resp,
         None => local::execute(state, &req)?,
     };
@@ -120,9 +142,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             readonly,
             recover,
             force,
+            json,
             pool,
         } => {
             let req = local::ImportRequest {
+                json,
                 dirs: &dirs,
                 name: pool.as_deref(),
                 rewind_to_checkpoint,
@@ -135,12 +159,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Export { pool } => {
-            if control::call(
-                &state.control_socket(),
-                &Request::Export { pool: pool.clone() },
-            )?
-            .is_none()
-            {
+            if serve_holds(&state, &pool)? {
+                ask(&state, Request::Export { pool: pool.clone() })?;
+            } else {
                 local::export(&state, &pool)?;
             }
             state.set_pool(&pool, None)?;
@@ -280,7 +301,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Verify { json, pool } => {
-            let v = ask(&state, Request::Verify { pool: pool.clone() })?;
+            // The pool layer reports no progress while it walks the blocks: on a terminal a
+            // spinner with the elapsed time shows that it is working.
+            let spinner = std::io::stderr().is_terminal().then(|| {
+                let s = indicatif::ProgressBar::new_spinner();
+                s.set_message(format!(
+                    "verifying '{pool}': every block pointer, checksum and space map"
+                ));
+                s.enable_steady_tick(std::time::Duration::from_millis(120));
+                s
+            });
+            let v = ask(&state, Request::Verify { pool: pool.clone() });
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            let v = v?;
             let clean = v["clean"].as_bool().unwrap_or(false);
             if json {
                 print_json(&v)?;
@@ -379,7 +414,7 @@ fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> R
         bail!("'ringpool checkpoint' doesn't work on volumes. A checkpoint saves the whole pool");
     }
     if discard {
-        if wait && control::call(&state.control_socket(), &Request::Pools)?.is_none() {
+        if wait && !serve_holds(state, &pool)? {
             // No serve: the discard reactor runs in this process, so wait in the same open.
             ask(state, Request::DiscardCheckpoint { pool, wait: true })?;
         } else {
@@ -402,7 +437,7 @@ fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> R
 
 /// Waits for a discard: with progress by polling `serve`, or in one open of the pool here.
 fn wait_discard(state: &StateDir, pool: &str) -> Result<()> {
-    if control::call(&state.control_socket(), &Request::Pools)?.is_some() {
+    if serve_holds(state, pool)? {
         return local::wait_discard(pool, |p| {
             ask(
                 state,

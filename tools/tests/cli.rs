@@ -133,8 +133,14 @@ fn serve_exports_volumes_and_answers_the_control_socket() {
     let dev = env.path("d1.img");
     env.ok(&["create", "--size", "512M", "tank", dev.to_str().unwrap()]);
     env.ok(&["volume", "create", "-s", "64M", "tank/vol0"]);
+    let side = env.path("side.img");
+    env.ok(&["create", "--size", "256M", "side", side.to_str().unwrap()]);
     let port = free_port();
-    let serve = Serve::start(&env, port, &[]);
+    // serve holds only tank: commands on side open it here.
+    let serve = Serve::start(&env, port, &["tank"]);
+    env.ok(&["volume", "create", "-s", "8M", "side/x"]);
+    assert_eq!(env.json(&["status", "--json", "side"])[0]["name"], "side");
+    env.ok(&["export", "side"]);
     assert!(
         serve
             .lines
@@ -221,4 +227,79 @@ fn serve_creates_the_demo_pool_when_none_is_known() {
     let demo = env.state().join("demo.img");
     assert_eq!(std::fs::metadata(&demo).unwrap().len(), 4 << 30);
     assert_eq!(env.json(&["verify", "--json", "demo"])["clean"], true);
+}
+
+#[test]
+fn import_and_device_errors() {
+    let env = Env::new();
+    let devs = env.path("devs");
+    std::fs::create_dir(&devs).unwrap();
+    let a = devs.join("a.img");
+    let b = devs.join("b.img");
+    let c = env.path("c.img");
+    let (a_s, b_s, c_s) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        c.to_str().unwrap(),
+    );
+    env.ok(&["create", "--size", "256M", "two", a_s, b_s]);
+    env.ok(&["volume", "create", "-s", "32M", "two/v"]);
+    env.ok(&["create", "--size", "256M", "other", c_s]);
+    // Device in use by another pool; missing device file.
+    assert!(env
+        .fails(&["add", "two", c_s])
+        .contains("cannot add to 'two': "));
+    assert!(env
+        .fails(&["add", "two", c_s])
+        .contains("is part of pool 'other'"));
+    let missing = env.path("nofile.img");
+    assert!(env
+        .fails(&["add", "two", missing.to_str().unwrap()])
+        .contains("no such device"));
+    assert!(env.fails(&["export", "nope"]).contains("no such pool"));
+    let list = env.json(&["list", "-v", "--json", "two"]);
+    assert_eq!(list[0]["devices"].as_array().unwrap().len(), 2);
+    let guid = list[0]["guid"].as_str().unwrap().to_string();
+
+    // Exported, the pool is found again without -d (the remembered directories).
+    env.ok(&["export", "two"]);
+    let found = env.json(&["import", "--json"]);
+    let two = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "two")
+        .unwrap_or_else(|| panic!("{found}"))
+        .clone();
+    assert_eq!(two["state"], "ONLINE");
+    assert_eq!(two["guid"], guid.as_str());
+    assert!(env.ok(&["import"]).contains("pool: two"));
+
+    // One device gone: listed UNAVAIL, import refused naming the missing device.
+    let away = env.path("b.away");
+    std::fs::rename(&b, &away).unwrap();
+    let dir = devs.to_str().unwrap();
+    let found = env.json(&["import", "--json", "-d", dir]);
+    assert_eq!(found[0]["state"], "UNAVAIL", "{found}");
+    assert_eq!(found[0]["missing_devices"], 1);
+    let err = env.fails(&["import", "-d", dir, "two"]);
+    assert!(
+        err.contains("cannot import 'two'") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(env
+        .fails(&["import", "-d", env.path("nodir").to_str().unwrap()])
+        .contains("cannot search"));
+    std::fs::rename(&away, &b).unwrap();
+    // By numeric identifier.
+    env.ok(&["import", "-d", dir, &guid]);
+    assert_eq!(
+        env.json(&["status", "--json", "two"])[0]["health"],
+        "ONLINE"
+    );
+    assert_eq!(env.json(&["verify", "--json", "two"])["clean"], true);
+    assert_eq!(
+        env.json(&["volume", "list", "--json", "two"])[0]["name"],
+        "two/v"
+    );
 }
