@@ -303,14 +303,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify { json, pool } => {
             // The pool layer reports no progress while it walks the blocks: on a terminal a
             // spinner with the elapsed time shows that it is working.
-            let spinner = std::io::stderr().is_terminal().then(|| {
-                let s = indicatif::ProgressBar::new_spinner();
-                s.set_message(format!(
-                    "verifying '{pool}': every block pointer, checksum and space map"
-                ));
-                s.enable_steady_tick(std::time::Duration::from_millis(120));
-                s
-            });
+            let spinner = spinner(format!(
+                "verifying '{pool}': every block pointer, checksum and space map"
+            ));
             let v = ask(&state, Request::Verify { pool: pool.clone() });
             if let Some(s) = spinner {
                 s.finish_and_clear();
@@ -416,7 +411,12 @@ fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> R
     if discard {
         if wait && !serve_holds(state, &pool)? {
             // No serve: the discard reactor runs in this process, so wait in the same open.
-            ask(state, Request::DiscardCheckpoint { pool, wait: true })?;
+            let s = spinner(format!("discarding the checkpoint of '{pool}'"));
+            let r = ask(state, Request::DiscardCheckpoint { pool, wait: true });
+            if let Some(s) = s {
+                s.finish_and_clear();
+            }
+            r?;
         } else {
             ask(
                 state,
@@ -447,13 +447,28 @@ fn wait_discard(state: &StateDir, pool: &str) -> Result<()> {
             )
         });
     }
-    ask(
+    let s = spinner(format!("waiting for the checkpoint discard of '{pool}'"));
+    let r = ask(
         state,
         Request::WaitDiscard {
             pool: pool.to_string(),
         },
-    )
-    .map(|_| ())
+    );
+    if let Some(s) = s {
+        s.finish_and_clear();
+    }
+    r.map(|_| ())
+}
+
+/// A spinner with `msg` on a terminal (stderr), for waits whose progress this process cannot
+/// poll (the pool is open here and the call blocks); `None` otherwise.
+fn spinner(msg: String) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message(msg);
+        s.enable_steady_tick(std::time::Duration::from_millis(120));
+        s
+    })
 }
 
 fn volume(state: &StateDir, cmd: VolumeCommand) -> Result<()> {
