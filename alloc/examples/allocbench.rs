@@ -556,6 +556,8 @@ struct RunReport {
     free_bytes: u64,
     /// Metaslabs with a full by-size index (allocated from lately), of all.
     indexed_ms: (usize, usize),
+    /// By-size index rebuilds (an allocation from a metaslab whose index was dropped).
+    index_builds: u64,
     /// /proc/loadavg (1, 5, 15 min) when the phase started.
     loadavg: String,
     /// Seconds workers waited for another worker's sync.
@@ -626,10 +628,12 @@ fn run(args: &Args, threads: usize) -> Result<RunReport> {
     let stats = class.stats();
     let nms = class.group(0)?.metaslab_count();
     let mut indexed_ms = 0;
+    let mut index_builds = 0;
     for i in 0..nms {
-        if class.with_metaslab(0, i, |m| m.is_active_indexed())? {
-            indexed_ms += 1;
-        }
+        let (ix, builds) =
+            class.with_metaslab(0, i, |m| (m.is_active_indexed(), m.index_builds()))?;
+        indexed_ms += usize::from(ix);
+        index_builds += builds;
     }
     let ceph_score = CephScore::score(&class, 1 << args.ashift)?;
     let cpu_s: f64 = results.iter().map(|r| r.cpu_s).sum();
@@ -663,6 +667,7 @@ fn run(args: &Args, threads: usize) -> Result<RunReport> {
         prefill_s,
         free_bytes: stats.total.free,
         indexed_ms: (indexed_ms, nms),
+        index_builds,
         loadavg,
         sync_wait_s,
         sync_cpu_s,
@@ -751,11 +756,12 @@ fn main() -> Result<()> {
                 r.ceph_score
             );
             println!(
-                "  allocator heap {} MiB = {:.1} bytes per free segment; {} of {} metaslabs fully indexed",
+                "  allocator heap {} MiB = {:.1} bytes per free segment; {} of {} metaslabs with a by-size index; {} index builds",
                 r.class_heap / isz(usize::try_from(MIB).unwrap_or(usize::MAX)),
                 per_seg,
                 r.indexed_ms.0,
-                r.indexed_ms.1
+                r.indexed_ms.1,
+                r.index_builds
             );
             if let (Some(s), Some(c)) = (speedup, cpu_speedup) {
                 if t != 1 {

@@ -168,7 +168,11 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
     /// instead of being paid one after another.
     pub fn pred_lt_many(&self, keys: &[K], out: &mut Vec<Option<Pos>>) {
         const LANES: usize = 8;
-        for chunk in keys.chunks(LANES) {
+        for (ci, chunk) in keys.chunks(LANES).enumerate() {
+            // Load the next chunk's leaves while this one is searched.
+            for &k in keys.iter().skip((ci + 1) * LANES).take(LANES) {
+                self.prefetch(k);
+            }
             let mut leaf = [0usize; LANES];
             let mut lo = [0usize; LANES];
             let mut hi = [0usize; LANES];
@@ -204,6 +208,18 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
                     idx: lo[i] - 1,
                 }));
             }
+        }
+    }
+
+    /// Start loading, into the cache, the whole leaf that a lookup of `k` (`pred`, `pred_lt`,
+    /// `insert`, `remove`) will binary-search. A cold leaf costs one memory latency per probe
+    /// (about 5 dependent misses for 128 entries); prefetched, the misses overlap, with each
+    /// other and with work on other keys. Only the (small, hot) directory is searched here.
+    #[inline]
+    pub fn prefetch(&self, k: K) {
+        let li = self.mins.partition_point(|m| *m <= k).saturating_sub(1);
+        if let Some(leaf) = self.leaves.get(li) {
+            prefetch_slice(leaf);
         }
     }
 
@@ -426,6 +442,27 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
         }
         Ok(())
     }
+}
+
+/// Prefetch every cache line of `s` (a hint: no effect on results).
+#[inline]
+fn prefetch_slice<T>(s: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = s.as_ptr().cast::<i8>();
+        let bytes = std::mem::size_of_val(s);
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: SSE is part of the x86_64 baseline, so the intrinsic's target feature is
+            // always present; a prefetch never faults and does not access memory
+            // architecturally (the address is inside the slice anyway: off < bytes).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
 }
 
 #[cfg(test)]

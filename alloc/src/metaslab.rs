@@ -27,11 +27,6 @@ pub const TXG_MASK: u64 = 3;
 /// Frees become allocatable this many txgs after the txg that freed them.
 pub const TXG_DEFER_SIZE: usize = 2;
 
-/// Txgs without an allocation after which `sync_done` floors a metaslab's size index (see
-/// [`MetaslabConfig::passive_size_floor`]). Lazy, so a shard hopping between metaslabs (ganged
-/// allocations, rotors) does not rebuild indexes on every hop.
-pub const PASSIVE_AFTER_TXGS: u64 = 8;
-
 /// Largest run (in units) a one-word space-map entry can carry; longer runs and offsets of
 /// 2^47 units or more need a two-word entry. Used only to estimate the encoded map length.
 const SM_ONE_WORD_MAX_RUN: u64 = 1 << 15;
@@ -64,13 +59,15 @@ pub struct MetaslabConfig {
     /// debug option there). Off: the check runs at `sync` over the sorted queue instead, which
     /// is cheaper; either way a double free is an error and nothing wrong is ever emitted.
     pub eager_free_checks: bool,
-    /// Once a metaslab has not been allocated from for [`PASSIVE_AFTER_TXGS`] txgs, only free
-    /// segments of at least this many bytes are kept in its by-size index
-    /// [`metaslab_by_size_min_shift`, 16 KiB]: an idle metaslab only receives deferred frees,
-    /// mostly short, and skipping their index updates halves that cost (and the memory). The
-    /// next allocation re-indexes everything (ZFS `metaslab_size_tree_full_load`). 0 keeps the
-    /// index full.
-    pub passive_size_floor: u64,
+    /// Once a metaslab has not been allocated from for this many txgs, `sync_done` drops its
+    /// by-size index before merging the deferred frees (0: never). An idle metaslab only
+    /// receives deferred frees; without the index each costs one offset-index update instead
+    /// of three (two of them into the by-size order, i.e. at random places), and the index's
+    /// memory is released. The next allocation rebuilds it with one sort (ZFS
+    /// `metaslab_size_tree_full_load`; ZFS keeps segments >= 16 KiB of idle metaslabs indexed,
+    /// `metaslab_by_size_min_shift`, we keep none). Not 1: the metaslab allocated from in the
+    /// open txg would rebuild at once.
+    pub drop_index_after_txgs: u64,
 }
 
 impl Default for MetaslabConfig {
@@ -84,7 +81,7 @@ impl Default for MetaslabConfig {
             condense_pct: 200,
             condense_min_bytes: 64 << 10,
             eager_free_checks: false,
-            passive_size_floor: 16 << 10,
+            drop_index_after_txgs: 2,
         }
     }
 }
@@ -155,8 +152,10 @@ pub struct Metaslab {
     queue_checked_txg: u64,
     /// True once anything was allocated, freed or loaded (load requires a pristine metaslab).
     touched: bool,
-    /// Txg of the last allocation attempt (drives the lazy index floor).
+    /// Txg of the last allocation attempt (drives dropping the by-size index).
     active_txg: u64,
+    /// Times the by-size index was rebuilt (for benchmarks).
+    index_builds: u64,
 }
 
 impl Metaslab {
@@ -174,7 +173,6 @@ impl Metaslab {
             return Err(AllocError::InvalidGeometry("empty metaslab".into()));
         }
         let mut allocatable = RangeTree::with_index(start, size, ashift, true)?;
-        allocatable.set_size_floor(cfg.passive_size_floor);
         allocatable.add(start, size)?;
         let plain = || RangeTree::with_index(start, size, ashift, false);
         Ok(Self {
@@ -201,6 +199,7 @@ impl Metaslab {
             queue_checked_txg: 0,
             touched: false,
             active_txg: 0,
+            index_builds: 0,
         })
     }
 
@@ -252,28 +251,31 @@ impl Metaslab {
     pub fn set_sm_length(&mut self, bytes: u64) {
         self.sm_length = bytes;
     }
-    /// Largest allocatable segment in bytes: exact while the metaslab is active (after an
-    /// allocation, until [`Metaslab::passivate`]) or when it holds a segment above the passive
-    /// size floor; otherwise an upper bound (from the size histogram). O(1).
+    /// Largest allocatable segment in bytes, O(1): exact while the by-size index is built or
+    /// only frees arrived since it was dropped (the usual case: allocating builds it); an upper
+    /// bound otherwise.
     pub fn max_free(&self) -> u64 {
         self.allocatable.largest_bound()
     }
 
-    /// Exact largest allocatable segment (may scan a passive metaslab's segments).
+    /// Exact largest allocatable segment (may scan).
     pub fn max_free_exact(&self) -> u64 {
         self.allocatable.largest()
     }
 
-    /// Whether the by-size index is complete (the metaslab allocated since its last passivation).
+    /// Whether the by-size index is built (the metaslab allocated lately).
     pub fn is_active_indexed(&self) -> bool {
-        self.allocatable.is_fully_indexed()
+        self.allocatable.has_size_index()
     }
 
-    /// Drop short segments from the by-size index now (see
-    /// [`MetaslabConfig::passive_size_floor`]; `sync_done` does it after
-    /// [`PASSIVE_AFTER_TXGS`] idle txgs).
+    /// Times the by-size index was rebuilt by an allocation.
+    pub fn index_builds(&self) -> u64 {
+        self.index_builds
+    }
+
+    /// Drop the by-size index now (see [`MetaslabConfig::drop_index_after_txgs`]).
     pub fn passivate(&mut self) {
-        self.allocatable.set_size_floor(self.cfg.passive_size_floor);
+        self.allocatable.drop_size_index();
     }
     /// Segment-based weight of the allocatable tree (see [`crate::frag::segment_weight`]).
     pub fn weight(&self) -> u64 {
@@ -347,6 +349,8 @@ impl Metaslab {
             });
         }
         self.touched = true;
+        // Replay into the offset index only; the next allocation builds the by-size index.
+        self.allocatable.drop_size_index();
         let mut length = 0u64;
         let mut prev_action = None;
         for r in records {
@@ -361,6 +365,7 @@ impl Metaslab {
             }
             length += self.entry_bytes(&r);
         }
+        self.allocatable.refresh_largest();
         self.sm_alloc = self.size - self.allocatable.space();
         self.sm_length = length;
         Ok(())
@@ -415,9 +420,10 @@ impl Metaslab {
             return Err(AllocError::NoSpace { size });
         }
         self.active_txg = txg;
-        if !self.allocatable.is_fully_indexed() {
-            // Becoming active: index every segment so best fit sees the short ones.
-            self.allocatable.set_size_floor(0);
+        if !self.allocatable.has_size_index() {
+            // Becoming active: best fit needs the by-size order.
+            self.allocatable.build_size_index();
+            self.index_builds += 1;
         }
         let largest = self.allocatable.largest();
         if largest < size {
@@ -716,11 +722,14 @@ impl Metaslab {
                 "sync_done({txg}) with unsynced allocations of that txg"
             )));
         }
-        if self.allocatable.is_fully_indexed()
-            && self.cfg.passive_size_floor != 0
-            && txg >= self.active_txg.saturating_add(PASSIVE_AFTER_TXGS)
+        if self.allocatable.has_size_index()
+            && self.cfg.drop_index_after_txgs != 0
+            && txg
+                >= self
+                    .active_txg
+                    .saturating_add(self.cfg.drop_index_after_txgs)
         {
-            // Idle: floor the index before the deferred frees are merged in.
+            // Idle: drop the index before the deferred frees are merged in.
             self.passivate();
         }
         let d = usize::try_from(txg % 2).unwrap_or(0);

@@ -52,6 +52,9 @@ impl SearchLimit {
 /// batches (a big free, a discard, a checkpoint rewind) only.
 const BULK_MERGE_RATIO: usize = 8;
 
+/// How many segments ahead `move_into` prefetches destination leaves.
+const MOVE_PREFETCH_AHEAD: usize = 4;
+
 /// A segment as `(start, len)` in units.
 type Seg = (u64, u64);
 
@@ -147,10 +150,16 @@ pub struct RangeTree<U: SegUnit = u32> {
     /// Number of units the tree may cover, `<= U::MAX`.
     span: u64,
     by_start: BlockMap<U, U>,
+    /// The by-size index while it is built (see [`RangeTree::drop_size_index`]).
     by_size: Option<BlockMap<U::SizeKey, ()>>,
-    /// Segments shorter than this many units are left out of `by_size` (ZFS
-    /// `metaslab_by_size_min_shift`); 0 = every segment is indexed.
-    floor: u64,
+    /// The tree keeps a by-size index (built lazily: [`RangeTree::build_size_index`]).
+    indexed: bool,
+    /// An upper bound of the longest segment (units), exact when `largest_exact`: every
+    /// segment added at least this long makes it exact, removing a segment this long makes it a
+    /// bound. Lets `largest` stay O(1) without the by-size index as long as only adds happen
+    /// (an idle metaslab only receives deferred frees).
+    largest_hint: u64,
+    largest_exact: bool,
     hist: [u64; HISTOGRAM_BUCKETS],
     space: u64,
 }
@@ -162,7 +171,8 @@ impl<U: SegUnit> Debug for RangeTree<U> {
             .field("shift", &self.shift)
             .field("segments", &self.by_start.len())
             .field("space", &self.space)
-            .field("indexed", &self.by_size.is_some())
+            .field("indexed", &self.indexed)
+            .field("index_built", &self.by_size.is_some())
             .finish()
     }
 }
@@ -203,7 +213,9 @@ impl<U: SegUnit> RangeTree<U> {
             span,
             by_start: BlockMap::new(),
             by_size: indexed.then(BlockMap::new),
-            floor: 0,
+            indexed,
+            largest_hint: 0,
+            largest_exact: true,
             hist: [0; HISTOGRAM_BUCKETS],
             space: 0,
         })
@@ -216,8 +228,10 @@ impl<U: SegUnit> RangeTree<U> {
             shift: self.shift,
             span: self.span,
             by_start: BlockMap::new(),
-            by_size: self.by_size.as_ref().map(|_| BlockMap::new()),
-            floor: self.floor,
+            by_size: self.indexed.then(BlockMap::new),
+            indexed: self.indexed,
+            largest_hint: 0,
+            largest_exact: true,
             hist: [0; HISTOGRAM_BUCKETS],
             space: 0,
         }
@@ -238,45 +252,59 @@ impl<U: SegUnit> RangeTree<U> {
         self.shift
     }
 
-    /// Whether the by-size index is kept.
+    /// Whether the tree keeps a by-size index (built or not).
     pub fn is_indexed(&self) -> bool {
+        self.indexed
+    }
+
+    /// Whether the by-size index is currently built (every segment in it).
+    pub fn has_size_index(&self) -> bool {
         self.by_size.is_some()
     }
 
-    /// Whether every segment is in the by-size index (indexed and no size floor).
-    pub fn is_fully_indexed(&self) -> bool {
-        self.by_size.is_some() && self.floor <= 1
-    }
-
-    /// The size floor in bytes (0: none).
-    pub fn size_floor(&self) -> u64 {
-        self.floor << self.shift
-    }
-
-    /// Keep only segments of at least `bytes` (rounded up to units) in the by-size index, or
-    /// every segment with 0 (ZFS `metaslab_size_tree_full_load`). A floored index makes adding and
-    /// removing short segments cheaper and smaller (an idle metaslab is only ever added to by
-    /// deferred frees, mostly short), while [`RangeTree::find_best`] stays exact (requests below
-    /// the floor scan). Changing the floor rebuilds the index: O(n log n).
-    pub fn set_size_floor(&mut self, bytes: u64) {
-        let floor = bytes.div_ceil(1 << self.shift);
-        let floor = if floor <= 1 { 0 } else { floor };
-        if floor == self.floor {
-            return;
+    /// Release the by-size index (ZFS keeps only large segments of idle metaslabs indexed;
+    /// we keep none): adds and removes then touch the offset index only, and `largest` stays
+    /// O(1) as long as only adds happen. [`RangeTree::find_best`] scans until
+    /// [`RangeTree::build_size_index`] runs.
+    pub fn drop_size_index(&mut self) {
+        if let Some(ix) = self.by_size.take() {
+            self.largest_hint = ix.last().map_or(0, |(k, ())| U::unpack(k).0);
+            self.largest_exact = true;
         }
-        self.floor = floor;
-        if self.by_size.is_none() {
+    }
+
+    /// Make the largest-segment hint exact (a scan when it is only a bound and the by-size
+    /// index is not built), so [`RangeTree::largest_bound`] is exact.
+    pub fn refresh_largest(&mut self) {
+        if self.by_size.is_none() && !self.largest_exact {
+            self.largest_hint = self
+                .by_start
+                .iter()
+                .map(|(_, l)| l.get())
+                .max()
+                .unwrap_or(0);
+            self.largest_exact = true;
+        }
+    }
+
+    /// Build the by-size index of an indexed tree if it is not built (ZFS
+    /// `metaslab_size_tree_full_load`): one sort of the segments, O(n log n). No-op for trees
+    /// without an index.
+    pub fn build_size_index(&mut self) {
+        if !self.indexed || self.by_size.is_some() {
             return;
         }
         let mut keys: Vec<(U::SizeKey, ())> = self
             .by_start
             .iter()
-            .filter(|(_, l)| l.get() >= floor)
             .map(|(s, l)| (U::size_key(l.get(), s.get()), ()))
             .collect();
         keys.sort_unstable();
         // Keys are distinct (distinct starts), so the sorted build cannot fail.
-        self.by_size = Some(BlockMap::from_sorted(&keys).unwrap_or_default());
+        let ix = BlockMap::from_sorted(&keys).unwrap_or_default();
+        self.largest_hint = ix.last().map_or(0, |(k, ())| U::unpack(k).0);
+        self.largest_exact = true;
+        self.by_size = Some(ix);
     }
 
     /// Total bytes covered by segments.
@@ -332,7 +360,12 @@ impl<U: SegUnit> RangeTree<U> {
     #[inline]
     fn index_insert(&mut self, start: u64, len: u64) {
         self.hist[hist_bucket(len << self.shift)] += 1;
-        if let Some(ix) = self.by_size.as_mut().filter(|_| len >= self.floor) {
+        if len >= self.largest_hint {
+            // The hint bounds every other segment, so this one is the longest.
+            self.largest_hint = len;
+            self.largest_exact = true;
+        }
+        if let Some(ix) = self.by_size.as_mut() {
             ix.insert(U::size_key(len, start), ());
         }
     }
@@ -340,8 +373,34 @@ impl<U: SegUnit> RangeTree<U> {
     #[inline]
     fn index_remove(&mut self, start: u64, len: u64) {
         self.hist[hist_bucket(len << self.shift)] -= 1;
-        if let Some(ix) = self.by_size.as_mut().filter(|_| len >= self.floor) {
+        if len >= self.largest_hint {
+            // Possibly the longest one went: the hint is only a bound now.
+            self.largest_exact = false;
+        }
+        if let Some(ix) = self.by_size.as_mut() {
             ix.remove(U::size_key(len, start));
+        }
+    }
+
+    /// Start loading the by-size leaves that the index updates of `(len, start)` keys (units;
+    /// len 0 = none) will search, so their cache misses overlap instead of following each other.
+    #[inline]
+    fn prefetch_size_keys(&self, keys: [(u64, u64); 3]) {
+        if let Some(ix) = &self.by_size {
+            for (l, s) in keys {
+                if l > 0 {
+                    ix.prefetch(U::size_key(l, s));
+                }
+            }
+        }
+    }
+
+    /// Start loading the offset-index leaf that `add(start, len)` or `remove(start, len)` will
+    /// search (ranges outside the region are ignored). See [`BlockMap::prefetch`].
+    #[inline]
+    pub fn prefetch_range(&self, start: u64, len: u64) {
+        if let Ok((s, l)) = self.to_units(start, len) {
+            self.by_start.prefetch(U::from_u64(s + l));
         }
     }
 
@@ -380,6 +439,11 @@ impl<U: SegUnit> RangeTree<U> {
             if ps + pl == s {
                 // Merge with prev: grow it in place (and swallow next if it touches too).
                 let nlen = pl + l + next_at_e.map_or(0, |n| n.1);
+                self.prefetch_size_keys([
+                    (pl, ps),
+                    (nlen, ps),
+                    next_at_e.map_or((0, 0), |n| (n.1, e)),
+                ]);
                 self.by_start.set_val(p, U::from_u64(nlen));
                 if let Some((np, nl)) = next_at_e {
                     self.by_start.remove_at(np);
@@ -396,12 +460,14 @@ impl<U: SegUnit> RangeTree<U> {
                 // Grow the next segment downwards: its key moves from `e` to `s`, which keeps
                 // the order (nothing lies in between, checked above).
                 let nlen = l + nl;
+                self.prefetch_size_keys([(nl, e), (nlen, s), (0, 0)]);
                 self.by_start.set_key(np, U::from_u64(s));
                 self.by_start.set_val(np, U::from_u64(nlen));
                 self.index_remove(e, nl);
                 self.index_insert(s, nlen);
             }
             None => {
+                self.prefetch_size_keys([(l, s), (0, 0), (0, 0)]);
                 self.by_start.insert(U::from_u64(s), U::from_u64(l));
                 self.index_insert(s, l);
             }
@@ -426,6 +492,7 @@ impl<U: SegUnit> RangeTree<U> {
         }
         let left = s - ps;
         let right = pe - e;
+        self.prefetch_size_keys([(pl, ps), (left, ps), (right, e)]);
         if left > 0 {
             // Trim in place; the right remainder (if any) is a new segment.
             self.by_start.set_val(p, U::from_u64(left));
@@ -545,9 +612,7 @@ impl<U: SegUnit> RangeTree<U> {
             let a = align_up(sb, align.max(unit))?;
             (a + len <= sb + (l << self.shift)).then_some(a)
         };
-        // A floored index misses the short segments a short request may fit best.
-        let index = self.by_size.as_ref().filter(|_| ulen >= self.floor);
-        match index {
+        match &self.by_size {
             Some(ix) => {
                 let mut examined = 0usize;
                 for (k, ()) in ix.iter_from(U::size_key(ulen, 0)) {
@@ -626,14 +691,13 @@ impl<U: SegUnit> RangeTree<U> {
         None
     }
 
-    /// Length in bytes of the largest segment (0 when empty). O(1) with a full index, or with
-    /// a floored one holding a segment above the floor; otherwise a scan.
+    /// Length in bytes of the largest segment (0 when empty). O(1) with the by-size index or
+    /// while only adds happened since it was dropped; otherwise a scan.
     pub fn largest(&self) -> u64 {
         let units = match &self.by_size {
-            Some(ix) if !ix.is_empty() || self.floor == 0 => {
-                ix.last().map_or(0, |(k, ())| U::unpack(k).0)
-            }
-            _ => self
+            Some(ix) => ix.last().map_or(0, |(k, ())| U::unpack(k).0),
+            None if self.largest_exact => self.largest_hint,
+            None => self
                 .by_start
                 .iter()
                 .map(|(_, l)| l.get())
@@ -643,24 +707,20 @@ impl<U: SegUnit> RangeTree<U> {
         units << self.shift
     }
 
-    /// An upper bound of [`RangeTree::largest`] in O(1) (exact when `largest` is O(1); else
-    /// derived from the histogram and the floor).
+    /// An upper bound of [`RangeTree::largest`] in O(1) (exact whenever `largest` is O(1);
+    /// else the tighter of the kept bound and the histogram's).
     pub fn largest_bound(&self) -> u64 {
         match &self.by_size {
-            Some(ix) if !ix.is_empty() || self.floor == 0 => {
-                ix.last().map_or(0, |(k, ())| U::unpack(k).0) << self.shift
-            }
-            _ => {
+            Some(ix) => ix.last().map_or(0, |(k, ())| U::unpack(k).0) << self.shift,
+            None if self.largest_exact => self.largest_hint << self.shift,
+            None => {
                 let Some(b) = self.hist.iter().rposition(|&c| c != 0) else {
                     return 0;
                 };
                 let unit = 1u64 << self.shift;
                 // Bucket b holds lengths below 2^(b+1) bytes, a multiple of the unit.
-                let mut bound = (1u64 << b).saturating_mul(2).saturating_sub(unit);
-                if self.by_size.is_some() && self.floor > 1 {
-                    bound = bound.min((self.floor - 1) << self.shift);
-                }
-                bound
+                let hist_bound = (1u64 << b).saturating_mul(2).saturating_sub(unit);
+                hist_bound.min(self.largest_hint << self.shift)
             }
         }
     }
@@ -704,8 +764,7 @@ impl<U: SegUnit> RangeTree<U> {
             && dst.base == self.base
             && dst.shift == self.shift
             && dst.span == self.span
-            && dst.by_size.is_some() == self.by_size.is_some()
-            && dst.floor == self.floor
+            && dst.indexed == self.indexed
         {
             std::mem::swap(self, dst);
             return Ok(());
@@ -719,17 +778,20 @@ impl<U: SegUnit> RangeTree<U> {
             self.clear();
             return Ok(());
         }
-        let mut map = std::mem::take(&mut self.by_start);
+        let map = std::mem::take(&mut self.by_start);
         self.clear();
-        let mut it = map.drain_all();
-        while let Some((s, l)) = it.next() {
+        // The destination leaves are cold (a metaslab's free tree, visited once per txg):
+        // prefetch a few segments ahead so the misses overlap.
+        let mut ahead = map.iter().skip(MOVE_PREFETCH_AHEAD);
+        for (i, (s, l)) in map.iter().enumerate() {
+            if let Some((ps, pl)) = ahead.next() {
+                dst.prefetch_range(self.to_bytes(ps.get()), pl.get() << self.shift);
+            }
             let (s, l) = (s.get(), l.get());
             if let Err(e) = dst.add(self.to_bytes(s), l << self.shift) {
                 // Put back what was not moved (this segment included).
-                let rest: Vec<(u64, u64)> = std::iter::once((s, l))
-                    .chain(it.map(|(s, l)| (s.get(), l.get())))
-                    .collect();
-                for (s, l) in rest {
+                for (s, l) in map.iter().skip(i) {
+                    let (s, l) = (s.get(), l.get());
                     self.by_start.insert(U::from_u64(s), U::from_u64(l));
                     self.index_insert(s, l);
                     self.space += l << self.shift;
@@ -746,7 +808,6 @@ impl<U: SegUnit> RangeTree<U> {
     /// segment of `src` overlaps one of `self` (the caller then takes the per-segment path,
     /// which reports the overlap). `src` is left as it was (the caller clears it).
     fn bulk_merge(&mut self, src: &RangeTree<U>) -> bool {
-        let floor = self.floor;
         let indexed = self.by_size.is_some();
         let mut merged: Vec<(U, U)> = Vec::with_capacity(self.by_start.len() + src.by_start.len());
         let mut size_removes: Vec<U::SizeKey> = Vec::new();
@@ -765,6 +826,7 @@ impl<U: SegUnit> RangeTree<U> {
         // The output segment being built: start, length, and the untouched `self` segment it
         // still equals (None once anything joined it or when it started from `src`).
         let mut cur: Option<(u64, u64, Option<Seg>)> = None;
+        let mut merged_max: Option<u64> = None;
         loop {
             let from_a = match (a.peek(), b.peek()) {
                 (Some(x), Some(y)) => x.0 < y.0,
@@ -781,13 +843,13 @@ impl<U: SegUnit> RangeTree<U> {
                     // Touching: coalesce. An original `self` segment stops being untouched.
                     if let Some((os, ol)) = orig.take() {
                         hist[hist_bucket(ol << self.shift)] -= 1;
-                        if indexed && ol >= floor {
+                        if indexed {
                             size_removes.push(U::size_key(ol, os));
                         }
                     }
                     if from_a {
                         hist[hist_bucket(l << self.shift)] -= 1;
-                        if indexed && l >= floor {
+                        if indexed {
                             size_removes.push(U::size_key(l, s));
                         }
                     }
@@ -795,13 +857,16 @@ impl<U: SegUnit> RangeTree<U> {
                 }
                 _ => {
                     if let Some((cs, cl, orig)) = cur.take() {
+                        if orig.is_none() {
+                            merged_max = merged_max.max(Some(cl));
+                        }
                         Self::flush_merged(
                             &mut merged,
                             &mut size_inserts,
                             &mut hist,
                             (cs, cl, orig.is_some()),
                             self.shift,
-                            indexed && cl >= floor,
+                            indexed,
                         );
                     }
                     cur = Some((s, l, from_a.then_some((s, l))));
@@ -809,13 +874,16 @@ impl<U: SegUnit> RangeTree<U> {
             }
         }
         if let Some((cs, cl, orig)) = cur {
+            if orig.is_none() {
+                merged_max = merged_max.max(Some(cl));
+            }
             Self::flush_merged(
                 &mut merged,
                 &mut size_inserts,
                 &mut hist,
                 (cs, cl, orig.is_some()),
                 self.shift,
-                indexed && cl >= floor,
+                indexed,
             );
         }
         drop((a, b));
@@ -842,6 +910,13 @@ impl<U: SegUnit> RangeTree<U> {
         }
         self.hist = hist;
         self.space += src.space;
+        // Only adds: the longest segment is the old one or a merged one (see `index_insert`).
+        if let Some(mx) = merged_max {
+            if mx >= self.largest_hint {
+                self.largest_hint = mx;
+                self.largest_exact = true;
+            }
+        }
         true
     }
 
@@ -867,11 +942,16 @@ impl<U: SegUnit> RangeTree<U> {
     /// Remove every segment.
     pub fn clear(&mut self) {
         self.by_start.clear();
-        if let Some(ix) = self.by_size.as_mut() {
-            ix.clear();
+        match self.by_size.as_mut() {
+            Some(ix) => ix.clear(),
+            // The index of an empty tree is empty: built for free.
+            None if self.indexed => self.by_size = Some(BlockMap::new()),
+            None => {}
         }
         self.hist = [0; HISTOGRAM_BUCKETS];
         self.space = 0;
+        self.largest_hint = 0;
+        self.largest_exact = true;
     }
 
     /// Check the internal consistency of the tree (indexes, histogram, space, coalescing).
@@ -880,7 +960,7 @@ impl<U: SegUnit> RangeTree<U> {
         let mut hist = [0u64; HISTOGRAM_BUCKETS];
         let mut space = 0u64;
         let mut prev_end: Option<u64> = None;
-        let mut indexed = 0usize;
+        let mut longest = 0u64;
         self.by_start.check().map_err(AllocError::Invariant)?;
         if let Some(ix) = &self.by_size {
             ix.check().map_err(AllocError::Invariant)?;
@@ -903,23 +983,30 @@ impl<U: SegUnit> RangeTree<U> {
             prev_end = Some(s + l);
             hist[hist_bucket(l << self.shift)] += 1;
             space += l << self.shift;
+            longest = longest.max(l);
             if let Some(ix) = &self.by_size {
-                if l >= self.floor && !ix.contains_key(U::size_key(l, s)) {
+                if !ix.contains_key(U::size_key(l, s)) {
                     return bad(format!("segment {s}+{l} missing from the size index"));
-                }
-                if l >= self.floor {
-                    indexed += 1;
                 }
             }
         }
         if let Some(ix) = &self.by_size {
-            if ix.len() != indexed {
+            if !self.indexed {
+                return bad("size index built on a tree without one".into());
+            }
+            if ix.len() != self.by_start.len() {
                 return bad(format!(
-                    "size index holds {} keys, {indexed} segments reach the floor {}",
+                    "size index holds {} keys for {} segments",
                     ix.len(),
-                    self.floor
+                    self.by_start.len()
                 ));
             }
+        }
+        if self.largest_hint < longest || (self.largest_exact && self.largest_hint != longest) {
+            return bad(format!(
+                "largest hint {} (exact: {}) but the longest segment has {longest} units",
+                self.largest_hint, self.largest_exact
+            ));
         }
         if hist != self.hist {
             return bad("histogram differs from segments".into());

@@ -16,8 +16,10 @@ enum Op {
     ClearRange(u64, u64),
     Best(u64, u64),
     First(u64, u64, u64),
-    /// Change the by-size index floor (units; 0 = full index).
-    Floor(u64),
+    /// Build (true) or drop (false) the by-size index.
+    Index(bool),
+    /// Recompute the exact largest-segment hint.
+    RefreshLargest,
 }
 
 fn range(units: u64, max_len: u64) -> impl Strategy<Value = (u64, u64)> {
@@ -31,7 +33,8 @@ fn op_in(units: u64, max_len: u64) -> impl Strategy<Value = Op> {
         1 => range(units, max_len).prop_map(|(s, l)| Op::ClearRange(s, l)),
         1 => (1..20u64, 0..4u32).prop_map(|(l, a)| Op::Best(l, 1 << a)),
         1 => (0..units, 1..20u64, 0..3u32).prop_map(|(c, l, a)| Op::First(c, l, 1 << a)),
-        1 => (0..6u64).prop_map(Op::Floor),
+        1 => any::<bool>().prop_map(Op::Index),
+        1 => Just(Op::RefreshLargest),
     ]
 }
 
@@ -125,7 +128,19 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                     other => panic!("find_best mismatch {other:?}"),
                 }
             }
-            Op::Floor(f) => t.set_size_floor(f << SHIFT),
+            Op::Index(true) => {
+                t.build_size_index();
+                assert_eq!(t.has_size_index(), t.is_indexed());
+            }
+            Op::Index(false) => {
+                t.drop_size_index();
+                assert!(!t.has_size_index());
+            }
+            Op::RefreshLargest => {
+                t.refresh_largest();
+                let largest = o.iter().map(|r| r.end - r.start).max().unwrap_or(0);
+                assert_eq!(t.largest_bound(), largest);
+            }
             Op::First(c, l, a) => {
                 let (cur, len, align) = (b(c), l << SHIFT, a << SHIFT);
                 // oracle: first segment (in offset order) containing or after the cursor
@@ -222,10 +237,12 @@ fn span_limits_and_move() {
 fn build(
     ranges: &[(u64, u64)],
     indexed: bool,
-    floor_units: u64,
+    drop_index: bool,
 ) -> (RangeTree<u32>, RangeSet<u64>) {
     let mut t = RangeTree::<u32>::with_index(BASE, DENSE_UNITS << SHIFT, SHIFT, indexed).unwrap();
-    t.set_size_floor(floor_units << SHIFT);
+    if drop_index {
+        t.drop_size_index();
+    }
     let mut o = RangeSet::new();
     for &(s, l) in ranges {
         let (s, l) = (b(s), l << SHIFT);
@@ -246,10 +263,10 @@ proptest! {
     fn move_into_merges_like_union(
         dst in prop::collection::vec(range(DENSE_UNITS, 6), 0..300),
         src in prop::collection::vec(range(DENSE_UNITS, 6), 0..120),
-        floor in 0..5u64,
+        drop_index in any::<bool>(),
     ) {
-        let (mut d, od) = build(&dst, true, floor);
-        let (mut s, os) = build(&src, false, 0);
+        let (mut d, od) = build(&dst, true, drop_index);
+        let (mut s, os) = build(&src, false, false);
         let overlap = os.iter().any(|r| od.overlaps(r));
         let before = d.space() + s.space();
         let r = s.move_into(&mut d);
@@ -267,7 +284,10 @@ proptest! {
             }
             check_same(&d, &u);
             prop_assert!(s.is_empty());
-            prop_assert_eq!(d.largest(), u.iter().map(|r| r.end - r.start).max().unwrap_or(0));
+            let largest = u.iter().map(|r| r.end - r.start).max().unwrap_or(0);
+            prop_assert_eq!(d.largest(), largest);
+            // Adds keep the largest-segment hint exact without the index.
+            prop_assert_eq!(d.largest_bound(), largest);
         }
     }
 }

@@ -95,3 +95,45 @@ fn load_replays() {
     let mut m = ms();
     assert!(m.load([SmRecord::free(MS, 0x1000)]).is_err());
 }
+
+#[test]
+fn idle_metaslab_drops_and_rebuilds_size_index() {
+    let mut m = ms();
+    let offs: Vec<u64> = (0..8).map(|_| m.alloc(0x4000, 5).unwrap()).collect();
+    m.sync(5, 0).unwrap();
+    m.sync_done(5).unwrap();
+    assert!(m.is_active_indexed());
+    // Free every other block in txg 6; no allocation after txg 5.
+    for &o in offs.iter().step_by(2) {
+        m.free(o, 0x4000, 5, 6).unwrap();
+    }
+    for t in 6..10 {
+        m.sync(t, 0).unwrap();
+        m.sync_done(t).unwrap();
+    }
+    assert!(!m.is_active_indexed(), "idle for 2 txgs: index dropped");
+    m.verify_quiesced().unwrap();
+    // The hint stays exact without the index: the untouched tail is the longest segment.
+    assert_eq!(m.max_free(), MS - 8 * 0x4000);
+    // Freeing the rest makes the whole metaslab one segment: still exact, still no index.
+    for &o in offs.iter().skip(1).step_by(2) {
+        m.free(o, 0x4000, 5, 10).unwrap();
+    }
+    for t in 10..13 {
+        m.sync(t, 0).unwrap();
+        m.sync_done(t).unwrap();
+    }
+    assert!(!m.is_active_indexed());
+    assert_eq!(m.max_free(), MS);
+    assert_eq!(m.free_space(), MS);
+    let builds = m.index_builds();
+    // Allocating rebuilds the index once, and best fit sees every segment again.
+    let a = m.alloc(0x4000, 13).unwrap();
+    assert!(m.is_active_indexed());
+    assert_eq!(m.index_builds(), builds + 1);
+    m.alloc(0x4000, 13).unwrap();
+    assert_eq!(m.index_builds(), builds + 1);
+    assert_eq!(m.max_free(), MS - 0x8000);
+    m.free_now(a, 0x4000, 13).unwrap();
+    m.verify().unwrap();
+}
