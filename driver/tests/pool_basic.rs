@@ -79,6 +79,40 @@ fn create_write_read_export_import_verify() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `verify_with_progress` reports every block it checks, and its bytes end near the total it
+/// announced (what a progress bar in `ringpool verify` is drawn against).
+#[test]
+fn verify_reports_progress_towards_its_total() -> anyhow::Result<()> {
+    let devs = vec![FaultyEngine::new(64 << 20, 4096)];
+    let pool = Pool::create("tank", engines(&devs), &copts())?;
+    let vol = pool.create_volume("v1", 16 << 20, 4096)?;
+    let a = pattern(3, 4 << 20);
+    io::block_on(&rcfg(), async {
+        vol.write(0, &a, false).await?;
+        vol.flush().await
+    })??;
+    let seen = std::cell::RefCell::new(Vec::new());
+    let rep = pool.verify_with_progress(&|p| seen.borrow_mut().push(p))?;
+    assert!(rep.is_clean(), "{:?}", rep.errors);
+    let seen = seen.into_inner();
+    assert_eq!(seen.len() as u64, rep.blocks);
+    for (i, w) in seen.windows(2).enumerate() {
+        assert_eq!(w[1].blocks, w[0].blocks + 1, "at {i}");
+        assert!(w[1].bytes > w[0].bytes, "at {i}");
+        assert_eq!(w[1].total_bytes, w[0].total_bytes);
+    }
+    let last = seen.last().copied().unwrap_or_default();
+    assert!(last.bytes >= 4 << 20, "{last:?}");
+    assert!(
+        last.bytes.abs_diff(last.total_bytes) <= last.total_bytes / 10,
+        "{last:?} vs {} referenced",
+        rep.referenced_bytes
+    );
+    drop(vol);
+    pool.export()?;
+    Ok(())
+}
+
 #[test]
 fn full_pool_returns_enospc_and_stays_consistent() -> anyhow::Result<()> {
     let devs = vec![FaultyEngine::new(64 << 20, 4096)];

@@ -1,8 +1,10 @@
 //! Executes a [`Request`] on an open pool. The same code runs in a command that opened the pool
 //! itself and in `serve` answering its control socket.
 
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use ringpool_driver::pool::directory::Directory;
@@ -11,7 +13,11 @@ use ringpool_driver::pool::{CheckpointState, DeviceErrors, Pool, PoolHealth, Spa
 use ringpool_ondisk::space_map::SmAction;
 use serde_json::{json, Value};
 
-use crate::request::Request;
+use crate::request::{Progress, Request};
+
+/// How often a long request reports progress (a bar redraws at about this rate; a control
+/// socket client gets a line this often).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Receives notice of volume changes, so `serve` can add or remove NBD exports.
 pub trait VolumeHook {
@@ -255,12 +261,73 @@ fn space_map_json(pool: &Pool, device: u32, metaslab: Option<u64>) -> Result<Val
     }))
 }
 
-/// Runs `req` on `pool`.
+/// Waits for the checkpoint discard to finish, reporting the bytes released so far of what
+/// the checkpoint held when the wait began. The pool's own wait runs on a helper thread (it
+/// also notices a suspension or a stopped discard); this thread samples the held space.
+fn wait_discard(pool: &Pool, progress: &mut dyn FnMut(Progress)) -> Result<()> {
+    let total = pool.checkpoint_status().space;
+    let waited = std::thread::scope(|s| {
+        let waiter = s.spawn(|| pool.wait_discard());
+        while !waiter.is_finished() {
+            let st = pool.checkpoint_status();
+            if st.state == CheckpointState::Discarding {
+                progress(Progress {
+                    done: total.saturating_sub(st.space),
+                    total,
+                });
+            }
+            std::thread::sleep(PROGRESS_EVERY);
+        }
+        waiter.join()
+    });
+    match waited {
+        Ok(r) => r.map_err(|e| anyhow!("{e}")),
+        Err(_) => bail!("the wait for the discard stopped unexpectedly"),
+    }
+}
+
+/// Verifies the pool, reporting the bytes checked so far of the bytes it expects to check
+/// (at most every [`PROGRESS_EVERY`]: the pool reports every block).
+fn verify(pool: &Pool, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
+    let name = pool.name();
+    let last: Cell<Option<Instant>> = Cell::new(None);
+    let sink = RefCell::new(progress);
+    let report = pool
+        .verify_with_progress(&|p| {
+            let now = Instant::now();
+            if last
+                .get()
+                .is_some_and(|t| now.duration_since(t) < PROGRESS_EVERY)
+            {
+                return;
+            }
+            last.set(Some(now));
+            (*sink.borrow_mut())(Progress {
+                done: p.bytes,
+                total: p.total_bytes,
+            });
+        })
+        .map_err(|e| anyhow!("cannot verify '{name}': {e}"))?;
+    Ok(json!({
+        "clean": report.is_clean(),
+        "txg": report.txg,
+        "blocks": report.blocks,
+        "objects": report.objects,
+        "referenced_bytes": report.referenced_bytes,
+        "allocated_bytes": report.allocated_bytes,
+        "checkpoint_bytes": report.checkpoint_bytes,
+        "errors": report.errors,
+    }))
+}
+
+/// Runs `req` on `pool`; a long request (verify, a discard it waits for) reports how far it
+/// has come to `progress`.
 pub fn execute(
     pool: &Arc<Pool>,
     req: &Request,
     hook: &dyn VolumeHook,
     view: View,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Value> {
     let name = pool.name().to_string();
     match req {
@@ -335,12 +402,7 @@ pub fn execute(
                 .collect();
             Ok(json!(rows))
         }
-        Request::Verify { .. } => {
-            let report = pool
-                .verify()
-                .map_err(|e| anyhow!("cannot verify '{name}': {e}"))?;
-            Ok(json!({ "clean": report.is_clean(), "report": format!("{report:?}") }))
-        }
+        Request::Verify { .. } => verify(pool, progress),
         Request::Checkpoint { .. } => {
             pool.checkpoint()
                 .map_err(|e| anyhow!("cannot checkpoint '{name}': {e}"))?;
@@ -350,14 +412,14 @@ pub fn execute(
             pool.discard_checkpoint()
                 .map_err(|e| anyhow!("cannot discard checkpoint in '{name}': {e}"))?;
             if *wait {
-                pool.wait_discard()
-                    .map_err(|e| anyhow!("cannot discard checkpoint in '{name}': {e}"))?;
+                wait_discard(pool, progress)
+                    .map_err(|e| anyhow!("cannot discard checkpoint in '{name}': {e:#}"))?;
             }
             Ok(checkpoint_json(pool))
         }
         Request::WaitDiscard { .. } => {
-            pool.wait_discard()
-                .map_err(|e| anyhow!("cannot wait for '{name}': {e}"))?;
+            wait_discard(pool, progress)
+                .map_err(|e| anyhow!("cannot wait for '{name}': {e:#}"))?;
             Ok(checkpoint_json(pool))
         }
         Request::Metaslabs { .. } => metaslabs_json(pool),

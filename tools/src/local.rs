@@ -1,8 +1,8 @@
 //! Commands that open a pool in this process (no `serve` holds it): create, import, export,
 //! one-shot requests, wait, inspect.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::IsTerminal;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +20,9 @@ use serde_json::{json, Value};
 
 use crate::cli::{InspectArgs, InspectWhat};
 use crate::exec::{self, NoHook, View};
-use crate::request::{Request, Response};
-use crate::size::{nicenum, parse_size};
+use crate::progress::{Activity, Reporter};
+use crate::request::{Progress, Request, Response};
+use crate::size::parse_size;
 use crate::statedir::{KnownPool, StateDir};
 
 /// Creates missing device files sparse with `size`; absolute paths for the state directory.
@@ -173,7 +174,11 @@ fn is_read_only(req: &Request) -> bool {
 }
 
 /// Runs `req` on a pool opened here, then exports it again.
-pub fn execute(state: &StateDir, req: &Request) -> Result<Response> {
+pub fn execute(
+    state: &StateDir,
+    req: &Request,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Response> {
     let Some(name) = req.pool() else {
         return Ok(Response::Ok {
             value: json!(state.pools()?.into_keys().collect::<Vec<_>>()),
@@ -185,7 +190,7 @@ pub fn execute(state: &StateDir, req: &Request) -> Result<Response> {
     }
     let (pool, view) = open(state, name, is_read_only(req))?;
     let pool = Arc::new(pool);
-    let result = exec::execute(&pool, req, &NoHook, view);
+    let result = exec::execute(&pool, req, &NoHook, view, progress);
     let pool = Arc::try_unwrap(pool).map_err(|_| anyhow!("pool '{name}' still in use"))?;
     pool.export()
         .map_err(|e| anyhow!("cannot export '{name}': {e}"))?;
@@ -229,15 +234,41 @@ fn candidates(state: &StateDir, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// An importable pool found on devices: its newest label, and its devices found.
+/// An importable pool found on devices: its newest label, and its devices found (path and
+/// device GUID).
 struct Found {
     header: LabelHeader,
-    devices: Vec<PathBuf>,
+    devices: Vec<(PathBuf, u64)>,
 }
 
-/// Groups `devices` by the pool their newest label names.
-fn find_pools(devices: &[PathBuf]) -> std::collections::BTreeMap<String, Found> {
-    let mut pools: std::collections::BTreeMap<String, Found> = Default::default();
+impl Found {
+    /// GUIDs of the pool's devices that were not found.
+    fn missing(&self) -> Vec<u64> {
+        self.header
+            .devices
+            .iter()
+            .map(|d| d.guid)
+            .filter(|g| !self.devices.iter().any(|(_, found)| found == g))
+            .collect()
+    }
+
+    fn state_word(&self) -> &'static str {
+        if self.missing().is_empty() {
+            "ONLINE"
+        } else {
+            "UNAVAIL"
+        }
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        self.devices.iter().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+/// Groups `devices` by the pool (GUID) their newest label names: two pools of the same name
+/// are listed apart, as zpool does.
+fn find_pools(devices: &[PathBuf]) -> BTreeMap<u64, Found> {
+    let mut pools: BTreeMap<u64, Found> = BTreeMap::new();
     for d in devices {
         let Some(h) = read_labels(d)
             .unwrap_or_default()
@@ -247,42 +278,38 @@ fn find_pools(devices: &[PathBuf]) -> std::collections::BTreeMap<String, Found> 
         else {
             continue;
         };
-        let f = pools.entry(h.pool_name.clone()).or_insert_with(|| Found {
+        let f = pools.entry(h.pool_guid).or_insert_with(|| Found {
             header: h.clone(),
             devices: Vec::new(),
         });
+        f.devices.push((d.clone(), h.device_guid));
         if h.config_txg > f.header.config_txg {
             f.header = h;
         }
-        f.devices.push(d.clone());
     }
     pools
 }
 
 /// `import` without a pool: zpool's listing of what could be imported.
-fn list_importable(
-    state: &StateDir,
-    pools: &std::collections::BTreeMap<String, Found>,
-    json: bool,
-) -> Result<()> {
+fn list_importable(state: &StateDir, pools: &BTreeMap<u64, Found>, json: bool) -> Result<()> {
     let known = state.pools()?;
-    let importable: Vec<(&String, &Found)> = pools
-        .iter()
-        .filter(|(n, _)| !known.contains_key(*n))
+    let importable: Vec<&Found> = pools
+        .values()
+        .filter(|f| !known.contains_key(&f.header.pool_name))
         .collect();
     if json {
         let list: Vec<Value> = importable
             .iter()
-            .map(|(name, f)| {
-                let missing = f.header.devices.len().saturating_sub(f.devices.len());
+            .map(|f| {
                 json!({
-                    "name": name,
+                    "name": f.header.pool_name,
                     "guid": f.header.pool_guid.to_string(),
-                    "state": if missing > 0 { "UNAVAIL" } else { "ONLINE" },
-                    "missing_devices": missing,
+                    "state": f.state_word(),
+                    "missing_devices": f.missing().len(),
+                    "missing_guids": f.missing().iter().map(u64::to_string).collect::<Vec<_>>(),
                     "last_state": format!("{:?}", f.header.state),
                     "host": f.header.host.hostname,
-                    "devices": f.devices.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
+                    "devices": f.devices.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -292,15 +319,20 @@ fn list_importable(
     if importable.is_empty() {
         println!("no pools available to import");
     }
-    for (name, f) in importable {
-        let missing = f.header.devices.len().saturating_sub(f.devices.len());
-        let state_word = if missing > 0 { "UNAVAIL" } else { "ONLINE" };
+    for f in importable {
+        let name = &f.header.pool_name;
+        let missing = f.missing();
+        let state_word = f.state_word();
         println!(
             "   pool: {name}\n     id: {}\n  state: {state_word}",
             f.header.pool_guid
         );
-        if missing > 0 {
-            println!(" status: {missing} device(s) of the pool are missing.\n action: The pool cannot be imported. Attach the missing devices and try again (-d DIR).");
+        if !missing.is_empty() {
+            println!(
+                " status: {} device(s) of the pool are missing.\n action: The pool cannot be \
+                 imported. Attach the missing devices and try again (-d DIR).",
+                missing.len()
+            );
         } else if f.header.state == PoolState::Active {
             println!(
                 " status: The pool was last opened by host '{}' (pid {}) and not exported.\n action: The pool can be imported if that process is gone; otherwise use -f.",
@@ -309,10 +341,20 @@ fn list_importable(
         } else {
             println!(" action: The pool can be imported using its name or numeric identifier.");
         }
+        // zpool's config block: the pool, then its devices indented by two, in a NAME column
+        // as wide as the longest entry (at least 10) followed by the STATE; a missing device
+        // shows its GUID.
+        let mut rows: Vec<(String, &str)> = vec![(name.clone(), state_word)];
+        rows.extend(
+            f.devices
+                .iter()
+                .map(|(d, _)| (format!("  {}", d.display()), "ONLINE")),
+        );
+        rows.extend(missing.iter().map(|g| (format!("  {g}"), "UNAVAIL")));
+        let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(10) + 2;
         println!(" config:\n");
-        println!("\t{name}\t{state_word}");
-        for d in &f.devices {
-            println!("\t  {}\tONLINE", d.display());
+        for (n, st) in rows {
+            println!("\t{n:<width$}{st}");
         }
         println!();
     }
@@ -344,13 +386,17 @@ pub fn import(state: &StateDir, req: &ImportRequest<'_>) -> Result<Option<String
         return Ok(None);
     };
     // Accept the numeric identifier as well as the name.
-    let found = pools.get(name).or_else(|| {
-        pools
-            .values()
-            .find(|f| f.header.pool_guid.to_string() == name)
-    });
-    let Some(found) = found else {
-        bail!("cannot import '{name}': no such pool available");
+    let by_name: Vec<&Found> = pools
+        .values()
+        .filter(|f| f.header.pool_name == name)
+        .collect();
+    let found = match by_name.as_slice() {
+        [one] => *one,
+        [] => match pools.values().find(|f| f.header.pool_guid.to_string() == name) {
+            Some(f) => f,
+            None => bail!("cannot import '{name}': no such pool available"),
+        },
+        _ => bail!("cannot import '{name}': more than one matching pool\nimport by numeric ID instead"),
     };
     let name = found.header.pool_name.clone();
     if state.pools()?.contains_key(&name) {
@@ -364,7 +410,7 @@ pub fn import(state: &StateDir, req: &ImportRequest<'_>) -> Result<Option<String
         force: req.force,
         ..Default::default()
     };
-    let pool = Pool::import_paths(&found.devices, &opts)
+    let pool = Pool::import_paths(&found.paths(), &opts)
         .map_err(|e| anyhow!("cannot import '{name}': {e}"))?;
     let at = pool
         .last_uberblock()
@@ -378,7 +424,7 @@ pub fn import(state: &StateDir, req: &ImportRequest<'_>) -> Result<Option<String
         Some(KnownPool {
             readonly: req.readonly,
             checkpoint_view,
-            ..KnownPool::new(found.devices.clone())
+            ..KnownPool::new(found.paths())
         }),
     )?;
     if checkpoint_view {
@@ -396,36 +442,30 @@ pub fn import(state: &StateDir, req: &ImportRequest<'_>) -> Result<Option<String
     Ok(Some(name))
 }
 
-/// Polls the pool's status until no checkpoint is being discarded, with progress.
+/// Polls the pool's status (through `serve`) until no checkpoint is being discarded, showing
+/// the bytes released of what the checkpoint held when the wait began.
 pub fn wait_discard(pool: &str, status: impl Fn(&str) -> Result<Value>) -> Result<()> {
-    let tty = std::io::stderr().is_terminal();
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    loop {
-        let v = status(pool)?;
+    let mut reporter = Reporter::new(Activity::Discard, pool);
+    let mut total = None;
+    let result = loop {
+        let v = match status(pool) {
+            Ok(v) => v,
+            Err(e) => break Err(e),
+        };
         let ck = &v["checkpoint"];
         if ck["state"].as_str() != Some("discarding") {
-            if let Some(b) = bar {
-                b.finish_and_clear();
-            }
-            return Ok(());
+            break Ok(());
         }
         let remaining = ck["space"].as_u64().unwrap_or(0);
-        if tty {
-            let b = bar.get_or_insert_with(|| {
-                let b = indicatif::ProgressBar::new(remaining.max(1));
-                b.set_style(
-                    indicatif::ProgressStyle::with_template("discarding checkpoint {bar:40} {msg}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                b
-            });
-            b.set_position(b.length().unwrap_or(0).saturating_sub(remaining));
-            b.set_message(format!("{} remaining", nicenum(remaining)));
-        } else {
-            eprintln!("checkpoint: discarding, {} remaining", nicenum(remaining));
-        }
-        std::thread::sleep(Duration::from_millis(if tty { 200 } else { 1000 }));
-    }
+        let total = *total.get_or_insert(remaining);
+        reporter.update(Progress {
+            done: total.saturating_sub(remaining),
+            total,
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    reporter.finish();
+    result
 }
 
 /// Reads the four labels of a device with plain reads (no exclusive open: inspection only).
@@ -481,7 +521,7 @@ pub fn execute_on_devices(devices: &[PathBuf], name: Option<&str>, req: &Request
     let pool = Arc::new(
         Pool::import_paths(devices, &opts).map_err(|e| anyhow!("cannot open '{what}': {e}"))?,
     );
-    let result = exec::execute(&pool, req, &NoHook, View::default());
+    let result = exec::execute(&pool, req, &NoHook, View::default(), &mut |_| {});
     if let Ok(p) = Arc::try_unwrap(pool) {
         p.export()
             .map_err(|e| anyhow!("cannot close '{what}': {e}"))?;

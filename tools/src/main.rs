@@ -5,13 +5,13 @@ mod control;
 mod exec;
 mod local;
 mod output;
+mod progress;
 mod request;
 mod serve;
 mod size;
 mod statedir;
 mod table;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -19,7 +19,8 @@ use clap::Parser;
 use serde_json::Value;
 
 use cli::{Cli, Command, InspectWhat, VolumeCommand};
-use request::{Request, Response};
+use progress::{Activity, Reporter};
+use request::{Progress, Request, Response};
 use statedir::StateDir;
 
 fn main() -> ExitCode {
@@ -53,23 +54,42 @@ fn serve_holds(state: &StateDir, pool: &str) -> Result<bool> {
 
 /// Sends `req` to the `serve` holding the pool, or runs it on a pool opened here.
 fn ask(state: &StateDir, req: Request) -> Result<Value> {
+    ask_progress(state, req, &mut |_| {})
+}
+
+/// [`ask`], passing the progress of a long request (verify, a discard waited for) to
+/// `progress`, wherever the request runs.
+fn ask_progress(
+    state: &StateDir,
+    req: Request,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Value> {
     let held = match req.pool() {
         Some(p) => serve_holds(state, p)?,
         None => true,
     };
     let served = if held {
-        control::call(&state.control_socket(), &req)?
+        control::call_with_progress(&state.control_socket(), &req, progress)?
     } else {
         None
     };
     let resp = match served {
         Some(resp) => resp,
-        None => local::execute(state, &req)?,
+        None => local::execute(state, &req, progress)?,
     };
     match resp {
         Response::Ok { value } => Ok(value),
         Response::Error { message } => bail!("{message}"),
+        Response::Progress(_) => bail!("the server answered with progress only"),
     }
+}
+
+/// [`ask_progress`] with a bar (terminal) or plain lines showing `activity` on `pool`.
+fn ask_showing(state: &StateDir, req: Request, activity: Activity) -> Result<Value> {
+    let mut reporter = Reporter::new(activity, req.pool().unwrap_or_default());
+    let r = ask_progress(state, req, &mut |p| reporter.update(p));
+    reporter.finish();
+    r
 }
 
 fn print_json(v: &Value) -> Result<()> {
@@ -301,26 +321,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Verify { json, pool } => {
-            // The pool layer reports no progress while it walks the blocks: on a terminal a
-            // spinner with the elapsed time shows that it is working.
-            let spinner = spinner(format!(
-                "verifying '{pool}': every block pointer, checksum and space map"
-            ));
-            let v = ask(&state, Request::Verify { pool: pool.clone() });
-            if let Some(s) = spinner {
-                s.finish_and_clear();
-            }
-            let v = v?;
+            let v = ask_showing(
+                &state,
+                Request::Verify { pool: pool.clone() },
+                Activity::Verify,
+            )?;
             let clean = v["clean"].as_bool().unwrap_or(false);
             if json {
                 print_json(&v)?;
-            } else if clean {
-                println!("verify of '{pool}': no errors (every block pointer and checksum checked, space maps reconciled)");
             } else {
-                println!(
-                    "verify of '{pool}' found problems:\n{}",
-                    v["report"].as_str().unwrap_or("")
-                );
+                print!("{}", output::verify(&pool, &v));
             }
             if !clean {
                 return Ok(ExitCode::FAILURE);
@@ -411,12 +421,11 @@ fn checkpoint(state: &StateDir, discard: bool, wait: bool, args: &[String]) -> R
     if discard {
         if wait && !serve_holds(state, &pool)? {
             // No serve: the discard reactor runs in this process, so wait in the same open.
-            let s = spinner(format!("discarding the checkpoint of '{pool}'"));
-            let r = ask(state, Request::DiscardCheckpoint { pool, wait: true });
-            if let Some(s) = s {
-                s.finish_and_clear();
-            }
-            r?;
+            ask_showing(
+                state,
+                Request::DiscardCheckpoint { pool, wait: true },
+                Activity::Discard,
+            )?;
         } else {
             ask(
                 state,
@@ -447,28 +456,14 @@ fn wait_discard(state: &StateDir, pool: &str) -> Result<()> {
             )
         });
     }
-    let s = spinner(format!("waiting for the checkpoint discard of '{pool}'"));
-    let r = ask(
+    ask_showing(
         state,
         Request::WaitDiscard {
             pool: pool.to_string(),
         },
-    );
-    if let Some(s) = s {
-        s.finish_and_clear();
-    }
-    r.map(|_| ())
-}
-
-/// A spinner with `msg` on a terminal (stderr), for waits whose progress this process cannot
-/// poll (the pool is open here and the call blocks); `None` otherwise.
-fn spinner(msg: String) -> Option<indicatif::ProgressBar> {
-    std::io::stderr().is_terminal().then(|| {
-        let s = indicatif::ProgressBar::new_spinner();
-        s.set_message(msg);
-        s.enable_steady_tick(std::time::Duration::from_millis(120));
-        s
-    })
+        Activity::Discard,
+    )
+    .map(|_| ())
 }
 
 fn volume(state: &StateDir, cmd: VolumeCommand) -> Result<()> {

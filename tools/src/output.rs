@@ -131,8 +131,8 @@ pub fn status(pool: &Value, verbose: bool, parsable: bool) -> String {
         out.push_str(&format!(
             "status: The sync of txg {} failed (errno {}: {}): the pool is suspended,\n\
              \twrites and flushes fail, reads keep working.\n\
-             action: Check the devices and free space, then 'ringpool export {name}' and\n\
-             \t'ringpool import {name}' (the pool reopens at its last committed txg).\n",
+             action: Fix the cause (a failing device, a full file system under a device\n\
+             \tfile), then 'ringpool clear {name}': the pool reopens at its last committed txg.\n",
             num(&s["txg"]),
             s["errno"].as_i64().unwrap_or(0),
             s["reason"].as_str().unwrap_or("unknown")
@@ -440,4 +440,34 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_time(1_795_219_200), "2026-11-21 00:00:00 UTC");
     }
+}
+
+/// `verify`: a one-line verdict with what was checked, then every problem found.
+pub fn verify(pool: &str, v: &Value) -> String {
+    let blocks = v["blocks"].as_u64().unwrap_or(0);
+    let objects = v["objects"].as_u64().unwrap_or(0);
+    let referenced = nicenum(v["referenced_bytes"].as_u64().unwrap_or(0));
+    let mut out = String::new();
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if errors.is_empty() {
+        out.push_str(&format!(
+            "verify of '{pool}': no errors ({blocks} blocks of {objects} objects, {referenced} \
+             referenced, every checksum checked and every space map reconciled at txg {})\n",
+            v["txg"]
+        ));
+    } else {
+        out.push_str(&format!(
+            "verify of '{pool}' found {} problem(s) in {blocks} blocks of {objects} objects:\n",
+            errors.len()
+        ));
+        for e in errors {
+            out.push_str(&format!("  {e}\n"));
+        }
+    }
+    out
 }

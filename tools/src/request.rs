@@ -127,12 +127,22 @@ impl Request {
     }
 }
 
-/// The answer: a JSON value, or an error message in OpenZFS's wording.
+/// The answer: a JSON value, or an error message in OpenZFS's wording. A long request
+/// (`verify`) may send `Progress` lines before its final answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Ok { value: Value },
     Error { message: String },
+    Progress(Progress),
+}
+
+/// How far a long request has come: `done` of `total` (bytes checked by `verify`, bytes
+/// released by a checkpoint discard).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::cli::ServeArgs;
 use crate::exec::{self, View, VolumeHook};
-use crate::request::{Request, Response};
+use crate::request::{Progress, Request, Response};
 use crate::statedir::{KnownPool, StateDir};
 use crate::{control, local};
 
@@ -70,17 +70,18 @@ fn publish(exports: &Exports, pool: &Arc<Pool>, volume: &str, read_only: bool) -
 }
 
 impl Served {
-    fn handle(&self, req: Request) -> Response {
+    fn handle(&self, req: Request, progress: &mut dyn FnMut(Progress)) -> Response {
         let result = match &req {
             Request::Pools => Ok(json!(self.pools.lock().keys().cloned().collect::<Vec<_>>())),
             Request::Export { pool } => self.export(pool).map(|()| json!({})),
             Request::Open { pool } => self.open(pool).map(|()| json!({})),
+            Request::Clear { pool } => self.clear(pool),
             other => {
                 let name = other.pool().unwrap_or_default().to_string();
                 let pool = self.pools.lock().get(&name).cloned();
                 let view = self.views.lock().get(&name).copied().unwrap_or_default();
                 match pool {
-                    Some(p) => exec::execute(&p, other, self, view),
+                    Some(p) => exec::execute(&p, other, self, view, progress),
                     None => Err(anyhow!("cannot open '{name}': no such pool")),
                 }
             }
@@ -149,6 +150,52 @@ impl Served {
             }
         }
         bail!("cannot export '{name}': pool is busy")
+    }
+    /// `clear`: resets the error counters, and resumes a suspended pool. The pool layer cannot
+    /// resume a suspended import in place (the failed txg left its in-memory state half way),
+    /// so the pool is exported (which reports the suspension and leaves the labels as they
+    /// were) and imported again at its last committed txg, and a history record is committed
+    /// to prove that writes go through: when the cause (a failing device, a full file system
+    /// under a device file) is still there, that commit fails and `clear` says so.
+    fn clear(&self, name: &str) -> Result<serde_json::Value> {
+        let Some(pool) = self.pools.lock().get(name).cloned() else {
+            bail!("cannot clear errors for '{name}': no such pool");
+        };
+        let was = pool.health();
+        if was.is_online() {
+            pool.clear_errors();
+            return Ok(json!({ "resumed": false }));
+        }
+        drop(pool);
+        if let Err(e) = self.export(name) {
+            tracing::info!("{e:#} (expected: the pool was suspended: {was})");
+        }
+        self.open(name)
+            .map_err(|e| anyhow!("cannot clear errors for '{name}': {e:#}"))?;
+        let pool = self.pools.lock().get(name).cloned();
+        let Some(pool) = pool else {
+            bail!("cannot clear errors for '{name}': the pool did not reopen");
+        };
+        if pool.read_only() {
+            return Ok(json!({ "resumed": true }));
+        }
+        let record = format!("clear: resumed after the suspension ({was})");
+        pool.sync_task_blocking(
+            false,
+            Box::new(move |ctx: &mut ringpool_driver::pool::SyncCtx<'_>| {
+                ctx.log(record);
+                Ok(())
+            }),
+        )
+        .map_err(|e| {
+            anyhow!(
+                "cannot clear errors for '{name}': {e}: the pool is suspended again, its cause \
+                 is still there ({})",
+                pool.health()
+            )
+        })?;
+        tracing::info!("pool '{name}' resumed at txg {}", pool.stats().synced_txg);
+        Ok(json!({ "resumed": true }))
     }
 }
 
@@ -239,7 +286,7 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     let handler = Arc::clone(&served);
     let _control = control::listen(
         &state.control_socket(),
-        Arc::new(move |req| handler.handle(req)),
+        Arc::new(move |req, progress: &mut dyn FnMut(Progress)| handler.handle(req, progress)),
     )?;
     let addr = server.local_addr().unwrap_or(args.listen);
     for export in served.exports.names() {

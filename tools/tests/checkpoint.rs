@@ -269,3 +269,92 @@ fn discard_in_progress_refuses_checkpoint_changes() {
     let history = env.ok(&["history", "dc"]);
     assert!(history.contains("checkpoint discard finished"), "{history}");
 }
+
+/// The percentages of the plain progress lines starting with `prefix` on `stderr`.
+fn percents(stderr: &str, prefix: &str) -> Vec<u64> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| {
+            let open = l.rfind('(').unwrap_or_else(|| panic!("{l}"));
+            let pct = l[open + 1..].split('%').next().unwrap();
+            pct.parse().unwrap_or_else(|_| panic!("{l}"))
+        })
+        .collect()
+}
+
+/// `verify` and `checkpoint -d -w` report progress: plain lines when stderr is not a terminal
+/// (every report with RINGPOOL_PROGRESS_EVERY_MS=0), through serve's control socket as well
+/// as in a pool opened by the command; a bar on a terminal.
+#[test]
+fn verify_and_discard_report_progress() {
+    if !have("qemu-io") {
+        eprintln!("skipping: qemu-io missing (qemu-utils)");
+        return;
+    }
+    let env = Env::new();
+    let dev = env.path("d1.img");
+    env.ok(&["create", "--size", "512M", "pg", dev.to_str().unwrap()]);
+    env.ok(&["volume", "create", "-s", "64M", "pg/v"]);
+    env.ok(&["set", "checkpoint_discard_memory_limit=128", "pg"]);
+    let port = free_port();
+    let url = format!("nbd://127.0.0.1:{port}/pg/v");
+    let serve = Serve::start(&env, port, &[]);
+    assert_qemu_io(&url, &["write -P 0x11 0 16M", "flush"]);
+    env.ok(&["checkpoint", "pg"]);
+    let cmds: Vec<String> = (0..1024u64)
+        .map(|i| format!("write -P 0x22 {} 4k", i * 8192))
+        .chain(std::iter::once("flush".to_string()))
+        .collect();
+    let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    assert_qemu_io(&url, &refs);
+
+    let verify_lines = |what: &str| {
+        let out = env
+            .cmd(&["verify", "pg"])
+            .env("RINGPOOL_PROGRESS_EVERY_MS", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{what}: {stdout}{stderr}");
+        assert!(stdout.starts_with("verify of 'pg': no errors"), "{stdout}");
+        let pct = percents(&stderr, "verify of 'pg': ");
+        assert!(!pct.is_empty(), "{what}: no progress line: {stderr}");
+        assert!(pct.windows(2).all(|w| w[0] <= w[1]), "{what}: {pct:?}");
+        assert!(pct.iter().all(|&p| p <= 100), "{what}: {pct:?}");
+    };
+    verify_lines("through serve");
+
+    // On a terminal: a bar (script(1) gives the command a pty).
+    if have("script") {
+        let bin = env!("CARGO_BIN_EXE_ringpool");
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{bin} verify pg"), "/dev/null"])
+            .env("RINGPOOL_STATE_DIR", env.state())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("verifying 'pg'") && text.contains("no errors"),
+            "{text}"
+        );
+    }
+    assert!(serve.stop().success());
+
+    verify_lines("opened by the command");
+    let out = env
+        .cmd(&["checkpoint", "-d", "-w", "pg"])
+        .env("RINGPOOL_PROGRESS_EVERY_MS", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let pct = percents(&stderr, "checkpoint: discarding, ");
+    assert!(!pct.is_empty(), "no progress line: {stderr}");
+    assert!(pct.windows(2).all(|w| w[0] <= w[1]), "{pct:?}");
+    assert!(pct.iter().all(|&p| p <= 100), "{pct:?}");
+    let status = env.json(&["status", "--json", "pg"]);
+    assert_eq!(status[0]["checkpoint"]["state"], "none", "{status}");
+    assert_eq!(env.json(&["verify", "--json", "pg"])["clean"], true);
+}

@@ -282,6 +282,28 @@ fn import_and_device_errors() {
     let found = env.json(&["import", "--json", "-d", dir]);
     assert_eq!(found[0]["state"], "UNAVAIL", "{found}");
     assert_eq!(found[0]["missing_devices"], 1);
+    assert_eq!(found[0]["name"], "two");
+    let text = env.ok(&["import", "-d", dir]);
+    // zpool's config block: the pool's name then its devices, indented, in one NAME column
+    // with the STATE aligned after it; the missing device by its GUID.
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with(" config:"))
+        .skip(2)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(rows[0].starts_with("\ttwo "), "{text}");
+    assert!(rows[1].starts_with(&format!("\t  {}", a.display())), "{text}");
+    let missing_guid = found[0]["missing_guids"][0].as_str().unwrap();
+    assert!(rows[2].starts_with(&format!("\t  {missing_guid} ")), "{text}");
+    let state_col: Vec<usize> = rows
+        .iter()
+        .map(|r| r.rfind(' ').unwrap() + 1)
+        .collect();
+    assert!(state_col.iter().all(|&c| c == state_col[0]), "{text}");
+    assert!(rows[0].ends_with("UNAVAIL") && rows[1].ends_with("ONLINE"), "{text}");
+    assert!(rows[2].ends_with("UNAVAIL"), "{text}");
     let err = env.fails(&["import", "-d", dir, "two"]);
     assert!(
         err.contains("cannot import 'two'") && err.contains("missing"),
@@ -291,6 +313,21 @@ fn import_and_device_errors() {
         .fails(&["import", "-d", env.path("nodir").to_str().unwrap()])
         .contains("cannot search"));
     std::fs::rename(&away, &b).unwrap();
+    // Another exported pool also named 'two': listed apart, importable only by its GUID.
+    let twin = devs.join("twin.img");
+    let other_state = env.path("other-state");
+    let out = env
+        .cmd(&["create", "--size", "256M", "two", twin.to_str().unwrap()])
+        .env("RINGPOOL_STATE_DIR", &other_state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let found = env.json(&["import", "--json", "-d", dir]);
+    assert_eq!(found.as_array().unwrap().len(), 2, "{found}");
+    assert!(env
+        .fails(&["import", "-d", dir, "two"])
+        .contains("more than one matching pool"));
+    std::fs::remove_file(&twin).unwrap();
     // By numeric identifier.
     env.ok(&["import", "-d", dir, &guid]);
     assert_eq!(

@@ -47,7 +47,7 @@ pub use health::{DeviceErrors, DeviceHealth, PoolHealth, PoolStatus};
 pub use lifecycle::{CreateOptions, FoundPool, ImportOptions, PoolOptions, TXG_INITIAL};
 pub use syncer::{SyncCtx, SyncState, SyncTask};
 pub use txg::{SyncStats, TxgConfig};
-pub use verify::VerifyReport;
+pub use verify::{VerifyProgress, VerifyReport};
 pub use volume::{Extent, Volume};
 
 use directory::VolumeEntry;
@@ -618,7 +618,15 @@ impl Pool {
     /// Walks every block pointer, checks every checksum and reconciles the space maps with
     /// the blocks found (blocking; syncs first).
     pub fn verify(&self) -> Result<VerifyReport> {
-        verify::verify(self)
+        verify::verify(self, &|_| {})
+    }
+
+    /// [`Pool::verify`], calling `progress` on this thread after every block it checks.
+    pub fn verify_with_progress(
+        &self,
+        progress: &dyn Fn(verify::VerifyProgress),
+    ) -> Result<VerifyReport> {
+        verify::verify(self, progress)
     }
 
     /// Every block of the last committed state (object, type, level, place): for `inspect`

@@ -50,6 +50,32 @@ impl VerifyReport {
     }
 }
 
+/// How far a verify has come, for a progress bar: every block read and checksummed so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyProgress {
+    /// Blocks read and checksummed.
+    pub blocks: u64,
+    /// Their allocated bytes.
+    pub bytes: u64,
+    /// The bytes verify expects to read: allocated minus checkpoint-held space when it started
+    /// (an estimate: `bytes` can end a little above or below it).
+    pub total_bytes: u64,
+}
+
+/// Reports progress to the caller's callback as blocks are checked.
+struct Tracker<'a> {
+    progress: VerifyProgress,
+    report: &'a dyn Fn(VerifyProgress),
+}
+
+impl Tracker<'_> {
+    fn checked(&mut self, d: &DataPtr) {
+        self.progress.blocks += 1;
+        self.progress.bytes += u64::from(d.dva.asize);
+        (self.report)(self.progress);
+    }
+}
+
 type Ranges = BTreeMap<u32, Vec<(u64, u64)>>;
 
 fn merge(v: &mut [(u64, u64)]) -> Vec<(u64, u64)> {
@@ -119,15 +145,23 @@ fn geom_of(rec: &ObjectRecord) -> TreeGeom {
     }
 }
 
-pub(crate) fn verify(pool: &Pool) -> Result<VerifyReport> {
+pub(crate) fn verify(pool: &Pool, progress: &dyn Fn(VerifyProgress)) -> Result<VerifyReport> {
     pool.sync_blocking()?;
     let shared = pool.shared();
     let ub = shared
         .last_ub
         .lock()
         .ok_or_else(|| PoolError::Internal("no committed uberblock".into()))?;
+    let space = shared.class.stats().total;
+    let mut tracker = Tracker {
+        progress: VerifyProgress {
+            total_bytes: space.allocated.saturating_sub(space.checkpointed),
+            ..Default::default()
+        },
+        report: progress,
+    };
     let mut report = crate::io::block_on(&super::PoolOptions::default().reactor, async {
-        let mut r = verify_state(shared, ub).await?;
+        let mut r = verify_state(shared, ub, &mut tracker).await?;
         super::checkpoint::verify_checkpoint(shared, ub, &mut r).await?;
         Ok::<_, PoolError>(r)
     })??;
@@ -137,11 +171,18 @@ pub(crate) fn verify(pool: &Pool) -> Result<VerifyReport> {
     Ok(report)
 }
 
-async fn check_blocks(shared: &Shared, name: &str, blocks: &[DataPtr], report: &mut VerifyReport) {
+async fn check_blocks(
+    shared: &Shared,
+    name: &str,
+    blocks: &[DataPtr],
+    report: &mut VerifyReport,
+    tracker: &mut Tracker<'_>,
+) {
     for chunk in blocks.chunks(64) {
         let futs = chunk.iter().map(|d| shared.read_verified(d, name, 0));
-        for r in join_all(futs).await {
+        for (d, r) in chunk.iter().zip(join_all(futs).await) {
             report.blocks += 1;
+            tracker.checked(d);
             if let Err(e) = r {
                 report.errors.push(e.to_string());
             }
@@ -150,7 +191,11 @@ async fn check_blocks(shared: &Shared, name: &str, blocks: &[DataPtr], report: &
 }
 
 /// Verifies the state committed by `ub`.
-pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<VerifyReport> {
+async fn verify_state(
+    shared: &Shared,
+    ub: Uberblock,
+    tracker: &mut Tracker<'_>,
+) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         txg: ub.txg,
         ..Default::default()
@@ -170,6 +215,7 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
     add_ref(&root, &mut referenced);
     let bytes = shared.read_verified(&root, "root block", 0).await?;
     report.blocks += 1;
+    tracker.checked(&root);
     let meta = decode_root_block(&bytes)?;
     let mut all = Vec::new();
     walk_tree(
@@ -180,7 +226,7 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
         &mut all,
     )
     .await?;
-    check_blocks(shared, "root object set", &all, &mut report).await;
+    check_blocks(shared, "root object set", &all, &mut report, tracker).await;
     for d in &all {
         add_ref(d, &mut referenced);
     }
@@ -193,7 +239,7 @@ pub(crate) async fn verify_state(shared: &Shared, ub: Uberblock) -> Result<Verif
             report.errors.push(e.to_string());
             continue;
         }
-        check_blocks(shared, &name, &blocks, &mut report).await;
+        check_blocks(shared, &name, &blocks, &mut report, tracker).await;
         for d in &blocks {
             add_ref(d, &mut referenced);
         }

@@ -99,8 +99,13 @@ impl Serve {
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["serve", "--listen", &listen, "--reactors", "2"];
         args.extend_from_slice(extra);
-        let mut child = env
-            .cmd(&args)
+        Serve::spawn(env.cmd(&args))
+    }
+
+    /// Runs `cmd`, which must end up running `ringpool serve` (e.g. through a shell that
+    /// prepares its devices first), until serve says it is ready.
+    pub fn spawn(mut cmd: Command) -> Serve {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -125,6 +130,11 @@ impl Serve {
             child: Some(child),
             lines,
         }
+    }
+
+    /// The process id (of serve itself when the command exec'd it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// SIGTERM, then the exit status.
