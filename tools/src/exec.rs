@@ -418,8 +418,7 @@ pub fn execute(
             Ok(checkpoint_json(pool))
         }
         Request::WaitDiscard { .. } => {
-            wait_discard(pool, progress)
-                .map_err(|e| anyhow!("cannot wait for '{name}': {e:#}"))?;
+            wait_discard(pool, progress).map_err(|e| anyhow!("cannot wait for '{name}': {e:#}"))?;
             Ok(checkpoint_json(pool))
         }
         Request::Metaslabs { .. } => metaslabs_json(pool),

@@ -392,11 +392,16 @@ pub fn import(state: &StateDir, req: &ImportRequest<'_>) -> Result<Option<String
         .collect();
     let found = match by_name.as_slice() {
         [one] => *one,
-        [] => match pools.values().find(|f| f.header.pool_guid.to_string() == name) {
+        [] => match pools
+            .values()
+            .find(|f| f.header.pool_guid.to_string() == name)
+        {
             Some(f) => f,
             None => bail!("cannot import '{name}': no such pool available"),
         },
-        _ => bail!("cannot import '{name}': more than one matching pool\nimport by numeric ID instead"),
+        _ => bail!(
+            "cannot import '{name}': more than one matching pool\nimport by numeric ID instead"
+        ),
     };
     let name = found.header.pool_name.clone();
     if state.pools()?.contains_key(&name) {

@@ -294,15 +294,21 @@ fn import_and_device_errors() {
         .collect();
     assert_eq!(rows.len(), 3, "{text}");
     assert!(rows[0].starts_with("\ttwo "), "{text}");
-    assert!(rows[1].starts_with(&format!("\t  {}", a.display())), "{text}");
+    assert!(
+        rows[1].starts_with(&format!("\t  {}", a.display())),
+        "{text}"
+    );
     let missing_guid = found[0]["missing_guids"][0].as_str().unwrap();
-    assert!(rows[2].starts_with(&format!("\t  {missing_guid} ")), "{text}");
-    let state_col: Vec<usize> = rows
-        .iter()
-        .map(|r| r.rfind(' ').unwrap() + 1)
-        .collect();
+    assert!(
+        rows[2].starts_with(&format!("\t  {missing_guid} ")),
+        "{text}"
+    );
+    let state_col: Vec<usize> = rows.iter().map(|r| r.rfind(' ').unwrap() + 1).collect();
     assert!(state_col.iter().all(|&c| c == state_col[0]), "{text}");
-    assert!(rows[0].ends_with("UNAVAIL") && rows[1].ends_with("ONLINE"), "{text}");
+    assert!(
+        rows[0].ends_with("UNAVAIL") && rows[1].ends_with("ONLINE"),
+        "{text}"
+    );
     assert!(rows[2].ends_with("UNAVAIL"), "{text}");
     let err = env.fails(&["import", "-d", dir, "two"]);
     assert!(

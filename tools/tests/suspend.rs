@@ -45,10 +45,7 @@ fn suspended_pool_shows_in_status_and_clear_resumes_it() {
     let image = env.path("fs.img");
     let mnt = env.path("mnt");
     fs::create_dir(&mnt).unwrap();
-    fs::File::create(&image)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
     let mkfs = Command::new("mkfs.ext4")
         .args(["-q", "-F"])
         .arg(&image)
@@ -100,7 +97,10 @@ fn suspended_pool_shows_in_status_and_clear_resumes_it() {
         }
     }
     let failed = failed.expect("the pool kept committing on a full file system");
-    assert!(failed.contains("cannot set property for 'sick'"), "{failed}");
+    assert!(
+        failed.contains("cannot set property for 'sick'"),
+        "{failed}"
+    );
 
     let status = env.json(&["status", "--json", "sick"]);
     let st = &status[0];
