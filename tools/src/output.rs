@@ -431,17 +431,6 @@ pub fn history(pool: &str, rows: &[Value]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc_dates() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_time(1_795_219_200), "2026-11-21 00:00:00 UTC");
-    }
-}
-
 /// `verify`: a one-line verdict with what was checked, then every problem found.
 pub fn verify(pool: &str, v: &Value) -> String {
     let blocks = v["blocks"].as_u64().unwrap_or(0);
@@ -470,4 +459,15 @@ pub fn verify(pool: &str, v: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_795_219_200), "2026-11-21 00:00:00 UTC");
+    }
 }
