@@ -143,8 +143,12 @@ import json, sys
 srv, rw, qd, rnd, tool, path = sys.argv[1:]
 d = json.load(open(path))
 t = d["total"]
+# The client's CPU: the whole process (its reactor runs the NBD connection; io_uring workers
+# count too), in us per I/O and as the share of one core over the run (busy).
+cpu = d["process_cpu_us_per_io"]
 print(json.dumps({"srv": srv, "rw": rw, "qd": int(qd), "round": int(rnd), "tool": tool,
                   "iops": t["iops"], "p50": t["lat"]["p50_us"], "p99": t["lat"]["p99_us"],
+                  "cpu": cpu, "busy": cpu * t["iops"] / 1e4,
                   "errors": d["io_errors"] + d["verify_errors"]}))
 PY
 }
@@ -160,9 +164,14 @@ d = json.load(open(path))
 j = d["jobs"][0]
 side = j["read"] if "read" in rw else j["write"]
 pct = side["lat_ns"]["percentile"]
+# fio's job thread (libnbd runs in it): usr_cpu + sys_cpu are percent of the job's runtime.
+busy = j["usr_cpu"] + j["sys_cpu"]
+ios = side["total_ios"]
+cpu = busy / 100.0 * j["job_runtime"] * 1e3 / ios if ios else 0.0
 print(json.dumps({"srv": srv, "rw": rw, "qd": int(qd), "round": int(rnd), "tool": tool,
                   "iops": side["iops"], "p50": pct["50.000000"] / 1000.0,
-                  "p99": pct["99.000000"] / 1000.0, "errors": j["error"]}))
+                  "p99": pct["99.000000"] / 1000.0, "cpu": cpu, "busy": busy,
+                  "errors": j["error"]}))
 PY
 }
 
@@ -176,8 +185,9 @@ for s in $SERVERS; do
         tail -n 1 "$results" | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read())
-print("  %-9s %-9s qd%-3d round %d %-8s %9.0f IOPS  p50 %8.1f us  p99 %8.1f us"
-      % (r["srv"], r["rw"], r["qd"], r["round"], r["tool"], r["iops"], r["p50"], r["p99"]))'
+print("  %-9s %-9s qd%-3d round %d %-8s %9.0f IOPS  p50 %8.1f us  p99 %8.1f us  cpu %5.1f us/IO  busy %3.0f %%"
+      % (r["srv"], r["rw"], r["qd"], r["round"], r["tool"], r["iops"], r["p50"], r["p99"],
+         r["cpu"], r["busy"]))'
       done
     done
   done
@@ -193,21 +203,22 @@ for r in rows:
     if k not in keys:
         keys.append(k)
 print()
-print("%-26s %9s %9s %7s %7s %9s %9s %7s %7s %9s %9s  %s" % (
+print("%-26s %9s %9s %7s %7s %9s %9s %7s %7s %9s %9s %6s %6s  %s" % (
     "server / workload", "ringperf", "fio", "IOPS x", "paired", "ringperf", "fio", "p50 x", "paired",
-    "ringperf", "fio", "goal"))
-print("%-26s %9s %9s %7s %7s %9s %9s %7s %7s %9s %9s" % (
-    "", "IOPS", "IOPS", "", "IOPS x", "p50 us", "p50 us", "", "p50 x", "p99 us", "p99 us"))
+    "ringperf", "fio", "rperf", "fio", "goal"))
+print("%-26s %9s %9s %7s %7s %9s %9s %7s %7s %9s %9s %6s %6s" % (
+    "", "IOPS", "IOPS", "", "IOPS x", "p50 us", "p50 us", "", "p50 x", "p99 us", "p99 us",
+    "busy%", "busy%"))
 for k in keys:
     sel = [r for r in rows if (r["srv"], r["rw"], r["qd"]) == k]
     def agg(tool):
         rs = [r for r in sel if r["tool"] == tool]
         if not rs:
-            return (0.0, 0.0, 0.0)
+            return (0.0, 0.0, 0.0, 0.0)
         return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p50"] for r in rs),
-                statistics.median(r["p99"] for r in rs))
-    ri, r50, r99 = agg("ringperf")
-    fi, f50, f99 = agg("fio")
+                statistics.median(r["p99"] for r in rs), statistics.mean(r["busy"] for r in rs))
+    ri, r50, r99, rb = agg("ringperf")
+    fi, f50, f99, fb = agg("fio")
     ix = ri / fi if fi else 0.0
     px = r50 / f50 if f50 else 0.0
     # The two runs of a round are back to back: their ratio is immune to drift between rounds.
@@ -221,8 +232,11 @@ for k in keys:
     mi = statistics.median(pi) if pi else 0.0
     mp = statistics.median(pp) if pp else 0.0
     ok = abs(mi - 1) <= 0.05 and abs(mp - 1) <= 0.10
-    print("%-26s %9.0f %9.0f %7.3f %7.3f %9.1f %9.1f %7.3f %7.3f %9.1f %9.1f  %s" % (
-        "%s %s qd%d" % k, ri, fi, ix, mi, r50, f50, px, mp, r99, f99, "ok" if ok else "MISSED"))
+    print("%-26s %9.0f %9.0f %7.3f %7.3f %9.1f %9.1f %7.3f %7.3f %9.1f %9.1f %6.0f %6.0f  %s" % (
+        "%s %s qd%d" % k, ri, fi, ix, mi, r50, f50, px, mp, r99, f99, rb, fb,
+        "ok" if ok else "MISSED"))
 print("IOPS: mean over rounds; p50, p99: median over rounds; paired: median over rounds of the")
 print("ratio of the two back-to-back runs of a round; goal (paired): IOPS within 5 %, p50 within 10 %")
+print("busy%: the client's job thread CPU time over the run, percent of one core (mean over rounds):")
+print("near 100 the client, not the server, sets the pace")
 PY

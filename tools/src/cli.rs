@@ -8,7 +8,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// ringpool: a user-space block storage engine. Pools of files or block devices, thin
 /// copy-on-write volumes exported over NBD, and OpenZFS-style pool checkpoints.
 #[derive(Debug, Parser)]
-#[command(name = "ringpool", version, propagate_version = true)]
+#[command(
+    name = "ringpool",
+    version,
+    propagate_version = true,
+    after_help = "Getting started:\n  \
+    ringpool serve                       # no pool yet: creates 'demo' with volume demo/vol0\n  \
+    qemu-io -f raw -c 'write -P 0xab 0 1M' nbd://127.0.0.1:10809/demo/vol0\n  \
+    ringpool status demo                 # health, devices, errors, checkpoint\n  \
+    ringpool checkpoint demo             # then: export, import --rewind-to-checkpoint\n\n\
+    While 'serve' holds a pool, every command reaches it through the control socket of the\n\
+    state directory; otherwise a command opens the pool itself, exclusively.\n\n\
+    Environment:\n  \
+    RINGPOOL_STATE_DIR         the state directory (as --state-dir)\n  \
+    RINGPOOL_LOG               log filter for stderr (tracing syntax, default info)\n  \
+    RINGPOOL_PROGRESS_EVERY_MS interval of plain progress lines when stderr is not a\n                             \
+    terminal (default 1000)"
+)]
 pub struct Cli {
     /// The state directory: known pools, the control socket of a running `serve`, logs.
     #[arg(long, global = true, env = "RINGPOOL_STATE_DIR", value_name = "DIR")]
@@ -95,6 +111,7 @@ pub enum Command {
         /// Columns to show, comma separated.
         #[arg(short = 'o', value_name = "COLS")]
         columns: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         pool: Option<String>,
@@ -113,8 +130,14 @@ pub enum Command {
         property: String,
         pool: String,
     },
-    /// Set a pool property.
-    Set { assignment: String, pool: String },
+    /// Set a pool property: a user property of any name (kept in the pool, shown by `get`),
+    /// or checkpoint_discard_memory_limit=BYTES (checkpoint-map memory a discard txg may use).
+    Set {
+        /// PROPERTY=VALUE, e.g. comment=backup-target.
+        #[arg(value_name = "PROPERTY=VALUE")]
+        assignment: String,
+        pool: String,
+    },
     /// Take a checkpoint of the pool, or discard it with -d.
     Checkpoint {
         /// Discard the checkpoint.
@@ -136,19 +159,24 @@ pub enum Command {
     },
     /// Give the pool a new GUID (refused while a checkpoint exists or is being discarded).
     Reguid { pool: String },
-    /// Reset the READ / WRITE / CKSUM error counters of the pool's devices.
+    /// Reset the READ / WRITE / CKSUM error counters of the pool's devices, and resume a
+    /// SUSPENDED pool once the cause (a failing device, a full file system under a device
+    /// file) is gone: `serve` reopens it at its last committed txg.
     Clear { pool: String },
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
     /// Show the pool's command history.
     History {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         pool: String,
     },
-    /// Walk every block pointer, check every checksum, reconcile space maps and the checkpoint.
+    /// Walk every block pointer, check every checksum, reconcile space maps and the checkpoint
+    /// (a progress bar on a terminal; exit status 1 when problems are found).
     Verify {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         pool: String,
@@ -184,6 +212,7 @@ pub enum VolumeCommand {
         scripted: bool,
         #[arg(short = 'p')]
         parsable: bool,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         pool: Option<String>,
