@@ -10,6 +10,18 @@ use ringpool_driver::io::{
     ReactorSet, SyncEngine, UringEngine,
 };
 
+/// Serializes the tests that assert a claim is released with the tests that spawn processes.
+/// A flock (and an O_EXCL open) belongs to the open file description, and a child forked by
+/// another test thread holds a copy of every descriptor until it execs: for that instant the
+/// claim is still held, and a "reopen succeeds after drop" check would fail spuriously.
+static FORK_OR_CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fork_or_claim() -> std::sync::MutexGuard<'static, ()> {
+    FORK_OR_CLAIM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn cfg() -> ReactorConfig {
     ReactorConfig {
         reactors: 2,
@@ -28,6 +40,7 @@ fn excl() -> DeviceOptions {
 
 #[test]
 fn typed_open_errors() {
+    let _serial = fork_or_claim();
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let missing = dir.path().join("missing");
     assert!(matches!(
@@ -174,6 +187,7 @@ fn discard_punches_holes() {
 
 #[test]
 fn fixed_files_are_used_and_released() {
+    let _serial = fork_or_claim();
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let p = dir.path().join("img");
     Device::create_sparse_file(&p, 8 << 20).unwrap();
@@ -272,6 +286,7 @@ impl Drop for LoopDev {
 
 #[test]
 fn loop_device_round_trip() {
+    let _serial = fork_or_claim();
     let Some(lo) = LoopDev::new(64 << 20) else {
         return;
     };

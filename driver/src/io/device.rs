@@ -89,12 +89,19 @@ impl Geometry {
     }
 }
 
+/// How long a refused exclusive claim is retried before reporting InUse (see `Device::claim`).
+const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(300);
+
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An open device. The descriptor (and the exclusive claim) is released on drop.
 #[derive(Debug)]
 pub struct Device {
     file: File,
+    /// The exclusive claim, on a descriptor of its own (see [`Device::claim`]). Closing it in
+    /// drop releases the claim at once, even while an io_uring ring still holds a reference to
+    /// `file` (a fixed-file slot is let go asynchronously by the kernel).
+    _claim: Option<File>,
     path: PathBuf,
     name: String,
     geometry: Geometry,
@@ -234,9 +241,12 @@ impl Device {
         } else {
             libc::O_RDWR
         };
-        if is_block && opts.exclusive {
-            flags |= libc::O_EXCL;
-        }
+        // Claim first, on a separate descriptor, so that nothing below races another opener.
+        let claim = if opts.exclusive {
+            Some(Self::claim(path, is_block)?)
+        } else {
+            None
+        };
         let want_direct = opts.direct != DirectIo::Disabled;
         let (file, direct) = if want_direct {
             match open_raw(path, flags | libc::O_DIRECT) {
@@ -274,13 +284,6 @@ impl Device {
             direct = false;
         }
         let fd = file.as_raw_fd();
-        if !is_block && opts.exclusive {
-            // SAFETY: flock on our own descriptor.
-            if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let e = errno_of(&std::io::Error::last_os_error());
-                return Err(path_err(path, OpKind::Open, e));
-            }
-        }
         let st = fstat(fd).map_err(|e| path_err(path, OpKind::Open, e))?;
         let geometry = if is_block {
             let size = ioctl_u64(fd, BLKGETSIZE64).map_err(|e| path_err(path, OpKind::Open, e))?;
@@ -333,6 +336,7 @@ impl Device {
         }
         Ok(Device {
             file,
+            _claim: claim,
             path: path.to_owned(),
             name: path.display().to_string(),
             geometry,
@@ -341,6 +345,41 @@ impl Device {
             registrations: FileRegistrations::default(),
             uring_discard: AtomicBool::new(true),
         })
+    }
+
+    /// Take the exclusive claim on `path` through a descriptor used for nothing else: O_EXCL for a
+    /// block device (EBUSY -> InUse), `flock(LOCK_EX|LOCK_NB)` for a file (EWOULDBLOCK -> InUse).
+    /// The I/O descriptor is opened separately, so the claim's lifetime is exactly the
+    /// `Device`'s, whatever the rings that registered the I/O descriptor still hold.
+    ///
+    /// A refusal is retried for a short while: the claim belongs to the open file description,
+    /// so a child that any thread of the previous holder's process forked keeps it alive until
+    /// the child execs (descriptors are close-on-exec). A real holder outlasts the retries.
+    fn claim(path: &Path, is_block: bool) -> Result<File, IoError> {
+        let mut delay = std::time::Duration::from_millis(2);
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match Self::try_claim(path, is_block) {
+                Err(libc::EBUSY | libc::EWOULDBLOCK) if waited < CLAIM_RETRY => {
+                    std::thread::sleep(delay);
+                    waited += delay;
+                    delay = (delay * 2).min(std::time::Duration::from_millis(50));
+                }
+                r => return r.map_err(|e| path_err(path, OpKind::Open, e)),
+            }
+        }
+    }
+
+    fn try_claim(path: &Path, is_block: bool) -> Result<File, i32> {
+        let flags = libc::O_RDONLY | if is_block { libc::O_EXCL } else { 0 };
+        let f = open_raw(path, flags)?;
+        if !is_block {
+            // SAFETY: flock on a descriptor we own and keep open for the lock's lifetime.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                return Err(errno_of(&std::io::Error::last_os_error()));
+            }
+        }
+        Ok(f)
     }
 
     /// Create (or truncate to) a sparse regular file of `size` bytes.

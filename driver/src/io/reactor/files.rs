@@ -2,8 +2,9 @@
 //! sparse file table the first time a [`crate::io::UringEngine`] op runs there, so data ops
 //! skip the per-op file lookup/refcount.
 //!
-//! A registered file holds a kernel reference to the open file, which would keep an exclusive
-//! claim (O_EXCL on a block device) alive after the `Device` is dropped. So:
+//! A registered file holds a kernel reference to the open file, and the kernel drops that
+//! reference asynchronously after the slot is cleared. The exclusive claim therefore lives on a
+//! separate descriptor that is never registered (see `Device::claim`), and in addition:
 //! * `Device` keeps a [`FileRegistrations`] list of the reactors that registered it; its drop
 //!   asks each of them to clear the slot and waits (bounded) for the acknowledgement;
 //! * a reactor clears its whole table (synchronously) before its ring is closed.
