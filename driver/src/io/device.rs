@@ -236,7 +236,7 @@ impl Device {
                 path: path.to_owned(),
             });
         }
-        let mut flags = if opts.read_only {
+        let flags = if opts.read_only {
             libc::O_RDONLY
         } else {
             libc::O_RDWR
