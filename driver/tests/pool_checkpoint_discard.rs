@@ -36,7 +36,10 @@ fn d23_discard_tiny_memory_limit() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(last, 0);
-    assert!(samples > 3);
+    // How many intermediate values this thread saw depends on the scheduler (a loaded machine
+    // can sleep it through the whole discard), so it is printed, not asserted; the txg count
+    // below is what proves the discard was spread out.
+    println!("{samples} samples");
     // 120 entries, 4 per round: at least 30 destroy txgs.
     assert!(pool.stats().synced_txg - t0 >= 30);
     verify_clean(&pool)?;
