@@ -363,8 +363,9 @@ fn discard_task(ctx: &mut SyncCtx<'_>) -> Result<()> {
 }
 
 /// Import with `rewind_to_checkpoint` (OpenZFS `spa_load_checkpoint_rewind` / C.6): load the
-/// current state, read the stored uberblock, write it back with txg = current + 1 (the point
-/// of no return), then load from it. Devices added after the checkpoint leave the pool (their
+/// current state, read the stored uberblock, write it back with txg = `newest_seen + 1` (the
+/// point of no return; `newest_seen` is the highest txg in any label, above `ub.txg` when `-T`
+/// or `-F` chose an older state: the uberblocks between must never win again), then load from it. Devices added after the checkpoint leave the pool (their
 /// labels are cleared). Read-only: nothing is written and the pool opens at the checkpointed
 /// state; a later plain import finds the current state with its checkpoint intact.
 pub(crate) async fn rewind_load(
@@ -372,13 +373,14 @@ pub(crate) async fn rewind_load(
     vdevs: &[Arc<Vdev>],
     ub: Uberblock,
     opts: &ImportOptions,
+    newest_seen: u64,
 ) -> Result<(Arc<Shared>, SyncState)> {
     let ro = ImportOptions {
         read_only: true,
         ..opts.clone()
     };
     let ckpt = {
-        let (_cur, st) = super::lifecycle::load(config, vdevs, ub, &ro).await?;
+        let (_cur, st) = super::lifecycle::load(config, vdevs, ub, &ro, ub.txg).await?;
         match state_of(st.directory())?.0 {
             CheckpointState::Exists => {}
             _ => return Err(PoolError::NoCheckpoint),
@@ -386,29 +388,20 @@ pub(crate) async fn rewind_load(
         checkpointed_ub(st.directory())?.ok_or(PoolError::NoCheckpoint)?
     };
     let mut new_ub = ckpt;
-    new_ub.txg = ub.txg + 1;
+    new_ub.txg = newest_seen.max(ub.txg) + 1;
     new_ub.timestamp = now_secs().max(ub.timestamp);
     if opts.read_only {
-        return super::lifecycle::load(config, vdevs, new_ub, opts).await;
+        return super::lifecycle::load(config, vdevs, new_ub, opts, new_ub.txg).await;
     }
     // Which devices the checkpointed state has (those added later are dropped).
     let kept: Vec<Arc<Vdev>> = {
-        let (sh, _) = super::lifecycle::load(config, vdevs, new_ub, &ro).await?;
+        let (sh, _) = super::lifecycle::load(config, vdevs, new_ub, &ro, new_ub.txg).await?;
         let k = sh.vdevs.read().clone();
         k
     };
     // The point of no return: the rewritten uberblock wins the next selection.
-    for pair in [[0usize, 1], [2, 3]] {
-        for v in &kept {
-            for l in pair {
-                v.write_uberblock(l, &new_ub).await?;
-            }
-        }
-        for v in &kept {
-            v.flush().await?;
-        }
-    }
-    let (shared, mut st) = super::lifecycle::load(config, vdevs, new_ub, opts).await?;
+    super::lifecycle::commit_rewind(&kept, &new_ub).await?;
+    let (shared, mut st) = super::lifecycle::load(config, vdevs, new_ub, opts, new_ub.txg).await?;
     for v in vdevs.iter().skip(kept.len()) {
         for l in 0..4 {
             v.clear_label(l).await?;

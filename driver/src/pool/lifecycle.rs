@@ -580,11 +580,17 @@ pub(crate) async fn import(
         }));
     }
     // Every uberblock of every label of the pool, newest first.
-    let mut ubs: Vec<Uberblock> = scanned
+    let seen: Vec<Uberblock> = scanned
         .iter()
         .flat_map(|d| d.labels.iter())
         .filter(|l| l.header.pool_guid == config.pool_guid)
         .flat_map(|l| l.uberblocks.iter().copied())
+        .collect();
+    // A rewind (-T, -F, checkpoint) leaves these newer uberblocks in the rings: every txg
+    // committed from now on must be above all of them, or a crash brings them back.
+    let newest_seen = seen.iter().map(|u| u.txg).max().unwrap_or(0);
+    let mut ubs: Vec<Uberblock> = seen
+        .into_iter()
         .filter(|u| u.txg <= opts.max_txg.unwrap_or(u64::MAX))
         .collect();
     ubs.sort_by(|a, b| b.txg.cmp(&a.txg).then(b.timestamp.cmp(&a.timestamp)));
@@ -595,9 +601,9 @@ pub(crate) async fn import(
     let mut last_err = None;
     for ub in ubs.iter() {
         let r = if opts.rewind_to_checkpoint {
-            super::checkpoint::rewind_load(&config, &vdevs, *ub, opts).await
+            super::checkpoint::rewind_load(&config, &vdevs, *ub, opts, newest_seen).await
         } else {
-            load(&config, &vdevs, *ub, opts).await
+            load(&config, &vdevs, *ub, opts, newest_seen).await
         };
         match r {
             Ok(r) => return Ok(r),
@@ -618,14 +624,27 @@ pub(crate) async fn import(
     Err(last_err.unwrap_or_else(|| PoolError::NoUberblock(config.pool_name.clone())))
 }
 
-/// Loads the pool state from `ub`.
+/// Loads the pool state from `ub`. `newest_seen` is the highest txg of any uberblock in the
+/// labels: when it is above `ub.txg` (a rewind) and the pool opens writable, `ub` is first
+/// rewritten as txg `newest_seen + 1` (see [`commit_rewind`]).
 pub(crate) async fn load(
     config: &LabelHeader,
     vdevs: &[Arc<Vdev>],
     ub: Uberblock,
     opts: &ImportOptions,
+    newest_seen: u64,
 ) -> Result<(Arc<Shared>, SyncState)> {
     let class = class_for(&opts.pool);
+    let rewound = !opts.read_only && newest_seen > ub.txg;
+    let ub = if rewound {
+        Uberblock {
+            txg: newest_seen + 1,
+            timestamp: now_secs().max(ub.timestamp),
+            ..ub
+        }
+    } else {
+        ub
+    };
     let txg_engine = TxgEngine::new(ub.txg, opts.pool.txg.clone());
     let shared = Shared::new(
         config.pool_name.clone(),
@@ -767,8 +786,33 @@ pub(crate) async fn load(
     }
     *shared.last_ub.lock() = Some(ub);
     if !opts.read_only {
+        if rewound {
+            commit_rewind(&vdevs, &ub).await?;
+        }
         st.label.config_txg = ub.txg;
         super::syncer::write_labels(&shared, &st).await?;
     }
     Ok((shared, st))
+}
+
+/// The point of no return of a rewind (OpenZFS writes the rewound uberblock back before any
+/// other write, `spa_load_checkpoint_rewind`; a `-F` recovery syncs at once with txgs above the
+/// failed candidate's): the loaded uberblock, renumbered above every uberblock in the labels,
+/// goes to every label of every device of the loaded state, front pair, flush, back pair,
+/// flush. Only the rings are written — no block is allocated yet, so the newer uberblocks stay
+/// intact until this is durable; after it they can never be selected again, and their blocks,
+/// free in the rewound state, may be reused. A crash before it leaves the pre-rewind state.
+/// Runs before the label headers so a header never names a txg no ring has.
+pub(crate) async fn commit_rewind(vdevs: &[Arc<Vdev>], ub: &Uberblock) -> Result<()> {
+    for pair in [[0usize, 1], [2, 3]] {
+        for v in vdevs {
+            for l in pair {
+                v.write_uberblock(l, ub).await?;
+            }
+        }
+        for v in vdevs {
+            v.flush().await?;
+        }
+    }
+    Ok(())
 }
