@@ -264,6 +264,42 @@ impl Stream {
         ops::shutdown(self.fd.as_raw_fd(), how)
     }
 
+    /// Set SO_SNDBUF to `bytes` (the kernel doubles it for bookkeeping and caps it at
+    /// `net.core.wmem_max`); returns the size the kernel reports afterwards.
+    pub fn set_send_buffer(&self, bytes: usize) -> Result<usize, IoError> {
+        let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+        // SAFETY: passes a pointer to a live local c_int and its exact size.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                std::ptr::from_ref(&v).cast::<libc::c_void>(),
+                len,
+            )
+        };
+        if r < 0 {
+            return Err(IoError::last_os(OpKind::Other));
+        }
+        let mut got: libc::c_int = 0;
+        let mut got_len = len;
+        // SAFETY: getsockopt writes at most `got_len` bytes into the live local `got`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                std::ptr::from_mut(&mut got).cast::<libc::c_void>(),
+                &mut got_len,
+            )
+        };
+        if r < 0 {
+            return Err(IoError::last_os(OpKind::Other));
+        }
+        Ok(usize::try_from(got).unwrap_or(0))
+    }
+
     /// Set TCP_NODELAY (fails harmlessly on Unix sockets).
     pub fn set_nodelay(&self, on: bool) -> Result<(), IoError> {
         let v: libc::c_int = i32::from(on);

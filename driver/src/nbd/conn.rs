@@ -54,6 +54,11 @@ pub const INLINE_REPLY_MAX: usize = 16 * 1024;
 const DATA_OFFSET: usize = 4096;
 /// Credit charged for a request beyond its data (reply header, bookkeeping).
 const REQUEST_OVERHEAD: u64 = 64;
+/// SO_SNDBUF asked for a connection in transmission (the kernel caps it at
+/// `net.core.wmem_max`). The default (about 208 KiB) holds less than two 128 KiB read replies:
+/// with more queued, a send would wait (poll and retry through the ring) until the client has
+/// drained the socket, instead of handing the whole reply to the kernel at once.
+const SEND_BUFFER: usize = 4 << 20;
 
 /// The receive side: a buffer with unparsed bytes in `start..end`.
 struct RecvBuf {
@@ -459,6 +464,9 @@ pub(crate) async fn serve(stream: Stream, shared: Arc<Shared>, id: u64) {
         flags = format_args!("{:#x}", negotiated.flags),
         "transmission"
     );
+    if let Err(e) = stream.set_send_buffer(SEND_BUFFER) {
+        tracing::debug!(conn = id, error = %e, "cannot enlarge the send buffer");
+    }
     let info = &negotiated.info;
     let decoder = RequestDecoder {
         mode: negotiated.mode,

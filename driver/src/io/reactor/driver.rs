@@ -207,6 +207,11 @@ impl Driver {
         &self.ring
     }
 
+    /// An operation other than the wake-up read is in flight or backlogged.
+    pub(crate) fn busy(&self) -> bool {
+        self.in_flight > usize::from(self.efd_armed) || !self.backlog.is_empty()
+    }
+
     /// Ops that have a slot (in flight, backlogged or completed-but-uncollected).
     pub(crate) fn op_count(&self) -> usize {
         self.ops.len()
