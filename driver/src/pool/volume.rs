@@ -22,6 +22,7 @@ use super::shared::Shared;
 use super::txg::TXG_SIZE;
 
 mod read;
+mod readahead;
 mod write;
 
 const SHARDS: usize = 16;

@@ -66,7 +66,10 @@ pub struct ReactorConfig {
     /// of a client at queue depth 1 often completes within that time; blocking instead puts
     /// the thread to sleep and wakes it again, which on a virtual machine costs more than the
     /// wait itself (idle halt, wake-up interrupt, and a scheduling delay on a busy host).
-    /// Zero disables it. Ignored by [`block_on`] (sync, discard and CLI threads sleep at once).
+    /// Each poll yields the CPU first, so a client (or any thread) queued on this core runs
+    /// instead of waiting behind the poll. Zero disables it; the environment variable
+    /// `RINGPOOL_REACTOR_SPIN_US` sets the default. Ignored by [`block_on`] (sync, discard and
+    /// CLI threads sleep at once).
     pub spin: std::time::Duration,
 }
 
@@ -84,7 +87,12 @@ impl Default for ReactorConfig {
             task_budget: 128,
             thread_name: "ringpool-r".to_string(),
             ring_mode: None,
-            spin: std::time::Duration::from_micros(50),
+            spin: std::time::Duration::from_micros(
+                std::env::var("RINGPOOL_REACTOR_SPIN_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(50),
+            ),
         }
     }
 }
@@ -354,7 +362,9 @@ impl Core {
             if !self.driver.borrow().busy() || std::time::Instant::now() >= until {
                 return Ok(true);
             }
-            std::hint::spin_loop();
+            // On a shared core the thread we wait for (the client, a device completion's
+            // softirq owner) may be queued behind us: let it run.
+            std::thread::yield_now();
         }
     }
 

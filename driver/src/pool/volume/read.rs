@@ -12,12 +12,13 @@
 //! offset.
 
 use std::ops::Range;
+use std::rc::Rc;
 
 use ringpool_ondisk::blkptr::{BlockPointer, DataPtr};
 
 use super::super::error::{PoolError, Result};
 use super::super::shared::Shared;
-use super::Volume;
+use super::{readahead, Volume};
 use crate::io::IoBuf;
 
 /// Device reads issued at once per request (bounds the futures polled per wake-up).
@@ -100,17 +101,127 @@ impl Volume {
             return (Ok(()), buf);
         }
         let bs = self.bs();
-        if offset / bs == (offset + len - 1) / bs {
+        let plan = if crate::io::in_reactor() {
+            readahead::plan(self, offset, len)
+        } else {
+            readahead::Plan {
+                cover: Vec::new(),
+                start: Vec::new(),
+            }
+        };
+        for chunk in plan.start {
+            crate::io::spawn_local(self.clone().fill_chunk(chunk));
+        }
+        if plan.cover.is_empty() && offset / bs == (offset + len - 1) / bs {
             return self.read_one(offset, buf, range, holes).await;
         }
+        // Chunks being filled are waited for: their device reads are already under way.
+        for c in &plan.cover {
+            readahead::Filled(Rc::clone(c)).await;
+        }
         let guard = self.shared.readers.enter();
-        let pieces = match self.pieces(offset, range.len()).await {
+        let mut pieces = match self.pieces(offset, range.len()).await {
             Ok(p) => p,
             Err(e) => return (Err(e), buf),
         };
+        let mut buf = buf;
+        if !plan.cover.is_empty() {
+            pieces = self.serve_cached(pieces, &plan.cover, &mut buf, range.start);
+        }
         let (r, buf) = self.read_pieces(&pieces, buf, range, holes).await;
         drop(guard);
         (r, buf)
+    }
+
+    /// Copies the pieces whose blocks a read-ahead chunk holds under their current pointer
+    /// into `buf` (at `base + dst`) and returns the others.
+    fn serve_cached(
+        &self,
+        pieces: Vec<Piece>,
+        cover: &[Rc<readahead::Chunk>],
+        buf: &mut IoBuf,
+        base: usize,
+    ) -> Vec<Piece> {
+        let bs = self.bs();
+        let bsu = usize::try_from(bs).unwrap_or(usize::MAX);
+        let per_chunk = readahead::CHUNK / bs;
+        let mut rest = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            if data_of(&p.bp).is_none() {
+                rest.push(p);
+                continue;
+            }
+            let index = p.blkid / per_chunk;
+            let served = cover.iter().find(|c| c.index == index).is_some_and(|c| {
+                let fill = c.fill.borrow();
+                let readahead::Fill::Ready { data, bps } = &*fill else {
+                    return false;
+                };
+                let i = usize::try_from(p.blkid - index * per_chunk).unwrap_or(usize::MAX);
+                if bps.get(i).copied().flatten() != Some(p.bp) {
+                    return false;
+                }
+                let src = i.saturating_mul(bsu).saturating_add(p.in_blk);
+                if src.saturating_add(p.len) > data.len() {
+                    return false;
+                }
+                let dst = base + p.dst;
+                buf.spare_and_all_mut()[dst..dst + p.len].copy_from_slice(&data[src..src + p.len]);
+                true
+            });
+            if !served {
+                rest.push(p);
+            }
+        }
+        rest
+    }
+
+    /// Reads read-ahead chunk `chunk` of this volume and publishes it (or its failure).
+    async fn fill_chunk(self, chunk: Rc<readahead::Chunk>) {
+        // A fill cancelled with its reactor (a `block_on` that returned) must not leave the
+        // chunk pending: a later reader on this thread would wait for it forever.
+        let chunk = readahead::FailOnDrop(chunk);
+        let chunk = &chunk.0;
+        let start = chunk.index * readahead::CHUNK;
+        let size = self.size();
+        if start >= size {
+            chunk.finish(readahead::Fill::Failed);
+            return;
+        }
+        let len = usize::try_from((size - start).min(readahead::CHUNK)).unwrap_or(0);
+        let guard = self.shared.readers.enter();
+        let pieces = match self.pieces(start, len).await {
+            Ok(p) => p,
+            Err(_) => {
+                chunk.finish(readahead::Fill::Failed);
+                return;
+            }
+        };
+        let buf = readahead::buffer();
+        let (r, data) = self.read_runs(&pieces, buf, 0).await;
+        drop(guard);
+        let fill = match r {
+            Ok(bad) => {
+                let first = start / self.bs();
+                let mut bps: Vec<Option<BlockPointer>> = pieces
+                    .iter()
+                    .map(|p| data_of(&p.bp).map(|_| p.bp))
+                    .collect();
+                // Blocks that failed verification are left to the requests' own path (which
+                // tells a concurrent overwrite from damage and reports the latter).
+                for (p, _) in bad {
+                    if let Some(slot) = usize::try_from(p.blkid - first)
+                        .ok()
+                        .and_then(|i| bps.get_mut(i))
+                    {
+                        *slot = None;
+                    }
+                }
+                readahead::Fill::Ready { data, bps }
+            }
+            Err(_) => readahead::Fill::Failed,
+        };
+        chunk.finish(fill);
     }
 
     /// A read within one block (the common small random read): no batching machinery.
@@ -236,7 +347,10 @@ impl Volume {
                 && (buf_addr + p.dst).is_multiple_of(crate::io::buf::DEFAULT_ALIGN);
             if let Some(r) = runs.last_mut() {
                 let prev = pieces[r.pieces.end - 1];
+                // Adjacent in the list and in the request (the list may skip pieces served
+                // from read-ahead), and back to back on the device.
                 let joins = r.pieces.end == i
+                    && prev.dst + prev.len == p.dst
                     && r.dev == d.dva.device
                     && r.dev_off + u64::try_from(r.bytes).unwrap_or(u64::MAX) == d.dva.offset
                     && data_of(&prev.bp).is_some_and(|pd| pd.dva.asize == d.dva.asize);
@@ -273,6 +387,50 @@ impl Volume {
                 push_hole(&mut holes, p.dst..p.dst + p.len);
             }
         }
+        let (r, mut buf) = self.read_runs(pieces, buf, base).await;
+        let bad = match r {
+            Ok(bad) => bad,
+            Err(e) => return (Err(e), buf),
+        };
+        // Blocks that failed their checksum: replaced meanwhile, or damaged.
+        for (p, err) in bad {
+            match self.reread(p, err).await {
+                Ok(Some(data)) => {
+                    let dst = base + p.dst;
+                    buf.spare_and_all_mut()[dst..dst + p.len]
+                        .copy_from_slice(&data[p.in_blk..p.in_blk + p.len]);
+                }
+                Ok(None) => {
+                    buf.spare_and_all_mut()[base + p.dst..base + p.dst + p.len].fill(0);
+                    if let Some(h) = holes.as_deref_mut() {
+                        h.push(p.dst..p.dst + p.len);
+                        h.sort_unstable_by_key(|r| r.start);
+                        // Re-merge neighbours.
+                        let mut merged: Vec<Range<usize>> = Vec::with_capacity(h.len());
+                        for r in h.drain(..) {
+                            match merged.last_mut() {
+                                Some(l) if l.end == r.start => l.end = r.end,
+                                _ => merged.push(r),
+                            }
+                        }
+                        *h = merged;
+                    }
+                }
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Reads the data pieces into `buf` (each at `base + dst`): one device read per run,
+    /// the runs concurrently, every block verified. Returns the blocks that failed their
+    /// checksum (for the caller to re-read or report); a device error fails the whole call.
+    async fn read_runs(
+        &self,
+        pieces: &[Piece],
+        mut buf: IoBuf,
+        base: usize,
+    ) -> (Result<Vec<(Piece, PoolError)>>, IoBuf) {
         let runs = self.runs(pieces, buf.addr() + base);
         let mut first_err: Option<PoolError> = None;
         let mut bad: Vec<(Piece, PoolError)> = Vec::new();
@@ -350,37 +508,10 @@ impl Volume {
                 }
             }
         }
-        if let Some(e) = first_err {
-            return (Err(e), buf);
+        match first_err {
+            Some(e) => (Err(e), buf),
+            None => (Ok(bad), buf),
         }
-        // Blocks that failed their checksum: replaced meanwhile, or damaged.
-        for (p, err) in bad {
-            match self.reread(p, err).await {
-                Ok(Some(data)) => {
-                    let dst = base + p.dst;
-                    buf.spare_and_all_mut()[dst..dst + p.len]
-                        .copy_from_slice(&data[p.in_blk..p.in_blk + p.len]);
-                }
-                Ok(None) => {
-                    buf.spare_and_all_mut()[base + p.dst..base + p.dst + p.len].fill(0);
-                    if let Some(h) = holes.as_deref_mut() {
-                        h.push(p.dst..p.dst + p.len);
-                        h.sort_unstable_by_key(|r| r.start);
-                        // Re-merge neighbours.
-                        let mut merged: Vec<Range<usize>> = Vec::with_capacity(h.len());
-                        for r in h.drain(..) {
-                            match merged.last_mut() {
-                                Some(l) if l.end == r.start => l.end = r.end,
-                                _ => merged.push(r),
-                            }
-                        }
-                        *h = merged;
-                    }
-                }
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
     }
 
     fn verify_piece(&self, d: &DataPtr, p: &Piece, data: &[u8]) -> Result<()> {

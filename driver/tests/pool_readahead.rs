@@ -1,0 +1,371 @@
+//! Sequential read-ahead: a stream of back-to-back reads is served from chunks read ahead in
+//! large device reads, and never returns data older than a write that completed before the
+//! read was issued (the chunks are checked block by block against the current pointers), nor
+//! hides a damaged block, nor hangs when a fill was cancelled with its reactor.
+
+// Test arithmetic on small sizes: the casts cannot truncate here.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringpool_driver::io::{self, BlockEngine, FaultyEngine, IoBuf, ReactorConfig};
+use ringpool_driver::pool::{CreateOptions, Pool, PoolOptions, TxgConfig, Volume};
+use ringpool_ondisk::object::ObjectType;
+
+fn rcfg() -> ReactorConfig {
+    ReactorConfig {
+        reactors: 1,
+        pin: false,
+        ..Default::default()
+    }
+}
+
+fn create(engines: Vec<Arc<dyn BlockEngine>>, txg_timeout: Duration) -> anyhow::Result<Pool> {
+    Ok(Pool::create(
+        "ra",
+        engines,
+        &CreateOptions {
+            pool: PoolOptions {
+                txg: TxgConfig {
+                    timeout: txg_timeout,
+                    ..Default::default()
+                },
+                shards: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )?)
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Reads `[off, off + len)` through `read_into` at the NBD reply offset.
+async fn read_at(vol: &Volume, off: u64, len: usize) -> anyhow::Result<Vec<u8>> {
+    let buf = IoBuf::zeroed(4096 + len);
+    let (r, buf) = vol.read_into(off, buf, 4096..4096 + len, None).await;
+    r?;
+    Ok(buf[4096..].to_vec())
+}
+
+/// Runs `f`, failing instead of hanging when it takes longer than `limit`.
+async fn within<F: Future>(limit: Duration, f: F) -> anyhow::Result<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut sleep = std::pin::pin!(io::sleep(limit));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Ok(v));
+        }
+        sleep
+            .as_mut()
+            .poll(cx)
+            .map(|()| Err(anyhow::anyhow!("timed out after {limit:?}")))
+    })
+    .await
+}
+
+#[test]
+fn sequential_stream_reads_ahead_and_sees_later_writes() -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(128 << 20, 4096);
+    let pool = create(vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
+    let size = 16usize << 20;
+    let vol = pool.create_volume("v", size as u64, 4096)?;
+    let step = 128 * 1024;
+    io::block_on(&rcfg(), async {
+        let mut model = pattern(1, size);
+        vol.write(0, &model, false).await?;
+        vol.flush().await?;
+        // First half: a plain sequential stream. Read-ahead must cut the device reads well
+        // below one per request (each 128 KiB request alone is one merged device read).
+        let before = dev.read_count();
+        let mut off = 0;
+        while off < size / 2 {
+            let got = read_at(&vol, off as u64, step).await?;
+            anyhow::ensure!(
+                got == model[off..off + step],
+                "stream read at {off} differs"
+            );
+            off += step;
+        }
+        let requests = (size / 2 / step) as u64;
+        let device_reads = dev.read_count() - before;
+        anyhow::ensure!(
+            device_reads * 3 < requests,
+            "{device_reads} device reads for {requests} sequential requests: no read-ahead"
+        );
+        // The chunks ahead of the reader now hold the next megabytes. Change them behind the
+        // read-ahead's back: overwrite whole and partial blocks, punch a hole, and rewrite a
+        // block with the bytes it already had (a new pointer, same content).
+        let writes: &[(usize, usize)] = &[
+            (size / 2 + 4096, 4096),
+            (size / 2 + 3 * step + 100, 5000),
+            (size / 2 + 1_000_000, 3 * 4096),
+        ];
+        for (k, &(o, l)) in writes.iter().enumerate() {
+            let d = pattern(50 + k as u64, l);
+            vol.write(o as u64, &d, false).await?;
+            model[o..o + l].copy_from_slice(&d);
+        }
+        let hole = size / 2 + 2 * step;
+        vol.punch(hole as u64, 8192, false).await?;
+        model[hole..hole + 8192].fill(0);
+        let same = size / 2 + 5 * step;
+        vol.write(same as u64, &model[same..same + 4096], false)
+            .await?;
+        // The rest of the stream, unaligned to the chunk boundaries half of the time.
+        while off < size {
+            let len = step.min(size - off);
+            let got = read_at(&vol, off as u64, len).await?;
+            if got != model[off..off + len] {
+                let first = (0..len).find(|&i| got[i] != model[off + i]).unwrap_or(0);
+                anyhow::bail!(
+                    "stream read at {off}: first difference at byte {}",
+                    off + first
+                );
+            }
+            off += if off % (2 * step) == 0 {
+                len - 512
+            } else {
+                len
+            };
+        }
+        anyhow::Ok(())
+    })??;
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}
+
+/// Block `b` at version `v`: every 8-byte word is `b << 32 | v`.
+fn stamp(b: u64, v: u64, bs: usize) -> Vec<u8> {
+    let w = (b << 32 | v).to_le_bytes();
+    w.iter().copied().cycle().take(bs).collect()
+}
+
+#[test]
+fn sequential_readers_racing_writers_never_read_stale_blocks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir_in("/tmp")?;
+    let path = dir.path().join("dev.img");
+    std::fs::File::create(&path)?.set_len(64 << 20)?;
+    let dev = io::Device::open(
+        &path,
+        &io::DeviceOptions {
+            direct: io::DirectIo::Required,
+            ..Default::default()
+        },
+    )?;
+    // Short txgs: syncs fold overlays into the tree and free old blocks while reads run.
+    let pool = create(
+        vec![Arc::new(io::UringEngine::new(Arc::new(dev)))],
+        Duration::from_millis(20),
+    )?;
+    let bs = 4096usize;
+    let nblk = 2048u64;
+    let vol = pool.create_volume("v", nblk * bs as u64, bs as u32)?;
+    let checked = io::block_on(&rcfg(), async {
+        let mut all = Vec::new();
+        for b in 0..nblk {
+            all.extend(stamp(b, 0, bs));
+        }
+        vol.write(0, &all, false).await?;
+        // Version of each block's last completed write, and the next version number.
+        let done = Rc::new(RefCell::new(vec![0u64; nblk as usize]));
+        let next = Rc::new(RefCell::new(0u64));
+        let mut writers = Vec::new();
+        for w in 0..2u64 {
+            let (vol, done, next) = (vol.clone(), Rc::clone(&done), Rc::clone(&next));
+            writers.push(io::spawn_local(async move {
+                let mut x = 0x1234_5678u64 + w;
+                for _ in 0..400 {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    let first = (x >> 20) % nblk;
+                    let count = ((x >> 40) % 4 + 1).min(nblk - first);
+                    let v = {
+                        let mut n = next.borrow_mut();
+                        *n += 1;
+                        *n
+                    };
+                    let mut d = Vec::new();
+                    for b in first..first + count {
+                        d.extend(stamp(b, v, bs));
+                    }
+                    vol.write(first * bs as u64, &d, false).await?;
+                    {
+                        let mut done = done.borrow_mut();
+                        for b in first..first + count {
+                            done[b as usize] = done[b as usize].max(v);
+                        }
+                    }
+                    io::yield_now().await;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        let mut readers = Vec::new();
+        for r in 0..2u64 {
+            let (vol, done) = (vol.clone(), Rc::clone(&done));
+            readers.push(io::spawn_local(async move {
+                let step = 16 * bs as u64;
+                let mut blocks = 0u64;
+                for pass in 0..3u64 {
+                    // Two streams at different places, both sequential.
+                    let mut off = (r * nblk / 2 + pass * 7) % nblk * bs as u64;
+                    let end = nblk * bs as u64;
+                    while off < end {
+                        let len = step.min(end - off) as usize;
+                        let first = off / bs as u64;
+                        // Every write completed before the read is issued must show.
+                        let floor: Vec<u64> =
+                            done.borrow()[first as usize..first as usize + len / bs].to_vec();
+                        let got = read_at(&vol, off, len).await?;
+                        for (i, blk) in got.chunks_exact(bs).enumerate() {
+                            let b = first + i as u64;
+                            let w = u64::from_le_bytes(blk[..8].try_into()?);
+                            anyhow::ensure!(
+                                w >> 32 == b && blk == stamp(b, w & 0xFFFF_FFFF, bs),
+                                "block {b}: word {w:#x} (torn or foreign)"
+                            );
+                            anyhow::ensure!(
+                                w & 0xFFFF_FFFF >= floor[i],
+                                "block {b}: version {} read after version {} was written",
+                                w & 0xFFFF_FFFF,
+                                floor[i]
+                            );
+                            blocks += 1;
+                        }
+                        off += len as u64;
+                    }
+                }
+                anyhow::Ok(blocks)
+            }));
+        }
+        for t in writers {
+            t.await??;
+        }
+        let mut checked = 0;
+        for t in readers {
+            checked += t.await??;
+        }
+        vol.flush().await?;
+        anyhow::Ok(checked)
+    })??;
+    assert!(checked > 8_000, "{checked} blocks checked");
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}
+
+#[test]
+fn damaged_block_inside_a_read_ahead_chunk_is_still_reported() -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(64 << 20, 4096);
+    let pool = create(vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
+    let vol = pool.create_volume("v", 8 << 20, 4096)?;
+    let data = pattern(3, 8 << 20);
+    io::block_on(&rcfg(), async {
+        vol.write(0, &data, false).await?;
+        vol.flush().await
+    })??;
+    let mut blocks: Vec<_> = pool
+        .block_map()?
+        .into_iter()
+        .filter(|b| {
+            b.object == Some(vol.object()) && b.level == 0 && b.kind == ObjectType::VolumeData
+        })
+        .collect();
+    blocks.sort_by_key(|b| b.offset);
+    // A block well inside the chunks read ahead of a stream starting at 0.
+    let victim = &blocks[600];
+    dev.flip_bit(victim.offset + 77, 2);
+    let results = io::block_on(&rcfg(), async {
+        let mut out = Vec::new();
+        let step = 64 * 1024usize;
+        for off in (0..(8 << 20)).step_by(step) {
+            out.push((off, read_at(&vol, off as u64, step).await));
+        }
+        out
+    })?;
+    let bad: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(o, _)| *o)
+        .collect();
+    assert_eq!(bad.len(), 1, "exactly one request fails: {bad:?}");
+    let (_, err) = results
+        .iter()
+        .find(|(o, _)| *o == bad[0])
+        .map(|(o, r)| (o, r.as_ref().err()))
+        .ok_or_else(|| anyhow::anyhow!("no failed request"))?;
+    let msg = err.map(ToString::to_string).unwrap_or_default();
+    assert!(msg.contains("checksum"), "{msg}");
+    for (off, r) in &results {
+        if let Ok(got) = r {
+            assert!(
+                got[..] == data[*off..*off + got.len()],
+                "request at {off} differs"
+            );
+        }
+    }
+    // The failure is counted once, against the device (not once more by the read-ahead).
+    let st = pool.status();
+    assert_eq!(st.devices[0].errors.checksum, 1, "{:?}", st.devices[0]);
+    pool.abandon();
+    Ok(())
+}
+
+#[test]
+fn a_fill_cancelled_with_its_reactor_does_not_block_later_reads() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir_in("/tmp")?;
+    let path = dir.path().join("dev.img");
+    std::fs::File::create(&path)?.set_len(64 << 20)?;
+    let dev = io::Device::open(
+        &path,
+        &io::DeviceOptions {
+            direct: io::DirectIo::Required,
+            ..Default::default()
+        },
+    )?;
+    let pool = create(
+        vec![Arc::new(io::UringEngine::new(Arc::new(dev)))],
+        Duration::from_secs(10),
+    )?;
+    let vol = pool.create_volume("v", 16 << 20, 4096)?;
+    let data = pattern(9, 16 << 20);
+    io::block_on(&rcfg(), async {
+        vol.write(0, &data, false).await?;
+        vol.flush().await
+    })??;
+    let step = 128 * 1024usize;
+    // Start a stream; the reactor ends right after the third read, while chunks ahead of it
+    // are still being filled (real device reads through the ring).
+    io::block_on(&rcfg(), async {
+        for k in 0..3 {
+            read_at(&vol, (k * step) as u64, step).await?;
+        }
+        anyhow::Ok(())
+    })??;
+    // The same thread continues the stream on a new reactor.
+    io::block_on(&rcfg(), async {
+        for k in 3..64 {
+            let off = k * step;
+            let got = within(Duration::from_secs(20), read_at(&vol, off as u64, step)).await??;
+            anyhow::ensure!(got == data[off..off + step], "read at {off} differs");
+        }
+        anyhow::Ok(())
+    })??;
+    pool.export()?;
+    Ok(())
+}
