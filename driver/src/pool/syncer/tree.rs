@@ -1,0 +1,227 @@
+//! Tree maintenance in syncing context: applying a txg's changes to an object's tree (load
+//! the paths, rebuild, write, free), and the walks that read whole trees back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ringpool_ondisk::blkptr::{BlockPointer, DataPtr};
+use ringpool_ondisk::object::{ObjectRecord, ObjectType};
+
+use super::super::deferred::free_in_sync;
+use super::super::error::Result;
+use super::super::join::{join_all, try_join_chunks};
+use super::super::objtree::{grow, paths_to_load, BlockKey, Change, TreeGeom, TreeUpdate};
+use super::super::shared::Shared;
+use super::{SyncState, DIRECTORY_OBJECT};
+
+pub(super) fn obj_name(obj: u64) -> String {
+    match obj {
+        0 => "root object set".into(),
+        DIRECTORY_OBJECT => "pool directory".into(),
+        n => format!("object {n}"),
+    }
+}
+
+pub(super) fn geom_of(rec: &ObjectRecord) -> TreeGeom {
+    TreeGeom {
+        levels: rec.levels.max(1),
+        ibs: rec.indirect_block_size,
+        bs: rec.data_block_size,
+    }
+}
+
+/// Loads the indirect blocks on the paths of `ids` (level by level, concurrently).
+async fn preload(
+    shared: &Shared,
+    name: &str,
+    geom: &TreeGeom,
+    root: &BlockPointer,
+    ids: &[u64],
+    loaded: &mut HashMap<BlockKey, Arc<Vec<BlockPointer>>>,
+) -> Result<()> {
+    loop {
+        let need = paths_to_load(geom, root, ids, loaded);
+        if need.is_empty() {
+            return Ok(());
+        }
+        for chunk in need.chunks(64) {
+            let futs = chunk.iter().map(|d| shared.load_indirect(d, name, 0));
+            let res = join_all(futs).await;
+            for (d, r) in chunk.iter().zip(res) {
+                loaded.insert(super::super::objtree::key_of(d), r?);
+            }
+        }
+    }
+}
+
+/// Applies `changes` to a tree: load, compute, write, free. Returns the new root and shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn update_tree(
+    shared: &Shared,
+    st: &mut SyncState,
+    name: &str,
+    kind: ObjectType,
+    geom: TreeGeom,
+    root: BlockPointer,
+    changes: &[(u64, Change)],
+    txg: u64,
+) -> Result<(BlockPointer, TreeGeom)> {
+    let Some(max) = changes.last().map(|c| c.0) else {
+        return Ok((root, geom));
+    };
+    let mut geom = geom;
+    let mut loaded = HashMap::new();
+    let mut root = root;
+    if max >= geom.capacity_blocks() {
+        let want = geom.levels_for(max + 1);
+        root = grow(&mut geom, root, want, &mut loaded, &mut || st.synth_key());
+    }
+    let ids: Vec<u64> = changes.iter().map(|c| c.0).collect();
+    preload(shared, name, &geom, &root, &ids, &mut loaded).await?;
+    let mut alloc = |asize: u32| shared.alloc_meta(asize, txg);
+    let asize_of = |l: u32| shared.asize(l);
+    let mut up = TreeUpdate {
+        txg,
+        kind,
+        loaded: &loaded,
+        alloc: &mut alloc,
+        asize_of: &asize_of,
+        frees: Vec::new(),
+        writes: Vec::new(),
+        new_indirect: Vec::new(),
+    };
+    let new_root = up.apply(&geom, root, changes)?;
+    let TreeUpdate {
+        frees,
+        writes,
+        new_indirect,
+        ..
+    } = up;
+    let mut futs = Vec::with_capacity(writes.len());
+    for w in &writes {
+        let vdev = shared.vdev(w.dva.device)?;
+        let buf = crate::io::buf::IoBuf::from_slice(&w.data);
+        let off = w.dva.offset;
+        futs.push(async move { vdev.write(off, buf).await });
+    }
+    if !writes.is_empty() {
+        st.wrote = true;
+    }
+    try_join_chunks(futs, 64).await?;
+    for (k, v) in new_indirect {
+        shared
+            .cache
+            .insert(k, v, usize::try_from(geom.ibs).unwrap_or(0));
+    }
+    for f in frees {
+        free_in_sync(shared, st, &f.dva, f.birth_txg, txg)?;
+    }
+    Ok((new_root, geom))
+}
+
+/// Every block pointer (data and indirect) reachable from `root`, with its level; for
+/// destruction and verification. Holes are skipped.
+pub(crate) async fn walk_tree(
+    shared: &Shared,
+    name: &str,
+    geom: &TreeGeom,
+    root: &BlockPointer,
+    out: &mut Vec<DataPtr>,
+) -> Result<()> {
+    let mut frontier: Vec<(BlockPointer, u64)> = vec![(*root, 0)];
+    let bs = u64::from(geom.bs);
+    while !frontier.is_empty() {
+        let mut next = Vec::new();
+        let batch: Vec<(DataPtr, u64)> = frontier
+            .iter()
+            .filter_map(|(bp, base)| bp.data().map(|d| (*d, *base)))
+            .collect();
+        for (d, _) in &batch {
+            out.push(*d);
+        }
+        let indirect: Vec<(DataPtr, u64)> =
+            batch.into_iter().filter(|(d, _)| d.level > 0).collect();
+        for chunk in indirect.chunks(64) {
+            let futs = chunk
+                .iter()
+                .map(|(d, base)| shared.load_indirect(d, name, base * bs));
+            let res = join_all(futs).await;
+            for ((d, base), r) in chunk.iter().zip(res) {
+                let children = r?;
+                let span = geom.span(d.level - 1);
+                for (i, c) in children.iter().enumerate() {
+                    if !c.is_hole() {
+                        next.push((*c, base + span * u64::try_from(i).unwrap_or(0)));
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    Ok(())
+}
+
+/// Reads bytes `[0, len)` of an object.
+pub(crate) async fn read_object_bytes(
+    shared: &Shared,
+    name: &str,
+    rec: &ObjectRecord,
+    len: u64,
+) -> Result<Vec<u8>> {
+    let geom = geom_of(rec);
+    let bs = u64::from(rec.data_block_size);
+    let nblocks = len.div_ceil(bs);
+    let mut out = vec![0u8; usize::try_from(nblocks * bs).unwrap_or(0)];
+    let positions = leaf_positions(shared, name, &geom, &rec.roots[0]).await?;
+    for chunk in positions.chunks(64) {
+        let futs = chunk
+            .iter()
+            .filter(|(blk, _)| *blk < nblocks)
+            .map(|(blk, d)| async move { (*blk, shared.read_verified(d, name, blk * bs).await) });
+        for (blk, r) in join_all(futs).await {
+            let data = r?;
+            let s = usize::try_from(blk * bs).unwrap_or(0);
+            let n = data.len().min(usize::try_from(bs).unwrap_or(0));
+            out[s..s + n].copy_from_slice(&data[..n]);
+        }
+    }
+    out.truncate(usize::try_from(len).unwrap_or(0));
+    Ok(out)
+}
+
+/// (block id, pointer) of every data block of a tree.
+pub(crate) async fn leaf_positions(
+    shared: &Shared,
+    name: &str,
+    geom: &TreeGeom,
+    root: &BlockPointer,
+) -> Result<Vec<(u64, DataPtr)>> {
+    let mut out = Vec::new();
+    let mut frontier: Vec<(DataPtr, u64)> = root.data().map(|d| vec![(*d, 0)]).unwrap_or_default();
+    let bs = u64::from(geom.bs);
+    while !frontier.is_empty() {
+        let mut next = Vec::new();
+        let (leaves, ind): (Vec<_>, Vec<_>) = frontier.into_iter().partition(|(d, _)| d.level == 0);
+        for (d, base) in leaves {
+            out.push((base, d));
+        }
+        for chunk in ind.chunks(64) {
+            let futs = chunk
+                .iter()
+                .map(|(d, base)| shared.load_indirect(d, name, base * bs));
+            let res = join_all(futs).await;
+            for ((d, base), r) in chunk.iter().zip(res) {
+                let children = r?;
+                let span = geom.span(d.level - 1);
+                for (i, c) in children.iter().enumerate() {
+                    if let Some(cd) = c.data() {
+                        next.push((*cd, base + span * u64::try_from(i).unwrap_or(0)));
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    out.sort_unstable_by_key(|(b, _)| *b);
+    Ok(out)
+}
