@@ -83,3 +83,111 @@ where
         None => Ok(()),
     }
 }
+
+/// Future of [`join_window`].
+pub struct JoinWindow<'a, T> {
+    queued: std::vec::IntoIter<BoxFut<'a, T>>,
+    running: Vec<BoxFut<'a, T>>,
+    out: Vec<T>,
+    width: usize,
+}
+
+impl<T> std::fmt::Debug for JoinWindow<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinWindow")
+            .field("queued", &self.queued.len())
+            .field("running", &self.running.len())
+            .field("width", &self.width)
+            .finish()
+    }
+}
+
+/// Runs `futs` keeping up to `width` in flight: a finished one is replaced at once (unlike
+/// [`try_join_chunks`], which waits for the slowest of each chunk), so the device queue stays
+/// deep for the whole batch. Outputs come in completion order.
+pub fn join_window<'a, T, F>(futs: Vec<F>, width: usize) -> JoinWindow<'a, T>
+where
+    F: Future<Output = T> + 'a,
+{
+    let n = futs.len();
+    let queued: Vec<BoxFut<'a, T>> = futs
+        .into_iter()
+        .map(|f| Box::pin(f) as BoxFut<'a, T>)
+        .collect();
+    JoinWindow {
+        queued: queued.into_iter(),
+        running: Vec::new(),
+        out: Vec::with_capacity(n),
+        width: width.max(1),
+    }
+}
+
+// As for JoinAll: the futures are boxed, so moving the struct moves no pinned future.
+impl<T> Unpin for JoinWindow<'_, T> {}
+
+impl<T> Future for JoinWindow<'_, T> {
+    type Output = Vec<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<T>> {
+        let this = self.get_mut();
+        loop {
+            while this.running.len() < this.width {
+                match this.queued.next() {
+                    Some(f) => this.running.push(f),
+                    None => break,
+                }
+            }
+            if this.running.is_empty() {
+                return Poll::Ready(std::mem::take(&mut this.out));
+            }
+            let mut finished = false;
+            let mut i = 0;
+            while i < this.running.len() {
+                match this.running[i].as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        this.out.push(v);
+                        drop(this.running.swap_remove(i));
+                        finished = true;
+                    }
+                    Poll::Pending => i += 1,
+                }
+            }
+            // Freed slots are refilled (and the new futures polled) before yielding.
+            if !finished || this.queued.len() == 0 && !this.running.is_empty() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_runs_everything_with_bounded_width() {
+        use std::cell::Cell;
+        let live = Cell::new(0usize);
+        let peak = Cell::new(0usize);
+        let futs: Vec<_> = (0..50u32)
+            .map(|i| {
+                let (live, peak) = (&live, &peak);
+                async move {
+                    live.set(live.get() + 1);
+                    peak.set(peak.get().max(live.get()));
+                    // Finish after a number of polls that varies by future.
+                    for _ in 0..=(i % 7) {
+                        crate::io::yield_now().await;
+                    }
+                    live.set(live.get() - 1);
+                    i
+                }
+            })
+            .collect();
+        let cfg = crate::io::ReactorConfig::default();
+        let mut out = crate::io::block_on(&cfg, join_window(futs, 8)).unwrap();
+        out.sort_unstable();
+        assert_eq!(out, (0..50).collect::<Vec<_>>());
+        assert_eq!(peak.get(), 8, "the window is kept full and never exceeded");
+    }
+}

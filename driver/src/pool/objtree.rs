@@ -19,6 +19,8 @@ use ringpool_ondisk::checksum::{Checksum, ChecksumAlgo};
 use ringpool_ondisk::object::ObjectType;
 
 use super::error::PoolError;
+use super::syncer::BufPool;
+use crate::io::IoBuf;
 
 /// Size of an encoded block pointer.
 pub const BP_SIZE: u64 = 64;
@@ -157,8 +159,8 @@ fn group_by_child<'a>(geom: &TreeGeom, level: u8, blkids: &'a [u64]) -> Vec<(usi
 pub struct BlockWrite {
     /// Where.
     pub dva: Dva,
-    /// What (exactly `asize` bytes, zero padded).
-    pub data: Arc<Vec<u8>>,
+    /// What (exactly `asize` bytes, zero padded), in a buffer of the sync's pool.
+    pub data: IoBuf,
     /// Level of the block (0 = data).
     pub level: u8,
     /// The pointer the parent now holds.
@@ -177,6 +179,8 @@ pub struct TreeUpdate<'a> {
     pub alloc: &'a mut dyn FnMut(u32) -> Result<Dva, PoolError>,
     /// Allocated size for a block of `len` logical bytes.
     pub asize_of: &'a dyn Fn(u32) -> u32,
+    /// Where block buffers come from (reused across txgs, never zero-filled on the way).
+    pub(crate) bufs: &'a mut BufPool,
     /// Blocks replaced or dropped (the caller frees them with their birth txg).
     pub frees: Vec<DataPtr>,
     /// Blocks to write.
@@ -232,7 +236,15 @@ impl TreeUpdate<'_> {
                     }
                     Ok(*new)
                 }
-                Change::Data(bytes) => self.place(old, Arc::clone(bytes), 0, 1, geom.bs),
+                Change::Data(bytes) => {
+                    let buf = self.block_buf(geom.bs, |out| {
+                        let n = bytes.len().min(out.len());
+                        out[..n].copy_from_slice(&bytes[..n]);
+                        out[n..].fill(0);
+                        Ok(())
+                    })?;
+                    self.place(old, buf, 0, 1, geom.bs)
+                }
             };
         }
         let mut children: Vec<BlockPointer> = match &old {
@@ -276,21 +288,41 @@ impl TreeUpdate<'_> {
             }));
         }
         let fill = children.iter().map(BlockPointer::fill).sum();
-        let mut buf = vec![0u8; usize::try_from(geom.ibs).unwrap_or(0)];
-        encode_indirect(&children, &mut buf)?;
-        let bp = self.place(old, Arc::new(buf), level, fill, geom.ibs)?;
+        // The encoder writes every byte of the block (pointers, then zeroes).
+        let buf = self.block_buf(geom.ibs, |out| Ok(encode_indirect(&children, out)?))?;
+        let bp = self.place(old, buf, level, fill, geom.ibs)?;
         if let BlockPointer::Data(d) = &bp {
             self.new_indirect.push((key_of(d), Arc::new(children)));
         }
         Ok(bp)
     }
 
-    /// Writes `data` as the new version of `old`: in place when `old` was born in this txg
-    /// (no committed uberblock can reach it), else at a new place, freeing `old`.
+    /// A pooled buffer of the allocated size of an `lsize`-byte block: `fill` writes the
+    /// logical bytes (all of them), the allocation padding past them is zeroed here.
+    fn block_buf(
+        &mut self,
+        lsize: u32,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), PoolError>,
+    ) -> Result<IoBuf, PoolError> {
+        let asize = usize::try_from((self.asize_of)(lsize)).unwrap_or(0);
+        let lsz = usize::try_from(lsize).unwrap_or(0).min(asize);
+        let mut buf = self.bufs.take(asize);
+        let r = fill(&mut buf[..lsz]);
+        if let Err(e) = r {
+            self.bufs.give(buf);
+            return Err(e);
+        }
+        buf[lsz..].fill(0);
+        Ok(buf)
+    }
+
+    /// Writes `data` (a block of `asize_of(lsize)` bytes) as the new version of `old`: in
+    /// place when `old` was born in this txg (no committed uberblock can reach it), else at a
+    /// new place, freeing `old`.
     fn place(
         &mut self,
         old: BlockPointer,
-        data: Arc<Vec<u8>>,
+        data: IoBuf,
         level: u8,
         fill: u64,
         lsize: u32,
@@ -306,13 +338,6 @@ impl TreeUpdate<'_> {
             }
             BlockPointer::Hole(_) => (self.alloc)(asize)?,
         };
-        let mut data = data;
-        let want = usize::try_from(asize).unwrap_or(0);
-        if data.len() != want {
-            let mut v = data.as_ref().clone();
-            v.resize(want, 0);
-            data = Arc::new(v);
-        }
         let lsz = usize::try_from(lsize).unwrap_or(0).min(data.len());
         let checksum = Checksum::compute(ChecksumAlgo::Crc32c, &data[..lsz]);
         let bp = DataPtr {

@@ -26,10 +26,12 @@ use super::objtree::{BlockKey, Change};
 use super::shared::Shared;
 use super::volume::VolumeInner;
 
+mod bufpool;
 mod commit;
 mod spacemap;
 mod tree;
 
+pub(crate) use bufpool::BufPool;
 use commit::{commit, sync_root};
 pub(crate) use commit::{decode_root_block, guid_sum, label_header, read_objects, write_labels};
 use spacemap::checkpoint_sm;
@@ -110,6 +112,8 @@ pub struct SyncState {
     pub(crate) defer_dirty: bool,
     /// Metaslabs (device, index) whose space map was appended to in the txg being synced.
     pub(crate) ms_synced: std::collections::HashSet<(u32, u64)>,
+    /// Write buffers of tree blocks, reused from txg to txg.
+    pub(crate) bufs: BufPool,
     synth: u64,
 }
 
@@ -145,6 +149,7 @@ impl SyncState {
             defer_prev: Vec::new(),
             defer_dirty: false,
             ms_synced: Default::default(),
+            bufs: BufPool::default(),
             synth: 0,
         }
     }

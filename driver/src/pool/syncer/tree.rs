@@ -9,10 +9,12 @@ use ringpool_ondisk::object::{ObjectRecord, ObjectType};
 
 use super::super::deferred::free_in_sync;
 use super::super::error::Result;
-use super::super::join::{join_all, try_join_chunks};
-use super::super::objtree::{grow, paths_to_load, BlockKey, Change, TreeGeom, TreeUpdate};
+use super::super::join::{join_all, join_window};
+use super::super::objtree::{
+    grow, paths_to_load, BlockKey, BlockWrite, Change, TreeGeom, TreeUpdate,
+};
 use super::super::shared::Shared;
-use super::{SyncState, DIRECTORY_OBJECT};
+use super::{BufPool, SyncState, DIRECTORY_OBJECT};
 
 pub(super) fn obj_name(obj: u64) -> String {
     match obj {
@@ -81,6 +83,7 @@ pub(crate) async fn update_tree(
     let mut alloc = |asize: u32| shared.alloc_meta(asize, txg);
     let asize_of = |l: u32| shared.asize(l);
     let mut up = TreeUpdate {
+        bufs: &mut st.bufs,
         txg,
         kind,
         loaded: &loaded,
@@ -97,17 +100,10 @@ pub(crate) async fn update_tree(
         new_indirect,
         ..
     } = up;
-    let mut futs = Vec::with_capacity(writes.len());
-    for w in &writes {
-        let vdev = shared.vdev(w.dva.device)?;
-        let buf = crate::io::buf::IoBuf::from_slice(&w.data);
-        let off = w.dva.offset;
-        futs.push(async move { vdev.write(off, buf).await });
-    }
     if !writes.is_empty() {
         st.wrote = true;
     }
-    try_join_chunks(futs, 64).await?;
+    write_blocks(shared, &mut st.bufs, writes).await?;
     for (k, v) in new_indirect {
         shared
             .cache
@@ -117,6 +113,33 @@ pub(crate) async fn update_tree(
         free_in_sync(shared, st, &f.dva, f.birth_txg, txg)?;
     }
     Ok((new_root, geom))
+}
+
+/// Tree blocks the sync keeps in flight at once.
+const WRITE_WINDOW: usize = 128;
+
+/// Writes the blocks of a tree update, [`WRITE_WINDOW`] at a time, and returns their buffers to
+/// the pool. Every write is waited for (the commit's flush must cover them all), and the first
+/// error is returned.
+pub(crate) async fn write_blocks(
+    shared: &Shared,
+    bufs: &mut BufPool,
+    writes: Vec<BlockWrite>,
+) -> Result<()> {
+    let mut futs = Vec::with_capacity(writes.len());
+    for w in writes {
+        let vdev = shared.vdev(w.dva.device)?;
+        let off = w.dva.offset;
+        futs.push(async move { vdev.write_keep(w.data, off).await });
+    }
+    let mut first_err = None;
+    for (r, buf) in join_window(futs, WRITE_WINDOW).await {
+        bufs.give(buf);
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 /// Every block pointer (data and indirect) reachable from `root`, with its level; for
