@@ -19,16 +19,32 @@ pub const TXG_SIZE: usize = 4;
 const TXG_MASK: u64 = 3;
 /// Frees become allocatable this many txgs after the txg that freed them.
 pub const TXG_DEFER_SIZE: u64 = 2;
+/// Longest single write delay (OpenZFS `zfs_delay_max_ns`, 100 ms).
+const MAX_DELAY: Duration = Duration::from_millis(100);
 
 /// Tunables of the txg engine.
+///
+/// A txg carries two kinds of dirty bytes. *Data*: blocks already written whose pointers wait
+/// for the sync to fold them into the trees (cheap to hold, but the bigger the txg, the fewer
+/// tree blocks the sync rewrites per write). *Metadata*: an estimate of the tree and space-map
+/// blocks the sync will allocate, which come out of the allocator's slop reserve and so are
+/// bounded by it (see [`TxgEngine::cap_dirty`]). Either reaching its sync threshold starts a
+/// sync; past `delay_min_dirty_percent` of either limit writers are delayed smoothly, and at
+/// the limit they wait for the sync.
 #[derive(Debug, Clone)]
 pub struct TxgConfig {
     /// Sync at least this often when something is dirty (OpenZFS `zfs_txg_timeout`, 5 s).
     pub timeout: Duration,
-    /// Start a sync once the open txg holds this many dirty bytes.
+    /// Start a sync once the open txg holds this many dirty data bytes.
     pub dirty_sync_bytes: u64,
-    /// Writers wait (asynchronously) while the open txg holds more than this.
+    /// Writers wait (asynchronously) while the open txg holds more data bytes than this.
     pub dirty_max_bytes: u64,
+    /// Writers are delayed once the open txg is past this percentage of a dirty limit
+    /// (OpenZFS `zfs_delay_min_dirty_percent`, 60).
+    pub delay_min_dirty_percent: u32,
+    /// Scale of the write delay (OpenZFS `zfs_delay_scale`, 500 µs): halfway between the start
+    /// of the delay and the limit, writes are let through this far apart.
+    pub delay_scale: Duration,
     /// From this sync pass on, frees go to the next txg so that the passes converge
     /// (OpenZFS `zfs_sync_pass_deferred_free`, 2; `u32::MAX` never defers).
     pub deferred_free_pass: u32,
@@ -40,6 +56,8 @@ impl Default for TxgConfig {
             timeout: Duration::from_secs(5),
             dirty_sync_bytes: 64 << 20,
             dirty_max_bytes: 256 << 20,
+            delay_min_dirty_percent: 60,
+            delay_scale: Duration::from_micros(500),
             deferred_free_pass: 2,
         }
     }
@@ -99,7 +117,18 @@ struct Inner {
     /// Last txg whose uberblock is on stable storage.
     synced: u64,
     holds: [u64; TXG_SIZE],
+    /// Dirty data bytes per txg.
     dirty: [u64; TXG_SIZE],
+    /// Estimated metadata bytes per txg.
+    meta: [u64; TXG_SIZE],
+    /// When the last delayed writer was let through (delays space writers out, as OpenZFS's
+    /// `dp_last_wakeup`, rather than each waiting on its own).
+    last_wakeup: Instant,
+    /// Writers delayed, and their total delay (for `SyncStats`).
+    delayed: u64,
+    delay_total: Duration,
+    /// Writers that had to wait for a sync at a dirty limit.
+    throttled: u64,
     /// Highest txg somebody asked to see committed.
     requested: u64,
     /// Tasks waiting for `synced >= txg`.
@@ -119,9 +148,40 @@ pub struct TxgEngine {
     /// Wakes the sync thread (new request, dirty threshold, holds drained, shutdown).
     cv: Condvar,
     cfg: TxgConfig,
-    /// Effective dirty limits (the configured ones, lowered to what the pool's slop can cover).
-    dirty_sync: std::sync::atomic::AtomicU64,
-    dirty_max: std::sync::atomic::AtomicU64,
+    /// Effective dirty limits (the configured data ones, lowered for small pools; the
+    /// metadata ones from the pool's slop).
+    limits: Mutex<Limits>,
+}
+
+/// Effective dirty limits, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Data bytes that start a sync.
+    pub data_sync: u64,
+    /// Data bytes at which writers wait for the sync.
+    pub data_max: u64,
+    /// Metadata bytes that start a sync.
+    pub meta_sync: u64,
+    /// Metadata bytes at which writers wait for the sync.
+    pub meta_max: u64,
+}
+
+impl Limits {
+    fn sync_due(&self, data: u64, meta: u64) -> bool {
+        data >= self.data_sync || meta >= self.meta_sync
+    }
+
+    fn at_max(&self, data: u64, meta: u64) -> bool {
+        data >= self.data_max || meta >= self.meta_max
+    }
+
+    /// How full the fuller of the two budgets is, in parts per million.
+    fn fill_ppm(&self, data: u64, meta: u64) -> u64 {
+        let ppm = |v: u64, max: u64| {
+            u64::try_from(u128::from(v) * 1_000_000 / u128::from(max.max(1))).unwrap_or(u64::MAX)
+        };
+        ppm(data, self.data_max).max(ppm(meta, self.meta_max))
+    }
 }
 
 /// A hold on one txg: the txg cannot finish quiescing while the hold lives.
@@ -137,17 +197,15 @@ impl TxgHold {
         self.txg
     }
 
-    /// Account dirty bytes to this txg (drives the dirty-data sync trigger).
-    pub fn add_dirty(&self, bytes: u64) {
+    /// Account `data` dirty data bytes and `meta` estimated metadata bytes to this txg
+    /// (drives the sync trigger and the write throttle).
+    pub fn add_dirty(&self, data: u64, meta: u64) {
+        let lim = *self.engine.limits.lock();
         let mut g = self.engine.inner.lock();
         let slot = slot(self.txg);
-        g.dirty[slot] = g.dirty[slot].saturating_add(bytes);
-        if g.dirty[slot]
-            >= self
-                .engine
-                .dirty_sync
-                .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        g.dirty[slot] = g.dirty[slot].saturating_add(data);
+        g.meta[slot] = g.meta[slot].saturating_add(meta);
+        if lim.sync_due(g.dirty[slot], g.meta[slot]) {
             self.engine.cv.notify_all();
         }
     }
@@ -193,6 +251,11 @@ impl TxgEngine {
                 synced,
                 holds: [0; TXG_SIZE],
                 dirty: [0; TXG_SIZE],
+                meta: [0; TXG_SIZE],
+                last_wakeup: Instant::now(),
+                delayed: 0,
+                delay_total: Duration::ZERO,
+                throttled: 0,
                 requested: 0,
                 sync_waiters: Vec::new(),
                 throttle_waiters: Vec::new(),
@@ -201,20 +264,85 @@ impl TxgEngine {
                 last_sync: Instant::now(),
             }),
             cv: Condvar::new(),
-            dirty_sync: std::sync::atomic::AtomicU64::new(cfg.dirty_sync_bytes),
-            dirty_max: std::sync::atomic::AtomicU64::new(cfg.dirty_max_bytes),
+            limits: Mutex::new(Limits {
+                data_sync: cfg.dirty_sync_bytes.min(cfg.dirty_max_bytes),
+                data_max: cfg.dirty_max_bytes,
+                meta_sync: cfg.dirty_sync_bytes.min(cfg.dirty_max_bytes),
+                meta_max: cfg.dirty_max_bytes,
+            }),
             cfg,
         })
     }
 
-    /// Caps the dirty limits so that the metadata a txg can need fits in `reserve` bytes (the
-    /// allocator's slop): at most half of it per txg, with a sync started at an eighth.
+    /// Sets the dirty limits from `reserve`, the allocator's slop. The metadata a txg
+    /// allocates in syncing context comes out of the slop: at most half of it per txg, a sync
+    /// started at a quarter. Data does not, but every overwrite frees a block that becomes
+    /// allocatable only a few txgs later, so the data a txg may hold is bounded by the slop too
+    /// on small pools (one slop's worth, a sync started at half), and by the configured
+    /// limits on large ones.
     pub fn cap_dirty(&self, reserve: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let max = self.cfg.dirty_max_bytes.min(reserve / 2).max(1 << 20);
-        let sync = self.cfg.dirty_sync_bytes.min(reserve / 8).max(1 << 19);
-        self.dirty_max.store(max, Relaxed);
-        self.dirty_sync.store(sync.min(max), Relaxed);
+        let data_max = self.cfg.dirty_max_bytes.min(reserve).max(1 << 20);
+        let data_sync = self.cfg.dirty_sync_bytes.min(reserve / 2).max(1 << 19);
+        let meta_max = (reserve / 2).max(1 << 20);
+        *self.limits.lock() = Limits {
+            data_sync: data_sync.min(data_max),
+            data_max,
+            meta_sync: meta_max / 2,
+            meta_max,
+        };
+    }
+
+    /// The effective dirty limits.
+    pub fn limits(&self) -> Limits {
+        *self.limits.lock()
+    }
+
+    /// Dirty (data, metadata) bytes of the open txg.
+    pub fn open_dirty(&self) -> (u64, u64) {
+        let g = self.inner.lock();
+        let s = slot(g.open);
+        (g.dirty[s], g.meta[s])
+    }
+
+    /// Writers delayed by the throttle, their total delay, and writers that waited for a sync
+    /// at a dirty limit, since the engine started.
+    pub fn throttle_stats(&self) -> (u64, Duration, u64) {
+        let g = self.inner.lock();
+        (g.delayed, g.delay_total, g.throttled)
+    }
+
+    /// How long a writer should wait before taking its hold (the write throttle, as OpenZFS's
+    /// `dmu_tx_delay`): nothing while the open txg is below `delay_min_dirty_percent` of both
+    /// limits, then `delay_scale * (fill - min) / (1 - fill)`, growing steeply toward the limit.
+    /// Delayed writers are spaced out one delay after the other, so the throttle bounds the
+    /// write rate instead of adding the same pause to every writer in flight. Zero when no
+    /// delay is due.
+    pub fn write_delay(&self) -> Duration {
+        let lim = *self.limits.lock();
+        let mut g = self.inner.lock();
+        if g.failed.is_some() || g.shutdown {
+            return Duration::ZERO;
+        }
+        let s = slot(g.open);
+        let fill = lim.fill_ppm(g.dirty[s], g.meta[s]);
+        let min = u64::from(self.cfg.delay_min_dirty_percent.min(100)) * 10_000;
+        if fill <= min {
+            return Duration::ZERO;
+        }
+        // At or past the limit the hold itself waits for the sync.
+        if fill >= 1_000_000 {
+            return Duration::ZERO;
+        }
+        let scale = u64::try_from(self.cfg.delay_scale.as_nanos()).unwrap_or(u64::MAX);
+        let ns = scale.saturating_mul(fill - min) / (1_000_000 - fill);
+        let step = Duration::from_nanos(ns).min(MAX_DELAY);
+        let now = Instant::now();
+        let wake = (g.last_wakeup + step).max(now);
+        g.last_wakeup = wake;
+        let wait = (wake - now).min(MAX_DELAY);
+        g.delayed += 1;
+        g.delay_total += wait;
+        wait
     }
 
     /// The engine's tunables.
@@ -240,6 +368,7 @@ impl TxgEngine {
     pub fn hold_throttled(self: &Arc<Self>) -> HoldThrottled {
         HoldThrottled {
             engine: Arc::clone(self),
+            counted: false,
         }
     }
 
@@ -325,7 +454,7 @@ impl TxgEngine {
         let mut g = self.inner.lock();
         let reason = loop {
             let open = g.open;
-            let dirty = g.dirty[slot(open)];
+            let dirty = g.dirty[slot(open)].max(g.meta[slot(open)]);
             if g.failed.is_some() {
                 return None;
             }
@@ -338,7 +467,11 @@ impl TxgEngine {
                 }
                 return None;
             }
-            if dirty >= self.dirty_sync.load(std::sync::atomic::Ordering::Relaxed) {
+            if self
+                .limits
+                .lock()
+                .sync_due(g.dirty[slot(open)], g.meta[slot(open)])
+            {
                 break SyncReason::Dirty;
             }
             let elapsed = g.last_sync.elapsed();
@@ -360,6 +493,7 @@ impl TxgEngine {
         let s = slot(txg + 1);
         g.holds[s] = 0;
         g.dirty[s] = 0;
+        g.meta[s] = 0;
         // Throttled writers may proceed in the fresh txg.
         for w in g.throttle_waiters.drain(..) {
             w.wake();
@@ -386,6 +520,7 @@ impl TxgEngine {
         g.synced = txg;
         g.syncing = None;
         g.dirty[slot(txg)] = 0;
+        g.meta[slot(txg)] = 0;
         g.last_sync = Instant::now();
         let mut keep = Vec::with_capacity(g.sync_waiters.len());
         for (t, w) in g.sync_waiters.drain(..) {
@@ -458,31 +593,33 @@ impl Future for WaitSynced {
 #[derive(Debug)]
 pub struct HoldThrottled {
     engine: Arc<TxgEngine>,
+    /// Already counted as throttled (a writer waiting through several wake-ups counts once).
+    counted: bool,
 }
 
 impl Future for HoldThrottled {
     type Output = Result<TxgHold, i32>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut g = self.engine.inner.lock();
+        let this = self.get_mut();
+        let lim = *this.engine.limits.lock();
+        let mut g = this.engine.inner.lock();
         if let Some(e) = g.failed {
             return Poll::Ready(Err(e));
         }
         let txg = g.open;
-        if g.dirty[slot(txg)]
-            >= self
-                .engine
-                .dirty_max
-                .load(std::sync::atomic::Ordering::Relaxed)
-            && !g.shutdown
-        {
+        if lim.at_max(g.dirty[slot(txg)], g.meta[slot(txg)]) && !g.shutdown {
+            if !this.counted {
+                this.counted = true;
+                g.throttled += 1;
+            }
             g.throttle_waiters.push(cx.waker().clone());
-            self.engine.cv.notify_all();
+            this.engine.cv.notify_all();
             return Poll::Pending;
         }
         g.holds[slot(txg)] += 1;
         Poll::Ready(Ok(TxgHold {
-            engine: Arc::clone(&self.engine),
+            engine: Arc::clone(&this.engine),
             txg,
         }))
     }
@@ -513,5 +650,96 @@ mod tests {
         drop(h2);
         e.shutdown();
         assert!(e.next_to_sync(&|_| false).is_none());
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    fn engine() -> Arc<TxgEngine> {
+        let e = TxgEngine::new(1, TxgConfig::default());
+        e.cap_dirty(64 << 20);
+        e
+    }
+
+    #[test]
+    fn limits_follow_the_slop() {
+        let e = engine();
+        assert_eq!(
+            e.limits(),
+            Limits {
+                data_sync: 32 << 20,
+                data_max: 64 << 20,
+                meta_sync: 16 << 20,
+                meta_max: 32 << 20,
+            }
+        );
+        // A large pool is bounded by the configured limits.
+        e.cap_dirty(1 << 40);
+        assert_eq!(
+            (e.limits().data_sync, e.limits().data_max),
+            (64 << 20, 256 << 20)
+        );
+    }
+
+    #[test]
+    fn delay_grows_toward_the_limit_and_spaces_writers() {
+        let e = engine();
+        let h = e.hold().unwrap();
+        // Below 60% of both limits: no delay.
+        h.add_dirty(30 << 20, 10 << 20);
+        assert_eq!(e.write_delay(), Duration::ZERO);
+        // 80% of the data limit: scale * 20 / 20 = 500 us for the first writer, and the next
+        // one is let through one step after it.
+        h.add_dirty((64 << 20) * 8 / 10 - (30 << 20), 0);
+        let d1 = e.write_delay();
+        let d2 = e.write_delay();
+        assert!(d1 <= Duration::from_micros(500), "{d1:?}");
+        assert!(d1 >= Duration::from_micros(400), "{d1:?}");
+        assert!(d2 >= d1 + Duration::from_micros(400), "{d1:?} {d2:?}");
+        // Metadata counts too: at 95% of its limit, 500 us * 35 / 5 = 3.5 ms.
+        let e2 = engine();
+        let h2 = e2.hold().unwrap();
+        h2.add_dirty(0, (32 << 20) * 95 / 100);
+        let d = e2.write_delay();
+        assert!(d >= Duration::from_micros(3400), "{d:?}");
+        assert!(d <= Duration::from_micros(3500), "{d:?}");
+        assert_eq!(e2.throttle_stats().0, 1);
+        drop((h, h2));
+    }
+
+    #[test]
+    fn metadata_starts_a_sync_and_blocks_at_its_limit() {
+        let e = engine();
+        let h = e.hold().unwrap();
+        h.add_dirty(4096, 16 << 20);
+        drop(h);
+        let (txg, why) = e.next_to_sync(&|_| false).unwrap();
+        assert_eq!((txg, why), (2, SyncReason::Dirty));
+        // The open txg at its metadata limit: a throttled hold waits (and is counted once).
+        let h = e.hold().unwrap();
+        h.add_dirty(0, 32 << 20);
+        drop(h);
+        assert_eq!(
+            e.write_delay(),
+            Duration::ZERO,
+            "at the limit the hold waits instead"
+        );
+        let mut fut = e.hold_throttled();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+        assert_eq!(e.throttle_stats().2, 1);
+        // Closing the full txg lets the writer into the next one.
+        e.sync_done(2);
+        e.request_sync(3);
+        let (t, _) = e.next_to_sync(&|_| false).unwrap();
+        assert_eq!(t, 3);
+        match Pin::new(&mut fut).poll(&mut cx) {
+            Poll::Ready(Ok(h)) => assert_eq!(h.txg(), 4),
+            other => panic!("hold not granted: {other:?}"),
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! the block cache. The sync of txg `t` folds overlay `t` into the tree, installs the new root and
 //! clears the overlay in one step under the volume's map lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -26,8 +26,10 @@ mod readahead;
 mod write;
 
 const SHARDS: usize = 16;
-/// Consecutive blocks that share a shard (keeps a sequential write on one lock).
-const SHARD_RUN_SHIFT: u32 = 4;
+/// Consecutive blocks that share a shard: a sequential write stays on one lock, and with 16 KiB
+/// indirect blocks (256 pointers) a run is exactly the span of one level-1 block, so a shard
+/// can tell which level-1 blocks a txg dirties first (the metadata estimate of the throttle).
+const SHARD_RUN_SHIFT: u32 = 8;
 
 /// Smallest and largest volume block size.
 pub const MIN_VOLUME_BLOCK: u32 = 4096;
@@ -38,9 +40,27 @@ pub const MAX_VOLUME_BLOCK: u32 = 128 * 1024;
 struct Shard {
     slot_txg: [u64; TXG_SIZE],
     slots: [HashMap<u64, BlockPointer>; TXG_SIZE],
+    /// Level-1 blocks (block id >> fanout shift) with an entry in the slot's txg.
+    l1s: [HashSet<u64>; TXG_SIZE],
+}
+
+/// Level-2 blocks (level-1 index >> fanout shift) a txg dirties, per txg slot.
+#[derive(Debug, Default)]
+struct UpperDirty {
+    slot_txg: [u64; TXG_SIZE],
+    l2s: [HashSet<u64>; TXG_SIZE],
 }
 
 impl Shard {
+    /// Makes slot `s` belong to `txg` (dropping what an older txg left there).
+    fn claim(&mut self, s: usize, txg: u64) {
+        if self.slot_txg[s] != txg {
+            self.slots[s].clear();
+            self.l1s[s].clear();
+            self.slot_txg[s] = txg;
+        }
+    }
+
     fn lookup(&self, blkid: u64) -> Option<(u64, BlockPointer)> {
         let mut best: Option<(u64, BlockPointer)> = None;
         for s in 0..TXG_SIZE {
@@ -73,6 +93,7 @@ pub(crate) struct VolumeInner {
     pub size: RwLock<u64>,
     pub map: RwLock<VolMap>,
     shards: Vec<Mutex<Shard>>,
+    upper: Mutex<UpperDirty>,
     locks: Arc<KeyLocks>,
     pub destroyed: Mutex<bool>,
 }
@@ -87,6 +108,7 @@ impl VolumeInner {
             size: RwLock::new(size),
             map: RwLock::new(map),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            upper: Mutex::new(UpperDirty::default()),
             locks: KeyLocks::new(),
             destroyed: Mutex::new(false),
         }
@@ -99,13 +121,11 @@ impl VolumeInner {
 
     /// Publishes `bp` for `blkid` in txg `txg`; returns the pointer it replaced in the same txg.
     fn publish(&self, txg: u64, blkid: u64, bp: BlockPointer) -> Option<BlockPointer> {
-        let _m = self.map.read();
+        let m = self.map.read();
         let mut sh = self.shard(blkid).lock();
         let s = usize::try_from(txg % TXG_SIZE as u64).unwrap_or(0);
-        if sh.slot_txg[s] != txg {
-            sh.slots[s].clear();
-            sh.slot_txg[s] = txg;
-        }
+        sh.claim(s, txg);
+        sh.l1s[s].insert(blkid >> m.geom.fanout_shift());
         sh.slots[s].insert(blkid, bp)
     }
 
@@ -139,19 +159,30 @@ impl VolumeInner {
     }
 
     /// Publishes consecutive blocks `first..` of txg `txg`; returns the pointers they replaced
-    /// in the same txg.
-    fn publish_range(&self, txg: u64, first: u64, bps: &[BlockPointer]) -> Vec<BlockPointer> {
-        let _m = self.map.read();
+    /// in the same txg and the estimated metadata bytes the sync of `txg` needs for them
+    /// beyond what earlier writes of `txg` already need: a level-1 block for each one this
+    /// txg had not dirtied yet, and the blocks above it when its level-2 block is new too.
+    fn publish_range(
+        &self,
+        txg: u64,
+        first: u64,
+        bps: &[BlockPointer],
+    ) -> (Vec<BlockPointer>, u64) {
+        let m = self.map.read();
+        let shift = m.geom.fanout_shift();
         let s = usize::try_from(txg % TXG_SIZE as u64).unwrap_or(0);
         let mut replaced = Vec::new();
+        let mut new_l1 = Vec::new();
         let last = first + u64::try_from(bps.len()).unwrap_or(0);
         let mut b = first;
         while b < last {
             let run_end = (((b >> SHARD_RUN_SHIFT) + 1) << SHARD_RUN_SHIFT).min(last);
             let mut sh = self.shard(b).lock();
-            if sh.slot_txg[s] != txg {
-                sh.slots[s].clear();
-                sh.slot_txg[s] = txg;
+            sh.claim(s, txg);
+            for l1 in (b >> shift)..=((run_end - 1) >> shift) {
+                if sh.l1s[s].insert(l1) {
+                    new_l1.push(l1);
+                }
             }
             for k in b..run_end {
                 let bp = bps[usize::try_from(k - first).unwrap_or(0)];
@@ -161,7 +192,23 @@ impl VolumeInner {
             }
             b = run_end;
         }
-        replaced
+        let ibs = u64::from(m.geom.ibs);
+        let mut meta = ibs * u64::try_from(new_l1.len()).unwrap_or(0);
+        if !new_l1.is_empty() && m.geom.levels > 2 {
+            // A new level-2 block can bring a new block on every level above it.
+            let above = u64::from(m.geom.levels - 2) * ibs;
+            let mut up = self.upper.lock();
+            if up.slot_txg[s] != txg {
+                up.l2s[s].clear();
+                up.slot_txg[s] = txg;
+            }
+            for l1 in new_l1 {
+                if up.l2s[s].insert(l1 >> shift) {
+                    meta += above;
+                }
+            }
+        }
+        (replaced, meta)
     }
 
     /// Overlay entries of txg `txg`, sorted by block id (sync thread, after quiesce).
@@ -210,6 +257,7 @@ impl VolumeInner {
             let mut g = sh.lock();
             if g.slot_txg[s] == txg {
                 g.slots[s].clear();
+                g.l1s[s].clear();
             }
         }
     }
@@ -492,7 +540,9 @@ impl Volume {
                 });
                 self.replace(*b, hole, t);
             }
+            // No data; the tree blocks above the new holes (one per block at worst).
             hold.add_dirty(
+                0,
                 u64::from(super::syncer::INDIRECT_BLOCK_SIZE)
                     * u64::try_from(chunk.len()).unwrap_or(0),
             );
@@ -624,4 +674,68 @@ pub(crate) fn check_block_size(bs: u32) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringpool_ondisk::blkptr::{DataPtr, Dva};
+    use ringpool_ondisk::checksum::{Checksum, ChecksumAlgo};
+
+    fn bp(n: u64, txg: u64) -> BlockPointer {
+        BlockPointer::Data(DataPtr {
+            dva: Dva {
+                device: 0,
+                offset: n << 12,
+                asize: 4096,
+            },
+            lsize: 4096,
+            kind: ObjectType::VolumeData,
+            level: 0,
+            birth_txg: txg,
+            fill: 1,
+            checksum: Checksum::compute(ChecksumAlgo::Crc32c, &n.to_le_bytes()),
+        })
+    }
+
+    #[test]
+    fn metadata_estimate_counts_each_tree_block_once_per_txg() {
+        let ibs = super::super::syncer::INDIRECT_BLOCK_SIZE;
+        // 1 TiB of 4 KiB blocks: levels 0..=3 plus the top (256 pointers per indirect).
+        let geom = volume_geom(4096, 1 << 40, ibs);
+        assert_eq!(geom.levels, 5);
+        let v = VolumeInner::new(
+            "v".into(),
+            2,
+            4096,
+            1 << 40,
+            VolMap {
+                root: BlockPointer::EMPTY,
+                geom,
+            },
+        );
+        let ibs = u64::from(ibs);
+        let above = 3 * ibs;
+        let meta = |txg: u64, first: u64, n: u64| {
+            let bps: Vec<_> = (first..first + n).map(|b| bp(b, txg)).collect();
+            v.publish_range(txg, first, &bps).1
+        };
+        // A new level-1 block under a new level-2 block, then the same ones again.
+        assert_eq!(meta(7, 0, 1), ibs + above);
+        assert_eq!(meta(7, 1, 1), 0);
+        assert_eq!(meta(7, 255, 1), 0);
+        // The next level-1 block under the same level-2 block; then a run over two of them.
+        assert_eq!(meta(7, 256, 1), ibs);
+        assert_eq!(meta(7, 600, 200), 2 * ibs);
+        // Another level-2 block.
+        assert_eq!(meta(7, 256 * 256, 1), ibs + above);
+        // The next txg starts from nothing; the one after that reuses txg 7's slot cleanly.
+        assert_eq!(meta(8, 0, 1), ibs + above);
+        assert_eq!(meta(11, 1, 1), ibs + above);
+        assert_eq!(meta(11, 2, 1), 0);
+        // Installing txg 8's tree forgets its level-1 blocks.
+        let map = *v.map.read();
+        v.install(8, map);
+        assert_eq!(meta(12, 0, 1), ibs + above);
+    }
 }

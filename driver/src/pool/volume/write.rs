@@ -17,6 +17,9 @@ use crate::io::IoBuf;
 
 /// Largest batch of blocks written (and holding one txg) at once.
 const BATCH_BYTES: u64 = 1 << 20;
+/// Space-map bytes one written block can cost its txg's sync: an ALLOC and a FREE entry of up
+/// to two words each.
+const SM_BYTES_PER_BLOCK: u64 = 32;
 
 /// True if `dvas` are back to back on one device, each `asize` bytes: one device write.
 fn contiguous(dvas: &[Dva], asize: u32) -> bool {
@@ -140,6 +143,12 @@ impl Volume {
             .take(nblk)
             .map(|blk| Checksum::compute(ChecksumAlgo::Crc32c, blk))
             .collect();
+        // The write throttle: a smooth delay as the open txg nears its dirty limits (the data
+        // is not written yet, so the delay holds back the device too), a wait at the limit.
+        let delay = self.shared.txg.write_delay();
+        if !delay.is_zero() {
+            crate::io::sleep(delay).await;
+        }
         let hold = match self.shared.txg.hold_throttled().await {
             Ok(h) => h,
             Err(e) => return (Err(PoolError::Suspended(e)), content),
@@ -179,7 +188,8 @@ impl Volume {
                 })
             })
             .collect();
-        for old in self.inner.publish_range(txg, first, &bps) {
+        let (replaced, meta) = self.inner.publish_range(txg, first, &bps);
+        for old in replaced {
             if let BlockPointer::Data(old) = old {
                 if old.birth_txg == txg {
                     // Born and replaced in the open txg: give the space back once no reader
@@ -188,11 +198,11 @@ impl Volume {
                 }
             }
         }
-        // Charge the tree blocks the sync will rewrite too (worst case one indirect block per
-        // data block): the dirty limits then bound the metadata a txg needs.
-        let meta =
-            u64::from(super::super::syncer::INDIRECT_BLOCK_SIZE) * u64::try_from(nblk).unwrap_or(0);
-        hold.add_dirty(bs * u64::try_from(nblk).unwrap_or(0) + meta);
+        // Charge the tree blocks the sync will rewrite (counted once per txg, by
+        // `publish_range`) and the space-map records of the allocation and of the free of the
+        // old block: the metadata limit then bounds what the sync takes from the slop.
+        let n = u64::try_from(nblk).unwrap_or(0);
+        hold.add_dirty(bs * n, meta + SM_BYTES_PER_BLOCK * n);
         self.shared.mark_dirty(txg);
         drop(hold);
         (Ok(txg), content)
