@@ -1,6 +1,6 @@
 //! The pool-wide metaslab class: one group per device, one allocator shard per reactor.
 //!
-//! Each shard has its own active metaslab per device and its own rotor over the devices, so
+//! Each shard has its own two active metaslabs per device and its own rotor over the devices, so
 //! reactors allocating concurrently lock different metaslabs. Free-space accounting for the slop
 //! check is batched per shard (at most [`ACCOUNTING_BATCH`] bytes of drift per shard) so the
 //! write path does not bounce a shared counter between cores.
@@ -144,8 +144,8 @@ struct ShardState {
     devs: Vec<u32>,
     rotor: usize,
     aliquot_used: u64,
-    /// Active metaslab per device index.
-    active: Vec<Option<usize>>,
+    /// Active metaslabs (primary, secondary) per device index.
+    active: Vec<[Option<usize>; 2]>,
     /// Change of free bytes not yet published to the class counter.
     unflushed: i64,
 }
@@ -388,7 +388,7 @@ impl MetaslabClass {
         }
         st.devs = self.dev_list.lock().clone();
         let max = st.devs.iter().max().map_or(0, |&d| d as usize + 1);
-        st.active.resize(max, None);
+        st.active.resize(max, [None; 2]);
         st.generation = gen;
         if st.rotor >= st.devs.len() {
             st.rotor = 0;
@@ -678,7 +678,7 @@ impl MetaslabClass {
         let (slot, id) = self.shard_slot(shard);
         let mut st = slot.0.lock();
         self.flush_shard(&mut st);
-        st.active.iter_mut().for_each(|a| *a = None);
+        st.active.iter_mut().for_each(|a| *a = [None; 2]);
         for dev in self.devices() {
             if let Ok(g) = self.group(dev) {
                 g.release_shard(id);

@@ -250,12 +250,20 @@ impl MetaslabGroup {
         Some(r)
     }
 
-    /// Allocate `asize` bytes for `txg` on behalf of `shard`, preferring the shard's active
-    /// metaslab `*active`; on failure activate the heaviest metaslab no other shard has active
-    /// (any metaslab when `try_hard`). Returns the offset.
+    /// Allocate `asize` bytes for `txg` on behalf of `shard` from one of the shard's two active
+    /// metaslabs `active` (ZFS's primary and secondary); when neither can hold it, activate the
+    /// heaviest metaslab no other shard has active (any metaslab when `try_hard`) in place of
+    /// the active one with the smaller largest-free hint. Returns the offset.
+    ///
+    /// Why two: on a fragmented device a metaslab's few large segments go first, and a single
+    /// active metaslab is abandoned at the first request larger than what is left although it
+    /// still serves smaller ones; requests of mixed sizes then hop over every metaslab within a
+    /// few txgs, each hop onto cold trees (and keeping every metaslab from being idle, see
+    /// `MetaslabConfig::lazy_merge_txgs`). With two, large requests wear down the second one
+    /// while small ones keep using the first.
     pub(crate) fn alloc(
         &self,
-        active: &mut Option<usize>,
+        active: &mut [Option<usize>; 2],
         asize: u64,
         txg: u64,
         shard: u32,
@@ -265,8 +273,8 @@ impl MetaslabGroup {
         if asize > FreeBound::bytes(w0) {
             return Err(AllocError::NoSpace { size: asize });
         }
-        if let Some(i) = *active {
-            let slot = &self.slots[i];
+        for i in active.iter().flatten() {
+            let slot = &self.slots[*i];
             if slot.max_free.load(Relaxed) >= asize {
                 let mut ms = slot.ms.lock();
                 match ms.alloc(asize, txg) {
@@ -278,14 +286,22 @@ impl MetaslabGroup {
                     Err(e) => return Err(e),
                 }
             }
+        }
+        // Neither fits: the one with less left (or an empty place) makes room.
+        let hint = |a: Option<usize>| a.map_or(0, |i| self.slots[i].max_free.load(Relaxed));
+        let victim = usize::from(active[0].is_some() && hint(active[1]) <= hint(active[0]));
+        if let Some(i) = active[victim].take() {
             // Passivate: release it for other shards.
-            let _ = slot
+            let _ = self.slots[i]
                 .owner
                 .compare_exchange(shard, NO_OWNER, Relaxed, Relaxed);
-            *active = None;
         }
         // Each metaslab is tried at most once per call.
         let mut tried = vec![false; self.slots.len()];
+        // The other active metaslab was just tried.
+        if let Some(i) = active[1 - victim] {
+            tried[i] = true;
+        }
         let mut first_scan = true;
         loop {
             let mut best: Option<(u64, usize)> = None;
@@ -327,7 +343,7 @@ impl MetaslabGroup {
             match ms.alloc(asize, txg) {
                 Ok(off) => {
                     slot.set_hint(ms.max_free(), &self.bound);
-                    *active = Some(i);
+                    active[victim] = Some(i);
                     return Ok(off);
                 }
                 Err(AllocError::NoSpace { .. }) => {

@@ -220,3 +220,35 @@ fn errors_are_typed() {
         Err(AllocError::DoubleFree { .. })
     ));
 }
+
+/// A shard keeps two active metaslabs: a request the first cannot hold activates another one
+/// as the second, and smaller requests keep going to the first instead of following it.
+#[test]
+fn large_request_does_not_evict_the_primary_metaslab() {
+    let c = class(1, 1);
+    let ms_of = |e: ringpool_alloc::Extent| (e.start - 4 * MIB) >> 24;
+    // Fill the first metaslab up to its last 64 KiB.
+    let big = c
+        .alloc(16 * MIB - (64 << 10), 5, 0, AllocClass::Normal)
+        .unwrap();
+    let primary = ms_of(big);
+    // 1 MiB does not fit there: another metaslab serves it.
+    let a = c.alloc(MIB, 5, 0, AllocClass::Normal).unwrap();
+    let secondary = ms_of(a);
+    assert_ne!(secondary, primary);
+    // Small requests still use the primary's last 64 KiB ...
+    for _ in 0..16 {
+        let e = c.alloc(4 << 10, 5, 0, AllocClass::Normal).unwrap();
+        assert_eq!(ms_of(e), primary);
+    }
+    // ... and once it is full they go to the secondary, as do larger ones.
+    assert_eq!(
+        ms_of(c.alloc(4 << 10, 5, 0, AllocClass::Normal).unwrap()),
+        secondary
+    );
+    assert_eq!(
+        ms_of(c.alloc(MIB, 5, 0, AllocClass::Normal).unwrap()),
+        secondary
+    );
+    c.verify().unwrap();
+}
