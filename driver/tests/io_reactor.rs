@@ -296,3 +296,87 @@ fn every_ring_mode_works() {
         assert_eq!(info.sqpoll, sqpoll.is_some());
     }
 }
+
+/// CPU time of the whole process (user + system).
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into our local timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0);
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap(),
+        u32::try_from(ts.tv_nsec).unwrap(),
+    )
+}
+
+#[test]
+fn polling_reactors_exchange_messages_and_then_sleep() {
+    use std::os::unix::net::UnixStream;
+    let mut set = ReactorSet::start(ReactorConfig {
+        reactors: 2,
+        pin: false,
+        arena_bytes: 1 << 20,
+        spin: Duration::from_micros(200),
+        ..ReactorConfig::default()
+    })
+    .unwrap();
+    // Ping-pong across the two reactors: every wake-up is found by the poll or by the
+    // blocking wait, in order, none lost.
+    let (a, b) = UnixStream::pair().unwrap();
+    let rounds = 2000u32;
+    let hb = set.spawn_on(1, move || async move {
+        let s = io::net::Stream::from_fd(b.into());
+        for i in 0..rounds {
+            let mut buf = IoBuf::with_capacity(4);
+            buf.set_len(4);
+            let (r, got) = s.recv_exact_into(buf, 0..4).await;
+            r.unwrap();
+            assert_eq!(u32::from_le_bytes(got[..4].try_into().unwrap()), 2 * i);
+            let (r, _) = s
+                .send_all(IoBuf::from_slice(&(2 * i + 1).to_le_bytes()))
+                .await;
+            r.unwrap();
+        }
+    });
+    let ha = set.spawn_on(0, move || async move {
+        let s = io::net::Stream::from_fd(a.into());
+        for i in 0..rounds {
+            let (r, _) = s.send_all(IoBuf::from_slice(&(2 * i).to_le_bytes())).await;
+            r.unwrap();
+            let mut buf = IoBuf::with_capacity(4);
+            buf.set_len(4);
+            let (r, got) = s.recv_exact_into(buf, 0..4).await;
+            r.unwrap();
+            assert_eq!(u32::from_le_bytes(got[..4].try_into().unwrap()), 2 * i + 1);
+        }
+    });
+    ha.join_blocking().unwrap();
+    hb.join_blocking().unwrap();
+    // A receive that never completes keeps an op in flight: the reactor polls for at most
+    // its spin time after each wake-up, then sleeps. One that polled for as long as an op is
+    // in flight would burn the whole idle period.
+    let (c, d) = UnixStream::pair().unwrap();
+    let hidle = set.spawn_on(1, move || async move {
+        let s = io::net::Stream::from_fd(c.into());
+        let (r, _) = s.recv(IoBuf::with_capacity(8)).await;
+        r.unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = process_cpu();
+    std::thread::sleep(Duration::from_millis(500));
+    let used = process_cpu() - t0;
+    assert!(
+        used < Duration::from_millis(150),
+        "{used:?} of CPU in 500 ms with one idle receive"
+    );
+    drop(d);
+    assert_eq!(
+        hidle.join_blocking().unwrap(),
+        0,
+        "EOF once the peer closed"
+    );
+    set.shutdown();
+}

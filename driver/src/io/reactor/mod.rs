@@ -61,13 +61,14 @@ pub struct ReactorConfig {
     /// Force one task-run mode instead of probing (tests and benchmarks); setup fails if the
     /// kernel refuses it. `None` (default) probes DeferTaskrun, CoopTaskrun, Plain in order.
     pub ring_mode: Option<TaskRunMode>,
-    /// Before blocking for a completion, poll the ring this long (default 50 us) while an
-    /// operation other than the wake-up read is in flight. A device read or the next request
-    /// of a client at queue depth 1 often completes within that time; blocking instead puts
-    /// the thread to sleep and wakes it again, which on a virtual machine costs more than the
-    /// wait itself (idle halt, wake-up interrupt, and a scheduling delay on a busy host).
-    /// Each poll yields the CPU first, so a client (or any thread) queued on this core runs
-    /// instead of waiting behind the poll. Zero disables it; the environment variable
+    /// Before blocking for a completion, poll the ring up to this long while an operation
+    /// other than the wake-up read is in flight (a device read, the next request of a client
+    /// at queue depth 1), instead of putting the thread to sleep and waking it again. Each
+    /// poll yields the CPU first, so a thread queued on this core (the client) runs instead
+    /// of waiting behind the poll. Off by default (zero): on the shared 2-vCPU test box it cut
+    /// the sleeps per QD1 request from 2.0 to 0.5–0.7 and the p50 by 20–40 us in one series
+    /// of runs, and cost 10–20 us of p50 in the next ones (perf/results/README-nbd.md); like
+    /// SQPOLL, it is for machines with cores to spare. The environment variable
     /// `RINGPOOL_REACTOR_SPIN_US` sets the default. Ignored by [`block_on`] (sync, discard and
     /// CLI threads sleep at once).
     pub spin: std::time::Duration,
@@ -91,7 +92,7 @@ impl Default for ReactorConfig {
                 std::env::var("RINGPOOL_REACTOR_SPIN_US")
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(50),
+                    .unwrap_or(0),
             ),
         }
     }
