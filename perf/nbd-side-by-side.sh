@@ -18,8 +18,12 @@
 # * The page cache is dropped before every job (nbd-server and nbdkit's file plugin go through
 #   it; ringpool, qemu-nbd --cache=none and the baseline use O_DIRECT).
 #
-# Targets (TARGETS, default all): ringpool qemu-nbd nbdkit nbd-server baseline
+# Targets (TARGETS, default all): ringpool ringpool-128k qemu-nbd nbdkit nbd-server baseline
 #   ringpool  `ringpool serve` on a fresh pool: create --size $POOL_SIZE, volume -s $VOL_SIZE
+#             with the default 4 KiB blocks
+#   ringpool-128k  a second volume of the same size in the same pool and server, with 128 KiB
+#             blocks (what a user would pick for sequential work; small random I/O on it
+#             reads or rewrites whole 128 KiB blocks)
 #   qemu-nbd  qemu-nbd -f raw --cache=none --aio=io_uring -t -e 8 (O_DIRECT, like ringpool)
 #   nbdkit    nbdkit file plugin, cache=none (buffered pread/pwrite + fadvise)
 #   nbd-server nbd-server 3.x (buffered I/O, forks per connection)
@@ -29,16 +33,21 @@
 #   RINGPOOL [<repo>/target/release/ringpool]  built with `cargo build --release -p ringpool-tools`
 #   WORKDIR [/tmp/ringpool-nbdbench]   must be on a real file system (O_DIRECT), not tmpfs
 #   VOL_SIZE [3G]  size of the exported volume and of the peers' backing file
-#   POOL_SIZE [4G] size of ringpool's pool device file
+#   POOL_SIZE [4G, or 10G with ringpool-128k] size of ringpool's pool device file (keep the
+#                  volumes under ~65 % of it: random overwrites need room for copy-on-write)
 #   POOL_PREWRITE [1] write the whole pool file once before `ringpool create` (0: sparse file)
 #   RUNTIME [10] measured seconds per job;  RAMP [2] unmeasured seconds before it
 #   ROUNDS [2]     alternating rounds
 #   JOBS ["randread4k_qd1 randread4k_qd32 randwrite4k_qd32 seqread128k_qd8 seqwrite128k_qd8"]
 #        (also known: randrw4k_qd16, seqread128k_qd1)
-#   TARGETS ["ringpool qemu-nbd nbdkit nbd-server baseline"]
+#   TARGETS ["ringpool ringpool-128k qemu-nbd nbdkit nbd-server baseline"]
 #   DROP_CACHES [1]  sync + drop the page cache before each job (root only)
 #   NICE [0]         run servers and fio at this nice level (e.g. -10 on a machine busy with
-#                    builds, so the benchmark is not starved; the level is written to env.txt)
+#                    builds, so the benchmark is not starved; the level is written to env.txt).
+#                    With autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled = 1)
+#                    nice only ranks threads inside their session's group, and every server
+#                    runs in a session of its own; so the level is also set as the autogroup
+#                    nice of each server's session and of a session per fio call.
 #   PERF_RECORD [0]  1: `perf record -g` ringpool during its jobs of the last round
 #                    (perf.<job>.data in its result directory)
 #   KEEP [0]         1: keep the backing file and pool after the run
@@ -53,13 +62,13 @@ REPO=$(cd "$HERE/.." && pwd)
 RINGPOOL=${RINGPOOL:-$REPO/target/release/ringpool}
 WORKDIR=${WORKDIR:-/tmp/ringpool-nbdbench}
 VOL_SIZE=${VOL_SIZE:-3G}
-POOL_SIZE=${POOL_SIZE:-4G}
+TARGETS=${TARGETS:-"ringpool ringpool-128k qemu-nbd nbdkit nbd-server baseline"}
+if [[ " $TARGETS " == *" ringpool-128k "* ]]; then POOL_SIZE=${POOL_SIZE:-10G}; else POOL_SIZE=${POOL_SIZE:-4G}; fi
 POOL_PREWRITE=${POOL_PREWRITE:-1}
 RUNTIME=${RUNTIME:-10}
 RAMP=${RAMP:-2}
 ROUNDS=${ROUNDS:-2}
 JOBS=${JOBS:-"randread4k_qd1 randread4k_qd32 randwrite4k_qd32 seqread128k_qd8 seqwrite128k_qd8"}
-TARGETS=${TARGETS:-"ringpool qemu-nbd nbdkit nbd-server baseline"}
 DROP_CACHES=${DROP_CACHES:-1}
 NICE=${NICE:-0}
 PERF_RECORD=${PERF_RECORD:-0}
@@ -82,8 +91,27 @@ for tool in "$FIO" nbdinfo python3; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
-# Runs a command at the requested nice level (negative levels need root).
-niced() { if [[ $NICE != 0 ]]; then nice -n "$NICE" "$@"; else "$@"; fi; }
+AUTOGROUP=0
+[[ $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null) == 1 ]] && AUTOGROUP=1
+
+# Runs a command at the requested nice level (negative levels need root). With autogroups the
+# command gets a session (hence a group) of its own whose nice is set too: otherwise it would
+# share the caller's group, weighted like any build job's group, whatever its nice.
+niced() {
+  if [[ $NICE == 0 ]]; then
+    "$@"
+  elif ((AUTOGROUP)); then
+    setsid -w sh -c 'echo "$0" >/proc/self/autogroup; exec nice -n "$0" "$@"' "$NICE" "$@"
+  else
+    nice -n "$NICE" "$@"
+  fi
+}
+
+# Sets the autogroup nice of the session of process $1 (servers run in sessions of their own).
+group_nice() {
+  [[ $NICE != 0 ]] && ((AUTOGROUP)) && echo "$NICE" >"/proc/$1/autogroup" 2>/dev/null
+  return 0
+}
 
 # ------------------------------------------------------------------ targets
 declare -A PID URI
@@ -121,6 +149,7 @@ launch() {
   echo "$*" >"$OUTDIR/$name.cmd"
   setsid nice -n "$NICE" "$@" >"$OUTDIR/$name.log" 2>&1 </dev/null &
   PID[$name]=$!
+  group_nice "${PID[$name]}"
 }
 
 start_ringpool() {
@@ -141,10 +170,18 @@ start_ringpool() {
     die "ringpool create failed (see $OUTDIR/ringpool.setup.log)"
   "$RINGPOOL" volume create -s "$VOL_SIZE" "$POOL/vol0" >>"$OUTDIR/ringpool.setup.log" 2>&1 ||
     die "ringpool volume create failed (see $OUTDIR/ringpool.setup.log)"
+  if wanted ringpool-128k; then
+    "$RINGPOOL" volume create -s "$VOL_SIZE" -b 128K "$POOL/vol128k" >>"$OUTDIR/ringpool.setup.log" 2>&1 ||
+      die "ringpool volume create (128K blocks) failed (see $OUTDIR/ringpool.setup.log)"
+  fi
   local sock=$WORKDIR/ringpool.sock
   rm -f "$sock"
   launch ringpool "$RINGPOOL" serve --listen 127.0.0.1:10899 --socket "$sock"
   URI[ringpool]="nbd+unix:///$POOL/vol0?socket=$sock"
+  if wanted ringpool-128k; then
+    URI[ringpool-128k]="nbd+unix:///$POOL/vol128k?socket=$sock"
+    PID[ringpool-128k]=${PID[ringpool]}
+  fi
   local i
   for i in $(seq 1 150); do
     grep -q '^ready:' "$OUTDIR/ringpool.log" && break
@@ -153,13 +190,16 @@ start_ringpool() {
   done
   await_uri "${URI[ringpool]}" "${PID[ringpool]}" || die "ringpool export does not answer"
   # Prefill the whole volume through the export: until then it is one big hole.
-  say "prefill ringpool volume ($VOL_SIZE) through NBD"
-  niced "$FIO" --name=prefill --ioengine=nbd --uri="${URI[ringpool]}" --rw=write --bs=1M \
-    --iodepth=8 --output="$OUTDIR/ringpool.prefill.txt" >/dev/null 2>&1 ||
-    die "prefill of the ringpool volume failed (see $OUTDIR/ringpool.prefill.txt)"
-  local filled
-  filled=$(nbdinfo --map "${URI[ringpool]}" 2>/dev/null | awk '$3 == 0 {s += $2} END {printf "%.0f", s}')
-  say "ringpool volume: $filled bytes allocated after prefill"
+  local t filled
+  for t in ringpool ringpool-128k; do
+    [[ -n ${URI[$t]:-} ]] || continue
+    say "prefill $t volume ($VOL_SIZE) through NBD"
+    niced "$FIO" --name=prefill --ioengine=nbd --uri="${URI[$t]}" --rw=write --bs=1M \
+      --iodepth=8 --output="$OUTDIR/$t.prefill.txt" >/dev/null 2>&1 ||
+      die "prefill of the $t volume failed (see $OUTDIR/$t.prefill.txt)"
+    filled=$(nbdinfo --map "${URI[$t]}" 2>/dev/null | awk '$3 == 0 {s += $2} END {printf "%.0f", s}')
+    say "$t volume: $filled bytes allocated after prefill"
+  done
 }
 
 start_peers() {
@@ -199,6 +239,8 @@ EOF
     if [[ $t == nbd-server ]]; then
       await_uri "${URI[$t]}" "" || die "$t does not answer"
       PID[$t]=$(cat "$WORKDIR/nbd-server.pid")
+      # It daemonized into a session of its own (and forks one child per connection there).
+      group_nice "${PID[$t]}"
     else
       await_uri "${URI[$t]}" "${PID[$t]}" || die "$t does not answer (see $OUTDIR/$t.log)"
     fi
@@ -279,8 +321,10 @@ measure() {
     pid=${PID[$target]}
   fi
   drop_caches
-  [[ $target == ringpool ]] && thread_ticks "$pid" >"$dir/$job.threads0"
-  if [[ $target == ringpool && $PERF_RECORD == 1 && $round == "$ROUNDS" ]] && command -v perf >/dev/null; then
+  local rp=0
+  [[ $target == ringpool* ]] && rp=1
+  ((rp)) && thread_ticks "$pid" >"$dir/$job.threads0"
+  if ((rp)) && [[ $PERF_RECORD == 1 && $round == "$ROUNDS" ]] && command -v perf >/dev/null; then
     perf record -g -o "$dir/perf.$job.data" -p "$pid" -- sleep $((RAMP + RUNTIME)) \
       >/dev/null 2>"$dir/perf.$job.log" &
     perfpid=$!
@@ -294,7 +338,7 @@ measure() {
   sleep 0.3  # let a forked per-connection child exit and be reaped into cutime
   c1=$(server_ticks "$pid")
   [[ -n $perfpid ]] && wait "$perfpid"
-  if [[ $target == ringpool ]]; then
+  if ((rp)); then
     thread_ticks "$pid" >"$dir/$job.threads1"
     join <(sort "$dir/$job.threads0") <(sort "$dir/$job.threads1") |
       awk -v hz="$TICK" '{printf "%s\t%s\t%.2f\n", $1, $2, ($5 - $3) / hz}' >"$dir/$job.threads"
@@ -304,7 +348,7 @@ measure() {
     'BEGIN {printf "wall_s=%.3f server_cpu_s=%.3f\n", w1 - w0, (c1 - c0) / hz}' >"$dir/$job.cpu"
   say "r$round $job $target: $(python3 "$HERE/nbd_bench_summary.py" --one "$dir/$job.json")"
   # A pool whose sync failed refuses every later write (ENOSPC): its numbers would be void.
-  if [[ $target == ringpool ]] && grep -q 'pool suspended' "$OUTDIR/ringpool.log"; then
+  if ((rp)) && grep -q 'pool suspended' "$OUTDIR/ringpool.log"; then
     say "WARNING: the ringpool pool is suspended (see $OUTDIR/ringpool.log); its later results are void"
   fi
 }
@@ -319,7 +363,7 @@ measure() {
   echo "nbdkit: $(nbdkit --version 2>/dev/null | head -1)"
   echo "nbd-server: $(nbd-server -V 2>&1 | head -1)"
   echo "backing: $WORKDIR ($(df --output=fstype "$WORKDIR" | tail -1), $(df --output=source "$WORKDIR" | tail -1)); volume/file $VOL_SIZE, pool file $POOL_SIZE"
-  echo "rounds=$ROUNDS runtime=${RUNTIME}s ramp=${RAMP}s drop_caches=$DROP_CACHES nice=$NICE pool_prewrite=$POOL_PREWRITE"
+  echo "rounds=$ROUNDS runtime=${RUNTIME}s ramp=${RAMP}s drop_caches=$DROP_CACHES nice=$NICE autogroup=$AUTOGROUP pool_prewrite=$POOL_PREWRITE"
   echo "targets: $TARGETS"
   echo "jobs: $JOBS"
 } >"$OUTDIR/env.txt"
@@ -334,7 +378,7 @@ if ((need_backing)); then
     --iodepth=16 --ioengine=io_uring --direct=1 --end_fsync=1 \
     --output="$OUTDIR/backing.prefill.txt" >/dev/null 2>&1 || die "prefill of $BACKING failed"
 fi
-wanted ringpool && start_ringpool
+{ wanted ringpool || wanted ringpool-128k; } && start_ringpool
 start_peers
 
 order=()

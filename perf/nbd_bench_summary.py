@@ -6,8 +6,9 @@
 
 OUTDIR holds r<round>/<target>/<job>.json (fio JSON), <job>.cpu ("wall_s=.. server_cpu_s=..")
 and, for ringpool, <job>.threads (tid, thread name, CPU seconds). Targets named "baseline"
-(fio straight on the file) and SUBJECT (default "ringpool", env SUBJECT) are special; every
-other target is a peer.
+(fio straight on the file) and SUBJECT (default "ringpool", env SUBJECT) are special, and so
+are variants of the subject named SUBJECT-<something> (e.g. ringpool-128k: another volume
+configuration); every other target is a peer.
 
 Ratios are taken inside a round (the targets of one round ran back to back), then summarised
 over rounds as "median (min..max)": the spread is the noise of the run.
@@ -120,7 +121,7 @@ def job_key(j):
 
 
 def target_key(t):
-    if t == SUBJECT:
+    if t == SUBJECT or t.startswith(SUBJECT + "-"):
         return (0, t)
     if t == BASELINE:
         return (2, t)
@@ -140,7 +141,8 @@ def report(outdir):
     rounds = sorted({r for r, _, _ in runs})
     targets = sorted({t for _, t, _ in runs}, key=target_key)
     jobs = sorted({j for _, _, j in runs}, key=job_key)
-    peers = [t for t in targets if t not in (SUBJECT, BASELINE)]
+    subjects = [t for t in targets if t == SUBJECT or t.startswith(SUBJECT + "-")]
+    peers = [t for t in targets if t not in subjects and t != BASELINE]
 
     print("# NBD side by side: %s\n" % os.path.basename(os.path.normpath(outdir)))
     env = os.path.join(outdir, "env.txt")
@@ -178,7 +180,7 @@ def report(outdir):
                 if c and bp and t not in peers:
                     vs_peer.append(c[metric] / bp)
             per_round = " / ".join("%.0f" % c["iops"] if c else "-" for c in cells)
-            row = [j if first else "", "**%s**" % t if t == SUBJECT else t,
+            row = [j if first else "", "**%s**" % t if t in subjects else t,
                    "%.0f [%s]" % (med(c["iops"] for c in cells_ok), per_round),
                    num(med(c["mib"] for c in cells_ok), "%.1f"),
                    num(med(c["p50"] for c in cells_ok), "%.1f"),
@@ -201,18 +203,23 @@ def report(outdir):
           "included); us/IO divides it by the I/Os done at the measured rate.\n"
           % ", ".join(peers))
 
-    if SUBJECT not in targets:
-        return 0
+    for subject in subjects:
+        goals(rounds, jobs, peers, subject, cell, best_peer)
+    for subject in subjects:
+        threads(rounds, jobs, subject, cell)
+    return 0
 
-    # ---- goals
-    print("## Goals for %s\n" % SUBJECT)
+
+def goals(rounds, jobs, peers, subject, cell, best_peer):
+    """The goal table of one subject target."""
+    print("## Goals for %s\n" % subject)
     print("| goal | measured, per round | median | met? |")
     print("|---|---|---|---|")
 
     def ratio_goal(label, j, against, need):
         vals, names = [], []
         for r in rounds:
-            c = cell(r, SUBJECT, j)
+            c = cell(r, subject, j)
             if against == "peer":
                 ref, name = best_peer(r, j)
             else:
@@ -234,7 +241,7 @@ def report(outdir):
     j = "randread4k_qd1"
     gaps = []
     for r in rounds:
-        c, b = cell(r, SUBJECT, j), cell(r, BASELINE, j)
+        c, b = cell(r, subject, j), cell(r, BASELINE, j)
         if c and b and c["p50"] is not None and b["p50"] is not None:
             gaps.append((r, c["p50"] - b["p50"], c["p50"], b["p50"]))
     if gaps:
@@ -246,7 +253,7 @@ def report(outdir):
     for j in jobs:
         rows, ok = [], []
         for r in rounds:
-            c = cell(r, SUBJECT, j)
+            c = cell(r, subject, j)
             ps = [(cell(r, p, j)["p99"], p) for p in peers if cell(r, p, j)]
             if not c or not ps:
                 continue
@@ -258,13 +265,15 @@ def report(outdir):
                 j, "; ".join(rows), "yes" if all(ok) else ("no" if not any(ok) else "mixed")))
     print("\n\"mixed\": met in some rounds only (within the noise).\n")
 
-    # ---- where the subject's CPU goes
-    print("## %s CPU by thread (seconds over each fio call, last round)\n" % SUBJECT)
+
+def threads(rounds, jobs, subject, cell):
+    """Where the subject's CPU went, per thread, in the last round."""
+    print("## %s CPU by thread (seconds over each fio call, last round)\n" % subject)
     last = rounds[-1]
     print("| job | thread CPU seconds |")
     print("|---|---|")
     for j in jobs:
-        c = cell(last, SUBJECT, j)
+        c = cell(last, subject, j)
         if not c or not os.path.exists(c["threads"]):
             continue
         per = {}
@@ -276,7 +285,6 @@ def report(outdir):
         busy = sorted(((v, k) for k, v in per.items() if v >= 0.01), reverse=True)
         print("| %s | %s |" % (j, ", ".join("%s %.2f" % (k, v) for v, k in busy) or "-"))
     print()
-    return 0
 
 
 def one(path):
