@@ -6,9 +6,12 @@
 # Environment: ROUNDS (3), RUNTIME seconds (10), SIZE (1G), CPU to pin both tools to (0),
 #              RINGPERF (path to the binary; default: build it with cargo --release),
 #              FIO_EXTRA (extra fio options, e.g. "--fixedbufs --registerfiles"),
-#              SCENARIOS (default "randread:1 randread:32 randwrite:1 randwrite:32").
-# Prints one line per run and a table: mean IOPS, median p99 over the rounds, and the ratios
-# ringperf/fio. Goal: IOPS ratio >= 0.95 and p99 ratio <= 1.10.
+#              SCENARIOS (default "randread:1 randread:32 randwrite:1 randwrite:32"),
+#              RT_PRIO (unset: both tools run at chrt -f RT_PRIO, so that on a machine busy with
+#              other work they run as soon as they are woken).
+# Prints one line per run and a table: mean IOPS, median p50 and p99 over the rounds, the
+# ratios ringperf/fio paired by round (the two runs of a round are back to back; the order
+# flips every round). Goal (issue 8): IOPS within 5 % and p50 within 10 % of fio's.
 # Latency is compared like for like: fio's total latency (lat_ns, --lat_percentiles=1:
 # submission to completion) against ringperf's (taken just before the op is submitted, to
 # when its completion is seen).
@@ -22,6 +25,8 @@ SIZE=${SIZE:-1G}
 CPU=${CPU:-0}
 SCENARIOS=${SCENARIOS:-"randread:1 randread:32 randwrite:1 randwrite:32"}
 FIO_EXTRA=${FIO_EXTRA:-}
+RT=()
+if [ -n "${RT_PRIO:-}" ]; then RT=(chrt -f "$RT_PRIO"); fi
 
 command -v fio >/dev/null || { echo "compare-fio: fio not installed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "compare-fio: python3 needed to parse JSON" >&2; exit 1; }
@@ -46,12 +51,10 @@ results=$(mktemp)
 run_json=$(mktemp)
 trap 'rm -f "$results" "$run_json"' EXIT
 
-for sc in $SCENARIOS; do
-  rw=${sc%%:*}; qd=${sc##*:}
-  for round in $(seq 1 "$ROUNDS"); do
-    "$RINGPERF" --target "$FILE" --size "$SIZE" --prefill never --rw "$rw" --bs 4k --qd "$qd" \
+run_ringperf() { # RW QD ROUND
+    "${RT[@]}" "$RINGPERF" --target "$FILE" --size "$SIZE" --prefill never --rw "$1" --bs 4k --qd "$2" \
         --jobs 1 --cpus "$CPU" --runtime "$RUNTIME" --json --quiet >"$run_json"
-    python3 - "$rw" "$qd" "$round" ringperf "$run_json" >>"$results" <<'PY'
+    python3 - "$1" "$2" "$3" ringperf "$run_json" >>"$results" <<'PY'
 import json, sys
 rw, qd, rnd, tool, path = sys.argv[1:]
 d = json.load(open(path))
@@ -60,12 +63,14 @@ print(json.dumps({"rw": rw, "qd": int(qd), "round": int(rnd), "tool": tool,
                   "iops": t["iops"], "p50": t["lat"]["p50_us"], "p99": t["lat"]["p99_us"],
                   "cpu": t["cpu_us_per_io"]}))
 PY
+}
+run_fio() { # RW QD ROUND
     # shellcheck disable=SC2086
-    fio --name=cmp --filename="$FILE" --size="$SIZE" --ioengine=io_uring --direct=1 \
-        --rw="$rw" --bs=4k --iodepth="$qd" --numjobs=1 --cpus_allowed="$CPU" \
+    "${RT[@]}" fio --name=cmp --filename="$FILE" --size="$SIZE" --ioengine=io_uring --direct=1 \
+        --rw="$1" --bs=4k --iodepth="$2" --numjobs=1 --cpus_allowed="$CPU" \
         --runtime="$RUNTIME" --time_based --norandommap --randrepeat=0 --lat_percentiles=1 \
         --output-format=json $FIO_EXTRA >"$run_json"
-    python3 - "$rw" "$qd" "$round" fio "$run_json" >>"$results" <<'PY'
+    python3 - "$1" "$2" "$3" fio "$run_json" >>"$results" <<'PY'
 import json, sys
 rw, qd, rnd, tool, path = sys.argv[1:]
 d = json.load(open(path))
@@ -79,6 +84,16 @@ print(json.dumps({"rw": rw, "qd": int(qd), "round": int(rnd), "tool": tool,
                   "p99": pct["99.000000"] / 1000.0,
                   "cpu": cpu_s * 1e6 / ios if ios else 0.0}))
 PY
+}
+
+echo "compare-fio: load $(uptime | sed 's/.*load average: //')${RT_PRIO:+, both tools at SCHED_FIFO $RT_PRIO}"
+for sc in $SCENARIOS; do
+  rw=${sc%%:*}; qd=${sc##*:}
+  for round in $(seq 1 "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then order="ringperf fio"; else order="fio ringperf"; fi
+    for tool in $order; do
+      "run_$tool" "$rw" "$qd" "$round"
+    done
     tail -n 2 "$results" | python3 -c '
 import json, sys
 for l in sys.stdin:
@@ -87,6 +102,7 @@ for l in sys.stdin:
           % (r["rw"], r["qd"], r["round"], r["tool"], r["iops"], r["p50"], r["p99"], r["cpu"]))'
   done
 done
+echo "compare-fio: load after $(uptime | sed 's/.*load average: //')"
 
 python3 - "$results" <<'PY'
 import json, statistics, sys
@@ -97,23 +113,32 @@ for r in rows:
     if k not in keys:
         keys.append(k)
 print()
-print("%-14s %12s %12s %7s %11s %11s %7s %9s %9s  %s" % (
-    "workload", "ringperf", "fio", "IOPS x", "ringperf", "fio", "p99 x", "cpu/IO", "cpu/IO", "goal"))
-print("%-14s %12s %12s %7s %11s %11s %7s %9s %9s" % (
-    "", "IOPS", "IOPS", "", "p99 us", "p99 us", "", "ringperf", "fio"))
-ok_all = True
+print("%-14s %9s %9s %7s %9s %9s %7s %9s %9s %8s %8s  %s" % (
+    "workload", "ringperf", "fio", "IOPS x", "ringperf", "fio", "p50 x", "ringperf", "fio",
+    "cpu/IO", "cpu/IO", "goal"))
+print("%-14s %9s %9s %7s %9s %9s %7s %9s %9s %8s %8s" % (
+    "", "IOPS", "IOPS", "paired", "p50 us", "p50 us", "paired", "p99 us", "p99 us", "ringperf",
+    "fio"))
 for k in keys:
+    sel = [r for r in rows if (r["rw"], r["qd"]) == k]
     def agg(tool):
-        rs = [r for r in rows if (r["rw"], r["qd"]) == k and r["tool"] == tool]
-        return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p99"] for r in rs),
-                statistics.mean(r["cpu"] for r in rs))
-    ri, rp, rc = agg("ringperf")
-    fi, fp, fc = agg("fio")
-    iops_x = ri / fi if fi else 0.0
-    p99_x = rp / fp if fp else 0.0
-    ok = iops_x >= 0.95 and p99_x <= 1.10
-    ok_all &= ok
-    print("%-14s %12.0f %12.0f %7.3f %11.1f %11.1f %7.3f %9.2f %9.2f  %s" % (
-        "%s qd%d" % k, ri, fi, iops_x, rp, fp, p99_x, rc, fc, "ok" if ok else "MISSED"))
-print("IOPS: mean over rounds; p99: median over rounds; goal: IOPS x >= 0.95 and p99 x <= 1.10")
+        rs = [r for r in sel if r["tool"] == tool]
+        return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p50"] for r in rs),
+                statistics.median(r["p99"] for r in rs), statistics.mean(r["cpu"] for r in rs))
+    ri, r50, r99, rc = agg("ringperf")
+    fi, f50, f99, fc = agg("fio")
+    pi, pp = [], []
+    for rnd in sorted({r["round"] for r in sel}):
+        a = [r for r in sel if r["round"] == rnd and r["tool"] == "ringperf"]
+        b = [r for r in sel if r["round"] == rnd and r["tool"] == "fio"]
+        if a and b and b[0]["iops"] and b[0]["p50"]:
+            pi.append(a[0]["iops"] / b[0]["iops"])
+            pp.append(a[0]["p50"] / b[0]["p50"])
+    mi = statistics.median(pi) if pi else 0.0
+    mp = statistics.median(pp) if pp else 0.0
+    ok = abs(mi - 1) <= 0.05 and abs(mp - 1) <= 0.10
+    print("%-14s %9.0f %9.0f %7.3f %9.1f %9.1f %7.3f %9.1f %9.1f %8.2f %8.2f  %s" % (
+        "%s qd%d" % k, ri, fi, mi, r50, f50, mp, r99, f99, rc, fc, "ok" if ok else "MISSED"))
+print("IOPS: mean over rounds; p50, p99: median over rounds; paired: median over rounds of the")
+print("ratio of the two back-to-back runs of a round; goal: IOPS within 5 %, p50 within 10 %")
 PY

@@ -6,17 +6,25 @@
 #   SERVERS ["qemu-nbd ringpool"]  qemu-nbd: qemu-nbd -f raw --cache=none --aio=io_uring -t -e 8
 #                                  on a prefilled file; ringpool: `ringpool serve` on a fresh pool
 #                                  (create --size POOL_SIZE, volume SIZE, prefilled through NBD)
+#                                  nbdkit-memory: nbdkit's memory plugin (RAM, no disk: the
+#                                  client and the server's CPU path only), prefilled through NBD
 #   TRANSPORT [unix]     unix (nbd+unix:// sockets) or tcp (nbd://127.0.0.1:PORT)
+#   RT_PRIO [unset]      run servers and clients with chrt -f RT_PRIO (root): on a machine busy
+#                        with other work they then run as soon as they are woken, so the
+#                        comparison measures them rather than the scheduler
 #   SCENARIOS ["randread:1 randread:32 randwrite:32"]   4k, RW:QD
 #   ROUNDS [3]  RUNTIME seconds [5]  SIZE [1G]  POOL_SIZE [2 x SIZE]
 #   CPU [1]   core both clients are pinned to (`ringpool serve --reactors 1` pins its reactor to
 #             core 0; a client sharing that core measures the scheduler, not the client)
 #   WORKDIR [/tmp/ringperf-nbd-fio]  (a real file system: the servers use O_DIRECT)
 #   RINGPERF, RINGPOOL (binaries; default: cargo build --release)
-# Each round runs ringperf then fio on one scenario (the order flips every other round), one
-# connection and the same queue depth each, against the same export; the table gives mean IOPS,
-# median p50 / p99 over the rounds and the ratios ringperf / fio. Goal (issue 8): IOPS within
-# 5 % and p50 within 10 % of fio's. Latency is like for like: fio's total latency (lat_ns with
+# Each round runs three clients back to back on one scenario, one connection and the same
+# queue depth each, against the same export, in an order that rotates every round: ringperf
+# (its default batched client), ringperf --client-mode libnbd (one request per send and one
+# reply per recv, the traffic fio's nbd engine sends) and fio. The table gives mean IOPS,
+# median p50 / p99 over the rounds, the ratios to fio's run of the same round, and each
+# client's CPU (busy: percent of one core). Goal (issue 8): IOPS within 5 % and p50 within
+# 10 % of fio's. Latency is like for like: fio's total latency (lat_ns with
 # --lat_percentiles=1: submission to completion) against ringperf's (taken right before the
 # request is queued on its connection, to when the worker sees the reply).
 set -uo pipefail
@@ -74,6 +82,8 @@ listen_args() { # URI SOCKET -> server listen options (qemu-nbd style or ringpoo
   case $kind/$TRANSPORT in
     qemu/tcp) echo "-b 127.0.0.1 -p $p" ;;
     qemu/unix) echo "-k $sock" ;;
+    nbdkit/tcp) echo "-i 127.0.0.1 -p $p" ;;
+    nbdkit/unix) echo "-U $sock" ;;
     ringpool/tcp) echo "--listen 127.0.0.1:$p --socket $WORKDIR/unused.sock" ;;
     ringpool/unix) echo "--listen 127.0.0.1:0 --socket $sock" ;;
   esac
@@ -87,8 +97,23 @@ await() { # URI PID
   return 1
 }
 
+# Optional real-time priority for every server and client (see RT_PRIO above).
+RT=()
+if [ -n "${RT_PRIO:-}" ]; then
+  command -v chrt >/dev/null || die "RT_PRIO needs chrt"
+  RT=(chrt -f "$RT_PRIO")
+fi
+
 for s in $SERVERS; do
   case $s in
+    nbdkit-memory)
+      command -v nbdkit >/dev/null || die "nbdkit not installed"
+      URI[$s]=$(uri_of nbdkit "" "$WORKDIR/nbdkit.sock")
+      # shellcheck disable=SC2046
+      "${RT[@]}" nbdkit --foreground $(listen_args nbdkit "${URI[$s]}" "$WORKDIR/nbdkit.sock") \
+        memory "$size_b" >"$WORKDIR/nbdkit.log" 2>&1 &
+      PID[$s]=$!
+      ;;
     qemu-nbd)
       command -v qemu-nbd >/dev/null || die "qemu-nbd not installed"
       file=$WORKDIR/qemu.img
@@ -96,7 +121,7 @@ for s in $SERVERS; do
         die "prefilling $file failed"
       URI[$s]=$(uri_of qemu vol0 "$WORKDIR/qemu.sock")
       # shellcheck disable=SC2046
-      qemu-nbd -f raw --cache=none --aio=io_uring -t -e 8 -x vol0 \
+      "${RT[@]}" qemu-nbd -f raw --cache=none --aio=io_uring -t -e 8 -x vol0 \
         $(listen_args qemu "${URI[$s]}" "$WORKDIR/qemu.sock") "$file" \
         >"$WORKDIR/qemu.log" 2>&1 &
       PID[$s]=$!
@@ -113,15 +138,15 @@ for s in $SERVERS; do
         die "ringpool create failed: $(cat "$WORKDIR/ringpool.setup")"
       URI[$s]=$(uri_of ringpool bench/vol0 "$WORKDIR/ringpool.sock")
       # shellcheck disable=SC2046
-      "$RINGPOOL" serve --reactors 1 $(listen_args ringpool "${URI[$s]}" "$WORKDIR/ringpool.sock") \
+      "${RT[@]}" "$RINGPOOL" serve --reactors 1 $(listen_args ringpool "${URI[$s]}" "$WORKDIR/ringpool.sock") \
         >"$WORKDIR/ringpool.log" 2>&1 &
       PID[$s]=$!
       ;;
-    *) die "unknown server '$s' (qemu-nbd, ringpool)" ;;
+    *) die "unknown server '$s' (qemu-nbd, ringpool, nbdkit-memory)" ;;
   esac
   await "${URI[$s]}" "${PID[$s]}" || die "$s does not answer at ${URI[$s]} (see $WORKDIR/*.log)"
-  if [ "$s" = ringpool ]; then
-    # Thin volume: reading holes measures nothing. Fill it through the export.
+  if [ "$s" != qemu-nbd ]; then
+    # Thin volume or sparse memory: reading holes measures nothing. Fill it through the export.
     "$RINGPERF" --target "${URI[$s]}" --rw write --bs 1M --qd 8 --io-limit "$size_b" \
       --runtime 600 --prefill never --quiet >/dev/null || die "prefill through ${URI[$s]} failed"
   fi
@@ -130,15 +155,17 @@ done
 
 say "$ROUNDS rounds x ${RUNTIME}s, 4k, one connection, clients pinned to CPU $CPU, region $size_b bytes"
 say "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(fio --version), qemu-nbd $(qemu-nbd --version 2>/dev/null | head -1 | awk '{print $NF}'), kernel $(uname -r)"
-say "load $(uptime | sed 's/.*load average: //')"
+say "load $(uptime | sed 's/.*load average: //')${RT_PRIO:+, servers and clients at SCHED_FIFO $RT_PRIO}"
 
 results=$WORKDIR/results.jsonl
 : >"$results"
-run_ringperf() { # SERVER RW QD ROUND
-  "$RINGPERF" --target "${URI[$1]}" --size "$size_b" --prefill never --rw "$2" --bs 4k --qd "$3" \
-    --jobs 1 --nbd-conns 1 --cpus "$CPU" --runtime "$RUNTIME" --json --quiet \
+run_ringperf() { # SERVER RW QD ROUND [CLIENT_MODE]
+  local mode=${5:-batched} tool=ringperf
+  [ "$mode" = batched ] || tool=ringperf-$mode
+  "${RT[@]}" "$RINGPERF" --target "${URI[$1]}" --size "$size_b" --prefill never --rw "$2" --bs 4k --qd "$3" \
+    --jobs 1 --nbd-conns 1 --cpus "$CPU" --runtime "$RUNTIME" --client-mode "$mode" --json --quiet \
     >"$WORKDIR/run.json" 2>"$WORKDIR/run.err"
-  python3 - "$1" "$2" "$3" "$4" ringperf "$WORKDIR/run.json" >>"$results" <<'PY'
+  python3 - "$1" "$2" "$3" "$4" "$tool" "$WORKDIR/run.json" >>"$results" <<'PY'
 import json, sys
 srv, rw, qd, rnd, tool, path = sys.argv[1:]
 d = json.load(open(path))
@@ -153,7 +180,7 @@ print(json.dumps({"srv": srv, "rw": rw, "qd": int(qd), "round": int(rnd), "tool"
 PY
 }
 run_fio() { # SERVER RW QD ROUND
-  fio --name=nbdcmp --ioengine=nbd --uri="${URI[$1]}" --size="$size_b" --rw="$2" --bs=4k \
+  "${RT[@]}" fio --name=nbdcmp --ioengine=nbd --uri="${URI[$1]}" --size="$size_b" --rw="$2" --bs=4k \
     --iodepth="$3" --numjobs=1 --cpus_allowed="$CPU" --runtime="$RUNTIME" --time_based \
     --norandommap --randrepeat=0 --lat_percentiles=1 --output-format=json \
     --output="$WORKDIR/run.json" >"$WORKDIR/run.err" 2>&1
@@ -179,9 +206,18 @@ for s in $SERVERS; do
   for sc in $SCENARIOS; do
     rw=${sc%%:*}; qd=${sc##*:}
     for round in $(seq 1 "$ROUNDS"); do
-      if [ $((round % 2)) = 1 ]; then order="ringperf fio"; else order="fio ringperf"; fi
+      # Each client runs once per round; the order rotates so none always follows another.
+      case $((round % 3)) in
+        1) order="ringperf ringperf-libnbd fio" ;;
+        2) order="fio ringperf ringperf-libnbd" ;;
+        0) order="ringperf-libnbd fio ringperf" ;;
+      esac
       for tool in $order; do
-        "run_$tool" "$s" "$rw" "$qd" "$round" || say "$tool $s $rw qd$qd failed: $(tail -3 "$WORKDIR/run.err")"
+        case $tool in
+          fio) run_fio "$s" "$rw" "$qd" "$round" ;;
+          ringperf) run_ringperf "$s" "$rw" "$qd" "$round" batched ;;
+          ringperf-libnbd) run_ringperf "$s" "$rw" "$qd" "$round" libnbd ;;
+        esac || say "$tool $s $rw qd$qd failed: $(tail -3 "$WORKDIR/run.err")"
         tail -n 1 "$results" | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read())
@@ -202,41 +238,41 @@ for r in rows:
     k = (r["srv"], r["rw"], r["qd"])
     if k not in keys:
         keys.append(k)
-print()
-print("%-26s %9s %9s %7s %7s %9s %9s %7s %7s %9s %9s %6s %6s  %s" % (
-    "server / workload", "ringperf", "fio", "IOPS x", "paired", "ringperf", "fio", "p50 x", "paired",
-    "ringperf", "fio", "rperf", "fio", "goal"))
-print("%-26s %9s %9s %7s %7s %9s %9s %7s %7s %9s %9s %6s %6s" % (
-    "", "IOPS", "IOPS", "", "IOPS x", "p50 us", "p50 us", "", "p50 x", "p99 us", "p99 us",
-    "busy%", "busy%"))
-for k in keys:
-    sel = [r for r in rows if (r["srv"], r["rw"], r["qd"]) == k]
-    def agg(tool):
-        rs = [r for r in sel if r["tool"] == tool]
-        if not rs:
-            return (0.0, 0.0, 0.0, 0.0)
-        return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p50"] for r in rs),
-                statistics.median(r["p99"] for r in rs), statistics.mean(r["busy"] for r in rs))
-    ri, r50, r99, rb = agg("ringperf")
-    fi, f50, f99, fb = agg("fio")
-    ix = ri / fi if fi else 0.0
-    px = r50 / f50 if f50 else 0.0
-    # The two runs of a round are back to back: their ratio is immune to drift between rounds.
+def agg(sel, tool):
+    rs = [r for r in sel if r["tool"] == tool]
+    if not rs:
+        return (0.0, 0.0, 0.0, 0.0)
+    return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p50"] for r in rs),
+            statistics.median(r["p99"] for r in rs), statistics.mean(r["busy"] for r in rs))
+def paired(sel, tool):
+    # The runs of a round are back to back: their ratio is immune to drift between rounds.
     pi, pp = [], []
     for rnd in sorted({r["round"] for r in sel}):
-        a = [r for r in sel if r["round"] == rnd and r["tool"] == "ringperf"]
+        a = [r for r in sel if r["round"] == rnd and r["tool"] == tool]
         b = [r for r in sel if r["round"] == rnd and r["tool"] == "fio"]
         if a and b and b[0]["iops"] and b[0]["p50"]:
             pi.append(a[0]["iops"] / b[0]["iops"])
             pp.append(a[0]["p50"] / b[0]["p50"])
-    mi = statistics.median(pi) if pi else 0.0
-    mp = statistics.median(pp) if pp else 0.0
-    ok = abs(mi - 1) <= 0.05 and abs(mp - 1) <= 0.10
-    print("%-26s %9.0f %9.0f %7.3f %7.3f %9.1f %9.1f %7.3f %7.3f %9.1f %9.1f %6.0f %6.0f  %s" % (
-        "%s %s qd%d" % k, ri, fi, ix, mi, r50, f50, px, mp, r99, f99, rb, fb,
-        "ok" if ok else "MISSED"))
-print("IOPS: mean over rounds; p50, p99: median over rounds; paired: median over rounds of the")
-print("ratio of the two back-to-back runs of a round; goal (paired): IOPS within 5 %, p50 within 10 %")
-print("busy%: the client's job thread CPU time over the run, percent of one core (mean over rounds):")
-print("near 100 the client, not the server, sets the pace")
+    return (statistics.median(pi) if pi else 0.0, statistics.median(pp) if pp else 0.0)
+print()
+print("%-26s %-15s %9s %9s %7s %9s %9s %7s %9s %6s  %s" % (
+    "server / workload", "client", "IOPS", "fio IOPS", "IOPS x", "p50 us", "fio p50", "p50 x",
+    "p99 us", "busy%", "goal"))
+for k in keys:
+    sel = [r for r in rows if (r["srv"], r["rw"], r["qd"]) == k]
+    fi, f50, f99, fb = agg(sel, "fio")
+    for tool in ("ringperf", "ringperf-libnbd"):
+        ti, t50, t99, tb = agg(sel, tool)
+        if not ti:
+            continue
+        mi, mp = paired(sel, tool)
+        ok = abs(mi - 1) <= 0.05 and abs(mp - 1) <= 0.10
+        print("%-26s %-15s %9.0f %9.0f %7.3f %9.1f %9.1f %7.3f %9.1f %6.0f  %s" % (
+            "%s %s qd%d" % k, tool.replace("ringperf-", "ringperf "), ti, fi, mi, t50, f50, mp,
+            t99, tb, "ok" if ok else "MISSED"))
+    print("%-26s %-15s %9.0f %9s %7s %9.1f %9s %7s %9.1f %6.0f" % (
+        "", "fio", fi, "", "", f50, "", "", f99, fb))
+print("IOPS: mean over rounds; p50, p99: median over rounds; IOPS x, p50 x: median over rounds of")
+print("the ratio to fio's back-to-back run of the same round; goal: IOPS within 5 %, p50 within 10 %")
+print("busy%: the client's CPU time over the run, percent of one core (mean over rounds)")
 PY

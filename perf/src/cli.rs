@@ -78,6 +78,21 @@ pub enum Prefill {
     Never,
 }
 
+/// How ringperf's NBD client talks to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientMode {
+    /// Every request queued since the last send goes out in one send; one recv takes every
+    /// reply that has arrived (the fastest client).
+    #[default]
+    Batched,
+    /// libnbd's pattern, as fio's nbd engine drives it: each request sent on its own (a
+    /// write's header, then its payload), each reply received on its own (header, then a
+    /// read's payload). For comparing against fio like for like: the server sees the same
+    /// traffic shape.
+    Libnbd,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
     /// Access pattern.
@@ -150,6 +165,10 @@ pub struct WorkloadArgs {
     /// NBD connections per job (I/O workers are spread over them).
     #[arg(long, default_value_t = 1)]
     pub nbd_conns: u32,
+    /// NBD client behaviour: batched (default) or libnbd (one request per send, one reply
+    /// per recv, as fio's nbd engine; see perf/README.md).
+    #[arg(long, value_enum, default_value_t = ClientMode::Batched)]
+    pub client_mode: ClientMode,
     /// Cores to pin the jobs to (comma separated); default: job i on core i mod ncores.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,

@@ -114,6 +114,29 @@ fn nbd_client_against_qemu_nbd() {
     assert!(f64_at(&v, "total.flush.ios") >= 1.0);
     assert_eq!(f64_at(&v, "verify_errors") + f64_at(&v, "io_errors"), 0.0);
 
+    // The libnbd client mode (one request per send, one reply part per recv) moves the same
+    // data: mixed sizes and reads of 64k (a reply header, then the payload on its own).
+    let (code, v) = ringperf_json(&[
+        "--target",
+        &uri,
+        "--rw",
+        "randrw",
+        "--bssplit",
+        "4k/50:64k/50",
+        "--verify",
+        "--runtime",
+        "1",
+        "--qd",
+        "16",
+        "--client-mode",
+        "libnbd",
+    ]);
+    assert_eq!(code, Some(0), "{v}");
+    assert!(v["describe"].as_str().unwrap().contains("libnbd client mode"));
+    assert!(f64_at(&v, "total.read.ios") > 50.0, "{v}");
+    assert!(f64_at(&v, "total.write.ios") > 50.0, "{v}");
+    assert_eq!(f64_at(&v, "verify_errors") + f64_at(&v, "io_errors"), 0.0);
+
     // Corrupt one byte in the served file: the read-back pass through NBD reports it.
     // (64k blocks were written in the mixed pass, so verify at the 4k unit still holds:
     // every unit carries its own header.)

@@ -89,7 +89,9 @@ impl TargetSpec {
             });
         }
         if s.starts_with("nbd://") || s.starts_with("nbd+unix://") {
-            return Ok(TargetSpec::Nbd(nbd::NbdSpec::parse(s, w.nbd_conns)?));
+            let mut spec = nbd::NbdSpec::parse(s, w.nbd_conns)?;
+            spec.mode = w.client_mode;
+            return Ok(TargetSpec::Nbd(spec));
         }
         if s.starts_with("pool:") {
             return Ok(TargetSpec::Pool(pool::PoolSpec::parse(s)?));

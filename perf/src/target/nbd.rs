@@ -1,7 +1,8 @@
 //! ringperf's own NBD client, on the job's reactor: `--nbd-conns` connections per job, each with
 //! a writer task (batches queued requests into one send) and a reader task (one big recv,
 //! then every complete reply in it is dispatched by cookie). Structured replies are used when
-//! the server offers them; simple replies otherwise.
+//! the server offers them; simple replies otherwise. `--client-mode libnbd` sends each request
+//! and receives each reply on its own instead, as libnbd (fio's nbd engine) does.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -18,6 +19,7 @@ use slab::Slab;
 
 use super::nbd_proto::{self as p, ExportInfo, ReplyHeader};
 use super::{Conn, IoResult, TargetInfo};
+use crate::cli::ClientMode;
 use crate::error::{io_err, PerfError};
 
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -35,6 +37,7 @@ pub struct NbdSpec {
     pub addr: NbdAddr,
     pub export: String,
     pub conns: u32,
+    pub mode: ClientMode,
 }
 
 /// A blocking socket for the handshake.
@@ -84,6 +87,7 @@ impl NbdSpec {
                 addr: NbdAddr::Unix(PathBuf::from(sock)),
                 export,
                 conns,
+                mode: ClientMode::Batched,
             });
         }
         let rest = uri
@@ -106,6 +110,7 @@ impl NbdSpec {
             addr: NbdAddr::Tcp(hostport),
             export: export.to_string(),
             conns,
+            mode: ClientMode::Batched,
         })
     }
 
@@ -156,7 +161,7 @@ impl NbdSpec {
             size: info.size,
             block: u64::from(min),
             describe: format!(
-                "NBD {} (export '{}', {} replies, flags {:#x}{}, {} conn/job)",
+                "NBD {} (export '{}', {} replies, flags {:#x}{}, {} conn/job{})",
                 match &self.addr {
                     NbdAddr::Tcp(a) => a.clone(),
                     NbdAddr::Unix(pth) => pth.display().to_string(),
@@ -173,7 +178,11 @@ impl NbdSpec {
                 } else {
                     ""
                 },
-                self.conns
+                self.conns,
+                match self.mode {
+                    ClientMode::Batched => "",
+                    ClientMode::Libnbd => ", libnbd client mode",
+                }
             ),
         })
     }
@@ -192,7 +201,7 @@ impl NbdSpec {
                 Stream::Tcp(t) => t.into(),
                 Stream::Unix(u) => u.into(),
             };
-            let sock = Rc::new(Sock::new(fd));
+            let sock = Rc::new(Sock::new(fd, self.mode));
             tasks.push(spawn_local(writer(Rc::clone(&sock))));
             tasks.push(spawn_local(reader(Rc::clone(&sock))));
             socks.push(sock);
@@ -225,6 +234,9 @@ struct Sock {
     fd: OwnedFd,
     /// Bytes queued for the writer (request headers and write payloads).
     out: RefCell<Vec<u8>>,
+    /// Where each queued segment (a header, a payload) ends in `out`, for the libnbd mode.
+    marks: RefCell<Vec<usize>>,
+    mode: ClientMode,
     writer_waker: RefCell<Option<Waker>>,
     pending: RefCell<Slab<Pending>>,
     /// Set when the connection failed or closed: every waiter gets this error.
@@ -232,10 +244,12 @@ struct Sock {
 }
 
 impl Sock {
-    fn new(fd: OwnedFd) -> Sock {
+    fn new(fd: OwnedFd, mode: ClientMode) -> Sock {
         Sock {
             fd,
             out: RefCell::new(Vec::with_capacity(1 << 20)),
+            marks: RefCell::new(Vec::new()),
+            mode,
             writer_waker: RefCell::new(None),
             pending: RefCell::new(Slab::new()),
             dead: RefCell::new(None),
@@ -293,10 +307,13 @@ impl Sock {
         });
         {
             let mut out = self.out.borrow_mut();
+            let mut marks = self.marks.borrow_mut();
             p::encode_request(&mut out, cmd, flags, key as u64, off, len32);
+            marks.push(out.len());
             if cmd == p::CMD_WRITE {
                 if let Some(b) = &buf {
                     out.extend_from_slice(b);
+                    marks.push(out.len());
                 }
             }
         }
@@ -334,6 +351,23 @@ async fn writer(sock: Rc<Sock>) {
             return;
         }
         let batch = std::mem::take(&mut *sock.out.borrow_mut());
+        let marks = std::mem::take(&mut *sock.marks.borrow_mut());
+        if sock.mode == ClientMode::Libnbd {
+            // One send per header and per payload, each waited for, as libnbd does.
+            let mut start = 0;
+            for end in marks {
+                spare.clear();
+                spare.extend_from_slice(&batch[start..end]);
+                start = end;
+                let (r, b) = ops::send_all(sock.fd.as_raw_fd(), spare).await;
+                spare = b;
+                if let Err(e) = r {
+                    sock.kill(format!("NBD send failed: {}", io_err(&e)));
+                    return;
+                }
+            }
+            continue;
+        }
         if spare.capacity() < batch.len() {
             spare = IoBuf::with_capacity(batch.len().next_power_of_two());
         }
@@ -361,9 +395,20 @@ async fn writer(sock: Rc<Sock>) {
 async fn reader(sock: Rc<Sock>) {
     // Large enough for any reply (payload up to 32 MiB + header); grows on demand.
     let mut rbuf = IoBuf::with_capacity(256 << 10);
+    // In the libnbd mode: how much of the next message is still missing (a reply header
+    // first, then a read's payload), so that each recv takes one part of one reply.
+    let mut want = p::SIMPLE_REPLY_LEN;
     loop {
-        let (r, b) = ops::recv(sock.fd.as_raw_fd(), rbuf).await;
+        let start = rbuf.len();
+        let end = match sock.mode {
+            ClientMode::Batched => rbuf.capacity(),
+            ClientMode::Libnbd => (start + want).min(rbuf.capacity()),
+        };
+        let (r, b) = ops::recv_into(sock.fd.as_raw_fd(), rbuf, start..end).await;
         rbuf = b;
+        if let Ok(n) = r {
+            rbuf.set_len(start + n);
+        }
         match r {
             Ok(0) => {
                 sock.kill("NBD server closed the connection".into());
@@ -377,6 +422,7 @@ async fn reader(sock: Rc<Sock>) {
         }
         let used = match dispatch(&sock, &rbuf) {
             Ok(Dispatch { used, need }) => {
+                want = need.saturating_sub(rbuf.len() - used).max(1);
                 if need > rbuf.capacity() {
                     let mut bigger = IoBuf::with_capacity(need.next_power_of_two());
                     bigger.extend_from_slice(&rbuf[used..]);
@@ -409,7 +455,14 @@ fn dispatch(sock: &Sock, b: &[u8]) -> io::Result<Dispatch> {
     let mut at = 0;
     loop {
         let Some((hdr, hlen)) = p::parse_reply(&b[at..])? else {
-            return Ok(Dispatch { used: at, need: 32 });
+            // A simple reply's header, or (once 16 bytes show a structured reply's magic)
+            // a chunk's.
+            let need = if b.len() - at < p::SIMPLE_REPLY_LEN {
+                p::SIMPLE_REPLY_LEN
+            } else {
+                p::STRUCTURED_HDR_LEN
+            };
+            return Ok(Dispatch { used: at, need });
         };
         let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
         let mut pend = sock.pending.borrow_mut();
