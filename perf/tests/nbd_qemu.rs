@@ -132,7 +132,10 @@ fn nbd_client_against_qemu_nbd() {
         "libnbd",
     ]);
     assert_eq!(code, Some(0), "{v}");
-    assert!(v["describe"].as_str().unwrap().contains("libnbd client mode"));
+    assert!(v["describe"]
+        .as_str()
+        .unwrap()
+        .contains("libnbd client mode"));
     assert!(f64_at(&v, "total.read.ios") > 50.0, "{v}");
     assert!(f64_at(&v, "total.write.ios") > 50.0, "{v}");
     assert_eq!(f64_at(&v, "verify_errors") + f64_at(&v, "io_errors"), 0.0);
