@@ -90,6 +90,28 @@ fn pool_and_volume_lifecycle() {
     assert!(text.contains("No known data errors"), "{text}");
     let exact = env.ok(&["status", "-p", "tank"]);
     assert!(exact.contains(&size.to_string()), "{exact}");
+    let verbose = env.ok(&["status", "-v", "tank"]);
+    assert!(
+        verbose.contains("slop: ") && verbose.contains("open txg: "),
+        "{verbose}"
+    );
+    // list -v: the pool's row, then its device indented under it, in the same columns.
+    let listv = env.ok(&["list", "-v", "tank"]);
+    let rows: Vec<&str> = listv.lines().collect();
+    assert_eq!(rows.len(), 3, "{listv}");
+    assert!(
+        rows[0].starts_with("NAME") && rows[1].starts_with("tank "),
+        "{listv}"
+    );
+    assert!(rows[2].starts_with(&format!("  {dev_s}")), "{listv}");
+    assert_eq!(rows[1].len(), rows[2].len(), "{listv}");
+    assert_eq!(
+        env.ok(&["get", "-H", "-p", "size", "tank"]),
+        format!("tank\tsize\t{size}\n")
+    );
+    let got = env.ok(&["get", "size,health", "tank"]);
+    assert!(got.starts_with("NAME  PROPERTY  VALUE"), "{got}");
+    assert!(got.contains("tank  health    ONLINE"), "{got}");
     env.ok(&["clear", "tank"]);
     assert!(env.fails(&["clear", "nope"]).contains("no such pool"));
     let verify = env.json(&["verify", "--json", "tank"]);
