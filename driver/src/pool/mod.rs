@@ -46,7 +46,7 @@ pub use error::{PoolError, Result};
 pub use health::{DeviceErrors, DeviceHealth, PoolHealth, PoolStatus};
 pub use lifecycle::{CreateOptions, FoundPool, ImportOptions, PoolOptions, TXG_INITIAL};
 pub use syncer::{SyncCtx, SyncState, SyncTask};
-pub use txg::{SyncStats, TxgConfig};
+pub use txg::{Limits, SyncStats, TxgConfig};
 pub use verify::{VerifyProgress, VerifyReport};
 pub use volume::{Extent, Volume};
 

@@ -420,6 +420,23 @@ impl PoolSpec {
             st.cache.hits,
             st.cache.misses
         ));
+        let ss = pool.sync_stats();
+        let (delayed, delay, waited) = pool.txg().throttle_stats();
+        let lim = pool.txg().limits();
+        lines.push(format!(
+            "pool {}: {} txgs synced, sync mean {:.1} ms max {:.1} ms; dirty limits data {}/{} meta {}/{} (sync/max); {} writes delayed ({:.1} ms in all), {} waited at a limit",
+            pool.name(),
+            ss.txgs,
+            ss.mean_sync().as_secs_f64() * 1e3,
+            ss.max_sync.as_secs_f64() * 1e3,
+            fmt_size(lim.data_sync),
+            fmt_size(lim.data_max),
+            fmt_size(lim.meta_sync),
+            fmt_size(lim.meta_max),
+            delayed,
+            delay.as_secs_f64() * 1e3,
+            waited
+        ));
         if self.check && ok {
             match pool.verify() {
                 Ok(rep) if rep.is_clean() => {

@@ -115,8 +115,10 @@ pub(crate) async fn update_tree(
     Ok((new_root, geom))
 }
 
-/// Tree blocks the sync keeps in flight at once.
-const WRITE_WINDOW: usize = 128;
+/// Tree blocks the sync keeps in flight at once: enough to keep the device busy, and no more
+/// than a client's usual queue depth, so that the sync's burst of tree blocks does not push
+/// the writers' data writes far back in the device queue (their p99 is the cost).
+const WRITE_WINDOW: usize = 32;
 
 /// Writes the blocks of a tree update, [`WRITE_WINDOW`] at a time, and returns their buffers to
 /// the pool. Every write is waited for (the commit's flush must cover them all), and the first
