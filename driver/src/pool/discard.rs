@@ -1,18 +1,22 @@
 //! The checkpoint discard reactor (OpenZFS `spa_checkpoint_discard_thread`, C.5).
 //!
-//! A dedicated thread with its own ring runs while the pool is DISCARDING. Each round:
+//! A dedicated thread with its own ring runs while the pool is DISCARDING. Per map:
 //! 1. a sync task snapshots the first device that still has a checkpoint space map (its object
 //!    record as committed, and the memory limit property); when none is left it clears the
 //!    checkpoint feature instead (state NONE, history "finished") and the thread wakes waiters
 //!    once that txg is committed;
+//!
+//! then rounds of
 //! 2. open context: read ahead the blocks holding the last `min(length, limit)` bytes of the
-//!    map;
+//!    map (through the snapshot's pointers: the rounds only shorten the map, so every block
+//!    below the tail block the previous round rewrote is untouched; that one comes from memory);
 //! 3. a sync task destroys entries from the end of the map, at most `limit / 16 / 2` of them
 //!    (each entry is at most two words, and up to one debug word accompanies each entry, so
 //!    they fit in the read-ahead), moving each extent into its metaslab's `freeing` (written
 //!    FREE to the metaslab's map in that txg, allocatable after the defer period) and
 //!    truncating the map; an emptied map is destroyed and its directory slot cleared. The task
-//!    never reads what was not read ahead: it stops at the first block it does not hold.
+//!    never reads what was not read ahead: it stops at the first block it does not hold. A
+//!    map that is not the length the round expects sends the loop back to step 1.
 //!
 //! Everything is persisted through ordinary txgs, so an export or crash mid-way resumes from
 //! disk at the next import ([`super::checkpoint::on_start`]). The space still held is the
@@ -23,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use ringpool_ondisk::blkptr::BlockPointer;
+use ringpool_ondisk::blkptr::{BlockPointer, DataPtr};
 use ringpool_ondisk::object::{Bonus, ObjectRecord};
 use ringpool_ondisk::space_map::{pop_tail, SmAction, SpaceMapHeader};
 
@@ -138,18 +142,60 @@ async fn discard_loop(shared: &Arc<Shared>) -> Result<()> {
                 shared.ckpt.set_none();
                 return Ok(());
             }
-            Snapshot::Map(m) => m,
+            Snapshot::Map(m) => Arc::new(*m),
         };
-        let blocks = prefetch(shared, &m).await?;
-        if shared.ckpt.cancel.load(Ordering::SeqCst) {
-            return Ok(());
+        // One snapshot serves every round on this map: a round only shortens the map, so the
+        // blocks below its new tail block are untouched (same pointers, still allocated), and
+        // the tail block's new contents are handed back by the round itself. Each round then
+        // costs one txg, not two.
+        let name = format!("checkpoint space map dev{} (object {})", m.dev, m.obj);
+        let geom = TreeGeom {
+            levels: m.rec.levels.max(1),
+            ibs: m.rec.indirect_block_size,
+            bs: m.rec.data_block_size,
+        };
+        let pos: BTreeMap<u64, DataPtr> = leaf_positions(shared, &name, &geom, &m.rec.roots[0])
+            .await?
+            .into_iter()
+            .collect();
+        let mut cur = Round {
+            len: header_of(&m.rec).length,
+            tail: None,
+        };
+        loop {
+            let blocks = prefetch(shared, &m, &name, &pos, &cur).await?;
+            if shared.ckpt.cancel.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let out = Arc::new(Mutex::new(None));
+            let (o, mm, expect) = (Arc::clone(&out), Arc::clone(&m), cur.len);
+            run_task(
+                shared,
+                Box::new(move |ctx: &mut SyncCtx<'_>| {
+                    *o.lock() = destroy_round(ctx, &mm, expect, &blocks)?;
+                    Ok(())
+                }),
+            )
+            .await?;
+            // None: the map is gone or not as expected; a new snapshot decides.
+            let Some(next) = out.lock().take() else {
+                break;
+            };
+            if next.len == 0 || next.len >= cur.len {
+                break;
+            }
+            cur = next;
         }
-        run_task(
-            shared,
-            Box::new(move |ctx: &mut SyncCtx<'_>| destroy_round(ctx, &m, &blocks)),
-        )
-        .await?;
     }
+}
+
+/// Where a map stands between two rounds on one snapshot.
+#[derive(Debug)]
+struct Round {
+    /// Length of the map as the last round left it.
+    len: u64,
+    /// The block holding the map's last bytes, when that round rewrote it: (index, contents).
+    tail: Option<(u64, Arc<Vec<u8>>)>,
 }
 
 /// Sync task: which map to work on next, or the final step.
@@ -195,9 +241,16 @@ fn snapshot(ctx: &mut SyncCtx<'_>) -> Result<Snapshot> {
     Ok(Snapshot::Done)
 }
 
-/// Reads the blocks holding the last `min(length, limit)` bytes of the map.
-async fn prefetch(shared: &Arc<Shared>, m: &MapSnap) -> Result<BTreeMap<u64, Vec<u8>>> {
-    let len = header_of(&m.rec).length;
+/// The blocks holding the last `min(length, limit)` bytes of the map: the rewritten tail block
+/// from memory, the others read through the snapshot's pointers.
+async fn prefetch(
+    shared: &Arc<Shared>,
+    m: &MapSnap,
+    name: &str,
+    pos: &BTreeMap<u64, DataPtr>,
+    cur: &Round,
+) -> Result<BTreeMap<u64, Vec<u8>>> {
+    let len = cur.len;
     let mut out = BTreeMap::new();
     if len == 0 {
         return Ok(out);
@@ -206,38 +259,38 @@ async fn prefetch(shared: &Arc<Shared>, m: &MapSnap) -> Result<BTreeMap<u64, Vec
     let window = len.min(m.limit);
     let first = (len - window) / bs;
     let last = (len - 1) / bs;
-    let geom = TreeGeom {
-        levels: m.rec.levels.max(1),
-        ibs: m.rec.indirect_block_size,
-        bs: m.rec.data_block_size,
-    };
-    let name = format!("checkpoint space map dev{} (object {})", m.dev, m.obj);
-    let pos = leaf_positions(shared, &name, &geom, &m.rec.roots[0]).await?;
-    for (blk, d) in pos.iter().filter(|(b, _)| (first..=last).contains(b)) {
-        let data = shared.read_verified(d, &name, blk * bs).await?;
-        out.insert(*blk, data);
-    }
     for blk in first..=last {
-        if !out.contains_key(&blk) {
+        if let Some((t, data)) = &cur.tail {
+            if *t == blk {
+                out.insert(blk, data.to_vec());
+                continue;
+            }
+        }
+        let Some(d) = pos.get(&blk) else {
             return Err(corrupt(
                 m.obj,
                 format!("block {blk} below its length is a hole"),
             ));
-        }
+        };
+        let data = shared.read_verified(d, name, blk * bs).await?;
+        out.insert(blk, data);
     }
     Ok(out)
 }
 
 /// Sync task: destroys entries from the end of the map (bounded, prefetched blocks only).
+/// Returns where the map stands afterwards, or `None` when it is not the map `expect_len`
+/// describes (the caller takes a new snapshot).
 fn destroy_round(
     ctx: &mut SyncCtx<'_>,
     m: &MapSnap,
+    expect_len: u64,
     blocks: &BTreeMap<u64, Vec<u8>>,
-) -> Result<()> {
+) -> Result<Option<Round>> {
     let obj = m.obj;
     let di = m.dev as usize;
     if ctx.st.dir.devices.get(di).map(|d| d.checkpoint_sm) != Some(obj) {
-        return Ok(()); // stale snapshot: the next round looks again
+        return Ok(None); // stale snapshot: the next round looks again
     }
     let mut rec = ctx
         .st
@@ -247,8 +300,8 @@ fn destroy_round(
         .ok_or_else(|| corrupt(obj, "object missing"))?;
     let mut header = header_of(&rec);
     let old_len = header.length;
-    if old_len != header_of(&m.rec).length {
-        return Ok(());
+    if old_len != expect_len {
+        return Ok(None);
     }
     let vdev = ctx.shared.vdev(m.dev)?;
     let unit = 1u64 << vdev.ashift;
@@ -290,7 +343,7 @@ fn destroy_round(
         }
     }
     if len == old_len {
-        return Ok(());
+        return Ok(None);
     }
     let unit_i = i64::try_from(unit).map_err(|_| corrupt(obj, "unit"))?;
     header.alloc = delta_units
@@ -310,7 +363,7 @@ fn destroy_round(
         if let Some(d) = ctx.st.directory_mut().devices.get_mut(di) {
             d.checkpoint_sm = 0;
         }
-        return Ok(());
+        return Ok(Some(Round { len: 0, tail: None }));
     }
     let keep = len.div_ceil(bs);
     let old_blocks = old_len.div_ceil(bs);
@@ -320,6 +373,7 @@ fn destroy_round(
     }
     let tail_len = usize::try_from(len % bs).unwrap_or(0);
     let mut tail = Vec::new();
+    let mut rewritten = None;
     if tail_len != 0 {
         let b = len / bs;
         let block = blocks
@@ -328,12 +382,17 @@ fn destroy_round(
         tail = block[..tail_len].to_vec();
         let mut data = tail.clone();
         data.resize(usize::try_from(bs).unwrap_or(0), 0);
-        changes.insert(b, Change::Data(Arc::new(data)));
+        let data = Arc::new(data);
+        changes.insert(b, Change::Data(Arc::clone(&data)));
+        rewritten = Some((b, data));
     }
     ctx.st.sm_tails.insert(obj, SmTail { tail });
     rec.length = len;
     rec.bonus = Bonus::SpaceMap(Box::new(header));
     ctx.st.objects.insert(obj, rec);
     ctx.st.dirty_records.insert(obj);
-    Ok(())
+    Ok(Some(Round {
+        len,
+        tail: rewritten,
+    }))
 }
