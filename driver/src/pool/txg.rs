@@ -42,8 +42,12 @@ pub struct TxgConfig {
     /// Writers are delayed once the open txg is past this percentage of a dirty limit
     /// (OpenZFS `zfs_delay_min_dirty_percent`, 60).
     pub delay_min_dirty_percent: u32,
-    /// Scale of the write delay (OpenZFS `zfs_delay_scale`, 500 µs): halfway between the start
-    /// of the delay and the limit, writes are let through this far apart.
+    /// Scale of the write delay: halfway between the start of the delay and the limit, writes
+    /// are let through this far apart. It should be about the inverse of the pool's write
+    /// rate in requests per second; the delay then smooths rates from a tenth to ten times
+    /// that. OpenZFS's `zfs_delay_scale` is 500 us (2,000 ops/s, for transactions of up to
+    /// 128 KiB and more); here a write is one 4 KiB-1 MiB request and a device takes tens of
+    /// thousands per second, so 25 us (40,000/s).
     pub delay_scale: Duration,
     /// From this sync pass on, frees go to the next txg so that the passes converge
     /// (OpenZFS `zfs_sync_pass_deferred_free`, 2; `u32::MAX` never defers).
@@ -57,7 +61,7 @@ impl Default for TxgConfig {
             dirty_sync_bytes: 64 << 20,
             dirty_max_bytes: 256 << 20,
             delay_min_dirty_percent: 60,
-            delay_scale: Duration::from_micros(500),
+            delay_scale: Duration::from_micros(25),
             deferred_free_pass: 2,
         }
     }
@@ -658,7 +662,11 @@ mod throttle_tests {
     use super::*;
 
     fn engine() -> Arc<TxgEngine> {
-        let e = TxgEngine::new(1, TxgConfig::default());
+        let cfg = TxgConfig {
+            delay_scale: Duration::from_micros(500),
+            ..TxgConfig::default()
+        };
+        let e = TxgEngine::new(1, cfg);
         e.cap_dirty(64 << 20);
         e
     }
