@@ -30,7 +30,9 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use ringpool_driver::io::{self, ReactorConfig};
-use ringpool_driver::pool::checkpoint::DISCARD_MEMORY_LIMIT_PROP;
+use ringpool_driver::pool::checkpoint::{
+    DEFAULT_DISCARD_SYNC_TIME_US, DISCARD_MEMORY_LIMIT_PROP, DISCARD_SYNC_TIME_PROP,
+};
 use ringpool_driver::pool::{CreateOptions, Pool, Volume};
 
 const BS: u64 = 4096;
@@ -202,18 +204,22 @@ fn main() -> anyhow::Result<()> {
     let limit: u64 = args.get(2).map_or(Ok(16 << 20), |s| s.parse())?;
     let qd: usize = args.get(3).map_or(Ok(16), |s| s.parse())?;
     let secs: u32 = args.get(4).map_or(Ok(10), |s| s.parse())?;
+    let sync_us: u64 = args
+        .get(5)
+        .map_or(Ok(DEFAULT_DISCARD_SYNC_TIME_US), |s| s.parse())?;
     let blocks = extents * 2;
     let path = dir.path().join("dev0");
     // Room for the data, the CoW tree and the foreground volume's churn.
     let dev_size = (blocks * BS + blocks * BS / 4 + 4 * FG_BYTES).next_multiple_of(1 << 30);
     std::fs::File::create(&path)?.set_len(dev_size)?;
     println!(
-        "device {} ({} GiB, sparse), {extents} extents, limit {limit} B, QD {qd}, {secs} s phases",
+        "device {} ({} GiB, sparse), {extents} extents, limit {limit} B, sync time {sync_us} us, QD {qd}, {secs} s phases",
         path.display(),
         dev_size >> 30
     );
     let pool = Pool::create_paths("bench", &[path], &CreateOptions::default())?;
     pool.set_property(DISCARD_MEMORY_LIMIT_PROP, &limit.to_string())?;
+    pool.set_property(DISCARD_SYNC_TIME_PROP, &sync_us.to_string())?;
     let frag = pool.create_volume("frag", blocks * BS, 4096)?;
     let fg = pool.create_volume("fg", FG_BYTES, 4096)?;
     let t = Instant::now();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pool_common::ckpt::*;
 use pool_common::{copts, copts_with, engines, iopts, pattern, popts};
 use ringpool_driver::io::{CrashMode, FaultyEngine};
-use ringpool_driver::pool::checkpoint::DISCARD_MEMORY_LIMIT_PROP;
+use ringpool_driver::pool::checkpoint::{DISCARD_MEMORY_LIMIT_PROP, DISCARD_SYNC_TIME_PROP};
 use ringpool_driver::pool::{CheckpointState, CreateOptions, ImportOptions, Pool, PoolError};
 
 /// Derived 23: a tiny memory limit spreads the discard over many txgs; the space still held
@@ -42,6 +42,43 @@ fn d23_discard_tiny_memory_limit() -> anyhow::Result<()> {
     println!("{samples} samples");
     // 120 entries, 4 per round: at least 30 destroy txgs.
     assert!(pool.stats().synced_txg - t0 >= 30);
+    verify_clean(&pool)?;
+    Ok(())
+}
+
+/// Issue 5: a 1 us sync-time budget (default memory limit, which alone would take every
+/// entry in one round) cuts the discard into rounds of one clock check (16 entries) each:
+/// the space held only decreases, the discard survives an export mid-way and resumes, and
+/// verify is clean.
+#[test]
+fn discard_sync_time_budget_spreads_rounds() -> anyhow::Result<()> {
+    let devs = new_devs(1);
+    let pool = Pool::create("tank", engines(&devs), &copts())?;
+    pool.set_property(DISCARD_SYNC_TIME_PROP, "1")?;
+    fragmented_checkpoint(&pool, 480)?;
+    let held = pool.checkpoint_status().space;
+    assert!(held >= 240 * 4096, "{held}");
+    let t0 = pool.stats().synced_txg;
+    pool.discard_checkpoint()?;
+    let mut last = held;
+    // Export once a few rounds have run, then finish after the import.
+    while pool.checkpoint_status().space > held / 2 {
+        let st = pool.checkpoint_status();
+        assert!(st.space <= last, "space grew from {last} to {}", st.space);
+        last = st.space;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let first = pool.stats().synced_txg - t0;
+    pool.export()?;
+    let pool = Pool::import(engines(&devs), &iopts())?;
+    let st = pool.checkpoint_status();
+    assert!(st.space <= held / 2, "{st:?}");
+    let t1 = pool.stats().synced_txg;
+    pool.wait_discard()?;
+    assert_eq!(pool.checkpoint_status().space, 0);
+    // 240 entries, at most 16 per round: at least 15 destroy txgs over both halves.
+    let total = first + pool.stats().synced_txg - t1;
+    assert!(total >= 15, "{total} txgs");
     verify_clean(&pool)?;
     Ok(())
 }

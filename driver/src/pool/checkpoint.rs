@@ -36,6 +36,14 @@ pub const CHECKPOINT_FEATURE: &str = "com.delphix:zpool_checkpoint";
 pub const DISCARD_MEMORY_LIMIT_PROP: &str = "checkpoint_discard_memory_limit";
 /// Default of [`DISCARD_MEMORY_LIMIT_PROP`] (OpenZFS `zfs_spa_discard_memory_limit`).
 pub const DEFAULT_DISCARD_MEMORY_LIMIT: u64 = 16 << 20;
+/// Pool property bounding the sync-thread time one discard round may spend moving extents
+/// (microseconds). A round is one txg: a long round lengthens that txg while foreground
+/// writers wait on the dirty-data throttle, so the discard is cut into rounds short enough
+/// not to show in their tail latency (issue 5).
+pub const DISCARD_SYNC_TIME_PROP: &str = "checkpoint_discard_sync_time_us";
+/// Default of [`DISCARD_SYNC_TIME_PROP`]: 20 ms (driver/README.md, checkpoint discard
+/// benchmark: rounds of ~260 ms put the foreground p99 at up to 2.5x).
+pub const DEFAULT_DISCARD_SYNC_TIME_US: u64 = 20_000;
 
 /// Checkpoint state of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
