@@ -131,7 +131,8 @@ pub enum Command {
         pool: String,
     },
     /// Set a pool property: a user property of any name (kept in the pool, shown by `get`),
-    /// or checkpoint_discard_memory_limit=BYTES (checkpoint-map memory a discard txg may use).
+    /// checkpoint_discard_memory_limit=BYTES (checkpoint-map memory a discard txg may use) or
+    /// checkpoint_discard_sync_time_us=MICROSECONDS (sync time a discard txg may spend).
     Set {
         /// PROPERTY=VALUE, e.g. comment=backup-target.
         #[arg(value_name = "PROPERTY=VALUE")]
