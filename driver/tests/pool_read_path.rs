@@ -7,6 +7,9 @@
 // Test arithmetic on small sizes: the casts cannot truncate here.
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+mod pool_common;
+
+use pool_common::{create_one_shard, pattern, rcfg, volume_data_blocks};
 use std::cell::RefCell;
 use std::ops::Range;
 use std::rc::Rc;
@@ -14,41 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringpool_driver::io::{
-    self, BlockEngine, Device, DeviceOptions, DirectIo, FaultyEngine, IoBuf, ReactorConfig,
-    UringEngine,
+    self, BlockEngine, Device, DeviceOptions, DirectIo, FaultyEngine, IoBuf, UringEngine,
 };
-use ringpool_driver::pool::{CreateOptions, Pool, PoolOptions, TxgConfig, Volume};
-use ringpool_ondisk::object::ObjectType;
-
-fn rcfg() -> ReactorConfig {
-    ReactorConfig {
-        reactors: 1,
-        pin: false,
-        ..Default::default()
-    }
-}
-
-fn popts(txg_timeout: Duration) -> PoolOptions {
-    PoolOptions {
-        txg: TxgConfig {
-            timeout: txg_timeout,
-            ..Default::default()
-        },
-        shards: 1,
-        ..Default::default()
-    }
-}
-
-fn create(engines: Vec<Arc<dyn BlockEngine>>, txg_timeout: Duration) -> anyhow::Result<Pool> {
-    Ok(Pool::create(
-        "r",
-        engines,
-        &CreateOptions {
-            pool: popts(txg_timeout),
-            ..Default::default()
-        },
-    )?)
-}
+use ringpool_driver::pool::Volume;
 
 /// A file-backed device on /tmp (ext4: real O_DIRECT through the ring).
 fn file_engine(dir: &tempfile::TempDir, size: u64) -> anyhow::Result<Arc<dyn BlockEngine>> {
@@ -64,18 +35,6 @@ fn file_engine(dir: &tempfile::TempDir, size: u64) -> anyhow::Result<Arc<dyn Blo
         },
     )?;
     Ok(Arc::new(UringEngine::new(Arc::new(dev))))
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Hole ranges of `model` (None = hole) within `[off, off+len)`, relative to `off`.
@@ -189,7 +148,11 @@ async fn check_mixed_reads(vol: &Volume) -> anyhow::Result<()> {
 #[test]
 fn merged_reads_across_holes_and_data_on_a_file() -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in("/tmp")?;
-    let pool = create(vec![file_engine(&dir, 64 << 20)?], Duration::from_secs(10))?;
+    let pool = create_one_shard(
+        "r",
+        vec![file_engine(&dir, 64 << 20)?],
+        Duration::from_secs(10),
+    )?;
     let vol = pool.create_volume("v", 8 << 20, 4096)?;
     io::block_on(&rcfg(), async {
         check_mixed_reads(&vol).await?;
@@ -205,7 +168,7 @@ fn merged_reads_across_holes_and_data_on_a_file() -> anyhow::Result<()> {
 #[test]
 fn merged_reads_on_large_blocks_in_memory() -> anyhow::Result<()> {
     let dev = FaultyEngine::new(128 << 20, 4096);
-    let pool = create(vec![Arc::new(dev)], Duration::from_secs(10))?;
+    let pool = create_one_shard("r", vec![Arc::new(dev)], Duration::from_secs(10))?;
     let vol = pool.create_volume("v", 64 << 20, 16384)?;
     io::block_on(&rcfg(), async {
         check_mixed_reads(&vol).await?;
@@ -220,7 +183,7 @@ fn merged_reads_on_large_blocks_in_memory() -> anyhow::Result<()> {
 #[test]
 fn checksum_error_in_a_long_read_names_the_damaged_block() -> anyhow::Result<()> {
     let dev = FaultyEngine::new(64 << 20, 4096);
-    let pool = create(vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
+    let pool = create_one_shard("r", vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
     let vol = pool.create_volume("v", 8 << 20, 4096)?;
     let data = pattern(3, 2 << 20);
     io::block_on(&rcfg(), async {
@@ -228,14 +191,7 @@ fn checksum_error_in_a_long_read_names_the_damaged_block() -> anyhow::Result<()>
         vol.flush().await
     })??;
     // The data block in the middle of the device-contiguous run the 2 MiB write made.
-    let mut blocks: Vec<_> = pool
-        .block_map()?
-        .into_iter()
-        .filter(|b| {
-            b.object == Some(vol.object()) && b.level == 0 && b.kind == ObjectType::VolumeData
-        })
-        .collect();
-    blocks.sort_by_key(|b| b.offset);
+    let blocks = volume_data_blocks(&pool, &vol)?;
     assert_eq!(blocks.len(), 512);
     let victim = &blocks[300];
     dev.flip_bit(victim.offset + 123, 5);
@@ -293,7 +249,8 @@ fn stamp(b: u64, v: u64, bs: usize) -> Vec<u8> {
 fn reads_racing_overwrites_never_see_another_blocks_bytes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in("/tmp")?;
     // Short txgs: syncs fold overlays into the tree and free old blocks while reads run.
-    let pool = create(
+    let pool = create_one_shard(
+        "r",
         vec![file_engine(&dir, 64 << 20)?],
         Duration::from_millis(20),
     )?;

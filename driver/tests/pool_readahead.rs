@@ -6,53 +6,17 @@
 // Test arithmetic on small sizes: the casts cannot truncate here.
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+mod pool_common;
+
+use pool_common::{create_one_shard, pattern, rcfg, volume_data_blocks};
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringpool_driver::io::{self, BlockEngine, FaultyEngine, IoBuf, ReactorConfig};
-use ringpool_driver::pool::{CreateOptions, Pool, PoolOptions, TxgConfig, Volume};
-use ringpool_ondisk::object::ObjectType;
-
-fn rcfg() -> ReactorConfig {
-    ReactorConfig {
-        reactors: 1,
-        pin: false,
-        ..Default::default()
-    }
-}
-
-fn create(engines: Vec<Arc<dyn BlockEngine>>, txg_timeout: Duration) -> anyhow::Result<Pool> {
-    Ok(Pool::create(
-        "ra",
-        engines,
-        &CreateOptions {
-            pool: PoolOptions {
-                txg: TxgConfig {
-                    timeout: txg_timeout,
-                    ..Default::default()
-                },
-                shards: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )?)
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use ringpool_driver::io::{self, FaultyEngine, IoBuf};
+use ringpool_driver::pool::Volume;
 
 /// Reads `[off, off + len)` through `read_into` at the NBD reply offset.
 async fn read_at(vol: &Volume, off: u64, len: usize) -> anyhow::Result<Vec<u8>> {
@@ -81,7 +45,7 @@ async fn within<F: Future>(limit: Duration, f: F) -> anyhow::Result<F::Output> {
 #[test]
 fn sequential_stream_reads_ahead_and_sees_later_writes() -> anyhow::Result<()> {
     let dev = FaultyEngine::new(128 << 20, 4096);
-    let pool = create(vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
+    let pool = create_one_shard("ra", vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
     let size = 16usize << 20;
     let vol = pool.create_volume("v", size as u64, 4096)?;
     let step = 128 * 1024;
@@ -169,7 +133,8 @@ fn sequential_readers_racing_writers_never_read_stale_blocks() -> anyhow::Result
         },
     )?;
     // Short txgs: syncs fold overlays into the tree and free old blocks while reads run.
-    let pool = create(
+    let pool = create_one_shard(
+        "ra",
         vec![Arc::new(io::UringEngine::new(Arc::new(dev)))],
         Duration::from_millis(20),
     )?;
@@ -272,21 +237,14 @@ fn sequential_readers_racing_writers_never_read_stale_blocks() -> anyhow::Result
 #[test]
 fn damaged_block_inside_a_read_ahead_chunk_is_still_reported() -> anyhow::Result<()> {
     let dev = FaultyEngine::new(64 << 20, 4096);
-    let pool = create(vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
+    let pool = create_one_shard("ra", vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
     let vol = pool.create_volume("v", 8 << 20, 4096)?;
     let data = pattern(3, 8 << 20);
     io::block_on(&rcfg(), async {
         vol.write(0, &data, false).await?;
         vol.flush().await
     })??;
-    let mut blocks: Vec<_> = pool
-        .block_map()?
-        .into_iter()
-        .filter(|b| {
-            b.object == Some(vol.object()) && b.level == 0 && b.kind == ObjectType::VolumeData
-        })
-        .collect();
-    blocks.sort_by_key(|b| b.offset);
+    let blocks = volume_data_blocks(&pool, &vol)?;
     // A block well inside the chunks read ahead of a stream starting at 0.
     let victim = &blocks[600];
     dev.flip_bit(victim.offset + 77, 2);
@@ -338,7 +296,8 @@ fn a_fill_cancelled_with_its_reactor_does_not_block_later_reads() -> anyhow::Res
             ..Default::default()
         },
     )?;
-    let pool = create(
+    let pool = create_one_shard(
+        "ra",
         vec![Arc::new(io::UringEngine::new(Arc::new(dev)))],
         Duration::from_secs(10),
     )?;

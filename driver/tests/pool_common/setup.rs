@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringpool_driver::io::{BlockEngine, FaultyEngine, ReactorConfig};
-use ringpool_driver::pool::{CreateOptions, ImportOptions, PoolOptions, TxgConfig};
+use ringpool_driver::pool::verify::BlockInfo;
+use ringpool_driver::pool::{CreateOptions, ImportOptions, Pool, PoolOptions, TxgConfig, Volume};
+use ringpool_ondisk::object::ObjectType;
 
 /// One unpinned reactor without a registered arena: what a test thread drives futures with.
 pub fn rcfg() -> ReactorConfig {
@@ -77,4 +79,29 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             x.to_le_bytes()[0]
         })
         .collect()
+}
+
+/// A one-shard pool named `name` on `engines` whose sync timer is `txg_timeout` (tests that
+/// control when txgs commit pass a long one).
+pub fn create_one_shard(
+    name: &str,
+    engines: Vec<Arc<dyn BlockEngine>>,
+    txg_timeout: Duration,
+) -> anyhow::Result<Pool> {
+    let mut pool = popts_with(0, 1);
+    pool.txg.timeout = txg_timeout;
+    Ok(Pool::create(name, engines, &copts_with(pool))?)
+}
+
+/// The committed data blocks of `vol`, in device-offset order.
+pub fn volume_data_blocks(pool: &Pool, vol: &Volume) -> anyhow::Result<Vec<BlockInfo>> {
+    let mut blocks: Vec<_> = pool
+        .block_map()?
+        .into_iter()
+        .filter(|b| {
+            b.object == Some(vol.object()) && b.level == 0 && b.kind == ObjectType::VolumeData
+        })
+        .collect();
+    blocks.sort_by_key(|b| b.offset);
+    Ok(blocks)
 }
