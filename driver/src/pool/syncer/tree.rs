@@ -144,6 +144,44 @@ pub(crate) async fn write_blocks(
     first_err.map_or(Ok(()), Err)
 }
 
+/// Visits every block pointer (data and indirect) reachable from `root` with the id of the
+/// first data block it covers, level by level; the indirect blocks of a level are loaded
+/// concurrently, 64 at a time. Holes are skipped.
+async fn visit_tree(
+    shared: &Shared,
+    name: &str,
+    geom: &TreeGeom,
+    root: &BlockPointer,
+    mut visit: impl FnMut(u64, &DataPtr),
+) -> Result<()> {
+    let mut frontier: Vec<(DataPtr, u64)> = root.data().map(|d| vec![(*d, 0)]).unwrap_or_default();
+    let bs = u64::from(geom.bs);
+    while !frontier.is_empty() {
+        let mut next = Vec::new();
+        for (d, base) in &frontier {
+            visit(*base, d);
+        }
+        frontier.retain(|(d, _)| d.level > 0);
+        for chunk in frontier.chunks(64) {
+            let futs = chunk
+                .iter()
+                .map(|(d, base)| shared.load_indirect(d, name, base * bs));
+            let res = join_all(futs).await;
+            for ((d, base), r) in chunk.iter().zip(res) {
+                let children = r?;
+                let span = geom.span(d.level - 1);
+                for (i, c) in children.iter().enumerate() {
+                    if let Some(cd) = c.data() {
+                        next.push((*cd, base + span * u64::try_from(i).unwrap_or(0)));
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    Ok(())
+}
+
 /// Every block pointer (data and indirect) reachable from `root`, with its level; for
 /// destruction and verification. Holes are skipped.
 pub(crate) async fn walk_tree(
@@ -153,37 +191,7 @@ pub(crate) async fn walk_tree(
     root: &BlockPointer,
     out: &mut Vec<DataPtr>,
 ) -> Result<()> {
-    let mut frontier: Vec<(BlockPointer, u64)> = vec![(*root, 0)];
-    let bs = u64::from(geom.bs);
-    while !frontier.is_empty() {
-        let mut next = Vec::new();
-        let batch: Vec<(DataPtr, u64)> = frontier
-            .iter()
-            .filter_map(|(bp, base)| bp.data().map(|d| (*d, *base)))
-            .collect();
-        for (d, _) in &batch {
-            out.push(*d);
-        }
-        let indirect: Vec<(DataPtr, u64)> =
-            batch.into_iter().filter(|(d, _)| d.level > 0).collect();
-        for chunk in indirect.chunks(64) {
-            let futs = chunk
-                .iter()
-                .map(|(d, base)| shared.load_indirect(d, name, base * bs));
-            let res = join_all(futs).await;
-            for ((d, base), r) in chunk.iter().zip(res) {
-                let children = r?;
-                let span = geom.span(d.level - 1);
-                for (i, c) in children.iter().enumerate() {
-                    if !c.is_hole() {
-                        next.push((*c, base + span * u64::try_from(i).unwrap_or(0)));
-                    }
-                }
-            }
-        }
-        frontier = next;
-    }
-    Ok(())
+    visit_tree(shared, name, geom, root, |_, d| out.push(*d)).await
 }
 
 /// Reads bytes `[0, len)` of an object.
@@ -222,31 +230,12 @@ pub(crate) async fn leaf_positions(
     root: &BlockPointer,
 ) -> Result<Vec<(u64, DataPtr)>> {
     let mut out = Vec::new();
-    let mut frontier: Vec<(DataPtr, u64)> = root.data().map(|d| vec![(*d, 0)]).unwrap_or_default();
-    let bs = u64::from(geom.bs);
-    while !frontier.is_empty() {
-        let mut next = Vec::new();
-        let (leaves, ind): (Vec<_>, Vec<_>) = frontier.into_iter().partition(|(d, _)| d.level == 0);
-        for (d, base) in leaves {
-            out.push((base, d));
+    visit_tree(shared, name, geom, root, |base, d| {
+        if d.level == 0 {
+            out.push((base, *d));
         }
-        for chunk in ind.chunks(64) {
-            let futs = chunk
-                .iter()
-                .map(|(d, base)| shared.load_indirect(d, name, base * bs));
-            let res = join_all(futs).await;
-            for ((d, base), r) in chunk.iter().zip(res) {
-                let children = r?;
-                let span = geom.span(d.level - 1);
-                for (i, c) in children.iter().enumerate() {
-                    if let Some(cd) = c.data() {
-                        next.push((*cd, base + span * u64::try_from(i).unwrap_or(0)));
-                    }
-                }
-            }
-        }
-        frontier = next;
-    }
+    })
+    .await?;
     out.sort_unstable_by_key(|(b, _)| *b);
     Ok(out)
 }
