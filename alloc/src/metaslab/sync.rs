@@ -1,0 +1,193 @@
+//! The txg pipeline of a metaslab: checking the queued frees, `sync` (routing frees, emitting
+//! space-map records, condensing) and `sync_done` (rotating the deferred frees).
+
+use super::{Metaslab, MetaslabSyncOutput};
+use crate::error::AllocError;
+use crate::record::SmRecord;
+
+impl Metaslab {
+    /// Check the frees queued for `txg` before its sync: a free of a range that is free (a
+    /// double free) is [`AllocError::DoubleFree`] and that free is dropped from the queue
+    /// (nothing else changes). The queue is sorted, so the lookups walk the trees in order (warm
+    /// caches), which is why this is cheaper here than at free time. `sync` runs it itself unless
+    /// it already ran for this txg (the class checks every metaslab before syncing any, so a
+    /// failed check leaves no metaslab half-synced).
+    pub fn check_queued_frees(&mut self, txg: u64) -> Result<(), AllocError> {
+        let slot = Self::slot(txg);
+        // The large tree (allocatable) is probed in lockstep batches; the others are small.
+        let queued: Vec<(u64, u64)> = self.pending_frees[slot]
+            .iter()
+            .map(|(s, (l, _))| (s, l))
+            .collect();
+        let first_alloc = self.allocatable.first_overlap(&queued);
+        let bad = queued
+            .iter()
+            .enumerate()
+            .find(|&(i, &(s, l))| first_alloc == Some(i) || self.is_free_elsewhere(s, l))
+            .map(|(_, &r)| r);
+        if let Some((start, len)) = bad {
+            self.pending_frees[slot].remove(start);
+            self.queue_checked_txg = 0;
+            return Err(AllocError::DoubleFree { start, len });
+        }
+        self.queue_checked_txg = txg;
+        Ok(())
+    }
+
+    /// Whether `sync(txg)` has anything to do (or would condense).
+    pub fn needs_sync(&self, txg: u64) -> bool {
+        let slot = Self::slot(txg);
+        !self.allocating[slot].is_empty()
+            || !self.pending_frees[slot].is_empty()
+            || !self.freeing.is_empty()
+            || !self.checkpointing.is_empty()
+            || (self.last_sync_txg != txg && self.condense_wanted())
+    }
+
+    /// Whether the map is long enough, relative to the state it describes, to be rewritten.
+    pub fn condense_wanted(&self) -> bool {
+        // Optimal: about one one-word entry per allocated segment (~ free segments + 1) plus
+        // the batch's debug word.
+        let optimal = (self.allocatable.segment_count() as u64 + 1) * 8 + 8;
+        self.sm_length >= self.cfg.condense_min_bytes
+            && self.sm_length.saturating_mul(100) >= optimal.saturating_mul(self.cfg.condense_pct)
+    }
+
+    /// The condensed map for the txg about to sync: ALLOC records for exactly the ranges that
+    /// are allocated on disk once this txg is synced, in offset order. Free on disk are the
+    /// allocatable, freeing, freed and deferred ranges and allocations of later txgs (not yet
+    /// synced); allocations of `txg`, pending frees and checkpointed ranges stay allocated (so
+    /// checkpointed blocks are never exposed by a condense, I1).
+    pub fn condensed_records(&self, txg: u64) -> Vec<SmRecord> {
+        let slot = Self::slot(txg);
+        let mut free: Vec<(u64, u64)> = Vec::with_capacity(self.allocatable.segment_count() + 16);
+        free.extend(self.allocatable.iter());
+        for t in [&self.freeing, &self.freed, &self.defer[0], &self.defer[1]] {
+            free.extend(t.iter());
+        }
+        for (s, t) in self.allocating.iter().enumerate() {
+            if s != slot {
+                free.extend(t.iter());
+            }
+        }
+        // A few sorted runs (one per tree): the stable sort merges runs in about linear time.
+        free.sort();
+        let mut out = Vec::with_capacity(free.len() + 1);
+        let mut pos = self.start;
+        for (s, l) in free {
+            if s > pos {
+                out.push(SmRecord::alloc(pos, s - pos));
+            }
+            pos = pos.max(s + l);
+        }
+        if pos < self.end() {
+            out.push(SmRecord::alloc(pos, self.end() - pos));
+        }
+        out
+    }
+
+    /// Sync `txg` (may be called once per pass): route the txg's queued frees (see
+    /// [`Metaslab::free`]) using `checkpoint_txg` (0 = none), then emit ALLOC(allocating[txg&3])
+    /// and FREE(freeing) for the metaslab's map (or, on the first pass when the map is too long,
+    /// the condensed map) and FREE(checkpointing) for the device's checkpoint map. Afterwards
+    /// `freeing` has moved to `freed` and the txg's allocating tree is empty.
+    pub fn sync(
+        &mut self,
+        txg: u64,
+        checkpoint_txg: u64,
+    ) -> Result<MetaslabSyncOutput, AllocError> {
+        self.check_open(txg)?;
+        let slot = Self::slot(txg);
+        if !self.allocating[slot].is_empty() && self.allocating_txg[slot] != txg {
+            return Err(AllocError::Invariant(format!(
+                "sync of txg {txg} found allocations of txg {}",
+                self.allocating_txg[slot]
+            )));
+        }
+        if !self.pending_frees[slot].is_empty() && self.pending_txg[slot] != txg {
+            return Err(AllocError::Invariant(format!(
+                "sync of txg {txg} found frees of txg {}",
+                self.pending_txg[slot]
+            )));
+        }
+        let first_pass = self.last_sync_txg != txg;
+        self.last_sync_txg = txg;
+
+        if self.queue_checked_txg != txg {
+            self.check_queued_frees(txg)?;
+        }
+        self.queue_checked_txg = 0;
+        for (start, (len, birth)) in self.pending_frees[slot].drain_all() {
+            let held = checkpoint_txg != 0 && birth <= checkpoint_txg && txg > checkpoint_txg;
+            if held {
+                self.checkpointing.add(start, len)?;
+            } else {
+                self.freeing.add(start, len)?;
+            }
+        }
+
+        let mut out = MetaslabSyncOutput::default();
+        if first_pass && self.condense_wanted() {
+            out.sm_records = self.condensed_records(txg);
+            out.condensed = true;
+            self.sm_alloc = out.sm_records.iter().map(|r| r.len).sum();
+            self.sm_length = self.records_bytes(&out.sm_records);
+        } else {
+            let alloc_space = self.allocating[slot].space();
+            let free_space = self.freeing.space();
+            let mut recs = Vec::with_capacity(
+                self.allocating[slot].segment_count() + self.freeing.segment_count(),
+            );
+            self.allocating[slot].walk(|s, l| recs.push(SmRecord::alloc(s, l)));
+            self.freeing.walk(|s, l| recs.push(SmRecord::free(s, l)));
+            self.sm_length += self.records_bytes(&recs);
+            self.sm_alloc = self.sm_alloc + alloc_space - free_space;
+            out.sm_records = recs;
+        }
+        self.allocating[slot].clear();
+        let freed = &mut self.freed;
+        self.freeing.move_into(freed)?;
+
+        out.ckpt_space = self.checkpointing.space();
+        let mut ck = Vec::with_capacity(self.checkpointing.segment_count());
+        self.checkpointing
+            .vacate(|s, l| ck.push(SmRecord::free(s, l)));
+        out.ckpt_records = ck;
+        Ok(out)
+    }
+
+    /// Finish `txg` after its uberblock is durable: the frees of `txg - 2` (in `defer[txg % 2]`)
+    /// become allocatable and this txg's `freed` takes their place.
+    pub fn sync_done(&mut self, txg: u64) -> Result<(), AllocError> {
+        self.check_open(txg)?;
+        let slot = Self::slot(txg);
+        if !self.pending_frees[slot].is_empty() && self.pending_txg[slot] == txg {
+            return Err(AllocError::Invariant(format!(
+                "sync_done({txg}) with unsynced frees of that txg"
+            )));
+        }
+        if !self.allocating[slot].is_empty() && self.allocating_txg[slot] == txg {
+            return Err(AllocError::Invariant(format!(
+                "sync_done({txg}) with unsynced allocations of that txg"
+            )));
+        }
+        if self.allocatable.has_size_index()
+            && self.cfg.drop_index_after_txgs != 0
+            && txg
+                >= self
+                    .active_txg
+                    .saturating_add(self.cfg.drop_index_after_txgs)
+        {
+            // Idle: drop the index before the deferred frees are merged in.
+            self.passivate();
+        }
+        let d = usize::try_from(txg % 2).unwrap_or(0);
+        let alloc = &mut self.allocatable;
+        self.defer[d].move_into(alloc)?;
+        let dst = &mut self.defer[d];
+        self.freed.move_into(dst)?;
+        self.synced_txg = txg;
+        debug_assert!(self.verify().is_ok(), "{:?}", self.verify());
+        Ok(())
+    }
+}
