@@ -268,6 +268,79 @@ fn pipelined_requests_complete_with_their_cookies() {
 }
 
 #[test]
+fn small_pipelined_writes_are_gathered_each_with_its_reply() {
+    let s = TestServer::start(8 << 20);
+    let mut c = Client::connect(&s, EXPORT, true, false);
+    let stats = s.mem.stats();
+    // 256 scattered 4 KiB writes in one burst, every 8th with FUA (never gathered).
+    let n = 256u64;
+    let off = |i: u64| (i * 37 % n) * 8192;
+    let mut burst = Vec::new();
+    for i in 0..n {
+        let flags = if i % 8 == 0 { cflags::FUA } else { 0 };
+        burst.extend(encode_request(false, flags, cmd::WRITE, i, off(i), 4096));
+        burst.extend(pattern(4096, u8::try_from(i).unwrap()));
+    }
+    c.s.write_all(&burst).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n {
+        match c.recv(0, &mut Vec::new()) {
+            Reply::Simple { cookie, errno: 0 } => {
+                assert!(seen.insert(cookie), "one reply per write")
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(stats.writes.load(Ordering::Relaxed), n);
+    assert_eq!(stats.fua_writes.load(Ordering::Relaxed), n / 8);
+    assert!(
+        stats.write_batches.load(Ordering::Relaxed) > 0,
+        "writes that arrived together were handed over together"
+    );
+    for i in 0..n {
+        assert!(
+            s.mem.contents(off(i), 4096) == pattern(4096, u8::try_from(i).unwrap()),
+            "data of write {i}"
+        );
+    }
+    // Failing writes: every gathered one gets its own error reply, the connection lives on.
+    s.mem.fail_writes(Some(proto::Errno::NoSpc));
+    let mut burst = Vec::new();
+    for i in 0..64u64 {
+        burst.extend(encode_request(
+            false,
+            0,
+            cmd::WRITE,
+            1000 + i,
+            i * 4096,
+            4096,
+        ));
+        burst.extend(pattern(4096, 7));
+    }
+    c.s.write_all(&burst).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..64 {
+        match c.recv(0, &mut Vec::new()) {
+            // Structured replies carry errors as error chunks: errno first.
+            Reply::Chunk {
+                cookie, payload, ..
+            } => {
+                assert_eq!(
+                    be32(&payload),
+                    proto::Errno::NoSpc.code(),
+                    "cookie {cookie}"
+                );
+                assert!(seen.insert(cookie));
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    s.mem.fail_writes(None);
+    assert_eq!(c.write(2000, 0, &pattern(4096, 9)), 0);
+    assert!(s.mem.contents(0, 4096) == pattern(4096, 9));
+}
+
+#[test]
 fn slow_reader_gets_back_pressure_not_server_memory() {
     let s = TestServer::start_with(64 << 20, 4096, |c| {
         c.max_payload = 1 << 20;

@@ -125,6 +125,24 @@ pub trait ExportBackend: Send + Sync + std::fmt::Debug {
     fn read(&self, offset: u64, buf: IoBuf, range: Range<usize>) -> BackendFuture<'_, ReadResult>;
     /// Writes all of `data` at `offset`; durable before returning when `fua`.
     fn write(&self, offset: u64, data: IoBuf, fua: bool) -> BackendFuture<'_, WriteResult>;
+    /// Whether [`ExportBackend::write_batch`] stores several writes more cheaply than one by
+    /// one (default false). The server then hands it WRITE requests (without FUA) that arrive
+    /// while earlier ones are still being written, several at a time.
+    fn gathers_writes(&self) -> bool {
+        false
+    }
+    /// Writes each `(offset, data)` (no FUA) and returns each result with its buffer, in the
+    /// order given. The writes are concurrent requests: a later one overlapping an earlier one
+    /// may land in either order. Default: one after the other.
+    fn write_batch(&self, writes: Vec<(u64, IoBuf)>) -> BackendFuture<'_, Vec<WriteResult>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(writes.len());
+            for (offset, data) in writes {
+                out.push(self.write(offset, data, false).await);
+            }
+            out
+        })
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> BackendFuture<'_, Result<(), BackendError>>;
     /// Discards a range (a hint).

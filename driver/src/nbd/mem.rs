@@ -65,6 +65,8 @@ pub struct MemStats {
     pub reads: AtomicU64,
     /// Trims and hole-punching zeroes.
     pub trims: AtomicU64,
+    /// Batches of more than one write handed over at once ([`ExportBackend::write_batch`]).
+    pub write_batches: AtomicU64,
 }
 
 /// See the module docs.
@@ -363,6 +365,24 @@ impl ExportBackend for MemBackend {
             }
         }
         ready((r, data))
+    }
+
+    /// Takes batches (so the server's write gathering is exercised) and writes them one by one.
+    fn gathers_writes(&self) -> bool {
+        true
+    }
+
+    fn write_batch(&self, writes: Vec<(u64, IoBuf)>) -> BackendFuture<'_, Vec<WriteResult>> {
+        if writes.len() > 1 {
+            self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(writes.len());
+            for (offset, data) in writes {
+                out.push(self.write(offset, data, false).await);
+            }
+            out
+        })
     }
 
     fn flush(&self) -> BackendFuture<'_, Result<(), BackendError>> {

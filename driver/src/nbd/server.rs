@@ -54,6 +54,12 @@ pub struct NbdServerConfig {
     /// A client that has not entered transmission this long after connecting is dropped
     /// (default 10 s, like qemu-nbd's handshake limit; `None`: no limit).
     pub handshake_timeout: Option<Duration>,
+    /// Hand small WRITEs that arrive while earlier ones are being written to the backend
+    /// together, when it gathers writes ([`ExportBackend::gathers_writes`]). Default on;
+    /// `RINGPOOL_NBD_GATHER=0` in the environment turns the default off (for comparisons).
+    ///
+    /// [`ExportBackend::gathers_writes`]: super::backend::ExportBackend::gathers_writes
+    pub gather_writes: bool,
 }
 
 impl Default for NbdServerConfig {
@@ -69,6 +75,7 @@ impl Default for NbdServerConfig {
             reactors: None,
             handshake: HandshakeConfig::default(),
             handshake_timeout: Some(Duration::from_secs(10)),
+            gather_writes: std::env::var("RINGPOOL_NBD_GATHER").map_or(true, |v| v.trim() != "0"),
         }
     }
 }

@@ -82,6 +82,20 @@ impl ExportBackend for Volume {
         })
     }
 
+    fn gathers_writes(&self) -> bool {
+        true
+    }
+
+    fn write_batch(&self, writes: Vec<(u64, IoBuf)>) -> BackendFuture<'_, Vec<WriteResult>> {
+        Box::pin(async move {
+            self.write_gather(writes)
+                .await
+                .into_iter()
+                .map(|(r, data)| (r.map_err(|e| to_backend(&e)), data))
+                .collect()
+        })
+    }
+
     fn flush(&self) -> BackendFuture<'_, Result<(), BackendError>> {
         Box::pin(async move { Volume::flush(self).await.map_err(|e| to_backend(&e)) })
     }

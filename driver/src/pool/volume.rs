@@ -21,6 +21,7 @@ use super::objtree::TreeGeom;
 use super::shared::Shared;
 use super::txg::TXG_SIZE;
 
+mod gather;
 mod read;
 mod readahead;
 mod write;

@@ -21,6 +21,7 @@
 //! handshake and the reader loop.
 
 mod exec;
+mod gather;
 mod recv;
 mod send;
 
@@ -113,6 +114,9 @@ struct Conn {
     inflight_reqs: Cell<usize>,
     broken: Cell<bool>,
     closing: Cell<bool>,
+    /// Small WRITEs waiting to be written together (when the backend gathers writes).
+    gather: gather::Gather,
+    gathers_writes: bool,
 }
 
 /// Runs `f` for at most `limit` (`None`: no limit). Dropping `f` cancels its ring operations.
@@ -170,6 +174,7 @@ pub(crate) async fn serve(stream: Stream, shared: Arc<Shared>, id: u64) {
         max_discard: shared.cfg.max_discard.max(u64::from(info.max_payload)),
         base_allocation: negotiated.base_allocation,
     };
+    let gathers_writes = shared.cfg.gather_writes && negotiated.export.backend.gathers_writes();
     let conn = Rc::new(Conn {
         id,
         stream,
@@ -184,6 +189,8 @@ pub(crate) async fn serve(stream: Stream, shared: Arc<Shared>, id: u64) {
         inflight_reqs: Cell::new(0),
         broken: Cell::new(false),
         closing: Cell::new(false),
+        gather: gather::Gather::default(),
+        gathers_writes,
     });
     let writer_task = crate::io::spawn_local(send::writer(Rc::clone(&conn)));
     let end = transmission(&conn, &mut rx, &decoder, &shared).await;
@@ -270,6 +277,24 @@ async fn transmission(
                 Errno::Shutdown,
                 "export removed",
             );
+            continue;
+        }
+        let gathered = conn.gathers_writes
+            && matches!(command, Command::Write { fua: false, .. })
+            && payload
+                .as_ref()
+                .is_some_and(|d| d.len() <= gather::GATHER_MAX_WRITE);
+        if gathered {
+            if let (Command::Write { offset, .. }, Some(data)) = (command, payload) {
+                let w = gather::PendingWrite {
+                    cookie: req.cookie,
+                    roff: req.offset,
+                    offset,
+                    data,
+                    credit,
+                };
+                gather::push(conn, w);
+            }
             continue;
         }
         crate::io::spawn_local(exec::run(Rc::clone(conn), req, command, payload, credit));

@@ -93,7 +93,7 @@ impl Volume {
         (r, data)
     }
 
-    async fn lock_blocks(&self, first: u64, last: u64) -> Vec<KeyGuard> {
+    pub(super) async fn lock_blocks(&self, first: u64, last: u64) -> Vec<KeyGuard> {
         let mut guards = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
         for b in first..=last {
             guards.push(self.inner.locks.lock(b).await);
@@ -136,8 +136,28 @@ impl Volume {
     /// Stores `content` (`nblk` whole blocks) as blocks `first..` in the open txg: allocate,
     /// write, publish. The caller holds the blocks' locks. Returns the txg.
     async fn commit_blocks(&self, first: u64, content: IoBuf, nblk: usize) -> (Result<u64>, IoBuf) {
+        self.commit_runs(&[(first, nblk)], content).await
+    }
+
+    /// Stores `content` as the block runs `runs` (`(first block, block count)`, their blocks
+    /// back to back in `content` in that order) in the open txg with one allocation and, when
+    /// the allocator gives one extent, one device write; each run is published on its own.
+    /// The caller holds every block's lock. Returns the txg.
+    pub(super) async fn commit_runs(
+        &self,
+        runs: &[(u64, usize)],
+        content: IoBuf,
+    ) -> (Result<u64>, IoBuf) {
+        let nblk: usize = runs.iter().map(|r| r.1).sum();
         let bs = self.bs();
         let bsu = usize::try_from(bs).unwrap_or(0);
+        if content.len() < nblk * bsu {
+            let e = PoolError::Invalid(format!(
+                "{nblk} blocks to commit from a buffer of {} bytes",
+                content.len()
+            ));
+            return (Err(e), content);
+        }
         let sums: Vec<Checksum> = content
             .chunks_exact(bsu.max(1))
             .take(nblk)
@@ -188,7 +208,15 @@ impl Volume {
                 })
             })
             .collect();
-        let (replaced, meta) = self.inner.publish_range(txg, first, &bps);
+        let mut replaced = Vec::new();
+        let mut meta = 0;
+        let mut at = 0;
+        for &(first, n) in runs {
+            let (r, m) = self.inner.publish_range(txg, first, &bps[at..at + n]);
+            replaced.extend(r);
+            meta += m;
+            at += n;
+        }
         for old in replaced {
             if let BlockPointer::Data(old) = old {
                 if old.birth_txg == txg {

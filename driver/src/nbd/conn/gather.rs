@@ -1,0 +1,109 @@
+//! Write gathering: small WRITE requests (without FUA) that arrive while earlier ones are still
+//! being written are handed to the backend several at a time
+//! ([`ExportBackend::write_batch`](super::super::backend::ExportBackend::write_batch)), so a
+//! copy-on-write backend can store a whole batch with one device write.
+//!
+//! No request waits for company: the first write of an idle connection starts a gather task
+//! at once, and a few tasks ([`MAX_TASKS`]) may write at the same time. Whatever arrives while
+//! they are busy queues up and is taken by the next task that looks, so batches grow with the
+//! client's queue depth and stay single writes at queue depth 1. Every request keeps its own
+//! reply and its own result.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use super::super::proto::Errno;
+use super::Conn;
+use crate::io::IoBuf;
+
+/// WRITE payloads up to this size are gathered; larger ones are written on their own (they
+/// already make a large device write, straight from their buffer).
+pub(super) const GATHER_MAX_WRITE: usize = 64 * 1024;
+/// Gather tasks writing at the same time per connection.
+const MAX_TASKS: usize = 4;
+/// Most writes in one batch.
+const MAX_BATCH: usize = 64;
+/// Most payload bytes in one batch.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// A received WRITE waiting for a gather task.
+pub(super) struct PendingWrite {
+    pub(super) cookie: u64,
+    /// The request's offset as the client sent it (for the reply).
+    pub(super) roff: u64,
+    pub(super) offset: u64,
+    pub(super) data: IoBuf,
+    pub(super) credit: u64,
+}
+
+/// Per-connection gathering state.
+#[derive(Default)]
+pub(super) struct Gather {
+    pending: RefCell<VecDeque<PendingWrite>>,
+    /// Gather tasks alive.
+    running: Cell<usize>,
+    /// A task was spawned and has not taken its first batch yet (it will take this write).
+    scheduled: Cell<bool>,
+}
+
+/// Queues a WRITE for gathering and makes sure a task will take it.
+pub(super) fn push(conn: &Rc<Conn>, w: PendingWrite) {
+    let g = &conn.gather;
+    g.pending.borrow_mut().push_back(w);
+    if !g.scheduled.get() && g.running.get() < MAX_TASKS {
+        g.scheduled.set(true);
+        g.running.set(g.running.get() + 1);
+        crate::io::spawn_local(task(Rc::clone(conn)));
+    }
+}
+
+/// Takes the next batch: up to [`MAX_BATCH`] writes and [`MAX_BATCH_BYTES`] (at least one).
+fn take(g: &Gather) -> Vec<PendingWrite> {
+    let mut q = g.pending.borrow_mut();
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while let Some(w) = q.front() {
+        if !out.is_empty() && (out.len() >= MAX_BATCH || bytes + w.data.len() > MAX_BATCH_BYTES) {
+            break;
+        }
+        bytes += w.data.len();
+        out.extend(q.pop_front());
+    }
+    out
+}
+
+/// A gather task: writes batches until nothing is pending.
+async fn task(conn: Rc<Conn>) {
+    let g = &conn.gather;
+    g.scheduled.set(false);
+    let backend = &conn.export.backend;
+    loop {
+        let mut batch = take(g);
+        if batch.len() == 1 {
+            if let Some(w) = batch.pop() {
+                let (r, _data) = backend.write(w.offset, w.data, false).await;
+                conn.queue_result(w.credit, w.cookie, w.roff, r);
+            }
+            continue;
+        }
+        if batch.is_empty() {
+            g.running.set(g.running.get().saturating_sub(1));
+            return;
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut writes = Vec::with_capacity(batch.len());
+        for w in batch {
+            replies.push((w.cookie, w.roff, w.credit));
+            writes.push((w.offset, w.data));
+        }
+        let mut results = backend.write_batch(writes).await.into_iter();
+        for (cookie, roff, credit) in replies {
+            match results.next() {
+                Some((r, _data)) => conn.queue_result(credit, cookie, roff, r),
+                // A backend that answered fewer writes than it was given.
+                None => conn.queue_error(credit, cookie, roff, Errno::Io, "write not answered"),
+            }
+        }
+    }
+}
