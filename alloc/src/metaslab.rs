@@ -440,16 +440,17 @@ impl Metaslab {
             };
             off = self
                 .allocatable
-                .find_first_from(self.cursors[cursor_idx], size, unit, limit);
+                .find_first_fit(self.cursors[cursor_idx], size, unit, limit);
         }
         if off.is_none() {
-            off = self.allocatable.find_best(size, unit);
+            off = self.allocatable.find_best_fit(size, unit);
         }
-        let Some(off) = off else {
+        let Some(fit) = off else {
             return Err(AllocError::NoSpace { size });
         };
+        let off = fit.start;
         self.cursors[cursor_idx] = off + size;
-        self.allocatable.remove(off, size)?;
+        self.allocatable.take(fit, size)?;
         self.allocating[slot].add(off, size)?;
         self.allocating_txg[slot] = txg;
         self.touched = true;

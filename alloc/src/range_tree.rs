@@ -479,6 +479,29 @@ impl<U: SegUnit> RangeTree<U> {
     /// Remove `[start, start + len)`, which must lie entirely inside one segment (trimming or
     /// splitting it). Otherwise [`AllocError::DoubleAlloc`] and the tree is unchanged.
     pub fn remove(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
+        self.remove_inner(start, len, true)
+    }
+
+    /// Remove `len` bytes at `fit.start`, a place a picker of this tree just returned (the tree
+    /// unchanged since). Like [`RangeTree::remove`], but the offset leaf and the by-size leaves
+    /// of the segment and its remainders are requested together first (they are known from
+    /// the fit), so their cache misses overlap. A stale fit is still checked by `remove`.
+    pub fn take(&mut self, fit: Fit, len: u64) -> Result<(), AllocError> {
+        let (ss, sl) = fit.seg;
+        if let Ok((s, l)) = self.to_units(fit.start, len) {
+            if ss <= s && s + l <= ss + sl && ss + sl <= self.span {
+                self.by_start.prefetch(U::from_u64(ss));
+                let e = s + l;
+                self.prefetch_size_keys([(sl, ss), (s - ss, ss), (ss + sl - e, e)]);
+                return self.remove_inner(fit.start, len, false);
+            }
+        }
+        self.remove(fit.start, len)
+    }
+
+    /// [`RangeTree::remove`]; `prefetch`: request the by-size leaves first (not needed when
+    /// [`RangeTree::take`] did).
+    fn remove_inner(&mut self, start: u64, len: u64, prefetch: bool) -> Result<(), AllocError> {
         let (s, l) = self.to_units(start, len)?;
         let e = s + l;
         let Some(p) = self.by_start.pred(U::from_u64(s)) else {
@@ -492,7 +515,9 @@ impl<U: SegUnit> RangeTree<U> {
         }
         let left = s - ps;
         let right = pe - e;
-        self.prefetch_size_keys([(pl, ps), (left, ps), (right, e)]);
+        if prefetch {
+            self.prefetch_size_keys([(pl, ps), (left, ps), (right, e)]);
+        }
         if left > 0 {
             // Trim in place; the right remainder (if any) is a new segment.
             self.by_start.set_val(p, U::from_u64(left));
@@ -570,30 +595,48 @@ impl<U: SegUnit> RangeTree<U> {
         })
     }
 
-    /// Index of the first of `ranges` (byte `(start, len)`, inside the region and aligned to
-    /// the unit, as a metaslab's queued frees are) that overlaps a segment; the lookups run in
-    /// lockstep batches ([`BlockMap::pred_lt_many`]). Ranges that are misaligned or outside
-    /// the region fall back to [`RangeTree::overlaps`].
-    pub fn first_overlap(&self, ranges: &[(u64, u64)]) -> Option<usize> {
-        if self.by_start.is_empty() || ranges.is_empty() {
-            return None;
-        }
-        let mut units = Vec::with_capacity(ranges.len());
-        for &(start, len) in ranges {
-            match self.to_units(start, len) {
-                Ok(u) => units.push(u),
-                Err(_) => return ranges.iter().position(|&(s, l)| self.overlaps(s, l)),
+    /// Fill an empty tree with `segs` (bytes, sorted by start, disjoint; touching ones are
+    /// coalesced) in one pass: the leaves are built from the sorted run instead of one descent
+    /// per segment (a txg's queued frees into `freeing`). Falls back to [`RangeTree::add`] per
+    /// segment when the tree is not empty or `segs` is not sorted, disjoint and inside the
+    /// region, so results and errors are those of adding them one by one.
+    pub fn fill_sorted(&mut self, segs: &[(u64, u64)]) -> Result<(), AllocError> {
+        let mut units: Vec<(U, U)> = Vec::with_capacity(segs.len());
+        let mut ok = self.is_empty();
+        let mut prev_end = 0u64;
+        for &(start, len) in segs {
+            if !ok {
+                break;
             }
+            let Ok((s, l)) = self.to_units(start, len) else {
+                ok = false;
+                break;
+            };
+            if !units.is_empty() && s < prev_end {
+                ok = false;
+            } else if !units.is_empty() && s == prev_end {
+                if let Some(last) = units.last_mut() {
+                    last.1 = U::from_u64(last.1.get() + l);
+                }
+            } else {
+                units.push((U::from_u64(s), U::from_u64(l)));
+            }
+            prev_end = s + l;
         }
-        let keys: Vec<U> = units.iter().map(|&(s, l)| U::from_u64(s + l)).collect();
-        let mut preds = Vec::with_capacity(keys.len());
-        self.by_start.pred_lt_many(&keys, &mut preds);
-        units.iter().zip(&preds).position(|(&(s, _), p)| {
-            p.is_some_and(|p| {
-                let (ps, pl) = self.by_start.get(p);
-                ps.get() + pl.get() > s
-            })
-        })
+        let map = ok.then(|| BlockMap::from_sorted(&units)).flatten();
+        let Some(map) = map else {
+            for &(start, len) in segs {
+                self.add(start, len)?;
+            }
+            return Ok(());
+        };
+        self.by_start = map;
+        for &(s, l) in &units {
+            let (s, l) = (s.get(), l.get());
+            self.index_insert(s, l);
+            self.space += l << self.shift;
+        }
+        Ok(())
     }
 
     /// The segments in offset order as `(start, len)` in bytes.
@@ -718,6 +761,8 @@ pub type WideRangeTree = RangeTree<u64>;
 
 mod merge;
 mod search;
+
+pub use search::Fit;
 
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,10 @@ enum Op {
     ClearRange(u64, u64),
     Best(u64, u64),
     First(u64, u64, u64),
+    /// Best fit found and taken in one step (`find_best_fit` + `take`).
+    TakeBest(u64, u64),
+    /// First fit from a cursor found and taken (`find_first_fit` + `take`).
+    TakeFirst(u64, u64, u64),
     /// Build (true) or drop (false) the by-size index.
     Index(bool),
     /// Recompute the exact largest-segment hint.
@@ -33,6 +37,8 @@ fn op_in(units: u64, max_len: u64) -> impl Strategy<Value = Op> {
         1 => range(units, max_len).prop_map(|(s, l)| Op::ClearRange(s, l)),
         1 => (1..20u64, 0..4u32).prop_map(|(l, a)| Op::Best(l, 1 << a)),
         1 => (0..units, 1..20u64, 0..3u32).prop_map(|(c, l, a)| Op::First(c, l, 1 << a)),
+        1 => (1..20u64, 0..4u32).prop_map(|(l, a)| Op::TakeBest(l, 1 << a)),
+        1 => (0..units, 1..20u64, 0..3u32).prop_map(|(c, l, a)| Op::TakeFirst(c, l, 1 << a)),
         1 => any::<bool>().prop_map(Op::Index),
         1 => Just(Op::RefreshLargest),
     ]
@@ -128,6 +134,25 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                     other => panic!("find_best mismatch {other:?}"),
                 }
             }
+            Op::TakeBest(l, a) => {
+                let (len, align) = (l << SHIFT, a << SHIFT);
+                let fit = t.find_best_fit(len, align);
+                assert_eq!(fit.map(|f| f.start), t.find_best(len, align));
+                if let Some(f) = fit {
+                    assert!(oracle_fits(&o, f.start, len) && f.start % align == 0);
+                    t.take(f, len).unwrap();
+                    o.remove(f.start..f.start + len);
+                }
+            }
+            Op::TakeFirst(c, l, a) => {
+                let (cur, len, align) = (b(c), l << SHIFT, a << SHIFT);
+                let fit = t.find_first_fit(cur, len, align, SearchLimit::UNBOUNDED);
+                if let Some(f) = fit {
+                    assert!(oracle_fits(&o, f.start, len) && f.start % align == 0);
+                    t.take(f, len).unwrap();
+                    o.remove(f.start..f.start + len);
+                }
+            }
             Op::Index(true) => {
                 t.build_size_index();
                 assert_eq!(t.has_size_index(), t.is_indexed());
@@ -170,6 +195,11 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
         assert_eq!(t.first_overlap(&probes), want);
         probes.reverse();
     }
+    // The ordered walk agrees for sorted disjoint probes, and falls back for unsorted ones.
+    let want = probes.iter().position(|&(s, l)| o.overlaps(&(s..s + l)));
+    assert_eq!(t.first_overlap_sorted(&probes), want);
+    probes.reverse();
+    assert_eq!(t.first_overlap_sorted(&probes), t.first_overlap(&probes));
     let mut seen = Vec::new();
     t.vacate(|s, l| seen.push((s, l)));
     assert_eq!(seen.len(), o.iter().count());
@@ -289,5 +319,79 @@ proptest! {
             // Adds keep the largest-segment hint exact without the index.
             prop_assert_eq!(d.largest_bound(), largest);
         }
+    }
+}
+
+/// A fit is taken only while it still describes the tree: after the segment it came from
+/// changed, `take` refuses like `remove` (`DoubleAlloc`, tree unchanged).
+#[test]
+fn stale_fit_is_refused() {
+    let mut t = RangeTree::<u32>::new(BASE, UNITS << SHIFT, SHIFT).unwrap();
+    t.add(b(10), 8 << SHIFT).unwrap();
+    t.add(b(40), 2 << SHIFT).unwrap();
+    let fit = t.find_best_fit(2 << SHIFT, 1 << SHIFT).unwrap();
+    assert_eq!(fit.start, b(40));
+    t.remove(b(40), 2 << SHIFT).unwrap();
+    let before: Vec<_> = t.iter().collect();
+    assert_eq!(
+        t.take(fit, 2 << SHIFT),
+        Err(AllocError::DoubleAlloc {
+            start: b(40),
+            len: 2 << SHIFT
+        })
+    );
+    assert_eq!(t.iter().collect::<Vec<_>>(), before);
+    t.verify().unwrap();
+    // A fit of another length than found is checked against the tree as well.
+    let fit = t.find_best_fit(1 << SHIFT, 1 << SHIFT).unwrap();
+    assert!(t.take(fit, 9 << SHIFT).is_err());
+    t.take(fit, 8 << SHIFT).unwrap();
+    assert!(t.is_empty());
+    t.verify().unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// `fill_sorted` builds the same tree (segments, indexes, histogram, largest) as adding the
+    /// ranges one by one, for sorted disjoint input with touching runs (the one-pass build)
+    /// and for anything else (the fallback, errors included), into empty and non-empty trees.
+    #[test]
+    fn fill_sorted_equals_adds(
+        ranges in prop::collection::vec(range(DENSE_UNITS, 6), 0..300),
+        sort in any::<bool>(),
+        indexed in any::<bool>(),
+        prefill in any::<bool>(),
+    ) {
+        let mut segs: Vec<(u64, u64)> = ranges.iter().map(|&(s, l)| (b(s), l << SHIFT)).collect();
+        if sort {
+            segs.sort_unstable();
+            let mut end = 0;
+            segs.retain(|&(s, l)| {
+                let keep = s >= end;
+                if keep {
+                    end = s + l;
+                }
+                keep
+            });
+        }
+        let new = || RangeTree::<u32>::with_index(BASE, DENSE_UNITS << SHIFT, SHIFT, indexed);
+        let (mut a, mut f) = (new().unwrap(), new().unwrap());
+        if prefill {
+            a.add(b(DENSE_UNITS - 2), 2 << SHIFT).unwrap();
+            f.add(b(DENSE_UNITS - 2), 2 << SHIFT).unwrap();
+        }
+        let mut want = Ok(());
+        for &(s, l) in &segs {
+            if let Err(e) = a.add(s, l) {
+                want = Err(e);
+                break;
+            }
+        }
+        prop_assert_eq!(f.fill_sorted(&segs), want);
+        f.verify().unwrap();
+        prop_assert_eq!(f.iter().collect::<Vec<_>>(), a.iter().collect::<Vec<_>>());
+        prop_assert_eq!(f.histogram(), a.histogram());
+        prop_assert_eq!(f.largest_bound(), a.largest_bound());
     }
 }

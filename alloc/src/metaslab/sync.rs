@@ -14,18 +14,25 @@ impl Metaslab {
     /// failed check leaves no metaslab half-synced).
     pub fn check_queued_frees(&mut self, txg: u64) -> Result<(), AllocError> {
         let slot = Self::slot(txg);
-        // The large tree (allocatable) is probed in lockstep batches; the others are small.
         let queued: Vec<(u64, u64)> = self.pending_frees[slot]
             .iter()
             .map(|(s, (l, _))| (s, l))
             .collect();
-        let first_alloc = self.allocatable.first_overlap(&queued);
-        let bad = queued
-            .iter()
-            .enumerate()
-            .find(|&(i, &(s, l))| first_alloc == Some(i) || self.is_free_elsewhere(s, l))
-            .map(|(_, &r)| r);
-        if let Some((start, len)) = bad {
+        // The large tree (allocatable) is probed with prefetched lookups; the others are small
+        // (a txg or two of frees) and are walked in order alongside the sorted queue.
+        let mut first_bad = self.allocatable.first_overlap(&queued);
+        for t in [
+            &self.freeing,
+            &self.freed,
+            &self.defer[0],
+            &self.defer[1],
+            &self.checkpointing,
+        ] {
+            if let Some(i) = t.first_overlap_sorted(&queued) {
+                first_bad = Some(first_bad.map_or(i, |b| b.min(i)));
+            }
+        }
+        if let Some((start, len)) = first_bad.map(|i| queued[i]) {
             self.pending_frees[slot].remove(start);
             self.queue_checked_txg = 0;
             return Err(AllocError::DoubleFree { start, len });
@@ -117,14 +124,19 @@ impl Metaslab {
             self.check_queued_frees(txg)?;
         }
         self.queue_checked_txg = 0;
+        // The queue is sorted and disjoint: each destination is built in one pass.
+        let mut to_free = Vec::with_capacity(self.pending_frees[slot].len());
+        let mut to_hold = Vec::new();
         for (start, (len, birth)) in self.pending_frees[slot].drain_all() {
             let held = checkpoint_txg != 0 && birth <= checkpoint_txg && txg > checkpoint_txg;
             if held {
-                self.checkpointing.add(start, len)?;
+                to_hold.push((start, len));
             } else {
-                self.freeing.add(start, len)?;
+                to_free.push((start, len));
             }
         }
+        self.freeing.fill_sorted(&to_free)?;
+        self.checkpointing.fill_sorted(&to_hold)?;
 
         let mut out = MetaslabSyncOutput::default();
         if first_pass && self.condense_wanted() {

@@ -3,10 +3,26 @@
 
 use super::{align_up, RangeTree, SearchLimit, SegUnit, ALIGN_PROBE};
 
+/// A place found by a picker ([`RangeTree::find_best_fit`], [`RangeTree::find_first_fit`]):
+/// the aligned start in bytes and the segment holding it, so that [`RangeTree::take`] can
+/// request every leaf its removal touches at once instead of one after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    /// First byte of the range found.
+    pub start: u64,
+    /// The segment containing it, `(start, len)` in units.
+    pub(super) seg: (u64, u64),
+}
+
 impl<U: SegUnit> RangeTree<U> {
     /// Best fit: the start of an `align`-aligned range of `len` bytes inside the smallest segment
     /// that can hold it (ties: lowest offset). Does not modify the tree.
     pub fn find_best(&self, len: u64, align: u64) -> Option<u64> {
+        self.find_best_fit(len, align).map(|f| f.start)
+    }
+
+    /// [`RangeTree::find_best`] with the segment it found.
+    pub fn find_best_fit(&self, len: u64, align: u64) -> Option<Fit> {
         if len == 0 || !align.is_power_of_two() {
             return None;
         }
@@ -15,10 +31,13 @@ impl<U: SegUnit> RangeTree<U> {
         if ulen > self.span {
             return None;
         }
-        let fits = |s: u64, l: u64| -> Option<u64> {
+        let fits = |s: u64, l: u64| -> Option<Fit> {
             let sb = self.to_bytes(s);
             let a = align_up(sb, align.max(unit))?;
-            (a + len <= sb + (l << self.shift)).then_some(a)
+            (a + len <= sb + (l << self.shift)).then_some(Fit {
+                start: a,
+                seg: (s, l),
+            })
         };
         match &self.by_size {
             Some(ix) => {
@@ -47,16 +66,16 @@ impl<U: SegUnit> RangeTree<U> {
                 })
             }
             None => {
-                let mut best: Option<(u64, u64)> = None;
+                let mut best: Option<Fit> = None;
                 for (s, l) in self.by_start.iter() {
                     let (s, l) = (s.get(), l.get());
-                    if let Some(a) = fits(s, l) {
-                        if best.is_none_or(|(bl, _)| l < bl) {
-                            best = Some((l, a));
+                    if let Some(f) = fits(s, l) {
+                        if best.is_none_or(|b| l < b.seg.1) {
+                            best = Some(f);
                         }
                     }
                 }
-                best.map(|(_, a)| a)
+                best
             }
         }
     }
@@ -73,6 +92,18 @@ impl<U: SegUnit> RangeTree<U> {
         align: u64,
         limit: SearchLimit,
     ) -> Option<u64> {
+        self.find_first_fit(cursor, len, align, limit)
+            .map(|f| f.start)
+    }
+
+    /// [`RangeTree::find_first_from`] with the segment it found.
+    pub fn find_first_fit(
+        &self,
+        cursor: u64,
+        len: u64,
+        align: u64,
+        limit: SearchLimit,
+    ) -> Option<Fit> {
         if len == 0 || !align.is_power_of_two() {
             return None;
         }
@@ -92,7 +123,10 @@ impl<U: SegUnit> RangeTree<U> {
             }
             if let Some(a) = align_up(sb, align.max(unit)) {
                 if a + len <= sb + (l.get() << self.shift) {
-                    return Some(a);
+                    return Some(Fit {
+                        start: a,
+                        seg: (s.get(), l.get()),
+                    });
                 }
             }
         }
@@ -131,5 +165,58 @@ impl<U: SegUnit> RangeTree<U> {
                 hist_bound.min(self.largest_hint << self.shift)
             }
         }
+    }
+
+    /// Index of the first of `ranges` (byte `(start, len)`, inside the region and aligned to
+    /// the unit, as a metaslab's queued frees are) that overlaps a segment; the lookups run in
+    /// lockstep batches ([`BlockMap::pred_lt_many`]). Ranges that are misaligned or outside
+    /// the region fall back to [`RangeTree::overlaps`].
+    pub fn first_overlap(&self, ranges: &[(u64, u64)]) -> Option<usize> {
+        if self.by_start.is_empty() || ranges.is_empty() {
+            return None;
+        }
+        let mut units = Vec::with_capacity(ranges.len());
+        for &(start, len) in ranges {
+            match self.to_units(start, len) {
+                Ok(u) => units.push(u),
+                Err(_) => return ranges.iter().position(|&(s, l)| self.overlaps(s, l)),
+            }
+        }
+        let keys: Vec<U> = units.iter().map(|&(s, l)| U::from_u64(s + l)).collect();
+        let mut preds = Vec::with_capacity(keys.len());
+        self.by_start.pred_lt_many(&keys, &mut preds);
+        units.iter().zip(&preds).position(|(&(s, _), p)| {
+            p.is_some_and(|p| {
+                let (ps, pl) = self.by_start.get(p);
+                ps.get() + pl.get() > s
+            })
+        })
+    }
+
+    /// Like [`RangeTree::first_overlap`] for `ranges` sorted by start and disjoint (a metaslab's
+    /// queued frees), in one merge-like pass over both sequences: O(ranges + segments) without
+    /// descents, for the small trees of the txg pipeline. Unsorted input falls back to
+    /// `first_overlap`.
+    pub fn first_overlap_sorted(&self, ranges: &[(u64, u64)]) -> Option<usize> {
+        if self.by_start.is_empty() || ranges.is_empty() {
+            return None;
+        }
+        if ranges
+            .windows(2)
+            .any(|w| w[0].0.saturating_add(w[0].1) > w[1].0)
+        {
+            return self.first_overlap(ranges);
+        }
+        let mut segs = self.iter().peekable();
+        for (i, &(start, len)) in ranges.iter().enumerate() {
+            // Segments ending at or before this range cannot overlap it or any later one.
+            while segs.next_if(|&(s, l)| s + l <= start).is_some() {}
+            match segs.peek() {
+                None => return None,
+                Some(&(s, _)) if len > 0 && s < start.saturating_add(len) => return Some(i),
+                Some(_) => {}
+            }
+        }
+        None
     }
 }
