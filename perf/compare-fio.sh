@@ -8,7 +8,10 @@
 #              FIO_EXTRA (extra fio options, e.g. "--fixedbufs --registerfiles"),
 #              SCENARIOS (default "randread:1 randread:32 randwrite:1 randwrite:32"),
 #              RT_PRIO (unset: both tools run at chrt -f RT_PRIO, so that on a machine busy with
-#              other work they run as soon as they are woken).
+#              other work they run as soon as they are woken),
+#              VARIANTS (several ringperf settings in the same rounds, as NAME=OPTIONS words,
+#              options comma separated, e.g. "batched=--submit-batch=0 each=--submit-batch=1";
+#              default: one variant "ringperf" with ringperf's defaults).
 # Prints one line per run and a table: mean IOPS, median p50 and p99 over the rounds, the
 # ratios ringperf/fio paired by round (the two runs of a round are back to back; the order
 # flips every round). Goal (issue 8): IOPS within 5 % and p50 within 10 % of fio's.
@@ -24,6 +27,13 @@ RUNTIME=${RUNTIME:-10}
 SIZE=${SIZE:-1G}
 CPU=${CPU:-0}
 SCENARIOS=${SCENARIOS:-"randread:1 randread:32 randwrite:1 randwrite:32"}
+VARIANTS=${VARIANTS:-"ringperf="}
+declare -A VOPTS=()
+VNAMES=()
+for v in $VARIANTS; do
+  VNAMES+=("${v%%=*}")
+  VOPTS[${v%%=*}]=${v#*=}
+done
 FIO_EXTRA=${FIO_EXTRA:-}
 RT=()
 if [ -n "${RT_PRIO:-}" ]; then RT=(chrt -f "$RT_PRIO"); fi
@@ -51,17 +61,19 @@ results=$(mktemp)
 run_json=$(mktemp)
 trap 'rm -f "$results" "$run_json"' EXIT
 
-run_ringperf() { # RW QD ROUND
+run_ringperf() { # RW QD ROUND VARIANT
+    local extra=()
+    if [ -n "${VOPTS[$4]}" ]; then IFS=, read -r -a extra <<<"${VOPTS[$4]}"; fi
     "${RT[@]}" "$RINGPERF" --target "$FILE" --size "$SIZE" --prefill never --rw "$1" --bs 4k --qd "$2" \
-        --jobs 1 --cpus "$CPU" --runtime "$RUNTIME" --json --quiet >"$run_json"
-    python3 - "$1" "$2" "$3" ringperf "$run_json" >>"$results" <<'PY'
+        --jobs 1 --cpus "$CPU" --runtime "$RUNTIME" --json --quiet "${extra[@]}" >"$run_json"
+    python3 - "$1" "$2" "$3" "$4" "$run_json" >>"$results" <<'PY'
 import json, sys
 rw, qd, rnd, tool, path = sys.argv[1:]
 d = json.load(open(path))
 t = d["total"]
 print(json.dumps({"rw": rw, "qd": int(qd), "round": int(rnd), "tool": tool,
                   "iops": t["iops"], "p50": t["lat"]["p50_us"], "p99": t["lat"]["p99_us"],
-                  "cpu": t["cpu_us_per_io"]}))
+                  "cpu": t["cpu_us_per_io"], "spe": d["ring"]["sqes_per_enter"]}))
 PY
 }
 run_fio() { # RW QD ROUND
@@ -82,7 +94,7 @@ cpu_s = (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * j["job_runtime"] / 1000.0
 print(json.dumps({"rw": rw, "qd": int(qd), "round": int(rnd), "tool": tool,
                   "iops": side["iops"], "p50": pct["50.000000"] / 1000.0,
                   "p99": pct["99.000000"] / 1000.0,
-                  "cpu": cpu_s * 1e6 / ios if ios else 0.0}))
+                  "cpu": cpu_s * 1e6 / ios if ios else 0.0, "spe": 0.0}))
 PY
 }
 
@@ -90,16 +102,21 @@ echo "compare-fio: load $(uptime | sed 's/.*load average: //')${RT_PRIO:+, both 
 for sc in $SCENARIOS; do
   rw=${sc%%:*}; qd=${sc##*:}
   for round in $(seq 1 "$ROUNDS"); do
-    if [ $((round % 2)) = 1 ]; then order="ringperf fio"; else order="fio ringperf"; fi
-    for tool in $order; do
-      "run_$tool" "$rw" "$qd" "$round"
+    # Rotate the order every round (fio first in even rounds) so no tool always runs first.
+    tools=("${VNAMES[@]}" fio)
+    n=${#tools[@]}
+    order=()
+    for i in $(seq 0 $((n - 1))); do order+=("${tools[$(( (i + round - 1) % n ))]}"); done
+    for tool in "${order[@]}"; do
+      if [ "$tool" = fio ]; then run_fio "$rw" "$qd" "$round"; else run_ringperf "$rw" "$qd" "$round" "$tool"; fi
     done
-    tail -n 2 "$results" | python3 -c '
+    tail -n "$n" "$results" | python3 -c '
 import json, sys
 for l in sys.stdin:
     r = json.loads(l)
-    print("  %-9s qd%-3d round %d %-8s %10.0f IOPS  p50 %8.1f us  p99 %8.1f us  cpu %6.2f us/IO"
-          % (r["rw"], r["qd"], r["round"], r["tool"], r["iops"], r["p50"], r["p99"], r["cpu"]))'
+    spe = ("  %5.2f SQE/enter" % r["spe"]) if r["spe"] else ""
+    print("  %-9s qd%-3d round %d %-10s %10.0f IOPS  p50 %8.1f us  p99 %8.1f us  cpu %6.2f us/IO%s"
+          % (r["rw"], r["qd"], r["round"], r["tool"], r["iops"], r["p50"], r["p99"], r["cpu"], spe))'
   done
 done
 echo "compare-fio: load after $(uptime | sed 's/.*load average: //')"
@@ -107,38 +124,46 @@ echo "compare-fio: load after $(uptime | sed 's/.*load average: //')"
 python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-keys = []
+keys, variants = [], []
 for r in rows:
     k = (r["rw"], r["qd"])
     if k not in keys:
         keys.append(k)
+    if r["tool"] != "fio" and r["tool"] not in variants:
+        variants.append(r["tool"])
 print()
-print("%-14s %9s %9s %7s %9s %9s %7s %9s %9s %8s %8s  %s" % (
-    "workload", "ringperf", "fio", "IOPS x", "ringperf", "fio", "p50 x", "ringperf", "fio",
-    "cpu/IO", "cpu/IO", "goal"))
-print("%-14s %9s %9s %7s %9s %9s %7s %9s %9s %8s %8s" % (
-    "", "IOPS", "IOPS", "paired", "p50 us", "p50 us", "paired", "p99 us", "p99 us", "ringperf",
-    "fio"))
+print("%-14s %-10s %9s %9s %7s %9s %9s %7s %9s %9s %7s %8s %8s  %s" % (
+    "workload", "ringperf", "ringperf", "fio", "IOPS x", "ringperf", "fio", "p50 x", "ringperf",
+    "fio", "p99 x", "cpu/IO", "cpu/IO", "goal"))
+print("%-14s %-10s %9s %9s %7s %9s %9s %7s %9s %9s %7s %8s %8s" % (
+    "", "variant", "IOPS", "IOPS", "paired", "p50 us", "p50 us", "paired", "p99 us", "p99 us",
+    "paired", "ringperf", "fio"))
 for k in keys:
-    sel = [r for r in rows if (r["rw"], r["qd"]) == k]
-    def agg(tool):
-        rs = [r for r in sel if r["tool"] == tool]
-        return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p50"] for r in rs),
-                statistics.median(r["p99"] for r in rs), statistics.mean(r["cpu"] for r in rs))
-    ri, r50, r99, rc = agg("ringperf")
-    fi, f50, f99, fc = agg("fio")
-    pi, pp = [], []
-    for rnd in sorted({r["round"] for r in sel}):
-        a = [r for r in sel if r["round"] == rnd and r["tool"] == "ringperf"]
-        b = [r for r in sel if r["round"] == rnd and r["tool"] == "fio"]
-        if a and b and b[0]["iops"] and b[0]["p50"]:
-            pi.append(a[0]["iops"] / b[0]["iops"])
-            pp.append(a[0]["p50"] / b[0]["p50"])
-    mi = statistics.median(pi) if pi else 0.0
-    mp = statistics.median(pp) if pp else 0.0
-    ok = abs(mi - 1) <= 0.05 and abs(mp - 1) <= 0.10
-    print("%-14s %9.0f %9.0f %7.3f %9.1f %9.1f %7.3f %9.1f %9.1f %8.2f %8.2f  %s" % (
-        "%s qd%d" % k, ri, fi, mi, r50, f50, mp, r99, f99, rc, fc, "ok" if ok else "MISSED"))
+    for v in variants:
+        sel = [r for r in rows if (r["rw"], r["qd"]) == k]
+        def agg(tool):
+            rs = [r for r in sel if r["tool"] == tool]
+            return (statistics.mean(r["iops"] for r in rs), statistics.median(r["p50"] for r in rs),
+                    statistics.median(r["p99"] for r in rs), statistics.mean(r["cpu"] for r in rs))
+        ri, r50, r99, rc = agg(v)
+        fi, f50, f99, fc = agg("fio")
+        pi, pp, p9 = [], [], []
+        for rnd in sorted({r["round"] for r in sel}):
+            a = [r for r in sel if r["round"] == rnd and r["tool"] == v]
+            b = [r for r in sel if r["round"] == rnd and r["tool"] == "fio"]
+            if a and b and b[0]["iops"] and b[0]["p50"] and b[0]["p99"]:
+                pi.append(a[0]["iops"] / b[0]["iops"])
+                pp.append(a[0]["p50"] / b[0]["p50"])
+                p9.append(a[0]["p99"] / b[0]["p99"])
+        mi = statistics.median(pi) if pi else 0.0
+        mp = statistics.median(pp) if pp else 0.0
+        m9 = statistics.median(p9) if p9 else 0.0
+        ok = abs(mi - 1) <= 0.05 and abs(mp - 1) <= 0.10
+        print("%-14s %-10s %9.0f %9.0f %7.3f %9.1f %9.1f %7.3f %9.1f %9.1f %7.3f %8.2f %8.2f  %s" % (
+            "%s qd%d" % k, v, ri, fi, mi, r50, f50, mp, r99, f99, m9, rc, fc,
+            "ok" if ok else "MISSED"))
+        print("%-14s %-10s per-round IOPS x: %s" % ("", "", " ".join("%.3f" % x for x in pi)))
 print("IOPS: mean over rounds; p50, p99: median over rounds; paired: median over rounds of the")
-print("ratio of the two back-to-back runs of a round; goal: IOPS within 5 %, p50 within 10 %")
+print("ratio of the runs of a round (back to back, order rotated every round); goal: IOPS within")
+print("5 %, p50 within 10 %")
 PY

@@ -6,7 +6,8 @@
 # Environment: ROUNDS (3), RUNTIME seconds (10), SIZE of the region (1G), POOL_SIZE of the pool
 #              file (2 x SIZE), CPU to pin the job to (0), QD (32),
 #              SCENARIOS (default "randwrite randread"), RINGPERF (binary; default: cargo build),
-#              KEEP=1 keeps the files for the next run (the pool is then imported, not created).
+#              KEEP=1 keeps the files for the next run (the pool is then imported, not created),
+#              EXTRA (more ringperf options for both targets, e.g. "--submit-batch 0").
 #
 # Files: DIR/ringperf-cmp-raw.img (SIZE, prefilled with data by ringperf) and
 # DIR/ringperf-cmp-pool.img (POOL_SIZE, zero-filled once so ext4 has written extents like the
@@ -59,10 +60,11 @@ echo "compare-pool: commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')
 
 out=$(mktemp)
 for rw in $SCENARIOS; do
-  echo "compare-pool: ringperf compare $RAW pool:$POOLF --rw $rw --bs 4k --qd $QD --size $size_b --rounds $ROUNDS --runtime $RUNTIME --cpus $CPU --prefill never"
+  echo "compare-pool: ringperf compare $RAW pool:$POOLF --rw $rw --bs 4k --qd $QD --size $size_b --rounds $ROUNDS --runtime $RUNTIME --cpus $CPU --prefill never ${EXTRA:-}"
   set +e
+  # shellcheck disable=SC2086 # EXTRA is a list of words
   "$RINGPERF" compare "$RAW" "pool:$POOLF" --rw "$rw" --bs 4k --qd "$QD" --size "$size_b" \
-      --rounds "$ROUNDS" --runtime "$RUNTIME" --cpus "$CPU" --prefill never --json \
+      --rounds "$ROUNDS" --runtime "$RUNTIME" --cpus "$CPU" --prefill never --json ${EXTRA:-} \
       2> >(grep -E '^(round|pool)' >&2) | python3 -c '
 import json, sys
 d = json.load(sys.stdin)

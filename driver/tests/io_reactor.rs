@@ -380,3 +380,80 @@ fn polling_reactors_exchange_messages_and_then_sleep() {
     );
     set.shutdown();
 }
+
+/// `submit_batch` bounds how many SQEs wait in the SQ: with 1 every op is submitted by its own
+/// io_uring_enter as it is made, with 4 at most 4 go in one enter, and by default (0) the ops
+/// the runnable tasks queued in one loop turn go in together. Data stays correct either way,
+/// including past the ring size (backlog) with a small SQ.
+#[test]
+fn submit_batch_bounds_sqes_per_enter() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..256 * 4096u32)
+        .map(|i| u8::try_from(i % 253).unwrap())
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let fd = file.as_raw_fd();
+    let run = |batch: usize, entries: u32| {
+        let c = ReactorConfig {
+            submit_batch: batch,
+            entries,
+            ..cfg()
+        };
+        let data = &data;
+        io::block_on(&c, async move {
+            let before = io::ring_stats().unwrap();
+            let mut hs = Vec::new();
+            for i in 0..64u64 {
+                hs.push(io::spawn_local(async move {
+                    let off = (i * 3 % 256) * 4096;
+                    let (r, b) = io::read_exact_at(fd, IoBuf::zeroed(4096), off).await;
+                    r.unwrap();
+                    (off, b)
+                }));
+            }
+            for h in hs {
+                let (off, b) = h.await.unwrap();
+                let o = usize::try_from(off).unwrap();
+                assert_eq!(&b[..], &data[o..o + 4096]);
+            }
+            let after = io::ring_stats().unwrap();
+            (
+                after.submitted - before.submitted,
+                after.submit_enters - before.submit_enters,
+                after.reaped - before.reaped,
+            )
+        })
+        .unwrap()
+    };
+    // 64 reads plus the reactor's own eventfd read (and possibly a re-arm).
+    let (sqes, enters, reaped) = run(1, 256);
+    println!("batch 1: {sqes} SQEs in {enters} enters, {reaped} reaped");
+    assert!(sqes >= 64 && reaped >= 64);
+    assert!(
+        enters >= 64,
+        "one enter per read: {enters} enters for {sqes} SQEs"
+    );
+    let (sqes, enters, _) = run(4, 256);
+    println!("batch 4: {sqes} SQEs in {enters} enters");
+    assert!(sqes >= 64);
+    assert!(
+        enters >= 16,
+        "at most 4 SQEs per enter: {enters} enters for {sqes} SQEs"
+    );
+    assert!(
+        enters < 64,
+        "batches of 4 need fewer enters than reads: {enters}"
+    );
+    let (sqes, enters, _) = run(0, 256);
+    println!("batch 0: {sqes} SQEs in {enters} enters");
+    assert!(sqes >= 64);
+    assert!(
+        enters * 8 <= sqes,
+        "per-turn batching: {enters} enters for {sqes} SQEs"
+    );
+    // A small SQ with immediate submission: the backlog path still completes everything.
+    let (sqes, _, _) = run(1, 8);
+    assert!(sqes >= 64);
+}

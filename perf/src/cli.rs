@@ -93,6 +93,28 @@ pub enum ClientMode {
     Libnbd,
 }
 
+/// io_uring task-run mode of the job rings (see driver::io::TaskRunMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingMode {
+    /// SINGLE_ISSUER | DEFER_TASKRUN (what the probe picks on Linux 6.1+).
+    Defer,
+    /// SINGLE_ISSUER | COOP_TASKRUN | TASKRUN_FLAG.
+    Coop,
+    /// No task-run flags.
+    Plain,
+}
+
+impl RingMode {
+    pub fn task_run_mode(self) -> ringpool_driver::io::TaskRunMode {
+        match self {
+            RingMode::Defer => ringpool_driver::io::TaskRunMode::DeferTaskrun,
+            RingMode::Coop => ringpool_driver::io::TaskRunMode::CoopTaskrun,
+            RingMode::Plain => ringpool_driver::io::TaskRunMode::Plain,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
     /// Access pattern.
@@ -169,6 +191,19 @@ pub struct WorkloadArgs {
     /// per recv, as fio's nbd engine; see perf/README.md).
     #[arg(long, value_enum, default_value_t = ClientMode::Batched)]
     pub client_mode: ClientMode,
+    /// Submit to the kernel as soon as this many I/Os are queued on a job's ring. 1 (default):
+    /// every I/O on its own as soon as it is made, as fio's iodepth_batch_submit=1 does; 0: once
+    /// per reactor turn, everything the job's workers queued since the last one (the reactor's
+    /// default). On the virtio disk of perf/README.md, 1 gave 1.01x fio's IOPS at QD32 where 0
+    /// gave 0.84x: a burst refilled after a batch of completions leaves the device short of work.
+    #[arg(long, default_value_t = 1)]
+    pub submit_batch: usize,
+    /// Register each job's buffer arena with its ring (READ_FIXED / WRITE_FIXED).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub fixed_bufs: bool,
+    /// Force the ring's task-run mode instead of probing (defer, coop, plain).
+    #[arg(long, value_enum)]
+    pub ring_mode: Option<RingMode>,
     /// Cores to pin the jobs to (comma separated); default: job i on core i mod ncores.
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,

@@ -19,11 +19,28 @@ pub struct RunReport {
     pub total: JobSummary,
     /// Whole-process CPU (all threads, including io_uring workers) per I/O, in microseconds.
     pub process_cpu_us_per_io: f64,
+    /// The job rings' submission counters, summed over the jobs.
+    pub ring: RingReport,
     pub io_errors: u64,
     pub verify_errors: u64,
     /// The first errors seen (at most 10 per job).
     pub errors: Vec<String>,
     pub intervals: Vec<IntervalSummary>,
+}
+
+/// How the job rings submitted: the burst size the target sees.
+#[derive(Debug, Serialize)]
+pub struct RingReport {
+    /// The `--submit-batch` in force (0: once per reactor turn).
+    pub submit_batch: usize,
+    /// io_uring_enter calls that submitted something.
+    pub submit_enters: u64,
+    /// SQEs submitted (the data I/Os plus the reactor's own wake-up reads and timers).
+    pub submitted: u64,
+    /// `submitted / submit_enters`.
+    pub sqes_per_enter: f64,
+    /// io_uring_enter calls that slept waiting for a completion.
+    pub waits: u64,
 }
 
 /// The workload parameters, echoed for the record.
@@ -84,6 +101,26 @@ impl RunReport {
         } else {
             0.0
         };
+        let (submit_enters, submitted, waits) = o.jobs.iter().fold((0, 0, 0), |a, j| {
+            (
+                a.0 + j.ring.submit_enters,
+                a.1 + j.ring.submitted,
+                a.2 + j.ring.waits,
+            )
+        });
+        #[allow(clippy::cast_precision_loss)]
+        let sqes_per_enter = if submit_enters > 0 {
+            submitted as f64 / submit_enters as f64
+        } else {
+            0.0
+        };
+        let ring = RingReport {
+            submit_batch: w.submit_batch,
+            submit_enters,
+            submitted,
+            sqes_per_enter,
+            waits,
+        };
         let size: u64 = if w.verify || !w.rw.is_random() {
             o.plan.regions.iter().map(|r| r.1).sum()
         } else {
@@ -116,6 +153,7 @@ impl RunReport {
             jobs,
             total,
             process_cpu_us_per_io,
+            ring,
             intervals: o.intervals.clone(),
         }
     }
@@ -270,6 +308,19 @@ pub fn table(r: &RunReport) -> String {
         out,
         "latencies and cpu/IO in microseconds; runtime {:.2}s, {} I/Os; ringperf CPU: {:.2} us/IO on the job threads, {:.2} us/IO for the whole process",
         r.total.runtime_s, r.total.ios, r.total.cpu_us_per_io, r.process_cpu_us_per_io
+    );
+    let _ = writeln!(
+        out,
+        "job rings: {} SQEs in {} submitting enters ({:.2} per enter, submit batch {}), {} waits",
+        r.ring.submitted,
+        r.ring.submit_enters,
+        r.ring.sqes_per_enter,
+        if r.ring.submit_batch == 0 {
+            "per turn".to_string()
+        } else {
+            r.ring.submit_batch.to_string()
+        },
+        r.ring.waits
     );
     if r.workload.verify {
         let _ = writeln!(

@@ -8,7 +8,9 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use ringpool_driver::io::{buf, sleep, spawn_local, yield_now, IoBuf, ReactorConfig, ReactorSet};
+use ringpool_driver::io::{
+    buf, ring_stats, sleep, spawn_local, yield_now, IoBuf, ReactorConfig, ReactorSet, RingStats,
+};
 
 use crate::cli::WorkloadArgs;
 use crate::error::PerfError;
@@ -46,6 +48,8 @@ pub struct JobOutcome {
     /// Length of the measured window.
     pub measured: Duration,
     pub first_errors: Vec<String>,
+    /// The job ring's submission counters over the run (ramp included).
+    pub ring: RingStats,
 }
 
 /// What a run measured.
@@ -159,6 +163,9 @@ pub fn run(
         entries,
         arena_bytes: (qd * max_bs + (1 << 20)).next_power_of_two().max(4 << 20),
         thread_name: "ringperf-job".into(),
+        register_buffers: w.fixed_bufs,
+        ring_mode: w.ring_mode.map(crate::cli::RingMode::task_run_mode),
+        submit_batch: w.submit_batch,
         ..ReactorConfig::default()
     };
     let mut set = ReactorSet::start(cfg)?;
@@ -592,6 +599,7 @@ async fn job_main(ctx: JobCtx) -> Result<JobOutcome, String> {
         errors: RefCell::new(Vec::new()),
     });
     let cpu0 = Cpu::now(true);
+    let ring0 = ring_stats().unwrap_or_default();
     // Closes intervals even while every I/O is stuck, so progress lines keep coming.
     let ticker = {
         let job = Rc::clone(&job);
@@ -615,6 +623,13 @@ async fn job_main(ctx: JobCtx) -> Result<JobOutcome, String> {
     }
     ticker.abort();
     let cpu = Cpu::now(true).since(cpu0);
+    let ring1 = ring_stats().unwrap_or_default();
+    let ring = RingStats {
+        submit_enters: ring1.submit_enters.saturating_sub(ring0.submit_enters),
+        submitted: ring1.submitted.saturating_sub(ring0.submitted),
+        waits: ring1.waits.saturating_sub(ring0.waits),
+        reaped: ring1.reaped.saturating_sub(ring0.reaped),
+    };
     let finish = Instant::now();
     // Close the full intervals; the partial one past the end holds only stragglers.
     job.rotate(finish.min(end));
@@ -636,5 +651,6 @@ async fn job_main(ctx: JobCtx) -> Result<JobOutcome, String> {
         cpu,
         measured,
         first_errors,
+        ring,
     })
 }

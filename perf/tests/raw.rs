@@ -210,3 +210,44 @@ fn bad_arguments_fail_cleanly() {
     let out = ringperf(&["--target", "pool:tank/vol", "--runtime", "1"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `--submit-batch` reaches the job ring: 1 (the default) submits every I/O with its own
+/// io_uring_enter, 0 submits what the workers queued in one reactor turn together (at QD16,
+/// several per enter); `--fixed-bufs=false` and `--ring-mode` still give correct runs.
+#[test]
+fn submit_batch_and_ring_options_reach_the_ring() {
+    let dir = scratch();
+    let img = path_str(&file(&dir, "img"));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--target",
+            &img,
+            "--size",
+            "16M",
+            "--rw",
+            "randread",
+            "--qd",
+            "16",
+            "--runtime",
+            "1",
+            "--verify",
+        ];
+        args.extend_from_slice(extra);
+        let (code, v) = ringperf_json(&args);
+        assert_eq!(code, Some(0), "{extra:?}: {v}");
+        assert!(f64_at(&v, "total.ios") > 100.0, "{extra:?}: {v}");
+        assert_eq!(f64_at(&v, "verify_errors"), 0.0);
+        v
+    };
+    let each = run(&[]);
+    assert_eq!(f64_at(&each, "ring.submit_batch"), 1.0);
+    let spe = f64_at(&each, "ring.sqes_per_enter");
+    assert!((1.0..1.01).contains(&spe), "default: {spe} SQEs per enter");
+    let batched = run(&["--submit-batch", "0"]);
+    let spe = f64_at(&batched, "ring.sqes_per_enter");
+    assert!(spe > 1.5, "per-turn batching at QD16: {spe} SQEs per enter");
+    let four = run(&["--submit-batch", "4"]);
+    let spe = f64_at(&four, "ring.sqes_per_enter");
+    assert!(spe <= 4.0, "batch 4: {spe} SQEs per enter");
+    run(&["--fixed-bufs=false", "--ring-mode", "coop"]);
+}

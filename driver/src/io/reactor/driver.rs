@@ -9,7 +9,11 @@
 //!   is only pushed while `in_flight < cq_capacity`, otherwise it waits in a local backlog that
 //!   drains as completions are reaped.
 //! * Submission is batched: ops are pushed to the SQ as they are created and the ring is
-//!   entered once per reactor loop iteration (or when the SQ is full).
+//!   entered once per reactor loop iteration (or when the SQ is full). With a submit batch
+//!   limit ([`super::ReactorConfig::submit_batch`]) the ring is also entered as soon as that
+//!   many SQEs are waiting, so a device sees requests as they are made instead of in bursts.
+//! * [`RingStats`] counts the enters and the SQEs they submitted (SQEs per enter is the burst
+//!   size a device sees; the diagnostics ringperf prints).
 
 use std::collections::VecDeque;
 use std::io;
@@ -98,6 +102,19 @@ struct Slot {
     data: OpData,
 }
 
+/// Counters of one ring since it was set up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// io_uring_enter calls that submitted at least one SQE.
+    pub submit_enters: u64,
+    /// SQEs the kernel accepted.
+    pub submitted: u64,
+    /// io_uring_enter calls that waited for a completion.
+    pub waits: u64,
+    /// CQEs reaped.
+    pub reaped: u64,
+}
+
 pub(crate) struct Driver {
     // Field order matters for Drop: `ring` must be closed only after every in-flight op has
     // completed (Drop for Driver waits for that), and before `ops` releases the buffers.
@@ -111,6 +128,9 @@ pub(crate) struct Driver {
     efd_buf: Box<u64>,
     efd_armed: bool,
     info: RingInfo,
+    /// Enter the kernel as soon as this many SQEs wait in the SQ (0: once per loop turn).
+    submit_batch: usize,
+    stats: RingStats,
 }
 
 impl std::fmt::Debug for Driver {
@@ -187,6 +207,8 @@ impl Driver {
                         efd_buf: Box::new(0),
                         efd_armed: false,
                         info,
+                        submit_batch: 0,
+                        stats: RingStats::default(),
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -205,6 +227,15 @@ impl Driver {
 
     pub(crate) fn ring(&self) -> &IoUring {
         &self.ring
+    }
+
+    /// Enter the kernel as soon as `n` SQEs are queued (0: only once per loop turn).
+    pub(crate) fn set_submit_batch(&mut self, n: usize) {
+        self.submit_batch = n;
+    }
+
+    pub(crate) fn stats(&self) -> RingStats {
+        self.stats
     }
 
     /// An operation other than the wake-up read is in flight or backlogged.
@@ -237,6 +268,15 @@ impl Driver {
         }
         if let Err(entry) = self.try_push_sq(entry) {
             self.backlog.push_back(entry);
+            return;
+        }
+        if self.submit_batch > 0
+            && !self.info.sqpoll
+            && self.ring.submission().len() >= self.submit_batch
+        {
+            // Submit only: completions are reaped at the loop turn as usual. An error here
+            // (EBUSY, EAGAIN) leaves the SQEs queued for that turn, which reports it.
+            let _ = self.enter(false);
         }
     }
 
@@ -349,10 +389,11 @@ impl Driver {
     /// Enter the kernel: submit the SQ and, if `wait`, block for at least one completion.
     fn enter(&mut self, wait: bool) -> io::Result<()> {
         let want = usize::from(wait);
+        let queued = self.ring.submission().len();
         let r = if self.info.sqpoll {
             self.ring.submitter().submit_and_wait(want)
         } else {
-            let to_submit = u32::try_from(self.ring.submission().len()).unwrap_or(u32::MAX);
+            let to_submit = u32::try_from(queued).unwrap_or(u32::MAX);
             // SAFETY: no argument pointer is passed (None); GETEVENTS only runs task work and
             // reaps into the CQ ring, which we own.
             unsafe {
@@ -364,8 +405,17 @@ impl Driver {
                 )
             }
         };
+        self.stats.waits += u64::from(wait);
         match r {
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                if !self.info.sqpoll && n > 0 {
+                    self.stats.submit_enters += 1;
+                    self.stats.submitted += u64::try_from(n).unwrap_or(0);
+                } else if self.info.sqpoll && queued > 0 {
+                    self.stats.submitted += u64::try_from(queued).unwrap_or(0);
+                }
+                Ok(())
+            }
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -403,6 +453,7 @@ impl Driver {
         cq.sync();
         for cqe in &mut cq {
             self.in_flight = self.in_flight.saturating_sub(1);
+            self.stats.reaped += 1;
             let ud = cqe.user_data();
             if ud == TOKEN_EVENTFD {
                 self.efd_armed = false;

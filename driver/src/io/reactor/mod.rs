@@ -28,6 +28,7 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+pub use driver::RingStats;
 pub(crate) use driver::{Completion, Driver, MsgData, OpData, SockAddrBuf};
 pub(crate) use files::{file_for_device, FileRegistrations};
 pub use set::{ReactorHandle, ReactorSet};
@@ -72,6 +73,11 @@ pub struct ReactorConfig {
     /// `RINGPOOL_REACTOR_SPIN_US` sets the default. Ignored by [`block_on`] (sync, discard and
     /// CLI threads sleep at once).
     pub spin: std::time::Duration,
+    /// Enter the kernel as soon as this many SQEs are queued, instead of once per loop turn
+    /// for everything the runnable tasks queued (0, the default: once per turn). 1 submits
+    /// each operation as it is made, as fio does with its default `iodepth_batch_submit=1`.
+    /// The environment variable `RINGPOOL_REACTOR_SUBMIT_BATCH` sets the default.
+    pub submit_batch: usize,
 }
 
 impl Default for ReactorConfig {
@@ -94,6 +100,10 @@ impl Default for ReactorConfig {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
             ),
+            submit_batch: std::env::var("RINGPOOL_REACTOR_SUBMIT_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         }
     }
 }
@@ -245,8 +255,9 @@ pub(crate) fn current_registered_arena() -> Option<u64> {
 impl Core {
     fn new(cfg: &ReactorConfig, index: Option<usize>) -> Result<Rc<Core>, IoError> {
         let shared = Shared::new()?;
-        let driver = Driver::new(cfg.entries, cfg.sqpoll, cfg.ring_mode, Arc::clone(&shared))
+        let mut driver = Driver::new(cfg.entries, cfg.sqpoll, cfg.ring_mode, Arc::clone(&shared))
             .map_err(IoError::RingSetup)?;
+        driver.set_submit_batch(cfg.submit_batch);
         Ok(Rc::new(Core {
             index,
             shared,
@@ -500,6 +511,11 @@ pub fn in_reactor() -> bool {
 /// What the current reactor's ring setup probe chose.
 pub fn ring_info() -> Option<RingInfo> {
     current_core().map(|c| c.driver.borrow().info().clone())
+}
+
+/// Submission and completion counters of the current reactor's ring.
+pub fn ring_stats() -> Option<RingStats> {
+    current_core().map(|c| c.driver.borrow().stats())
 }
 
 /// Number of live tasks and ops with a slot on the current reactor (diagnostics and tests).
