@@ -272,13 +272,54 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
             self.len = 1;
             return None;
         }
-        let mut leaf = dir_partition(&self.mins, |m| m <= k).saturating_sub(1);
-        let mut idx = leaf_partition(&self.leaves[leaf], |e| e < k);
+        let leaf = dir_partition(&self.mins, |m| m <= k).saturating_sub(1);
+        let idx = leaf_partition(&self.leaves[leaf], |e| e < k);
         if let Some(e) = self.leaves[leaf].get_mut(idx) {
             if e.0 == k {
                 return Some(std::mem::replace(&mut e.1, v));
             }
         }
+        self.insert_at(leaf, idx, k, v);
+        None
+    }
+
+    /// Insert `k -> v` unless `conflict(prev, next)` says no, where `prev` and `next` are the
+    /// entries that would precede and follow `k` (`next` may have key `k` itself): one descent
+    /// for a check against the neighbours and the insert (a queue of disjoint ranges refusing
+    /// an overlapping one). Returns whether it inserted.
+    pub fn insert_unless(
+        &mut self,
+        k: K,
+        v: V,
+        conflict: impl FnOnce(Option<(K, V)>, Option<(K, V)>) -> bool,
+    ) -> bool {
+        if self.leaves.is_empty() {
+            if conflict(None, None) {
+                return false;
+            }
+            self.insert(k, v);
+            return true;
+        }
+        let leaf = dir_partition(&self.mins, |m| m <= k).saturating_sub(1);
+        let l = &self.leaves[leaf];
+        let idx = leaf_partition(l, |e| e < k);
+        // idx == 0 only in the first leaf or when `k` is that leaf's first key (the directory
+        // picked the last leaf starting at or before `k`): no predecessor to check then, or
+        // `next` is `k` itself.
+        let prev = idx.checked_sub(1).map(|i| l[i]);
+        let next = l
+            .get(idx)
+            .copied()
+            .or_else(|| self.leaves.get(leaf + 1).map(|n| n[0]));
+        if conflict(prev, next) || next.is_some_and(|n| n.0 == k) {
+            return false;
+        }
+        self.insert_at(leaf, idx, k, v);
+        true
+    }
+
+    /// Insert a new key at its place `idx` of `leaf` (splitting a full leaf).
+    fn insert_at(&mut self, mut leaf: usize, mut idx: usize, k: K, v: V) {
         if self.leaves[leaf].len() >= CAP {
             let half = CAP / 2;
             let mut right = Vec::with_capacity(CAP);
@@ -296,7 +337,6 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
             self.mins[leaf] = k;
         }
         self.len += 1;
-        None
     }
 
     /// Remove the entry at `p` and return it.
@@ -489,6 +529,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u16, u8),
+        /// Insert as a range `[k, k + 5)` unless it overlaps a neighbour's range.
+        InsertRange(u16, u8),
         Remove(u16),
         SetVal(u16, u8),
         Pred(u16),
@@ -500,6 +542,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             5 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::Insert(k, v)),
+            2 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::InsertRange(k, v)),
             4 => (0..400u16).prop_map(Op::Remove),
             1 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::SetVal(k, v)),
             1 => (0..420u16).prop_map(Op::Pred),
@@ -515,6 +558,19 @@ mod tests {
         for op in ops {
             match *op {
                 Op::Insert(k, v) => assert_eq!(m.insert(k, v), o.insert(k, v)),
+                Op::InsertRange(k, v) => {
+                    // Every key stands for [key, key + 5): refused when the range overlaps the
+                    // one before or the one after (what the oracle's neighbours say).
+                    let done = m.insert_unless(k, v, |p, n| {
+                        p.is_some_and(|(pk, _)| pk + 5 > k) || n.is_some_and(|(nk, _)| nk < k + 5)
+                    });
+                    let neighbours = o.range(..k).next_back().is_some_and(|(pk, _)| pk + 5 > k)
+                        || o.range(k..).next().is_some_and(|(nk, _)| *nk < k + 5);
+                    assert_eq!(done, !neighbours);
+                    if done {
+                        o.insert(k, v);
+                    }
+                }
                 Op::Remove(k) => assert_eq!(m.remove(k), o.remove(&k)),
                 Op::SetVal(k, v) => {
                     if let Some(p) = m.find(k) {

@@ -503,11 +503,20 @@ impl Metaslab {
             || self
                 .pending_frees
                 .iter()
-                .any(|q| queued_overlaps(q, start, len))
+                .enumerate()
+                .any(|(i, q)| i != slot && queued_overlaps(q, start, len))
         {
             return Err(AllocError::DoubleFree { start, len });
         }
-        self.pending_frees[slot].insert(start, (len, birth_txg));
+        // This txg's queue: the overlap check and the insert share one descent (the queue is
+        // disjoint, so only the neighbours can overlap).
+        let end = start + len;
+        let inserted = self.pending_frees[slot].insert_unless(start, (len, birth_txg), |p, n| {
+            p.is_some_and(|(ps, (pl, _))| ps + pl > start) || n.is_some_and(|(ns, _)| ns < end)
+        });
+        if !inserted {
+            return Err(AllocError::DoubleFree { start, len });
+        }
         self.pending_txg[slot] = txg;
         if self.queue_checked_txg == txg {
             self.queue_checked_txg = 0;

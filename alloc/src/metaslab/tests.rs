@@ -137,3 +137,39 @@ fn idle_metaslab_drops_and_rebuilds_size_index() {
     m.free_now(a, 0x4000, 13).unwrap();
     m.verify().unwrap();
 }
+
+/// A free overlapping one queued for the same txg fails at once whether it starts before,
+/// inside or after it, covers it or repeats it, and one overlapping another unsynced txg's
+/// queue too; touching neighbours are accepted and the queue keeps only the good frees.
+#[test]
+fn queued_free_overlaps_are_refused_at_once() {
+    let mut m = ms();
+    let a = m.alloc(0x10000, 5).unwrap();
+    m.sync(5, 0).unwrap();
+    m.sync_done(5).unwrap();
+    m.free(a + 0x4000, 0x4000, 5, 6).unwrap();
+    for (s, l) in [
+        (a + 0x5000, 0x1000),
+        (a + 0x2000, 0x3000),
+        (a + 0x7000, 0x2000),
+        (a + 0x3000, 0x6000),
+        (a + 0x4000, 0x4000),
+    ] {
+        assert_eq!(
+            m.free(s, l, 5, 6),
+            Err(AllocError::DoubleFree { start: s, len: l })
+        );
+    }
+    m.free(a + 0x2000, 0x2000, 5, 6).unwrap();
+    m.free(a + 0x8000, 0x1000, 5, 6).unwrap();
+    assert_eq!(
+        m.free(a + 0x6000, 0x1000, 5, 7),
+        Err(AllocError::DoubleFree {
+            start: a + 0x6000,
+            len: 0x1000
+        })
+    );
+    m.verify().unwrap();
+    let out = m.sync(6, 0).unwrap();
+    assert_eq!(out.sm_records, vec![SmRecord::free(a + 0x2000, 0x7000)]);
+}
