@@ -318,6 +318,24 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
         true
     }
 
+    /// Insert `k -> v` right after position `p` (at the front when `None`), from a lookup
+    /// the caller just made: no second descent. The caller guarantees that `k` sorts strictly
+    /// between the entry at `p` and the one after it (debug-checked).
+    pub fn insert_after(&mut self, p: Option<Pos>, k: K, v: V) {
+        debug_assert!(p.is_none_or(|q| self.get(q).0 < k));
+        debug_assert!(match p {
+            Some(q) => self.next(q).is_none_or(|n| self.get(n).0 > k),
+            None => self.first().is_none_or(|f| f.0 > k),
+        });
+        match p {
+            _ if self.leaves.is_empty() => {
+                self.insert(k, v);
+            }
+            Some(q) => self.insert_at(q.leaf, q.idx + 1, k, v),
+            None => self.insert_at(0, 0, k, v),
+        }
+    }
+
     /// Insert a new key at its place `idx` of `leaf` (splitting a full leaf).
     fn insert_at(&mut self, mut leaf: usize, mut idx: usize, k: K, v: V) {
         if self.leaves[leaf].len() >= CAP {
@@ -531,6 +549,8 @@ mod tests {
         Insert(u16, u8),
         /// Insert as a range `[k, k + 5)` unless it overlaps a neighbour's range.
         InsertRange(u16, u8),
+        /// Insert a missing key through `insert_after(pred_lt(k))`.
+        InsertAfter(u16, u8),
         Remove(u16),
         SetVal(u16, u8),
         Pred(u16),
@@ -543,6 +563,7 @@ mod tests {
         prop_oneof![
             5 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::Insert(k, v)),
             2 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::InsertRange(k, v)),
+            2 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::InsertAfter(k, v)),
             4 => (0..400u16).prop_map(Op::Remove),
             1 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::SetVal(k, v)),
             1 => (0..420u16).prop_map(Op::Pred),
@@ -558,6 +579,13 @@ mod tests {
         for op in ops {
             match *op {
                 Op::Insert(k, v) => assert_eq!(m.insert(k, v), o.insert(k, v)),
+                Op::InsertAfter(k, v) => {
+                    if !o.contains_key(&k) {
+                        let p = m.pred_lt(k);
+                        m.insert_after(p, k, v);
+                        o.insert(k, v);
+                    }
+                }
                 Op::InsertRange(k, v) => {
                     // Every key stands for [key, key + 5): refused when the range overlaps the
                     // one before or the one after (what the oracle's neighbours say).

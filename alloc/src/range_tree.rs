@@ -468,7 +468,10 @@ impl<U: SegUnit> RangeTree<U> {
             }
             None => {
                 self.prefetch_size_keys([(l, s), (0, 0), (0, 0)]);
-                self.by_start.insert(U::from_u64(s), U::from_u64(l));
+                // Right after `cand` (the last segment before it, or the front): the segment
+                // after `cand` starts past `e`.
+                self.by_start
+                    .insert_after(cand, U::from_u64(s), U::from_u64(l));
                 self.index_insert(s, l);
             }
         }
@@ -522,7 +525,8 @@ impl<U: SegUnit> RangeTree<U> {
             // Trim in place; the right remainder (if any) is a new segment.
             self.by_start.set_val(p, U::from_u64(left));
             if right > 0 {
-                self.by_start.insert(U::from_u64(e), U::from_u64(right));
+                self.by_start
+                    .insert_after(Some(p), U::from_u64(e), U::from_u64(right));
             }
         } else if right > 0 {
             // Cut from the front: the key moves up to `e`, still below the next segment.
