@@ -580,10 +580,10 @@ mod tests {
             match *op {
                 Op::Insert(k, v) => assert_eq!(m.insert(k, v), o.insert(k, v)),
                 Op::InsertAfter(k, v) => {
-                    if !o.contains_key(&k) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = o.entry(k) {
                         let p = m.pred_lt(k);
                         m.insert_after(p, k, v);
-                        o.insert(k, v);
+                        slot.insert(v);
                     }
                 }
                 Op::InsertRange(k, v) => {
