@@ -53,19 +53,23 @@ fn sequential_stream_reads_ahead_and_sees_later_writes() -> anyhow::Result<()> {
         let mut model = pattern(1, size);
         vol.write(0, &model, false).await?;
         vol.flush().await?;
-        // First half: a plain sequential stream. Read-ahead must cut the device reads well
-        // below one per request (each 128 KiB request alone is one merged device read).
+        // First half: a sequential stream of 128 KiB and 64 KiB requests (unequal lengths:
+        // 1 MiB chunks, not request-sized windows). Read-ahead must cut the device reads well
+        // below one per request (each request alone is one merged device read).
         let before = dev.read_count();
         let mut off = 0;
+        let mut requests = 0u64;
         while off < size / 2 {
-            let got = read_at(&vol, off as u64, step).await?;
-            anyhow::ensure!(
-                got == model[off..off + step],
-                "stream read at {off} differs"
-            );
-            off += step;
+            let len = if requests.is_multiple_of(2) {
+                step
+            } else {
+                step / 2
+            };
+            let got = read_at(&vol, off as u64, len).await?;
+            anyhow::ensure!(got == model[off..off + len], "stream read at {off} differs");
+            off += len;
+            requests += 1;
         }
-        let requests = (size / 2 / step) as u64;
         let device_reads = dev.read_count() - before;
         anyhow::ensure!(
             device_reads * 3 < requests,
@@ -115,6 +119,76 @@ fn sequential_stream_reads_ahead_and_sees_later_writes() -> anyhow::Result<()> {
 }
 
 /// Block `b` at version `v`: every 8-byte word is `b << 32 | v`.
+#[test]
+fn equal_requests_are_answered_with_read_ahead_windows_that_are_current() -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(128 << 20, 4096);
+    let pool = create_one_shard("raw", vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
+    let size = 16usize << 20;
+    let vol = pool.create_volume("v", size as u64, 4096)?;
+    let step = 128 * 1024;
+    io::block_on(&rcfg(), async {
+        let mut model = pattern(3, size);
+        vol.write(0, &model, false).await?;
+        vol.flush().await?;
+        // Equal 128 KiB requests: after the first few, each gets a window's buffer in place of
+        // its own (another allocation) with the right bytes in the reply layout.
+        let (mut off, mut requests, mut handed) = (0usize, 0u64, 0u64);
+        let check = |buf: &IoBuf, off: usize, model: &[u8]| {
+            buf.len() == 4096 + step && buf[4096..] == model[off..off + step]
+        };
+        while off < size / 2 {
+            let buf = IoBuf::zeroed(4096 + step);
+            let given = buf.addr();
+            let (r, buf) = vol
+                .read_into(off as u64, buf, 4096..4096 + step, None)
+                .await;
+            r?;
+            anyhow::ensure!(check(&buf, off, &model), "stream read at {off} differs");
+            handed += u64::from(buf.addr() != given);
+            off += step;
+            requests += 1;
+        }
+        anyhow::ensure!(
+            handed + 4 >= requests,
+            "{handed} of {requests} equal sequential requests answered with a window"
+        );
+        // Change the windows ahead behind the read-ahead's back: a whole block, a partial
+        // block, a hole, and a block rewritten with the bytes it had (a new pointer).
+        let writes: &[(usize, usize)] = &[(off + 4096, 4096), (off + 3 * step + 100, 5000)];
+        for (k, &(o, l)) in writes.iter().enumerate() {
+            let d = pattern(70 + k as u64, l);
+            vol.write(o as u64, &d, false).await?;
+            model[o..o + l].copy_from_slice(&d);
+        }
+        let hole = off + 2 * step + 8192;
+        vol.punch(hole as u64, 8192, false).await?;
+        model[hole..hole + 8192].fill(0);
+        let same = off + 5 * step;
+        vol.write(same as u64, &model[same..same + 4096], false)
+            .await?;
+        while off < size {
+            let buf = IoBuf::zeroed(4096 + step);
+            let (r, buf) = vol
+                .read_into(off as u64, buf, 4096..4096 + step, None)
+                .await;
+            r?;
+            if !check(&buf, off, &model) {
+                let got = &buf[4096..];
+                let first = (0..step).find(|&i| got[i] != model[off + i]).unwrap_or(0);
+                anyhow::bail!(
+                    "stream read at {off}: first difference at byte {}",
+                    off + first
+                );
+            }
+            off += step;
+        }
+        anyhow::Ok(())
+    })??;
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}
+
 fn stamp(b: u64, v: u64, bs: usize) -> Vec<u8> {
     let w = (b << 32 | v).to_le_bytes();
     w.iter().copied().cycle().take(bs).collect()

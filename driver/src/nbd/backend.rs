@@ -12,7 +12,9 @@
 //!   ([`ReadLayout`]), so the server can answer with hole chunks instead of data.
 //!   `range.start` is a multiple of 4096 and `buf` is page aligned, so O_DIRECT can read straight
 //!   into it; the bytes before `range.start` belong to the server (reply header) and must not
-//!   be touched.
+//!   be touched. A backend may instead hand back another buffer of the same length with the
+//!   data at `range` (e.g. one it read ahead, without copying); the server then writes the
+//!   reply header into that one.
 //! * **Write** stores all of `data[..]` (its whole length) at `offset`. With `fua` it returns
 //!   only once the data is durable.
 //! * **Flush** returns once every write that completed before it was called is durable, on

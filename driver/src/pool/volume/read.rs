@@ -79,6 +79,10 @@ impl Volume {
     /// Reads `range.len()` bytes at `offset` into `buf[range]`, collecting the byte ranges
     /// (relative to `range.start`) that were holes; the rest of `buf` is left alone. The NBD
     /// export reads through this straight into its reply buffer.
+    ///
+    /// The buffer handed back may be another one of the same length with the data at `range`
+    /// (a read-ahead window of exactly this request, see `readahead`); the bytes outside
+    /// `range` are then unspecified.
     pub async fn read_into(
         &self,
         offset: u64,
@@ -102,7 +106,7 @@ impl Volume {
         }
         let bs = self.bs();
         let plan = if crate::io::in_reactor() {
-            readahead::plan(self, offset, len)
+            readahead::plan(self, offset, len, range.start)
         } else {
             readahead::Plan {
                 cover: Vec::new(),
@@ -126,6 +130,17 @@ impl Volume {
         };
         let mut buf = buf;
         if !plan.cover.is_empty() {
+            // A read-ahead window of exactly this request, still current: its buffer is the
+            // answer (the caller's goes back to the read-ahead).
+            let bps: Vec<BlockPointer> = pieces.iter().map(|p| p.bp).collect();
+            let want = buf.len().max(range.end);
+            if let Some(w) =
+                readahead::take_window(&plan.cover, offset, len, range.start, want, &bps)
+            {
+                drop(guard);
+                readahead::recycle(std::mem::replace(&mut buf, w));
+                return (Ok(()), buf);
+            }
             pieces = self.serve_cached(pieces, &plan.cover, &mut buf, range.start);
         }
         let (r, buf) = self.read_pieces(&pieces, buf, range, holes).await;
@@ -144,31 +159,36 @@ impl Volume {
     ) -> Vec<Piece> {
         let bs = self.bs();
         let bsu = usize::try_from(bs).unwrap_or(usize::MAX);
-        let per_chunk = readahead::CHUNK / bs;
         let mut rest = Vec::with_capacity(pieces.len());
         for p in pieces {
             if data_of(&p.bp).is_none() {
                 rest.push(p);
                 continue;
             }
-            let index = p.blkid / per_chunk;
-            let served = cover.iter().find(|c| c.index == index).is_some_and(|c| {
-                let fill = c.fill.borrow();
-                let readahead::Fill::Ready { data, bps } = &*fill else {
-                    return false;
-                };
-                let i = usize::try_from(p.blkid - index * per_chunk).unwrap_or(usize::MAX);
-                if bps.get(i).copied().flatten() != Some(p.bp) {
-                    return false;
-                }
-                let src = i.saturating_mul(bsu).saturating_add(p.in_blk);
-                if src.saturating_add(p.len) > data.len() {
-                    return false;
-                }
-                let dst = base + p.dst;
-                buf.spare_and_all_mut()[dst..dst + p.len].copy_from_slice(&data[src..src + p.len]);
-                true
-            });
+            let pos = p.blkid * bs;
+            let served = cover
+                .iter()
+                .find_map(|c| c.slot(pos, bs).map(|i| (c, i)))
+                .is_some_and(|(c, i)| {
+                    let fill = c.fill.borrow();
+                    let readahead::Fill::Ready { data, bps } = &*fill else {
+                        return false;
+                    };
+                    if bps.get(i).copied().flatten() != Some(p.bp) {
+                        return false;
+                    }
+                    let src = c
+                        .pad
+                        .saturating_add(i.saturating_mul(bsu))
+                        .saturating_add(p.in_blk);
+                    if src.saturating_add(p.len) > data.len() {
+                        return false;
+                    }
+                    let dst = base + p.dst;
+                    buf.spare_and_all_mut()[dst..dst + p.len]
+                        .copy_from_slice(&data[src..src + p.len]);
+                    true
+                });
             if !served {
                 rest.push(p);
             }
@@ -182,13 +202,14 @@ impl Volume {
         // chunk pending: a later reader on this thread would wait for it forever.
         let chunk = readahead::FailOnDrop(chunk);
         let chunk = &chunk.0;
-        let start = chunk.index * readahead::CHUNK;
+        let start = chunk.start;
         let size = self.size();
         if start >= size {
             chunk.finish(readahead::Fill::Failed);
             return;
         }
-        let len = usize::try_from((size - start).min(readahead::CHUNK)).unwrap_or(0);
+        let len = usize::try_from((size - start).min(chunk.len)).unwrap_or(0);
+        let pad = chunk.pad;
         let guard = self.shared.readers.enter();
         let pieces = match self.pieces(start, len).await {
             Ok(p) => p,
@@ -197,8 +218,8 @@ impl Volume {
                 return;
             }
         };
-        let buf = readahead::buffer();
-        let (r, data) = self.read_runs(&pieces, buf, 0).await;
+        let buf = readahead::buffer(pad + len);
+        let (r, data) = self.read_runs(&pieces, buf, pad).await;
         drop(guard);
         let fill = match r {
             Ok(bad) => {

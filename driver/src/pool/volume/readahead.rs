@@ -15,6 +15,14 @@
 //! failed verification while filling are simply not cached: the request reads them itself and
 //! reports or repairs them on its normal path.
 //!
+//! **Windows the size of the request, handed over whole.** A stream whose requests all have
+//! the same block-aligned length L (fio, dd, qemu-img and nbdcopy all read that way) is read
+//! ahead in windows of exactly L bytes at the request offsets, each in a buffer laid out like
+//! the caller's (the same room before the data, e.g. the NBD reply header page). A request
+//! that matches a ready window whose pointers are all current gets the window's buffer in
+//! place of its own ([`take_window`]): no copy. Other streams use chunks of [`CHUNK`] bytes,
+//! copied block by block.
+//!
 //! Everything lives in a thread-local, so no lock is taken; a volume's requests from several
 //! reactors each get their own streams and chunks.
 
@@ -30,12 +38,18 @@ use ringpool_ondisk::blkptr::BlockPointer;
 use super::{Volume, VolumeInner};
 use crate::io::IoBuf;
 
-/// Bytes per read-ahead chunk (a multiple of every volume block size, at most 128 KiB).
+/// Bytes per read-ahead chunk (a multiple of every volume block size, at most 128 KiB), and
+/// the largest request length read ahead in windows of its own size.
 pub(super) const CHUNK: u64 = 1 << 20;
-/// Chunks kept ahead of a sequential reader (read in parallel).
-const AHEAD: u64 = 4;
-/// Chunks cached per reactor (the least recently used go first).
-const MAX_CHUNKS: usize = 12;
+/// Bytes kept ahead of a sequential reader (read in parallel).
+const AHEAD_BYTES: u64 = 4 * CHUNK;
+/// Bytes of chunks and windows cached per reactor (the least recently used go first).
+const MAX_BYTES: u64 = 12 * CHUNK;
+/// Equal requests at least this long are read ahead in windows of their own size (smaller
+/// ones would make too many windows; their copy out of a chunk is cheap).
+const WINDOW_MIN: u64 = 64 * 1024;
+/// Spare buffers kept for reuse.
+const MAX_SPARE: usize = 16;
 /// Back-to-back reads seen on a stream before read-ahead starts (a random reader hits the
 /// previous end by chance only rarely, and never this many times in a row).
 const MIN_RUN: u32 = 3;
@@ -46,7 +60,7 @@ const MAX_STREAMS: usize = 16;
 pub(super) enum Fill {
     /// Device reads in flight.
     Pending,
-    /// `data` holds the chunk's bytes (block `first + i` at `i * block size`); `bps[i]` is the
+    /// `data` holds the chunk's bytes (block `first + i` at `pad + i * block size`); `bps[i]` is the
     /// pointer block `first + i` was read and verified under, `None` when it is not usable
     /// (a hole, or it failed verification).
     Ready {
@@ -57,11 +71,15 @@ pub(super) enum Fill {
     Failed,
 }
 
-/// One chunk of one volume.
+/// One chunk (or window) of one volume.
 pub(super) struct Chunk {
     vol: Weak<VolumeInner>,
-    /// Chunk number (volume offset / CHUNK).
-    pub(super) index: u64,
+    /// Volume offset of the first byte (block aligned).
+    pub(super) start: u64,
+    /// Bytes covered (whole blocks, except at the end of the volume).
+    pub(super) len: u64,
+    /// Where the bytes start in the buffer (the room a window leaves before its data).
+    pub(super) pad: usize,
     pub(super) fill: RefCell<Fill>,
     waiters: RefCell<Vec<Waker>>,
     last_use: Cell<u64>,
@@ -78,6 +96,18 @@ impl Chunk {
 
     fn pending(&self) -> bool {
         matches!(*self.fill.borrow(), Fill::Pending)
+    }
+
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.start < end && start < self.start + self.len
+    }
+
+    /// Index in this chunk of the block holding volume offset `pos`, if the chunk covers it.
+    pub(super) fn slot(&self, pos: u64, bs: u64) -> Option<usize> {
+        if pos < self.start || pos >= self.start + self.len {
+            return None;
+        }
+        usize::try_from((pos - self.start) / bs).ok()
     }
 }
 
@@ -113,6 +143,10 @@ struct Stream {
     vol: Weak<VolumeInner>,
     next: u64,
     run: u32,
+    /// Length of the stream's requests while they are all the same (0 once they differ).
+    len: u64,
+    /// End of the read-ahead already started for this stream.
+    ahead: u64,
     last_use: u64,
 }
 
@@ -142,28 +176,37 @@ fn same(w: &Weak<VolumeInner>, v: &Arc<VolumeInner>) -> bool {
     std::ptr::eq(w.as_ptr(), Arc::as_ptr(v))
 }
 
-/// Notes a read of `[offset, offset + len)` on `vol` and returns the chunks that cover it and
-/// the chunks to start filling. Chunks are only created for sequential streams; existing ones
-/// cover any read (a second reader of the same region profits too).
-pub(super) fn plan(vol: &Volume, offset: u64, len: u64) -> Plan {
+/// Notes a read of `[offset, offset + len)` on `vol` into a buffer where the data starts at
+/// `pad`, and returns the chunks that cover it and the chunks to start filling. Chunks are only
+/// created for sequential streams; existing ones cover any read (a second reader of the same
+/// region profits too).
+pub(super) fn plan(vol: &Volume, offset: u64, len: u64, pad: usize) -> Plan {
     let end = offset.saturating_add(len);
     let size = vol.size();
+    let bs = vol.bs();
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.tick += 1;
         let tick = s.tick;
         let inner = &vol.inner;
+        // Dead volumes' chunks and streams go.
+        s.chunks.retain(|c| c.vol.strong_count() > 0);
+        s.streams.retain(|st| st.vol.strong_count() > 0);
         // Which stream this read continues, if any.
-        let run = match s
+        let found = s
             .streams
-            .iter_mut()
-            .find(|st| same(&st.vol, inner) && st.next == offset)
-        {
-            Some(st) => {
+            .iter()
+            .position(|st| same(&st.vol, inner) && st.next == offset);
+        let si = match found {
+            Some(i) => {
+                let st = &mut s.streams[i];
                 st.run = st.run.saturating_add(1);
                 st.next = end;
                 st.last_use = tick;
-                st.run
+                if st.len != len {
+                    st.len = 0;
+                }
+                i
             }
             None => {
                 if s.streams.len() >= MAX_STREAMS {
@@ -175,60 +218,80 @@ pub(super) fn plan(vol: &Volume, offset: u64, len: u64) -> Plan {
                     vol: Arc::downgrade(inner),
                     next: end,
                     run: 1,
+                    len,
+                    ahead: 0,
                     last_use: tick,
                 });
-                1
+                s.streams.len() - 1
             }
         };
-        // Dead volumes' chunks and streams go.
-        s.chunks.retain(|c| c.vol.strong_count() > 0);
-        s.streams.retain(|st| st.vol.strong_count() > 0);
-        let first = offset / CHUNK;
-        let last = end.saturating_sub(1) / CHUNK;
-        let want_last = if run >= MIN_RUN {
-            (end.saturating_sub(1) + AHEAD * CHUNK).min(size.saturating_sub(1)) / CHUNK
-        } else {
-            last
+        let (run, same_len, ahead) = {
+            let st = &s.streams[si];
+            (st.run, st.len == len, st.ahead)
         };
-        let mut cover = Vec::new();
+        // Windows of the request's own size for a stream of equal, block-aligned requests at
+        // offsets that are multiples of it; chunks otherwise.
+        let windowed = same_len
+            && (WINDOW_MIN..=CHUNK).contains(&len)
+            && len.is_multiple_of(bs)
+            && offset.is_multiple_of(len);
+        let (unit, unit_pad) = if windowed { (len, pad) } else { (CHUNK, 0) };
+        let mut cover: Vec<Rc<Chunk>> = s
+            .chunks
+            .iter()
+            .filter(|c| same(&c.vol, inner) && c.overlaps(offset, end))
+            .cloned()
+            .collect();
+        cover.sort_by_key(|c| c.start);
+        for c in &cover {
+            c.last_use.set(tick);
+        }
         let mut start = Vec::new();
-        for index in first..=want_last.max(last) {
-            let found = s
-                .chunks
-                .iter()
-                .find(|c| c.index == index && same(&c.vol, inner))
-                .cloned();
-            let chunk = match found {
-                Some(c) => c,
-                None if run >= MIN_RUN && index <= want_last => {
+        if run >= MIN_RUN {
+            let ahead_end = end.saturating_add(AHEAD_BYTES).min(size);
+            // Only what this stream has not started yet (the rest exists or was evicted).
+            let mut at = (offset / unit * unit).max(ahead.div_ceil(unit) * unit);
+            while at < ahead_end {
+                let w_end = (at + unit).min(size);
+                let taken = s
+                    .chunks
+                    .iter()
+                    .any(|c| same(&c.vol, inner) && c.overlaps(at, w_end));
+                if !taken {
                     let c = Rc::new(Chunk {
                         vol: Arc::downgrade(inner),
-                        index,
+                        start: at,
+                        len: w_end - at,
+                        pad: unit_pad,
                         fill: RefCell::new(Fill::Pending),
                         waiters: RefCell::new(Vec::new()),
                         last_use: Cell::new(tick),
                     });
                     s.chunks.push(Rc::clone(&c));
-                    start.push(Rc::clone(&c));
-                    c
+                    if c.overlaps(offset, end) {
+                        cover.push(Rc::clone(&c));
+                    }
+                    start.push(c);
                 }
-                None => continue,
-            };
-            if index <= last {
-                chunk.last_use.set(tick);
-                cover.push(chunk);
+                at += unit;
+            }
+            cover.sort_by_key(|c| c.start);
+            if let Some(st) = s.streams.get_mut(si) {
+                st.ahead = st.ahead.max(at);
             }
         }
         // Bound the cache: drop the least recently used chunks that nobody fills.
-        while s.chunks.len() > MAX_CHUNKS {
+        let mut bytes: u64 = s.chunks.iter().map(|c| c.len).sum();
+        while bytes > MAX_BYTES {
             let victim = (0..s.chunks.len())
                 .filter(|&i| !s.chunks[i].pending())
                 .min_by_key(|&i| s.chunks[i].last_use.get());
             let Some(i) = victim else { break };
             let c = s.chunks.swap_remove(i);
+            bytes -= c.len;
             if let Ok(c) = Rc::try_unwrap(c) {
                 if let Fill::Ready { data, .. } = c.fill.into_inner() {
-                    if s.spare.len() < MAX_CHUNKS {
+                    if s.spare.len() < MAX_SPARE {
                         s.spare.push(data);
                     }
                 }
@@ -238,11 +301,60 @@ pub(super) fn plan(vol: &Volume, offset: u64, len: u64) -> Plan {
     })
 }
 
-/// A chunk buffer (`CHUNK` bytes, aligned for O_DIRECT), reused when one is spare.
-pub(super) fn buffer() -> IoBuf {
-    let mut b = STATE
-        .with(|s| s.borrow_mut().spare.pop())
-        .unwrap_or_else(|| IoBuf::with_capacity(usize::try_from(CHUNK).unwrap_or(1 << 20)));
-    b.set_len(b.capacity());
+/// A buffer of `len` bytes for a chunk, aligned for O_DIRECT; a spare one is reused when one
+/// is large enough (a fresh large buffer is an mmap and a page fault per page).
+pub(super) fn buffer(len: usize) -> IoBuf {
+    let spare = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let i = s.spare.iter().position(|b| b.capacity() >= len)?;
+        Some(s.spare.swap_remove(i))
+    });
+    let mut b = spare.unwrap_or_else(|| IoBuf::with_capacity(len));
+    b.set_len(len);
     b
+}
+
+/// Keeps `buf` for a later chunk (a caller's buffer a window replaced).
+pub(super) fn recycle(buf: IoBuf) {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.spare.len() < MAX_SPARE {
+            s.spare.push(buf);
+        }
+    });
+}
+
+/// The whole-request handover: if `cover` is one ready window of exactly `[offset, offset +
+/// len)` laid out at `pad`, its buffer can hold `want_len` bytes, and every block's current
+/// pointer (`bps`, in order) is the one the window was read under, the window's buffer is taken
+/// (the window is then spent) and returned with length `want_len`.
+pub(super) fn take_window(
+    cover: &[Rc<Chunk>],
+    offset: u64,
+    len: u64,
+    pad: usize,
+    want_len: usize,
+    bps: &[BlockPointer],
+) -> Option<IoBuf> {
+    let [c] = cover else {
+        return None;
+    };
+    if c.start != offset || c.len != len || c.pad != pad {
+        return None;
+    }
+    let mut fill = c.fill.borrow_mut();
+    let Fill::Ready { data, bps: have } = &*fill else {
+        return None;
+    };
+    if data.capacity() < want_len
+        || have.len() != bps.len()
+        || have.iter().zip(bps).any(|(h, b)| *h != Some(*b))
+    {
+        return None;
+    }
+    let Fill::Ready { mut data, .. } = std::mem::replace(&mut *fill, Fill::Failed) else {
+        return None;
+    };
+    data.set_len(want_len);
+    Some(data)
 }
