@@ -31,9 +31,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use ringpool_driver::io::{self, ReactorConfig};
 use ringpool_driver::pool::checkpoint::{
-    DEFAULT_DISCARD_SYNC_TIME_US, DISCARD_MEMORY_LIMIT_PROP, DISCARD_SYNC_TIME_PROP,
+    DEFAULT_DISCARD_SYNC_TIME_US, DEFAULT_DISCARD_TXG_WAIT_MS, DISCARD_MEMORY_LIMIT_PROP,
+    DISCARD_SYNC_TIME_PROP, DISCARD_TXG_WAIT_PROP,
 };
-use ringpool_driver::pool::{CreateOptions, Pool, Volume};
+use ringpool_driver::pool::{CheckpointState, CreateOptions, Pool, Volume};
 
 const BS: u64 = 4096;
 const FG_BYTES: u64 = 1 << 30;
@@ -41,25 +42,26 @@ const FG_BYTES: u64 = 1 << 30;
 /// Window 0 is the warm-up; the others are numbered by the main thread (see `Plan`).
 const STOP: u32 = u32::MAX;
 
-/// Which windows are which: 1..=secs without, secs + 1 during, then secs more without.
-#[derive(Debug, Clone, Copy)]
+/// Which windows are which: 1..=secs without, then one per second of the discard (the last
+/// one ends with it), then secs more without. The discard's length is known only once it
+/// is over, so the first window after it is published then.
+#[derive(Debug)]
 struct Plan {
     secs: u32,
+    /// First window after the discard; `u32::MAX` while it runs.
+    after: AtomicU32,
 }
 
 impl Plan {
-    fn during(self) -> u32 {
+    fn during(&self) -> u32 {
         self.secs + 1
     }
-    fn windows(self) -> u32 {
-        2 * self.secs + 2
-    }
     /// 0 warm-up, 1 before, 2 during, 3 after.
-    fn kind(self, w: u32) -> usize {
+    fn kind(&self, w: u32) -> usize {
         match w {
             0 => 0,
             w if w < self.during() => 1,
-            w if w == self.during() => 2,
+            w if w < self.after.load(Ordering::Relaxed) => 2,
             _ => 3,
         }
     }
@@ -138,11 +140,8 @@ fn foreground(
     vol: Volume,
     qd: usize,
     window: Arc<AtomicU32>,
-    windows: u32,
 ) -> anyhow::Result<Vec<Histogram<u64>>> {
-    let hists: Vec<Histogram<u64>> = (0..windows)
-        .map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3))
-        .collect::<Result<_, _>>()?;
+    let hists: Vec<Histogram<u64>> = Vec::new();
     let hists = Rc::new(RefCell::new(hists));
     let h = Rc::clone(&hists);
     io::block_on(&rc(), async move {
@@ -168,9 +167,11 @@ fn foreground(
                         r?;
                         let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
                         if window.load(Ordering::Relaxed) == w {
-                            if let Some(hh) = h.borrow_mut().get_mut(w as usize) {
-                                hh.saturating_record(ns.max(1));
+                            let mut hs = h.borrow_mut();
+                            while hs.len() <= w as usize {
+                                hs.push(Histogram::new_with_bounds(1, 60_000_000_000, 3)?);
                             }
+                            hs[w as usize].saturating_record(ns.max(1));
                         }
                     }
                 })
@@ -207,19 +208,23 @@ fn main() -> anyhow::Result<()> {
     let sync_us: u64 = args
         .get(5)
         .map_or(Ok(DEFAULT_DISCARD_SYNC_TIME_US), |s| s.parse())?;
+    let wait_ms: u64 = args
+        .get(6)
+        .map_or(Ok(DEFAULT_DISCARD_TXG_WAIT_MS), |s| s.parse())?;
     let blocks = extents * 2;
     let path = dir.path().join("dev0");
     // Room for the data, the CoW tree and the foreground volume's churn.
     let dev_size = (blocks * BS + blocks * BS / 4 + 4 * FG_BYTES).next_multiple_of(1 << 30);
     std::fs::File::create(&path)?.set_len(dev_size)?;
     println!(
-        "device {} ({} GiB, sparse), {extents} extents, limit {limit} B, sync time {sync_us} us, QD {qd}, {secs} s phases",
+        "device {} ({} GiB, sparse), {extents} extents, limit {limit} B, sync time {sync_us} us, txg wait {wait_ms} ms, QD {qd}, {secs} s phases",
         path.display(),
         dev_size >> 30
     );
     let pool = Pool::create_paths("bench", &[path], &CreateOptions::default())?;
     pool.set_property(DISCARD_MEMORY_LIMIT_PROP, &limit.to_string())?;
     pool.set_property(DISCARD_SYNC_TIME_PROP, &sync_us.to_string())?;
+    pool.set_property(DISCARD_TXG_WAIT_PROP, &wait_ms.to_string())?;
     let frag = pool.create_volume("frag", blocks * BS, 4096)?;
     let fg = pool.create_volume("fg", FG_BYTES, 4096)?;
     let t = Instant::now();
@@ -241,15 +246,19 @@ fn main() -> anyhow::Result<()> {
     // The foreground volume is born after the checkpoint: its overwrites free normally.
     fill(&fg, FG_BYTES)?;
 
-    let plan = Plan { secs };
+    let plan = Plan {
+        secs,
+        after: AtomicU32::new(u32::MAX),
+    };
+    let plan = &plan;
     let window = Arc::new(AtomicU32::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let samples = Arc::new(parking_lot::Mutex::new([PhaseSample::default(); 4]));
-    let (disc_time, txgs, rss_before, hwm, rss_end, hists) = std::thread::scope(|s| {
+    let (disc_time, txgs, rss_before, hwm, rss_end, last_len, hists) = std::thread::scope(|s| {
         let fgh = (qd > 0).then(|| {
             let vol = fg.clone();
             let w = Arc::clone(&window);
-            s.spawn(move || foreground(vol, qd, w, plan.windows()))
+            s.spawn(move || foreground(vol, qd, w))
         });
         // Sampler: per kind of window, the largest RSS and the longest txg sync.
         let sampler = {
@@ -287,30 +296,43 @@ fn main() -> anyhow::Result<()> {
             window.store(plan.during(), Ordering::Relaxed);
             let t = Instant::now();
             pool.discard_checkpoint()?;
+            // One window per second of the discard, the last one cut short by its end.
+            let mut w = plan.during();
+            let mut win_start = t;
+            while pool.checkpoint_status().state != CheckpointState::None {
+                if win_start.elapsed() >= Duration::from_secs(1) {
+                    w += 1;
+                    window.store(w, Ordering::Relaxed);
+                    win_start += Duration::from_secs(1);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
             pool.wait_discard()?;
+            let last_len = win_start.elapsed();
             let el = t.elapsed();
             let hwm = status_kib("VmHWM:");
             let rss_end = status_kib("VmRSS:");
             let txgs = pool.stats().synced_txg - t0;
+            plan.after.store(w + 1, Ordering::Relaxed);
             if qd > 0 {
-                for w in plan.during() + 1..plan.windows() {
-                    window.store(w, Ordering::Relaxed);
+                for a in w + 1..=w + secs {
+                    window.store(a, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
-            Ok((el, txgs, rss_before, hwm, rss_end))
+            Ok((el, txgs, rss_before, hwm, rss_end, last_len))
         };
         let r = run();
         window.store(STOP, Ordering::Relaxed);
         let hists = fgh.map(|h| h.join().map_err(|_| anyhow::anyhow!("foreground panicked")));
         done.store(true, Ordering::Relaxed);
         let _ = sampler.join();
-        let (el, txgs, rss_before, hwm, rss_end) = r?;
+        let (el, txgs, rss_before, hwm, rss_end, last_len) = r?;
         let hists = match hists {
             Some(h) => Some(h??),
             None => None,
         };
-        anyhow::Ok((el, txgs, rss_before, hwm, rss_end, hists))
+        anyhow::Ok((el, txgs, rss_before, hwm, rss_end, last_len, hists))
     })?;
     anyhow::ensure!(
         pool.checkpoint_status().space == 0,
@@ -340,7 +362,7 @@ fn main() -> anyhow::Result<()> {
                 mib(smp[3].max_rss_kib)
             );
         }
-        report(&h, plan, disc_time, &smp, qd)?;
+        report(&h, plan, disc_time, last_len, &smp, qd)?;
     }
     pool.export()?;
     Ok(())
@@ -348,8 +370,9 @@ fn main() -> anyhow::Result<()> {
 
 fn report(
     h: &[Histogram<u64>],
-    plan: Plan,
+    plan: &Plan,
     disc_time: Duration,
+    last_len: Duration,
     smp: &[PhaseSample; 4],
     qd: usize,
 ) -> anyhow::Result<()> {
@@ -394,26 +417,46 @@ fn report(
         us(during, 0.5) / us(&without, 0.5),
         us(during, 0.999) / us(&without, 0.999),
     );
-    // How much one window varies on its own: the p99 of each 1 s window without a discard.
-    let mut p99s: Vec<f64> = h
-        .iter()
-        .enumerate()
-        .filter(|(w, hh)| {
-            let k = plan.kind(u32::try_from(*w).unwrap_or(0));
-            (k == 1 || k == 3) && !hh.is_empty()
-        })
-        .map(|(_, hh)| us(hh, 0.99))
-        .collect();
+    // How much one window varies on its own: the p99 of every one-second window, in ms.
+    let p99_of = |kind: usize| -> Vec<f64> {
+        h.iter()
+            .enumerate()
+            .filter(|(w, hh)| plan.kind(u32::try_from(*w).unwrap_or(0)) == kind && !hh.is_empty())
+            .map(|(_, hh)| us(hh, 0.99) / 1e3)
+            .collect()
+    };
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (before, dur, after) = (p99_of(1), p99_of(2), p99_of(3));
+    println!("  p99 per one-second window (ms):");
+    println!("    before: {}", fmt(&before));
+    println!(
+        "    during: {}  (the last window {:.2} s)",
+        fmt(&dur),
+        last_len.as_secs_f64()
+    );
+    println!("    after:  {}", fmt(&after));
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let mut p99s: Vec<f64> = before.iter().chain(&after).copied().collect();
     p99s.sort_by(f64::total_cmp);
     if let (Some(lo), Some(hi)) = (p99s.first(), p99s.last()) {
-        let med = p99s[p99s.len() / 2];
-        let d = us(during, 0.99);
+        let med = median(&p99s);
+        let d = us(during, 0.99) / 1e3;
         let above = p99s.iter().filter(|&&x| x >= d).count();
         println!(
-            "  p99 of the {} one-second windows without: min {lo:.1}, median {med:.1}, max {hi:.1}; \
-             during / median {:.2}x; {above} of them at or above the discard's",
+            "  without: min {lo:.1}, median {med:.1}, max {hi:.1} ms; p99 during / median window {:.2}x; \
+             {above} of {} windows without at or above it; median window during / without {:.2}x",
+            d / med,
             p99s.len(),
-            d / med
+            median(&dur) / med
         );
     }
     Ok(())

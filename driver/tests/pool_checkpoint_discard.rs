@@ -6,9 +6,11 @@ mod pool_common;
 use std::time::Duration;
 
 use pool_common::ckpt::*;
-use pool_common::{copts, copts_with, engines, iopts, pattern, popts};
+use pool_common::{copts, copts_with, engines, iopts, pattern, popts, popts_with, rcfg};
 use ringpool_driver::io::{CrashMode, FaultyEngine};
-use ringpool_driver::pool::checkpoint::{DISCARD_MEMORY_LIMIT_PROP, DISCARD_SYNC_TIME_PROP};
+use ringpool_driver::pool::checkpoint::{
+    DISCARD_MEMORY_LIMIT_PROP, DISCARD_SYNC_TIME_PROP, DISCARD_TXG_WAIT_PROP,
+};
 use ringpool_driver::pool::{CheckpointState, CreateOptions, ImportOptions, Pool, PoolError};
 
 /// Derived 23: a tiny memory limit spreads the discard over many txgs; the space still held
@@ -79,6 +81,95 @@ fn discard_sync_time_budget_spreads_rounds() -> anyhow::Result<()> {
     // 240 entries, at most 16 per round: at least 15 destroy txgs over both halves.
     let total = first + pool.stats().synced_txg - t1;
     assert!(total >= 15, "{total} txgs");
+    verify_clean(&pool)?;
+    Ok(())
+}
+
+/// Issue 5: while something dirties every txg, discard rounds ride the txgs that are synced
+/// anyway instead of forcing their own; once the pool is idle they force them.
+///
+/// A writer dirties the open txg every millisecond; nothing else syncs (60 s txg timeout,
+/// far below the dirty trigger), and the rounds may wait 60 s for a txg. In half a second
+/// the discard must not get through: forcing its own txgs, its ~17 tiny txgs take a few
+/// milliseconds. Syncs the test asks for carry rounds. With the writer stopped the pool is
+/// idle and the rest of the discard must complete long before a round's 60 s wait.
+#[test]
+fn discard_rides_txgs_synced_anyway() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    let devs = new_devs(1);
+    let pool = Pool::create("tank", engines(&devs), &copts_with(popts_with(60_000, 2)))?;
+    pool.set_property(DISCARD_SYNC_TIME_PROP, "1")?;
+    pool.set_property(DISCARD_TXG_WAIT_PROP, "60000")?;
+    fragmented_checkpoint(&pool, 480)?;
+    let held = pool.checkpoint_status().space;
+    assert!(held >= 240 * 4096, "{held}");
+    let fg = pool.create_volume("fg", 1 << 20, BS)?;
+    /// Stops the writer however the scope is left (a failed assertion included), so the
+    /// scope's join does not wait forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let guard = StopOnDrop(&stop);
+        let writer = s.spawn(|| {
+            ringpool_driver::io::block_on(&rcfg(), async {
+                let data = pattern(7, 4096);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    fg.write((i % 256) * 4096, &data, false).await?;
+                    i += 1;
+                    ringpool_driver::io::sleep(Duration::from_millis(1)).await;
+                }
+                Ok::<(), PoolError>(())
+            })
+        });
+        let r = (|| -> anyhow::Result<()> {
+            std::thread::sleep(Duration::from_millis(20));
+            let t0 = pool.stats().synced_txg;
+            pool.discard_checkpoint()?;
+            std::thread::sleep(Duration::from_millis(500));
+            let st = pool.checkpoint_status();
+            let txgs = pool.stats().synced_txg - t0;
+            assert_eq!(st.state, CheckpointState::Discarding, "{txgs} txgs");
+            assert!(
+                st.space > held / 2,
+                "{} of {held} bytes discarded in {txgs} txgs nobody else synced",
+                held - st.space
+            );
+            // Txgs synced for another reason carry rounds.
+            let before = st.space;
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(20));
+                pool.sync_blocking()?;
+            }
+            let st = pool.checkpoint_status();
+            assert!(st.space < before, "{st:?}: no round rode 10 txgs");
+            Ok(())
+        })();
+        drop(guard);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))???;
+        r
+    })?;
+    // Idle: the rounds force their txgs.
+    let t = Instant::now();
+    while pool.checkpoint_status().state != CheckpointState::None {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "idle pool: discard stalled at {:?}",
+            pool.checkpoint_status()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pool.wait_discard()?;
+    assert_eq!(pool.checkpoint_status().space, 0);
     verify_clean(&pool)?;
     Ok(())
 }

@@ -131,8 +131,10 @@ pub enum Command {
         pool: String,
     },
     /// Set a pool property: a user property of any name (kept in the pool, shown by `get`),
-    /// checkpoint_discard_memory_limit=BYTES (checkpoint-map memory a discard txg may use) or
-    /// checkpoint_discard_sync_time_us=MICROSECONDS (sync time a discard txg may spend).
+    /// checkpoint_discard_memory_limit=BYTES (checkpoint-map memory a discard txg may use),
+    /// checkpoint_discard_sync_time_us=MICROSECONDS (sync time a discard txg may spend) or
+    /// checkpoint_discard_txg_wait_ms=MILLISECONDS (how long a discard round waits for a txg
+    /// synced anyway before forcing one; 0 = always force).
     Set {
         /// PROPERTY=VALUE, e.g. comment=backup-target.
         #[arg(value_name = "PROPERTY=VALUE")]

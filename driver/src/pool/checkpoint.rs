@@ -12,7 +12,7 @@
 //! The space held (CKPOINT) is recomputed from the maps at import (the allocator's
 //! `load_checkpoint_map`), never trusted across restarts.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -44,6 +44,16 @@ pub const DISCARD_SYNC_TIME_PROP: &str = "checkpoint_discard_sync_time_us";
 /// Default of [`DISCARD_SYNC_TIME_PROP`]: 20 ms (driver/README.md, checkpoint discard
 /// benchmark: rounds of ~260 ms put the foreground p99 at up to 2.5x).
 pub const DEFAULT_DISCARD_SYNC_TIME_US: u64 = 20_000;
+/// Pool property: how long (milliseconds) a discard round waits for its txg to be synced by
+/// somebody else (the foreground's dirty-data trigger, FLUSH, the txg timeout) before asking
+/// for the sync itself. A round that forces its own txg makes the sync thread commit small
+/// txgs back to back, taking a core from the foreground for the whole discard (issue 5);
+/// riding the txgs the foreground syncs anyway adds the round's work to them instead. An
+/// idle pool (nothing dirty) is synced at once. 0 = every round forces its txg.
+pub const DISCARD_TXG_WAIT_PROP: &str = "checkpoint_discard_txg_wait_ms";
+/// Default of [`DISCARD_TXG_WAIT_PROP`]: 1 s (a tenth of what a 5 s txg timeout would make
+/// a discard of ten rounds take on a pool written slowly).
+pub const DEFAULT_DISCARD_TXG_WAIT_MS: u64 = 1000;
 
 /// Checkpoint state of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,6 +107,19 @@ pub struct CkptShared {
     pub(crate) cancel: AtomicBool,
     /// Why the discard reactor stopped early (it resumes at the next import).
     pub(crate) error: Mutex<Option<String>>,
+    /// [`DISCARD_TXG_WAIT_PROP`] as the discard's last sync task read it (properties live in
+    /// the directory, which only syncing context reads).
+    pub(crate) txg_wait_ms: TxgWaitMs,
+}
+
+/// Milliseconds, [`DEFAULT_DISCARD_TXG_WAIT_MS`] until a sync task reads the property.
+#[derive(Debug)]
+pub(crate) struct TxgWaitMs(pub(crate) AtomicU64);
+
+impl Default for TxgWaitMs {
+    fn default() -> Self {
+        TxgWaitMs(AtomicU64::new(DEFAULT_DISCARD_TXG_WAIT_MS))
+    }
 }
 
 impl CkptShared {
@@ -205,6 +228,18 @@ pub(crate) fn queue_task(
     early: bool,
     task: SyncTask,
 ) -> Result<(u64, TaskResult)> {
+    let (txg, slot) = queue_task_unrequested(shared, early, task)?;
+    shared.txg.request_sync(txg);
+    Ok((txg, slot))
+}
+
+/// Queues `task` in the open txg without asking for that txg to be synced: it runs whenever
+/// the txg is synced for another reason (the caller decides when to ask).
+pub(crate) fn queue_task_unrequested(
+    shared: &Shared,
+    early: bool,
+    task: SyncTask,
+) -> Result<(u64, TaskResult)> {
     if shared.read_only {
         return Err(PoolError::ReadOnly);
     }
@@ -219,7 +254,6 @@ pub(crate) fn queue_task(
     });
     shared.mark_dirty(txg);
     drop(hold);
-    shared.txg.request_sync(txg);
     Ok((txg, slot))
 }
 

@@ -24,6 +24,14 @@
 //! the bytes read (the rewritten tail block holds exactly that prefix). Time-bounded rounds
 //! therefore do not multiply the reads.
 //!
+//! Each task is queued in the open txg without asking for its sync: it rides whichever txg the
+//! pool syncs anyway (the foreground's dirty-data trigger, a FLUSH, the txg timeout), so a
+//! discard under load adds its rounds to txgs the sync thread commits regardless instead of
+//! making it commit small txgs back to back (which kept a core busy for the whole discard and
+//! put the foreground's p99 at 1.4-2.8x, issue 5). The sync is asked for only when the open
+//! txg stays clean (an idle pool: nobody else would sync it), after the property
+//! [`DISCARD_TXG_WAIT_PROP`] (default 1 s; 0 = always), or when the pool is closing.
+//!
 //! Everything is persisted through ordinary txgs, so an export or crash mid-way resumes from
 //! disk at the next import ([`super::checkpoint::on_start`]). The space still held is the
 //! allocator's per-device checkpoint space, decremented as extents are moved (I5 per txg).
@@ -39,9 +47,10 @@ use ringpool_ondisk::object::{Bonus, ObjectRecord};
 use ringpool_ondisk::space_map::{pop_tail, SmAction, SpaceMapHeader};
 
 use super::checkpoint::{
-    held_space, queue_task, state_of, take, CheckpointState, CHECKPOINT_FEATURE,
-    DEFAULT_DISCARD_MEMORY_LIMIT, DEFAULT_DISCARD_SYNC_TIME_US, DISCARD_MEMORY_LIMIT_PROP,
-    DISCARD_SYNC_TIME_PROP,
+    held_space, queue_task, queue_task_unrequested, state_of, take, CheckpointState,
+    CHECKPOINT_FEATURE, DEFAULT_DISCARD_MEMORY_LIMIT, DEFAULT_DISCARD_SYNC_TIME_US,
+    DEFAULT_DISCARD_TXG_WAIT_MS, DISCARD_MEMORY_LIMIT_PROP, DISCARD_SYNC_TIME_PROP,
+    DISCARD_TXG_WAIT_PROP,
 };
 use super::error::{PoolError, Result};
 use super::objtree::{Change, TreeGeom};
@@ -119,10 +128,69 @@ fn corrupt(obj: u64, reason: impl Into<String>) -> PoolError {
     }
 }
 
+/// Runs `task` in a txg that is synced anyway when there is one, and waits for its commit.
 async fn run_task(shared: &Arc<Shared>, task: SyncTask) -> Result<()> {
-    let (txg, slot) = queue_task(shared, false, task)?;
-    shared.wait_synced(txg).await?;
+    let wait = txg_wait(shared);
+    let (txg, slot) = if wait.is_zero() {
+        queue_task(shared, false, task)?
+    } else {
+        queue_task_unrequested(shared, false, task)?
+    };
+    ride(shared, txg, wait).await?;
     take(&slot)
+}
+
+/// How often a round waiting for its txg looks at the txg engine.
+const RIDE_POLL: Duration = Duration::from_millis(5);
+
+/// [`DISCARD_TXG_WAIT_PROP`] as the last discard task saw it.
+fn txg_wait(shared: &Shared) -> Duration {
+    Duration::from_millis(shared.ckpt.txg_wait_ms.0.load(Ordering::Relaxed))
+}
+
+/// Sync context: reads [`DISCARD_TXG_WAIT_PROP`] for the next task (so a change applies at
+/// the next round).
+fn note_txg_wait(ctx: &SyncCtx<'_>) {
+    let ms = ctx
+        .st
+        .dir
+        .props
+        .get(DISCARD_TXG_WAIT_PROP)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_DISCARD_TXG_WAIT_MS);
+    ctx.shared.ckpt.txg_wait_ms.0.store(ms, Ordering::Relaxed);
+}
+
+/// Waits until `txg` is committed, letting whoever dirties the pool get it synced: the sync
+/// is requested only when the open txg stays clean (an idle pool: nobody else will sync it
+/// before the txg timeout), once `wait` has passed, or when the pool is closing.
+async fn ride(shared: &Arc<Shared>, txg: u64, wait: Duration) -> Result<()> {
+    let eng = &shared.txg;
+    let start = Instant::now();
+    let mut clean_polls = 0u32;
+    loop {
+        if eng.synced_txg() >= txg {
+            return Ok(());
+        }
+        if let Some(e) = eng.failure() {
+            return Err(PoolError::Suspended(e));
+        }
+        let open = eng.open_txg();
+        // Clean on two polls in a row: not merely the instant after a txg was closed.
+        clean_polls = if open == txg && eng.open_dirty() == (0, 0) {
+            clean_polls + 1
+        } else {
+            0
+        };
+        if clean_polls >= 2
+            || start.elapsed() >= wait
+            || shared.ckpt.cancel.load(Ordering::SeqCst)
+            || eng.is_shutdown()
+        {
+            return shared.wait_synced(txg).await;
+        }
+        crate::io::sleep(RIDE_POLL).await;
+    }
 }
 
 async fn discard_loop(shared: &Arc<Shared>) -> Result<()> {
@@ -135,6 +203,7 @@ async fn discard_loop(shared: &Arc<Shared>) -> Result<()> {
         run_task(
             shared,
             Box::new(move |ctx: &mut SyncCtx<'_>| {
+                note_txg_wait(ctx);
                 *o.lock() = Some(snapshot(ctx)?);
                 Ok(())
             }),
@@ -187,6 +256,7 @@ async fn discard_loop(shared: &Arc<Shared>) -> Result<()> {
             run_task(
                 shared,
                 Box::new(move |ctx: &mut SyncCtx<'_>| {
+                    note_txg_wait(ctx);
                     let r = destroy_round(ctx, &mm, expect, &held)?;
                     *o.lock() = Some((r, held));
                     Ok(())
