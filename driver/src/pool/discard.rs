@@ -28,8 +28,9 @@
 //! pool syncs anyway (the foreground's dirty-data trigger, a FLUSH, the txg timeout), so a
 //! discard under load adds its rounds to txgs the sync thread commits regardless instead of
 //! making it commit small txgs back to back (which kept a core busy for the whole discard and
-//! put the foreground's p99 at 1.4-2.8x, issue 5). The sync is asked for only when the open
-//! txg stays clean (an idle pool: nobody else would sync it), after the property
+//! put the foreground's p99 at 1.4-2.8x, issue 5). The sync is asked for only when nothing is
+//! written to the open txg for two polls (a quiet pool: nobody else would sync it before the
+//! txg timeout), after the property
 //! [`DISCARD_TXG_WAIT_PROP`] (default 1 s; 0 = always), or when the pool is closing.
 //!
 //! Everything is persisted through ordinary txgs, so an export or crash mid-way resumes from
@@ -162,12 +163,14 @@ fn note_txg_wait(ctx: &SyncCtx<'_>) {
 }
 
 /// Waits until `txg` is committed, letting whoever dirties the pool get it synced: the sync
-/// is requested only when the open txg stays clean (an idle pool: nobody else will sync it
-/// before the txg timeout), once `wait` has passed, or when the pool is closing.
+/// is requested only when nothing was written to the open txg for two polls (a quiet pool:
+/// nobody else would sync it before the txg timeout, whether it is clean or holds the last
+/// writes of a burst), once `wait` has passed, or when the pool is closing.
 async fn ride(shared: &Arc<Shared>, txg: u64, wait: Duration) -> Result<()> {
     let eng = &shared.txg;
     let start = Instant::now();
-    let mut clean_polls = 0u32;
+    let mut quiet_polls = 0u32;
+    let mut last = None;
     loop {
         if eng.synced_txg() >= txg {
             return Ok(());
@@ -175,14 +178,15 @@ async fn ride(shared: &Arc<Shared>, txg: u64, wait: Duration) -> Result<()> {
         if let Some(e) = eng.failure() {
             return Err(PoolError::Suspended(e));
         }
-        let open = eng.open_txg();
-        // Clean on two polls in a row: not merely the instant after a txg was closed.
-        clean_polls = if open == txg && eng.open_dirty() == (0, 0) {
-            clean_polls + 1
+        // The open txg and its dirty bytes: unchanged from one poll to the next = no writes.
+        let now = (eng.open_txg(), eng.open_dirty());
+        quiet_polls = if now.0 == txg && last == Some(now) {
+            quiet_polls + 1
         } else {
             0
         };
-        if clean_polls >= 2
+        last = Some(now);
+        if quiet_polls >= 2
             || start.elapsed() >= wait
             || shared.ckpt.cancel.load(Ordering::SeqCst)
             || eng.is_shutdown()
