@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # `ringpool serve` with its reactors submitting once per loop turn (RINGPOOL_REACTOR_SUBMIT_BATCH=0,
-# the reactor default) against submitting every operation at once (=1), measured with ringperf's
-# NBD client, alternating round by round.
+# the reactor default) against submitting every operation at once (=1) or as soon as N wait
+# (=N), measured with ringperf's NBD client, alternating round by round.
 #
 # Usage: perf/compare-serve-submit.sh [DIR]   (default /tmp; a real file system such as ext4)
 # Environment: ROUNDS (6), RUNTIME seconds (2), QD (32), SCENARIOS (default "randread randwrite"),
 #              CPU for ringperf (0), RT_PRIO (unset: server and ringperf at chrt -f RT_PRIO),
 #              RINGPERF / RINGPOOL (binaries; default: cargo build --release),
-#              KEEP=1 keeps the pool file for the next run.
+#              KEEP=1 keeps the pool file for the next run,
+#              A and B: the two values of RINGPOOL_REACTOR_SUBMIT_BATCH compared (0 and 1).
 # Files: DIR/serve-submit.img (a 2 GiB pool "subtank" with a 1 GiB volume, written once over NBD)
 # and a state directory DIR/serve-submit.state. Each round starts the server twice (order
 # alternating), runs ringperf for RUNTIME seconds against it and stops it with SIGTERM.
-# Prints every run and per scenario the per-round IOPS ratios batch 1 / batch 0 and their median.
+# Prints every run and per scenario the per-round IOPS ratios B / A and their median.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ QD=${QD:-32}
 CPU=${CPU:-0}
 SCENARIOS=${SCENARIOS:-"randread randwrite"}
 PORT=${PORT:-10979}
+A=${A:-0}
+B=${B:-1}
 RT=()
 if [ -n "${RT_PRIO:-}" ]; then RT=(chrt -f "$RT_PRIO"); fi
 command -v python3 >/dev/null || { echo "compare-serve-submit: python3 needed" >&2; exit 1; }
@@ -84,7 +87,7 @@ echo "compare-serve-submit: $URL, bs 4k, qd $QD, $ROUNDS rounds x ${RUNTIME}s, l
 
 for rw in $SCENARIOS; do
   for r in $(seq 1 "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then order="0 1"; else order="1 0"; fi
+    if [ $((r % 2)) = 1 ]; then order="$A $B"; else order="$B $A"; fi
     for m in $order; do
       start_server "$m"
       set +e
@@ -114,16 +117,18 @@ print("  %-9s round %d server batch %d %9.0f IOPS  p50 %8.1f us  p99 %8.1f us"
   done
 done
 echo "compare-serve-submit: load after $(uptime | sed 's/.*load average: //')"
-python3 - "$out" <<'PY'
+python3 - "$out" "$A" "$B" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+A, B = int(sys.argv[2]), int(sys.argv[3])
 for rw in dict.fromkeys(r["rw"] for r in rows):
     ratios = []
     for rnd in sorted({r["round"] for r in rows if r["rw"] == rw}):
-        a = [r for r in rows if r["rw"] == rw and r["round"] == rnd and r["batch"] == 1]
-        b = [r for r in rows if r["rw"] == rw and r["round"] == rnd and r["batch"] == 0]
+        a = [r for r in rows if r["rw"] == rw and r["round"] == rnd and r["batch"] == B]
+        b = [r for r in rows if r["rw"] == rw and r["round"] == rnd and r["batch"] == A]
         if a and b and b[0]["iops"]:
             ratios.append(a[0]["iops"] / b[0]["iops"])
-    print("%-9s IOPS batch 1 / batch 0 per round: %s; median %.3f" % (
-        rw, " ".join("%.3f" % x for x in ratios), statistics.median(ratios) if ratios else 0.0))
+    print("%-9s IOPS batch %d / batch %d per round: %s; median %.3f" % (
+        rw, B, A, " ".join("%.3f" % x for x in ratios),
+        statistics.median(ratios) if ratios else 0.0))
 PY

@@ -37,6 +37,6 @@ pub use ops::{
 pub use reactor::{
     block_on, current_reactor_index, in_reactor, reactor_stats, ring_info, ring_stats, spawn_local,
     try_spawn_local, JoinError, JoinHandle, ReactorConfig, ReactorHandle, ReactorSet, RingInfo,
-    RingStats, TaskRunMode,
+    RingStats, TaskRunMode, DEFAULT_SUBMIT_BATCH,
 };
 pub use time::{sleep, yield_now, YieldNow};

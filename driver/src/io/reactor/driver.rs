@@ -9,9 +9,9 @@
 //!   is only pushed while `in_flight < cq_capacity`, otherwise it waits in a local backlog that
 //!   drains as completions are reaped.
 //! * Submission is batched: ops are pushed to the SQ as they are created and the ring is
-//!   entered once per reactor loop iteration (or when the SQ is full). With a submit batch
-//!   limit ([`super::ReactorConfig::submit_batch`]) the ring is also entered as soon as that
-//!   many SQEs are waiting, so a device sees requests as they are made instead of in bursts.
+//!   entered once per reactor loop iteration (or when the SQ is full), and also as soon as
+//!   [`super::ReactorConfig::submit_batch`] SQEs are waiting, so a device sees requests in
+//!   small groups as they are made instead of in one burst per loop iteration.
 //! * [`RingStats`] counts the enters and the SQEs they submitted (SQEs per enter is the burst
 //!   size a device sees; the diagnostics ringperf prints).
 
