@@ -52,6 +52,8 @@
 #                    (perf.<job>.data in its result directory)
 #   KEEP [0]         1: keep the backing file and pool after the run
 #   OUTDIR [$WORKDIR/results/<UTC timestamp>]   FIO [fio]
+#   The ringpool server inherits the environment: RINGPOOL_NBD_GATHER=0 turns write gathering
+#   off, RINGPOOL_REACTOR_SPIN_US=N polls the ring N us before sleeping (for A/B runs).
 # Output: $OUTDIR/r<round>/<target>/<job>.json (fio), .cpu (wall and server CPU seconds),
 #         ringpool's per-thread CPU per job (.threads), server logs, env.txt, and the markdown
 #         summary (also printed) made by perf/nbd_bench_summary.py: $OUTDIR/summary.md.
