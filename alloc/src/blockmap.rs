@@ -191,6 +191,63 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
         }
     }
 
+    /// Like [`BlockMap::prefetch`], returning the leaf it requested: a hint for
+    /// [`BlockMap::insert_hinted`] and [`BlockMap::remove_hinted`], which then skip the
+    /// directory search (checked there, so a hint gone stale by a split or merge in between
+    /// costs only the search it would have saved).
+    #[inline]
+    pub fn prefetch_hint(&self, k: K) -> usize {
+        let li = dir_partition(&self.mins, |m| m <= k).saturating_sub(1);
+        if let Some(leaf) = self.leaves.get(li) {
+            prefetch_slice(leaf);
+        }
+        li
+    }
+
+    /// The leaf a lookup of `k` searches: `hint` when it is that leaf (two compares on the
+    /// hot directory), else found by a directory search.
+    #[inline]
+    fn leaf_for(&self, k: K, hint: usize) -> usize {
+        let n = self.mins.len();
+        if hint < n
+            && (hint == 0 || self.mins[hint] <= k)
+            && (hint + 1 >= n || self.mins[hint + 1] > k)
+        {
+            return hint;
+        }
+        dir_partition(&self.mins, |m| m <= k).saturating_sub(1)
+    }
+
+    /// [`BlockMap::insert`] in the leaf `hint` names (a [`BlockMap::prefetch_hint`] result;
+    /// any value is safe: a wrong hint is ignored).
+    pub fn insert_hinted(&mut self, k: K, v: V, hint: usize) -> Option<V> {
+        if self.leaves.is_empty() {
+            return self.insert(k, v);
+        }
+        let leaf = self.leaf_for(k, hint);
+        let idx = leaf_partition(&self.leaves[leaf], |e| e < k);
+        if let Some(e) = self.leaves[leaf].get_mut(idx) {
+            if e.0 == k {
+                return Some(std::mem::replace(&mut e.1, v));
+            }
+        }
+        self.insert_at(leaf, idx, k, v);
+        None
+    }
+
+    /// [`BlockMap::remove`] in the leaf `hint` names (see [`BlockMap::insert_hinted`]).
+    pub fn remove_hinted(&mut self, k: K, hint: usize) -> Option<V> {
+        if self.leaves.is_empty() {
+            return None;
+        }
+        let leaf = self.leaf_for(k, hint);
+        let idx = leaf_partition(&self.leaves[leaf], |e| e <= k).checked_sub(1)?;
+        if self.leaves[leaf][idx].0 != k {
+            return None;
+        }
+        Some(self.remove_at(Pos { leaf, idx }).1)
+    }
+
     /// Position of the first entry with key `>= k`.
     #[inline]
     pub fn succ(&self, k: K) -> Option<Pos> {
@@ -552,11 +609,20 @@ mod tests {
         /// Insert a missing key through `insert_after(pred_lt(k))`.
         InsertAfter(u16, u8),
         Remove(u16),
+        /// `insert_hinted` with a leaf hint that may be right, wrong or out of range.
+        InsertHinted(u16, u8, usize),
+        RemoveHinted(u16, usize),
         SetVal(u16, u8),
         Pred(u16),
         PredLt(u16),
         Succ(u16),
         Walk(u16),
+    }
+
+    /// A leaf hint: the right leaf (from `prefetch_hint`, marked by `usize::MAX - 1`), a small
+    /// index (often wrong), or one past any leaf.
+    fn hint() -> impl Strategy<Value = usize> {
+        prop_oneof![Just(usize::MAX - 1), 0..120usize, Just(usize::MAX)]
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -565,6 +631,8 @@ mod tests {
             2 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::InsertRange(k, v)),
             2 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::InsertAfter(k, v)),
             4 => (0..400u16).prop_map(Op::Remove),
+            2 => (0..400u16, any::<u8>(), hint()).prop_map(|(k, v, h)| Op::InsertHinted(k, v, h)),
+            2 => (0..400u16, hint()).prop_map(|(k, h)| Op::RemoveHinted(k, h)),
             1 => (0..400u16, any::<u8>()).prop_map(|(k, v)| Op::SetVal(k, v)),
             1 => (0..420u16).prop_map(Op::Pred),
             1 => (0..420u16).prop_map(Op::PredLt),
@@ -600,6 +668,22 @@ mod tests {
                     }
                 }
                 Op::Remove(k) => assert_eq!(m.remove(k), o.remove(&k)),
+                Op::InsertHinted(k, v, h) => {
+                    let h = if h == usize::MAX - 1 {
+                        m.prefetch_hint(k)
+                    } else {
+                        h
+                    };
+                    assert_eq!(m.insert_hinted(k, v, h), o.insert(k, v));
+                }
+                Op::RemoveHinted(k, h) => {
+                    let h = if h == usize::MAX - 1 {
+                        m.prefetch_hint(k)
+                    } else {
+                        h
+                    };
+                    assert_eq!(m.remove_hinted(k, h), o.remove(&k));
+                }
                 Op::SetVal(k, v) => {
                     if let Some(p) = m.find(k) {
                         m.set_val(p, v);

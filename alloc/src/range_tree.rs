@@ -55,6 +55,9 @@ const BULK_MERGE_RATIO: usize = 8;
 /// How many segments ahead `move_into` prefetches destination leaves.
 const MOVE_PREFETCH_AHEAD: usize = 12;
 
+/// "No leaf known" for the by-size index updates (a hint that never validates).
+const NO_HINT: usize = usize::MAX;
+
 /// A segment as `(start, len)` in units.
 type Seg = (u64, u64);
 
@@ -358,7 +361,7 @@ impl<U: SegUnit> RangeTree<U> {
     }
 
     #[inline]
-    fn index_insert(&mut self, start: u64, len: u64) {
+    fn index_insert(&mut self, start: u64, len: u64, hint: usize) {
         self.hist[hist_bucket(len << self.shift)] += 1;
         if len >= self.largest_hint {
             // The hint bounds every other segment, so this one is the longest.
@@ -366,33 +369,37 @@ impl<U: SegUnit> RangeTree<U> {
             self.largest_exact = true;
         }
         if let Some(ix) = self.by_size.as_mut() {
-            ix.insert(U::size_key(len, start), ());
+            ix.insert_hinted(U::size_key(len, start), (), hint);
         }
     }
 
     #[inline]
-    fn index_remove(&mut self, start: u64, len: u64) {
+    fn index_remove(&mut self, start: u64, len: u64, hint: usize) {
         self.hist[hist_bucket(len << self.shift)] -= 1;
         if len >= self.largest_hint {
             // Possibly the longest one went: the hint is only a bound now.
             self.largest_exact = false;
         }
         if let Some(ix) = self.by_size.as_mut() {
-            ix.remove(U::size_key(len, start));
+            ix.remove_hinted(U::size_key(len, start), hint);
         }
     }
 
     /// Start loading the by-size leaves that the index updates of `(len, start)` keys (units;
     /// len 0 = none) will search, so their cache misses overlap instead of following each other.
+    /// Returns the leaves found, as hints for `index_insert`/`index_remove` (which then skip
+    /// the directory search; `NO_HINT` for none).
     #[inline]
-    fn prefetch_size_keys(&self, keys: [(u64, u64); 3]) {
+    fn prefetch_size_keys(&self, keys: [(u64, u64); 3]) -> [usize; 3] {
+        let mut hints = [NO_HINT; 3];
         if let Some(ix) = &self.by_size {
-            for (l, s) in keys {
+            for (h, (l, s)) in hints.iter_mut().zip(keys) {
                 if l > 0 {
-                    ix.prefetch(U::size_key(l, s));
+                    *h = ix.prefetch_hint(U::size_key(l, s));
                 }
             }
         }
+        hints
     }
 
     /// Start loading the offset-index leaf that `add(start, len)` or `remove(start, len)` will
@@ -439,7 +446,7 @@ impl<U: SegUnit> RangeTree<U> {
             if ps + pl == s {
                 // Merge with prev: grow it in place (and swallow next if it touches too).
                 let nlen = pl + l + next_at_e.map_or(0, |n| n.1);
-                self.prefetch_size_keys([
+                let [h_old, h_new, h_next] = self.prefetch_size_keys([
                     (pl, ps),
                     (nlen, ps),
                     next_at_e.map_or((0, 0), |n| (n.1, e)),
@@ -447,10 +454,10 @@ impl<U: SegUnit> RangeTree<U> {
                 self.by_start.set_val(p, U::from_u64(nlen));
                 if let Some((np, nl)) = next_at_e {
                     self.by_start.remove_at(np);
-                    self.index_remove(e, nl);
+                    self.index_remove(e, nl, h_next);
                 }
-                self.index_remove(ps, pl);
-                self.index_insert(ps, nlen);
+                self.index_remove(ps, pl, h_old);
+                self.index_insert(ps, nlen, h_new);
                 self.space += len;
                 return Ok(());
             }
@@ -460,19 +467,19 @@ impl<U: SegUnit> RangeTree<U> {
                 // Grow the next segment downwards: its key moves from `e` to `s`, which keeps
                 // the order (nothing lies in between, checked above).
                 let nlen = l + nl;
-                self.prefetch_size_keys([(nl, e), (nlen, s), (0, 0)]);
+                let [h_old, h_new, _] = self.prefetch_size_keys([(nl, e), (nlen, s), (0, 0)]);
                 self.by_start.set_key(np, U::from_u64(s));
                 self.by_start.set_val(np, U::from_u64(nlen));
-                self.index_remove(e, nl);
-                self.index_insert(s, nlen);
+                self.index_remove(e, nl, h_old);
+                self.index_insert(s, nlen, h_new);
             }
             None => {
-                self.prefetch_size_keys([(l, s), (0, 0), (0, 0)]);
+                let [h_new, _, _] = self.prefetch_size_keys([(l, s), (0, 0), (0, 0)]);
                 // Right after `cand` (the last segment before it, or the front): the segment
                 // after `cand` starts past `e`.
                 self.by_start
                     .insert_after(cand, U::from_u64(s), U::from_u64(l));
-                self.index_insert(s, l);
+                self.index_insert(s, l, h_new);
             }
         }
         self.space += len;
@@ -482,7 +489,7 @@ impl<U: SegUnit> RangeTree<U> {
     /// Remove `[start, start + len)`, which must lie entirely inside one segment (trimming or
     /// splitting it). Otherwise [`AllocError::DoubleAlloc`] and the tree is unchanged.
     pub fn remove(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
-        self.remove_inner(start, len, true)
+        self.remove_inner(start, len, None)
     }
 
     /// Remove `len` bytes at `fit.start`, a place a picker of this tree just returned (the tree
@@ -495,16 +502,21 @@ impl<U: SegUnit> RangeTree<U> {
             if ss <= s && s + l <= ss + sl && ss + sl <= self.span {
                 self.by_start.prefetch(U::from_u64(ss));
                 let e = s + l;
-                self.prefetch_size_keys([(sl, ss), (s - ss, ss), (ss + sl - e, e)]);
-                return self.remove_inner(fit.start, len, false);
+                let hints = self.prefetch_size_keys([(sl, ss), (s - ss, ss), (ss + sl - e, e)]);
+                return self.remove_inner(fit.start, len, Some(hints));
             }
         }
         self.remove(fit.start, len)
     }
 
-    /// [`RangeTree::remove`]; `prefetch`: request the by-size leaves first (not needed when
-    /// [`RangeTree::take`] did).
-    fn remove_inner(&mut self, start: u64, len: u64, prefetch: bool) -> Result<(), AllocError> {
+    /// [`RangeTree::remove`]; `hints`: the by-size leaves [`RangeTree::take`] already
+    /// requested (else they are requested here first).
+    fn remove_inner(
+        &mut self,
+        start: u64,
+        len: u64,
+        hints: Option<[usize; 3]>,
+    ) -> Result<(), AllocError> {
         let (s, l) = self.to_units(start, len)?;
         let e = s + l;
         let Some(p) = self.by_start.pred(U::from_u64(s)) else {
@@ -518,9 +530,8 @@ impl<U: SegUnit> RangeTree<U> {
         }
         let left = s - ps;
         let right = pe - e;
-        if prefetch {
-            self.prefetch_size_keys([(pl, ps), (left, ps), (right, e)]);
-        }
+        let [h_old, h_left, h_right] =
+            hints.unwrap_or_else(|| self.prefetch_size_keys([(pl, ps), (left, ps), (right, e)]));
         if left > 0 {
             // Trim in place; the right remainder (if any) is a new segment.
             self.by_start.set_val(p, U::from_u64(left));
@@ -535,12 +546,12 @@ impl<U: SegUnit> RangeTree<U> {
         } else {
             self.by_start.remove_at(p);
         }
-        self.index_remove(ps, pl);
+        self.index_remove(ps, pl, h_old);
         if left > 0 {
-            self.index_insert(ps, left);
+            self.index_insert(ps, left, h_left);
         }
         if right > 0 {
-            self.index_insert(e, right);
+            self.index_insert(e, right, h_right);
         }
         self.space -= len;
         Ok(())
@@ -637,7 +648,7 @@ impl<U: SegUnit> RangeTree<U> {
         self.by_start = map;
         for &(s, l) in &units {
             let (s, l) = (s.get(), l.get());
-            self.index_insert(s, l);
+            self.index_insert(s, l, NO_HINT);
             self.space += l << self.shift;
         }
         Ok(())

@@ -4,6 +4,7 @@
 
 use super::{
     hist_bucket, RangeTree, Seg, SegUnit, BULK_MERGE_RATIO, HISTOGRAM_BUCKETS, MOVE_PREFETCH_AHEAD,
+    NO_HINT,
 };
 use crate::blockmap::BlockMap;
 use crate::error::AllocError;
@@ -46,7 +47,7 @@ impl<U: SegUnit> RangeTree<U> {
                 for (s, l) in map.iter().skip(i) {
                     let (s, l) = (s.get(), l.get());
                     self.by_start.insert(U::from_u64(s), U::from_u64(l));
-                    self.index_insert(s, l);
+                    self.index_insert(s, l, NO_HINT);
                     self.space += l << self.shift;
                 }
                 return Err(e);
