@@ -80,13 +80,21 @@ pub(crate) async fn update_tree(
     }
     let ids: Vec<u64> = changes.iter().map(|c| c.0).collect();
     preload(shared, name, &geom, &root, &ids, &mut loaded).await?;
+    // Every loaded block is on a changed path, so this update replaces it (new place, or new
+    // contents in place) and its cache entry would only wait for eviction. Dropping the
+    // entries now leaves `loaded` the only owner, so the update edits the pointer arrays in
+    // place instead of copying them (a reader still holding one gets a copy made). A reader
+    // that misses one of them reads the block from the device, as after an eviction.
+    for key in loaded.keys() {
+        shared.cache.remove(key);
+    }
     let mut alloc = |asize: u32| shared.alloc_meta(asize, txg);
     let asize_of = |l: u32| shared.asize(l);
     let mut up = TreeUpdate {
         bufs: &mut st.bufs,
         txg,
         kind,
-        loaded: &loaded,
+        loaded: &mut loaded,
         alloc: &mut alloc,
         asize_of: &asize_of,
         frees: Vec::new(),
