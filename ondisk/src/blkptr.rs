@@ -314,8 +314,16 @@ impl BlockPointer {
 
     /// Encodes into exactly [`BLKPTR_SIZE`] bytes.
     pub fn to_bytes(&self) -> Result<[u8; BLKPTR_SIZE]> {
-        self.validate()?;
         let mut b = [0u8; BLKPTR_SIZE];
+        self.encode_slot(&mut b)?;
+        Ok(b)
+    }
+
+    /// Validates, then writes all [`BLKPTR_SIZE`] bytes of `b` (the one encoder; indirect
+    /// blocks use it on their slots directly, without a temporary array).
+    fn encode_slot(&self, b: &mut [u8; BLKPTR_SIZE]) -> Result<()> {
+        self.validate()?;
+        *b = [0u8; BLKPTR_SIZE];
         match self {
             BlockPointer::Hole(h) => {
                 b[16..20].copy_from_slice(&h.lsize.to_le_bytes());
@@ -336,7 +344,7 @@ impl BlockPointer {
                 b[40..56].copy_from_slice(&d.checksum.value_bytes());
             }
         }
-        Ok(b)
+        Ok(())
     }
 
     /// Encodes into the first [`BLKPTR_SIZE`] bytes of `out`.
@@ -457,6 +465,12 @@ fn check_indirect_len(len: usize) -> Result<()> {
 /// Encodes `ptrs` into the indirect block `out` (whose length is the block size); slots past
 /// `ptrs.len()` are filled with empty holes.
 pub fn encode_indirect(ptrs: &[BlockPointer], out: &mut [u8]) -> Result<()> {
+    encode_indirect_fill(ptrs, out).map(|_| ())
+}
+
+/// [`encode_indirect`] that also returns the sum of the pointers' fill counts (the fill of the
+/// parent pointer), so that the sync reads the pointer array once rather than twice.
+pub fn encode_indirect_fill(ptrs: &[BlockPointer], out: &mut [u8]) -> Result<u64> {
     check_indirect_len(out.len())?;
     let slots = out.len() / BLKPTR_SIZE;
     if ptrs.len() > slots {
@@ -467,11 +481,19 @@ pub fn encode_indirect(ptrs: &[BlockPointer], out: &mut [u8]) -> Result<()> {
             max: crate::bytes::len_u64(slots),
         });
     }
+    let mut fill = 0u64;
     for (chunk, bp) in out.chunks_exact_mut(BLKPTR_SIZE).zip(ptrs) {
-        chunk.copy_from_slice(&bp.to_bytes()?);
+        let slot: &mut [u8; BLKPTR_SIZE] =
+            chunk.try_into().map_err(|_| OnDiskError::BadLength {
+                what: "indirect block",
+                len: BLKPTR_SIZE,
+                reason: "slot is not 64 bytes",
+            })?;
+        bp.encode_slot(slot)?;
+        fill = fill.saturating_add(bp.fill());
     }
     out[ptrs.len() * BLKPTR_SIZE..].fill(0);
-    Ok(())
+    Ok(fill)
 }
 
 /// Decodes every pointer of an indirect block.

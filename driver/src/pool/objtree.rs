@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ringpool_ondisk::blkptr::{encode_indirect, BlockPointer, DataPtr, Dva, HolePtr};
+use ringpool_ondisk::blkptr::{encode_indirect_fill, BlockPointer, DataPtr, Dva, HolePtr};
 use ringpool_ondisk::checksum::{Checksum, ChecksumAlgo};
 use ringpool_ondisk::object::ObjectType;
 
@@ -291,9 +291,13 @@ impl TreeUpdate<'_> {
                 lsize: 0,
             }));
         }
-        let fill = children.iter().map(BlockPointer::fill).sum();
-        // The encoder writes every byte of the block (pointers, then zeroes).
-        let buf = self.block_buf(geom.ibs, |out| Ok(encode_indirect(&children, out)?))?;
+        // The encoder writes every byte of the block (pointers, then zeroes) and sums the
+        // children's fill counts on the way.
+        let mut fill = 0;
+        let buf = self.block_buf(geom.ibs, |out| {
+            fill = encode_indirect_fill(&children, out)?;
+            Ok(())
+        })?;
         let bp = self.place(old, buf, level, fill, geom.ibs)?;
         if let BlockPointer::Data(d) = &bp {
             self.new_indirect.push((key_of(d), Arc::new(children)));
