@@ -90,6 +90,8 @@ pub struct JoinWindow<'a, T> {
     running: Vec<BoxFut<'a, T>>,
     out: Vec<T>,
     width: usize,
+    /// Asked for the width again before every refill (see [`join_window_adaptive`]).
+    adapt: Option<Box<dyn FnMut() -> usize + 'a>>,
 }
 
 impl<T> std::fmt::Debug for JoinWindow<'_, T> {
@@ -119,7 +121,24 @@ where
         running: Vec::new(),
         out: Vec::with_capacity(n),
         width: width.max(1),
+        adapt: None,
     }
+}
+
+/// [`join_window`] whose width is asked of `width` again before every refill, so a long
+/// batch follows a changing budget (the sync's tree-block writes follow how fast the open txg
+/// fills: few in flight while writers are light, many when the sync must hurry).
+pub fn join_window_adaptive<'a, T, F>(
+    futs: Vec<F>,
+    mut width: impl FnMut() -> usize + 'a,
+) -> JoinWindow<'a, T>
+where
+    F: Future<Output = T> + 'a,
+{
+    let first = width();
+    let mut w = join_window(futs, first);
+    w.adapt = Some(Box::new(width));
+    w
 }
 
 // As for JoinAll: the futures are boxed, so moving the struct moves no pinned future.
@@ -131,6 +150,9 @@ impl<T> Future for JoinWindow<'_, T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<T>> {
         let this = self.get_mut();
         loop {
+            if let Some(adapt) = this.adapt.as_mut() {
+                this.width = adapt().max(1);
+            }
             while this.running.len() < this.width {
                 match this.queued.next() {
                     Some(f) => this.running.push(f),

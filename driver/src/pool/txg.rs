@@ -52,6 +52,18 @@ pub struct TxgConfig {
     /// From this sync pass on, frees go to the next txg so that the passes converge
     /// (OpenZFS `zfs_sync_pass_deferred_free`, 2; `u32::MAX` never defers).
     pub deferred_free_pass: u32,
+    /// Tree-block writes the sync keeps in flight while the open txg is light (OpenZFS
+    /// `zfs_vdev_async_write_min_active`). Few, so that a sync's burst of metadata does not
+    /// stand in front of the writers' data writes in the device queue for milliseconds.
+    pub sync_write_min_active: usize,
+    /// ... and once the open txg is filling up (`zfs_vdev_async_write_max_active`): then the
+    /// sync must finish before writers reach the throttle.
+    pub sync_write_max_active: usize,
+    /// Open-txg fill (percent of a dirty limit) below which the sync writes at the minimum,
+    /// and at or above which at the maximum, linear in between (as OpenZFS's
+    /// `zfs_vdev_async_write_active_{min,max}_dirty_percent`; 60 and 90 here, because this
+    /// engine starts a sync at 50 %, not 20 %, and delays writers from 60 %).
+    pub sync_write_active_dirty_percent: (u32, u32),
 }
 
 impl Default for TxgConfig {
@@ -63,6 +75,9 @@ impl Default for TxgConfig {
             delay_min_dirty_percent: 60,
             delay_scale: Duration::from_micros(25),
             deferred_free_pass: 2,
+            sync_write_min_active: 2,
+            sync_write_max_active: 32,
+            sync_write_active_dirty_percent: (60, 90),
         }
     }
 }
@@ -347,6 +362,44 @@ impl TxgEngine {
         g.delayed += 1;
         g.delay_total += wait;
         wait
+    }
+
+    /// How many tree-block writes the sync should keep in flight now (OpenZFS
+    /// `vdev_queue_max_async_writes`): the maximum when somebody waits for the syncing txg
+    /// (FLUSH, FUA, a sync task, export) or the engine shuts down; otherwise the minimum while
+    /// the open txg is light, the maximum once it is filling, linear in between.
+    ///
+    /// Measured on the 2-vCPU VM (4k randwrite QD32, 1 GiB volume on a 2 GiB pool file,
+    /// ringperf alternating): a fixed 32 put the writers' p99 at 8.2-8.8 ms, the time the
+    /// device takes for one txg's ~15 MiB of tree blocks queued in front of their writes;
+    /// 2 in flight up to 60 % fill and 32 from 90 % gave 1.6-1.7 ms and 1.6-1.7x the IOPS
+    /// (the slower sync makes fewer, larger txgs, which rewrite fewer tree blocks per write).
+    /// A ramp of 30-60 %, as OpenZFS's, starts below this engine's sync trigger (50 % of a
+    /// limit) and so ran at nearly the maximum all the time: no gain.
+    pub fn sync_write_window(&self) -> usize {
+        let lim = *self.limits.lock();
+        let lo_n = self.cfg.sync_write_min_active.max(1);
+        let hi_n = self.cfg.sync_write_max_active.max(lo_n);
+        let (fill, hurry) = {
+            let g = self.inner.lock();
+            let s = slot(g.open);
+            let hurry = g.shutdown || g.syncing.is_some_and(|t| g.requested >= t);
+            (lim.fill_ppm(g.dirty[s], g.meta[s]), hurry)
+        };
+        if hurry {
+            return hi_n;
+        }
+        let (lo_pct, hi_pct) = self.cfg.sync_write_active_dirty_percent;
+        let lo = u64::from(lo_pct.min(100)) * 10_000;
+        let hi = (u64::from(hi_pct.min(100)) * 10_000).max(lo + 1);
+        if fill <= lo {
+            return lo_n;
+        }
+        if fill >= hi {
+            return hi_n;
+        }
+        let span = u64::try_from(hi_n - lo_n).unwrap_or(0);
+        lo_n + usize::try_from(span * (fill - lo) / (hi - lo)).unwrap_or(0)
     }
 
     /// The engine's tunables.
@@ -669,6 +722,39 @@ mod throttle_tests {
         let e = TxgEngine::new(1, cfg);
         e.cap_dirty(64 << 20);
         e
+    }
+
+    #[test]
+    fn sync_write_window_follows_the_open_txg_fill() {
+        let e = engine();
+        let lim = e.limits();
+        let cfg = e.config().clone();
+        // Empty open txg: the minimum.
+        assert_eq!(e.sync_write_window(), cfg.sync_write_min_active);
+        // Halfway between 60 % and 90 % of the data limit: halfway between min and max.
+        let (lo, hi) = cfg.sync_write_active_dirty_percent;
+        let (lo, hi) = (u64::from(lo), u64::from(hi));
+        let hold = e.hold().unwrap();
+        hold.add_dirty(lim.data_max * (lo + hi) / 200, 0);
+        let mid = e.sync_write_window();
+        let want = (cfg.sync_write_min_active + cfg.sync_write_max_active) / 2;
+        assert!(mid.abs_diff(want) <= 1, "window {mid}, want about {want}");
+        // Past the upper bound: the maximum.
+        hold.add_dirty(lim.data_max * (hi - lo) / 100, 0);
+        assert_eq!(e.sync_write_window(), cfg.sync_write_max_active);
+        drop(hold);
+        // A txg somebody waits for (FLUSH, export): the maximum while it syncs.
+        let e = engine();
+        assert_eq!(e.sync_write_window(), cfg.sync_write_min_active);
+        let (txg, _) = e.next_to_sync_now().unwrap();
+        assert_eq!(e.sync_write_window(), cfg.sync_write_max_active);
+        e.sync_done(txg);
+        assert_eq!(e.sync_write_window(), cfg.sync_write_min_active);
+        // Shutting down: the maximum whatever the fill.
+        let e = engine();
+        assert_eq!(e.sync_write_window(), cfg.sync_write_min_active);
+        e.shutdown();
+        assert_eq!(e.sync_write_window(), cfg.sync_write_max_active);
     }
 
     #[test]

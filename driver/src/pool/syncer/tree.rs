@@ -9,7 +9,7 @@ use ringpool_ondisk::object::{ObjectRecord, ObjectType};
 
 use super::super::deferred::free_in_sync;
 use super::super::error::Result;
-use super::super::join::{join_all, join_window};
+use super::super::join::{join_all, join_window_adaptive};
 use super::super::objtree::{
     grow, paths_to_load, BlockKey, BlockWrite, Change, TreeGeom, TreeUpdate,
 };
@@ -123,13 +123,11 @@ pub(crate) async fn update_tree(
     Ok((new_root, geom))
 }
 
-/// Tree blocks the sync keeps in flight at once: enough to keep the device busy, and no more
-/// than a client's usual queue depth, so that the sync's burst of tree blocks does not push
-/// the writers' data writes far back in the device queue (their p99 is the cost).
-const WRITE_WINDOW: usize = 32;
-
-/// Writes the blocks of a tree update, [`WRITE_WINDOW`] at a time, and returns their buffers to
-/// the pool. Every write is waited for (the commit's flush must cover them all), and the first
+/// Writes the blocks of a tree update and returns their buffers to the pool. How many are in
+/// flight follows [`TxgEngine::sync_write_window`](super::super::txg::TxgEngine::sync_write_window):
+/// few while the open txg is light, so the sync's burst of tree blocks does not push the
+/// writers' data writes far back in the device queue (their p99 is the cost), more as the
+/// open txg fills, so the sync finishes before writers reach the throttle. Every write is waited for (the commit's flush must cover them all), and the first
 /// error is returned.
 pub(crate) async fn write_blocks(
     shared: &Shared,
@@ -143,7 +141,7 @@ pub(crate) async fn write_blocks(
         futs.push(async move { vdev.write_keep(w.data, off).await });
     }
     let mut first_err = None;
-    for (r, buf) in join_window(futs, WRITE_WINDOW).await {
+    for (r, buf) in join_window_adaptive(futs, || shared.txg.sync_write_window()).await {
         bufs.give(buf);
         if let Err(e) = r {
             first_err.get_or_insert(e);
