@@ -118,7 +118,6 @@ fn sequential_stream_reads_ahead_and_sees_later_writes() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Block `b` at version `v`: every 8-byte word is `b << 32 | v`.
 #[test]
 fn equal_requests_are_answered_with_read_ahead_windows_that_are_current() -> anyhow::Result<()> {
     let dev = FaultyEngine::new(128 << 20, 4096);
@@ -189,6 +188,7 @@ fn equal_requests_are_answered_with_read_ahead_windows_that_are_current() -> any
     Ok(())
 }
 
+/// Block `b` at version `v`: every 8-byte word is `b << 32 | v`.
 fn stamp(b: u64, v: u64, bs: usize) -> Vec<u8> {
     let w = (b << 32 | v).to_le_bytes();
     w.iter().copied().cycle().take(bs).collect()
