@@ -192,13 +192,15 @@ pub struct WorkloadArgs {
     #[arg(long, value_enum, default_value_t = ClientMode::Batched)]
     pub client_mode: ClientMode,
     /// Submit to the kernel as soon as this many I/Os are queued on a job's ring (the rest at
-    /// the end of the reactor turn). Default: the reactor's default, 4. 1: every I/O on its own
-    /// as soon as it is made, as fio's iodepth_batch_submit=1 does; 0: once per reactor turn,
-    /// everything the job's workers queued since the last one. On the virtio disk of
-    /// perf/README.md 4k randread QD32 gave 1.02x fio's IOPS with 4 and 1.00x with 1, 0.86x
-    /// with 0: a burst refilled after a batch of completions leaves the device short of work.
-    #[arg(long, default_value_t = ringpool_driver::io::DEFAULT_SUBMIT_BATCH)]
-    pub submit_batch: usize,
+    /// the end of the reactor turn). 1: every I/O on its own as soon as it is made, as fio's
+    /// iodepth_batch_submit=1 does; 0: once per reactor turn, everything the job's workers
+    /// queued since the last one. Default: 1 on a raw target, because a device benchmark must
+    /// drive the device the way fio does to be comparable with it (groups of 4 wrote 1.08x
+    /// fio's IOPS at randwrite QD32 in perf/README.md, one enter per write 1.03x); on a pool
+    /// or NBD target the engine's reactor default (4), because there ringperf measures the
+    /// engine as `ringpool serve` runs it.
+    #[arg(long)]
+    pub submit_batch: Option<usize>,
     /// Register each job's buffer arena with its ring (READ_FIXED / WRITE_FIXED).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub fixed_bufs: bool,

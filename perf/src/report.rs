@@ -115,7 +115,7 @@ impl RunReport {
             0.0
         };
         let ring = RingReport {
-            submit_batch: w.submit_batch,
+            submit_batch: o.plan.submit_batch,
             submit_enters,
             submitted,
             sqes_per_enter,

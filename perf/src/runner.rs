@@ -35,6 +35,8 @@ pub struct RunPlan {
     pub unit: u64,
     /// Random id stamped into verify headers.
     pub run_id: u64,
+    /// The job rings' submit batch in force (`--submit-batch`, or the target's default).
+    pub submit_batch: usize,
 }
 
 /// What one job measured.
@@ -133,6 +135,9 @@ pub fn plan(target: &str, w: &WorkloadArgs) -> Result<RunPlan, PerfError> {
     }
     let run_id = rand::random::<u64>() | 1;
     spec.prepare(w, (w.offset, size), pattern.align, run_id)?;
+    let submit_batch = w
+        .submit_batch
+        .unwrap_or_else(|| spec.default_submit_batch());
     Ok(RunPlan {
         label: target.to_string(),
         spec: Arc::new(spec),
@@ -142,6 +147,7 @@ pub fn plan(target: &str, w: &WorkloadArgs) -> Result<RunPlan, PerfError> {
         pattern,
         regions,
         run_id,
+        submit_batch,
     })
 }
 
@@ -165,7 +171,7 @@ pub fn run(
         thread_name: "ringperf-job".into(),
         register_buffers: w.fixed_bufs,
         ring_mode: w.ring_mode.map(crate::cli::RingMode::task_run_mode),
-        submit_batch: w.submit_batch,
+        submit_batch: plan.submit_batch,
         ..ReactorConfig::default()
     };
     let mut set = ReactorSet::start(cfg)?;

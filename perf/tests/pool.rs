@@ -51,6 +51,8 @@ fn pool_verify_run_with_flush_and_fua_then_reimport_and_read_back() {
     assert_eq!(code, Some(0), "{v}\n{err}");
     assert_eq!(f64_at(&v, "io_errors"), 0.0);
     assert_eq!(f64_at(&v, "verify_errors"), 0.0);
+    // A pool target runs on the engine's reactor default, not the raw target's fio pattern.
+    assert_eq!(f64_at(&v, "ring.submit_batch"), 4.0, "{v}");
     assert!(f64_at(&v, "total.read.ios") > 100.0, "{v}");
     assert!(f64_at(&v, "total.write.ios") > 100.0, "{v}");
     assert!(f64_at(&v, "total.flush.ios") >= 1.0, "{v}");

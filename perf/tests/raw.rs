@@ -211,8 +211,8 @@ fn bad_arguments_fail_cleanly() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-/// `--submit-batch` reaches the job ring: 1 submits every I/O with its own io_uring_enter,
-/// 4 (the default) at most 4 per enter, 0 what the workers queued in one reactor turn
+/// `--submit-batch` reaches the job ring: 1 (the raw target's default, fio's pattern) submits
+/// every I/O with its own io_uring_enter, 4 at most 4 per enter, 0 what the workers queued in one reactor turn
 /// together (at QD16, several per enter); `--fixed-bufs=false` and `--ring-mode` still
 /// give correct runs.
 #[test]
@@ -247,12 +247,16 @@ fn submit_batch_and_ring_options_reach_the_ring() {
     let batched = run(&["--submit-batch", "0"]);
     let spe = f64_at(&batched, "ring.sqes_per_enter");
     assert!(spe > 2.0, "per-turn batching at QD16: {spe} SQEs per enter");
-    let four = run(&[]);
+    let four = run(&["--submit-batch", "4"]);
     assert_eq!(f64_at(&four, "ring.submit_batch"), 4.0);
     let spe = f64_at(&four, "ring.sqes_per_enter");
+    assert!((1.0..=4.0).contains(&spe), "batch 4: {spe} SQEs per enter");
+    let default = run(&[]);
+    assert_eq!(f64_at(&default, "ring.submit_batch"), 1.0);
+    let spe = f64_at(&default, "ring.sqes_per_enter");
     assert!(
-        (1.0..=4.0).contains(&spe),
-        "default batch 4: {spe} SQEs per enter"
+        (1.0..1.01).contains(&spe),
+        "raw default: {spe} SQEs per enter"
     );
     run(&["--fixed-bufs=false", "--ring-mode", "coop"]);
 }

@@ -99,6 +99,18 @@ impl TargetSpec {
         Ok(TargetSpec::Raw(raw::RawSpec::new(s, w.direct)))
     }
 
+    /// The job rings' submit batch when `--submit-batch` is not given: a raw device is driven
+    /// as fio drives it (each I/O entered as soon as it is made), so the two tools measure the
+    /// same thing; a pool or NBD target runs on the engine's reactors as `ringpool serve` runs
+    /// them (the reactor's default).
+    pub fn default_submit_batch(&self) -> usize {
+        match self {
+            TargetSpec::Raw(_) => 1,
+            TargetSpec::Nbd(_) | TargetSpec::Pool(_) => ringpool_driver::io::DEFAULT_SUBMIT_BATCH,
+            TargetSpec::Delay { inner, .. } => inner.default_submit_batch(),
+        }
+    }
+
     /// Opens the target once on the calling thread to learn its size and alignment.
     pub fn probe(&self, w: &WorkloadArgs) -> Result<TargetInfo, PerfError> {
         match self {
