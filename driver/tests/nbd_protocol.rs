@@ -267,6 +267,43 @@ fn pipelined_requests_complete_with_their_cookies() {
     }
 }
 
+/// A burst of writes sent in one go is written by several gather tasks at once, not as one
+/// batch whose replies all wait for the whole of it (that halved a bursty client's pipeline).
+#[test]
+fn a_burst_of_writes_is_shared_out_between_gather_tasks() {
+    let s = TestServer::start(8 << 20);
+    let mut c = Client::connect(&s, EXPORT, true, false);
+    let stats = s.mem.stats();
+    for round in 0..4u64 {
+        let mut burst = Vec::new();
+        for i in 0..32u64 {
+            let cookie = round * 100 + i;
+            burst.extend(encode_request(false, 0, cmd::WRITE, cookie, i * 8192, 4096));
+            burst.extend(pattern(4096, u8::try_from(cookie % 251).unwrap()));
+        }
+        c.s.write_all(&burst).unwrap();
+        for _ in 0..32 {
+            match c.recv(0, &mut Vec::new()) {
+                Reply::Simple { errno: 0, .. } => {}
+                r => panic!("{r:?}"),
+            }
+        }
+    }
+    assert_eq!(stats.writes.load(Ordering::Relaxed), 128);
+    let largest = stats.largest_batch.load(Ordering::Relaxed);
+    assert!(
+        (1..=8).contains(&largest),
+        "a burst of 32 is split over the 4 gather tasks, largest batch {largest}"
+    );
+    for i in 0..32u64 {
+        let cookie = 300 + i;
+        assert!(
+            s.mem.contents(i * 8192, 4096) == pattern(4096, u8::try_from(cookie % 251).unwrap()),
+            "data of write {i}"
+        );
+    }
+}
+
 #[test]
 fn small_pipelined_writes_are_gathered_each_with_its_reply() {
     let s = TestServer::start(8 << 20);

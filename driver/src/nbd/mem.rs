@@ -67,6 +67,8 @@ pub struct MemStats {
     pub trims: AtomicU64,
     /// Batches of more than one write handed over at once ([`ExportBackend::write_batch`]).
     pub write_batches: AtomicU64,
+    /// Writes in the largest batch handed over.
+    pub largest_batch: AtomicU64,
 }
 
 /// See the module docs.
@@ -376,6 +378,8 @@ impl ExportBackend for MemBackend {
         if writes.len() > 1 {
             self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
         }
+        let n = u64::try_from(writes.len()).unwrap_or(u64::MAX);
+        self.stats.largest_batch.fetch_max(n, Ordering::Relaxed);
         Box::pin(async move {
             let mut out = Vec::with_capacity(writes.len());
             for (offset, data) in writes {
