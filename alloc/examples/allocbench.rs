@@ -143,6 +143,10 @@ struct Args {
     /// Print one JSON object per run instead of text.
     #[arg(long)]
     json: bool,
+    /// Free segments shorter than this many bytes stay out of the by-size index
+    /// (`MetaslabConfig::size_index_floor`; default: the library's).
+    #[arg(long)]
+    size_index_floor: Option<u64>,
 }
 
 const KIB: u64 = 1024;
@@ -253,10 +257,14 @@ struct Prepared {
 
 fn build_class(args: &Args, shards: usize) -> Result<MetaslabClass> {
     let size = args.scale * GIB;
-    let class = MetaslabClass::new(ClassConfig {
+    let mut cfg = ClassConfig {
         shards,
         ..ClassConfig::default()
-    });
+    };
+    if let Some(f) = args.size_index_floor {
+        cfg.metaslab.size_index_floor = f;
+    }
+    let class = MetaslabClass::new(cfg);
     class.add_device(DeviceSpec {
         dev: 0,
         start: 4 * MIB,

@@ -68,6 +68,14 @@ pub struct MetaslabConfig {
     /// `metaslab_by_size_min_shift`, we keep none). Not 1: the metaslab allocated from in the
     /// open txg would rebuild at once.
     pub drop_index_after_txgs: u64,
+    /// Free segments shorter than this stay out of `allocatable`'s by-size index (ZFS
+    /// `metaslab_by_size_min_shift`, 16 KiB; 0: index every segment). Merging a deferred free
+    /// next to a short segment then skips that segment's by-size updates, and allocating a
+    /// short segment whole touches the offset index only. Requests shorter than this take the
+    /// best fit among the `df_max_search_count` segments after their cursor
+    /// ([`RangeTree::find_near_fit`]) before the by-size index; longer ones are unaffected
+    /// (every segment that can hold them is indexed).
+    pub size_index_floor: u64,
 }
 
 impl Default for MetaslabConfig {
@@ -82,6 +90,7 @@ impl Default for MetaslabConfig {
             condense_min_bytes: 64 << 10,
             eager_free_checks: false,
             drop_index_after_txgs: 2,
+            size_index_floor: 16 << 10,
         }
     }
 }
@@ -173,6 +182,7 @@ impl Metaslab {
             return Err(AllocError::InvalidGeometry("empty metaslab".into()));
         }
         let mut allocatable = RangeTree::with_index(start, size, ashift, true)?;
+        allocatable.set_size_floor(cfg.size_index_floor);
         allocatable.add(start, size)?;
         let plain = || RangeTree::with_index(start, size, ashift, false);
         Ok(Self {
@@ -398,7 +408,9 @@ impl Metaslab {
     /// Allocate `size` bytes (a non-zero multiple of the unit) for `txg` with the dynamic-fit
     /// picker: first fit from the cursor of the size's alignment class with a bounded forward
     /// search, best fit when the metaslab is fragmented (largest free segment below the
-    /// threshold, or free space below the percentage) or when first fit finds nothing.
+    /// threshold, or free space below the percentage) or when first fit finds nothing. A
+    /// request below [`MetaslabConfig::size_index_floor`] tries the best fit near its cursor
+    /// before the by-size index (which does not hold the segments below the floor).
     pub fn alloc(&mut self, size: u64, txg: u64) -> Result<u64, AllocError> {
         let unit = self.unit();
         if size == 0 || !size.is_multiple_of(unit) {
@@ -425,7 +437,9 @@ impl Metaslab {
             self.allocatable.build_size_index();
             self.index_builds += 1;
         }
-        let largest = self.allocatable.largest();
+        // Exact when an indexed segment exists; otherwise (only segments below the size
+        // floor left) a bound, which is below the floor and so below the first-fit threshold.
+        let largest = self.allocatable.largest_bound();
         if largest < size {
             return Err(AllocError::NoSpace { size });
         }
@@ -442,10 +456,22 @@ impl Metaslab {
                 .allocatable
                 .find_first_fit(self.cursors[cursor_idx], size, unit, limit);
         }
+        if off.is_none() && size < self.allocatable.size_floor() {
+            // Segments this short are not in the by-size index: look near the cursor first.
+            off = self.allocatable.find_near_fit(
+                self.cursors[cursor_idx],
+                size,
+                unit,
+                self.cfg.df_max_search_count,
+            );
+        }
         if off.is_none() {
             off = self.allocatable.find_best_fit(size, unit);
         }
         let Some(fit) = off else {
+            // The largest-free hint may have been only a bound: make it exact, so the group
+            // does not send this size here again.
+            self.allocatable.refresh_largest();
             return Err(AllocError::NoSpace { size });
         };
         let off = fit.start;

@@ -157,6 +157,9 @@ pub struct RangeTree<U: SegUnit = u32> {
     by_size: Option<BlockMap<U::SizeKey, ()>>,
     /// The tree keeps a by-size index (built lazily: [`RangeTree::build_size_index`]).
     indexed: bool,
+    /// Segments shorter than this many units stay out of the by-size index (ZFS
+    /// `mra_floor_shift`; see [`RangeTree::set_size_floor`]). 0: every segment is indexed.
+    floor: u64,
     /// An upper bound of the longest segment (units), exact when `largest_exact`: every
     /// segment added at least this long makes it exact, removing a segment this long makes it a
     /// bound. Lets `largest` stay O(1) without the by-size index as long as only adds happen
@@ -176,6 +179,7 @@ impl<U: SegUnit> Debug for RangeTree<U> {
             .field("space", &self.space)
             .field("indexed", &self.indexed)
             .field("index_built", &self.by_size.is_some())
+            .field("floor", &self.floor)
             .finish()
     }
 }
@@ -217,6 +221,7 @@ impl<U: SegUnit> RangeTree<U> {
             by_start: BlockMap::new(),
             by_size: indexed.then(BlockMap::new),
             indexed,
+            floor: 0,
             largest_hint: 0,
             largest_exact: true,
             hist: [0; HISTOGRAM_BUCKETS],
@@ -233,6 +238,7 @@ impl<U: SegUnit> RangeTree<U> {
             by_start: BlockMap::new(),
             by_size: self.indexed.then(BlockMap::new),
             indexed: self.indexed,
+            floor: self.floor,
             largest_hint: 0,
             largest_exact: true,
             hist: [0; HISTOGRAM_BUCKETS],
@@ -260,54 +266,10 @@ impl<U: SegUnit> RangeTree<U> {
         self.indexed
     }
 
-    /// Whether the by-size index is currently built (every segment in it).
+    /// Whether the by-size index is currently built (every segment of at least the size floor
+    /// in it).
     pub fn has_size_index(&self) -> bool {
         self.by_size.is_some()
-    }
-
-    /// Release the by-size index (ZFS keeps only large segments of idle metaslabs indexed;
-    /// we keep none): adds and removes then touch the offset index only, and `largest` stays
-    /// O(1) as long as only adds happen. [`RangeTree::find_best`] scans until
-    /// [`RangeTree::build_size_index`] runs.
-    pub fn drop_size_index(&mut self) {
-        if let Some(ix) = self.by_size.take() {
-            self.largest_hint = ix.last().map_or(0, |(k, ())| U::unpack(k).0);
-            self.largest_exact = true;
-        }
-    }
-
-    /// Make the largest-segment hint exact (a scan when it is only a bound and the by-size
-    /// index is not built), so [`RangeTree::largest_bound`] is exact.
-    pub fn refresh_largest(&mut self) {
-        if self.by_size.is_none() && !self.largest_exact {
-            self.largest_hint = self
-                .by_start
-                .iter()
-                .map(|(_, l)| l.get())
-                .max()
-                .unwrap_or(0);
-            self.largest_exact = true;
-        }
-    }
-
-    /// Build the by-size index of an indexed tree if it is not built (ZFS
-    /// `metaslab_size_tree_full_load`): one sort of the segments, O(n log n). No-op for trees
-    /// without an index.
-    pub fn build_size_index(&mut self) {
-        if !self.indexed || self.by_size.is_some() {
-            return;
-        }
-        let mut keys: Vec<(U::SizeKey, ())> = self
-            .by_start
-            .iter()
-            .map(|(s, l)| (U::size_key(l.get(), s.get()), ()))
-            .collect();
-        keys.sort_unstable();
-        // Keys are distinct (distinct starts), so the sorted build cannot fail.
-        let ix = BlockMap::from_sorted(&keys).unwrap_or_default();
-        self.largest_hint = ix.last().map_or(0, |(k, ())| U::unpack(k).0);
-        self.largest_exact = true;
-        self.by_size = Some(ix);
     }
 
     /// Total bytes covered by segments.
@@ -358,48 +320,6 @@ impl<U: SegUnit> RangeTree<U> {
     #[inline]
     fn to_bytes(&self, unit: u64) -> u64 {
         self.base + (unit << self.shift)
-    }
-
-    #[inline]
-    fn index_insert(&mut self, start: u64, len: u64, hint: usize) {
-        self.hist[hist_bucket(len << self.shift)] += 1;
-        if len >= self.largest_hint {
-            // The hint bounds every other segment, so this one is the longest.
-            self.largest_hint = len;
-            self.largest_exact = true;
-        }
-        if let Some(ix) = self.by_size.as_mut() {
-            ix.insert_hinted(U::size_key(len, start), (), hint);
-        }
-    }
-
-    #[inline]
-    fn index_remove(&mut self, start: u64, len: u64, hint: usize) {
-        self.hist[hist_bucket(len << self.shift)] -= 1;
-        if len >= self.largest_hint {
-            // Possibly the longest one went: the hint is only a bound now.
-            self.largest_exact = false;
-        }
-        if let Some(ix) = self.by_size.as_mut() {
-            ix.remove_hinted(U::size_key(len, start), hint);
-        }
-    }
-
-    /// Start loading the by-size leaves that the index updates of `(len, start)` keys (units;
-    /// len 0 = none) will search, so their cache misses overlap instead of following each other.
-    /// Returns the leaves found, as hints for `index_insert`/`index_remove` (which then skip
-    /// the directory search; `NO_HINT` for none).
-    #[inline]
-    fn prefetch_size_keys(&self, keys: [(u64, u64); 3]) -> [usize; 3] {
-        let mut hints = [NO_HINT; 3];
-        if let Some(ix) = &self.by_size {
-            for (h, (l, s)) in hints.iter_mut().zip(keys) {
-                if l > 0 {
-                    *h = ix.prefetch_hint(U::size_key(l, s));
-                }
-            }
-        }
-        hints
     }
 
     /// Start loading the offset-index leaf that `add(start, len)` or `remove(start, len)` will
@@ -707,6 +627,7 @@ impl<U: SegUnit> RangeTree<U> {
         let mut space = 0u64;
         let mut prev_end: Option<u64> = None;
         let mut longest = 0u64;
+        let mut indexed = 0usize;
         self.by_start.check().map_err(AllocError::Invariant)?;
         if let Some(ix) = &self.by_size {
             ix.check().map_err(AllocError::Invariant)?;
@@ -730,9 +651,12 @@ impl<U: SegUnit> RangeTree<U> {
             hist[hist_bucket(l << self.shift)] += 1;
             space += l << self.shift;
             longest = longest.max(l);
-            if let Some(ix) = &self.by_size {
-                if !ix.contains_key(U::size_key(l, s)) {
-                    return bad(format!("segment {s}+{l} missing from the size index"));
+            if l >= self.floor {
+                indexed += 1;
+                if let Some(ix) = &self.by_size {
+                    if !ix.contains_key(U::size_key(l, s)) {
+                        return bad(format!("segment {s}+{l} missing from the size index"));
+                    }
                 }
             }
         }
@@ -740,11 +664,13 @@ impl<U: SegUnit> RangeTree<U> {
             if !self.indexed {
                 return bad("size index built on a tree without one".into());
             }
-            if ix.len() != self.by_start.len() {
+            // Every key is a segment's (checked above for the segments at or above the
+            // floor), so equal counts mean no stale or below-floor key.
+            if ix.len() != indexed {
                 return bad(format!(
-                    "size index holds {} keys for {} segments",
+                    "size index holds {} keys for {indexed} segments of at least {} units",
                     ix.len(),
-                    self.by_start.len()
+                    self.floor
                 ));
             }
         }
@@ -776,6 +702,7 @@ pub type WideRangeTree = RangeTree<u64>;
 
 mod merge;
 mod search;
+mod size_index;
 
 pub use search::Fit;
 

@@ -20,10 +20,15 @@ enum Op {
     TakeBest(u64, u64),
     /// First fit from a cursor found and taken (`find_first_fit` + `take`).
     TakeFirst(u64, u64, u64),
+    /// Best fit in a window after a cursor (`find_near_fit`: cursor, len, align, window),
+    /// taken.
+    TakeNear(u64, u64, u64, usize),
     /// Build (true) or drop (false) the by-size index.
     Index(bool),
     /// Recompute the exact largest-segment hint.
     RefreshLargest,
+    /// Set the by-size floor (units; rebuilds a built index).
+    Floor(u64),
 }
 
 fn range(units: u64, max_len: u64) -> impl Strategy<Value = (u64, u64)> {
@@ -39,8 +44,11 @@ fn op_in(units: u64, max_len: u64) -> impl Strategy<Value = Op> {
         1 => (0..units, 1..20u64, 0..3u32).prop_map(|(c, l, a)| Op::First(c, l, 1 << a)),
         1 => (1..20u64, 0..4u32).prop_map(|(l, a)| Op::TakeBest(l, 1 << a)),
         1 => (0..units, 1..20u64, 0..3u32).prop_map(|(c, l, a)| Op::TakeFirst(c, l, 1 << a)),
+        1 => (0..units, 1..8u64, 0..3u32, 0..40usize)
+            .prop_map(|(c, l, a, w)| Op::TakeNear(c, l, 1 << a, w)),
         1 => any::<bool>().prop_map(Op::Index),
         1 => Just(Op::RefreshLargest),
+        1 => (0..5u64).prop_map(Op::Floor),
     ]
 }
 
@@ -111,17 +119,27 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
             }
             Op::Best(l, a) => {
                 let (len, align) = (l << SHIFT, a << SHIFT);
-                // oracle: smallest segment (then lowest offset) that fits aligned
-                let mut best: Option<(u64, u64)> = None;
-                for r in o.iter() {
-                    let st = r.start.div_ceil(align) * align;
-                    if st + len <= r.end {
+                // oracle: smallest segment (then lowest offset) that fits aligned; with a
+                // size floor and the index built, the smallest at or above the floor, and
+                // only if none fits the smallest of all
+                let floor = if t.has_size_index() {
+                    t.size_floor()
+                } else {
+                    0
+                };
+                let best_of = |min_len: u64| {
+                    let mut best: Option<(u64, u64)> = None;
+                    for r in o.iter() {
+                        let st = r.start.div_ceil(align) * align;
                         let sl = r.end - r.start;
-                        if best.is_none_or(|(bl, _)| sl < bl) {
+                        if st + len <= r.end && sl >= min_len && best.is_none_or(|(bl, _)| sl < bl)
+                        {
                             best = Some((sl, st));
                         }
                     }
-                }
+                    best
+                };
+                let best = best_of(floor).or_else(|| best_of(0));
                 let got = t.find_best(len, align);
                 match (got, best) {
                     (None, None) => {}
@@ -153,6 +171,32 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                     o.remove(f.start..f.start + len);
                 }
             }
+            Op::TakeNear(c, l, a, w) => {
+                let (cur, len, align) = (b(c), l << SHIFT, a << SHIFT);
+                // oracle: the `w` segments from the one containing the cursor (or the first
+                // after it), wrapping; the shortest that fits aligned, the first of those
+                let segs: Vec<(u64, u64)> = o.iter().map(|r| (r.start, r.end)).collect();
+                let first = segs
+                    .iter()
+                    .position(|&(_, e)| e > cur)
+                    .unwrap_or(segs.len());
+                let exp = segs[first..]
+                    .iter()
+                    .chain(&segs[..first])
+                    .take(w)
+                    .filter_map(|&(s, e)| {
+                        let st = s.div_ceil(align) * align;
+                        (st + len <= e).then_some((e - s, st))
+                    })
+                    .min_by_key(|&(sl, _)| sl)
+                    .map(|(_, st)| st);
+                let fit = t.find_near_fit(cur, len, align, w);
+                assert_eq!(fit.map(|f| f.start), exp);
+                if let Some(f) = fit {
+                    t.take(f, len).unwrap();
+                    o.remove(f.start..f.start + len);
+                }
+            }
             Op::Index(true) => {
                 t.build_size_index();
                 assert_eq!(t.has_size_index(), t.is_indexed());
@@ -160,6 +204,12 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
             Op::Index(false) => {
                 t.drop_size_index();
                 assert!(!t.has_size_index());
+            }
+            Op::Floor(f) => {
+                let built = t.has_size_index();
+                t.set_size_floor(f << SHIFT);
+                assert_eq!(t.size_floor(), f << SHIFT);
+                assert_eq!(t.has_size_index(), built);
             }
             Op::RefreshLargest => {
                 t.refresh_largest();
@@ -224,6 +274,31 @@ proptest! {
     fn wide_matches_rangemap(ops in prop::collection::vec(op(), 1..200)) {
         run(WideRangeTree::new(BASE, UNITS << SHIFT, SHIFT).unwrap(), ops);
     }
+
+    /// Segments below a size floor stay out of the by-size index (checked by `verify` after
+    /// every op); best fit of short requests and the near fit still agree with the oracle.
+    #[test]
+    fn floored_u32_matches_rangemap(
+        ops in prop::collection::vec(op(), 1..200),
+        floor in 2..6u64,
+    ) {
+        run(floored(RangeTree::<u32>::new(BASE, UNITS << SHIFT, SHIFT).unwrap(), floor), ops);
+    }
+
+    #[test]
+    fn floored_wide_matches_rangemap(
+        ops in prop::collection::vec(op(), 1..200),
+        floor in 2..6u64,
+    ) {
+        run(floored(WideRangeTree::new(BASE, UNITS << SHIFT, SHIFT).unwrap(), floor), ops);
+    }
+}
+
+/// `t` with a by-size floor of `units` (set on the empty tree or, below, on a filled one).
+fn floored<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, units: u64) -> RangeTree<U> {
+    t.set_size_floor(units << SHIFT);
+    assert_eq!(t.size_floor(), units << SHIFT);
+    t
 }
 
 proptest! {
@@ -237,6 +312,14 @@ proptest! {
     #[test]
     fn dense_wide_matches_rangemap(ops in prop::collection::vec(dense_op(), 1..2500)) {
         run(WideRangeTree::new(BASE, DENSE_UNITS << SHIFT, SHIFT).unwrap(), ops);
+    }
+
+    #[test]
+    fn dense_floored_u32_matches_rangemap(
+        ops in prop::collection::vec(dense_op(), 1..2500),
+        floor in 2..5u64,
+    ) {
+        run(floored(RangeTree::<u32>::new(BASE, DENSE_UNITS << SHIFT, SHIFT).unwrap(), floor), ops);
     }
 }
 
@@ -268,8 +351,10 @@ fn build(
     ranges: &[(u64, u64)],
     indexed: bool,
     drop_index: bool,
+    floor: u64,
 ) -> (RangeTree<u32>, RangeSet<u64>) {
     let mut t = RangeTree::<u32>::with_index(BASE, DENSE_UNITS << SHIFT, SHIFT, indexed).unwrap();
+    t.set_size_floor(floor << SHIFT);
     if drop_index {
         t.drop_size_index();
     }
@@ -294,9 +379,10 @@ proptest! {
         dst in prop::collection::vec(range(DENSE_UNITS, 6), 0..300),
         src in prop::collection::vec(range(DENSE_UNITS, 6), 0..120),
         drop_index in any::<bool>(),
+        floor in 0..5u64,
     ) {
-        let (mut d, od) = build(&dst, true, drop_index);
-        let (mut s, os) = build(&src, false, false);
+        let (mut d, od) = build(&dst, true, drop_index, floor);
+        let (mut s, os) = build(&src, false, false, 0);
         let overlap = os.iter().any(|r| od.overlaps(r));
         let before = d.space() + s.space();
         let r = s.move_into(&mut d);
@@ -362,6 +448,7 @@ proptest! {
         sort in any::<bool>(),
         indexed in any::<bool>(),
         prefill in any::<bool>(),
+        floor in 0..4u64,
     ) {
         let mut segs: Vec<(u64, u64)> = ranges.iter().map(|&(s, l)| (b(s), l << SHIFT)).collect();
         if sort {
@@ -375,7 +462,10 @@ proptest! {
                 keep
             });
         }
-        let new = || RangeTree::<u32>::with_index(BASE, DENSE_UNITS << SHIFT, SHIFT, indexed);
+        let new = || {
+            RangeTree::<u32>::with_index(BASE, DENSE_UNITS << SHIFT, SHIFT, indexed)
+                .map(|t| floored(t, floor))
+        };
         let (mut a, mut f) = (new().unwrap(), new().unwrap());
         if prefill {
             a.add(b(DENSE_UNITS - 2), 2 << SHIFT).unwrap();

@@ -173,3 +173,66 @@ fn queued_free_overlaps_are_refused_at_once() {
     let out = m.sync(6, 0).unwrap();
     assert_eq!(out.sm_records, vec![SmRecord::free(a + 0x2000, 0x7000)]);
 }
+
+/// A metaslab allocated whole in txg 5 whose `holes` (unit, units) are allocatable again.
+fn holed(cfg: MetaslabConfig, holes: &[(u64, u64)]) -> Metaslab {
+    let mut m = Metaslab::new(0, 0, MS, MS, 12, cfg).unwrap();
+    assert_eq!(m.alloc(MS, 5).unwrap(), MS);
+    m.sync(5, 0).unwrap();
+    m.sync_done(5).unwrap();
+    for &(u, n) in holes {
+        m.free(MS + (u << 12), n << 12, 5, 6).unwrap();
+    }
+    for t in 6..9 {
+        m.sync(t, 0).unwrap();
+        m.sync_done(t).unwrap();
+    }
+    assert_eq!(m.free_space(), holes.iter().map(|h| h.1 << 12).sum::<u64>());
+    m
+}
+
+/// Segments below the size floor (16 KiB = 4 units) are not in the by-size index; a request
+/// below the floor takes the shortest fitting segment after its cursor instead of splitting
+/// the shortest indexed one; a request at the floor takes best fit from the index.
+#[test]
+fn short_requests_take_short_segments_near_the_cursor() {
+    let mut m = holed(
+        MetaslabConfig::default(),
+        &[(10, 1), (20, 2), (40, 8), (100, 3)],
+    );
+    assert_eq!(m.max_free(), 8 << 12);
+    let unit = |u: u64| MS + (u << 12);
+    assert_eq!(m.alloc(0x1000, 9).unwrap(), unit(10));
+    assert_eq!(m.alloc(0x2000, 9).unwrap(), unit(20));
+    // The 4 KiB cursor is past unit 10: the 3-unit segment at 100 is the shortest after it.
+    assert_eq!(m.alloc(0x3000, 9).unwrap(), unit(100));
+    assert_eq!(m.alloc(0x4000, 9).unwrap(), unit(40));
+    assert_eq!(m.free_space(), 4 << 12);
+    m.verify().unwrap();
+}
+
+/// With only segments below the floor left (an empty by-size index) and a window too small to
+/// reach a fit, best fit scans them; when nothing fits, the largest-free hint is made exact so
+/// the group stops sending that size here.
+#[test]
+fn only_short_segments_left_still_serve_and_report_exactly() {
+    let cfg = MetaslabConfig {
+        df_max_search_count: 1,
+        ..MetaslabConfig::default()
+    };
+    let mut m = holed(cfg, &[(10, 1), (20, 2), (30, 3)]);
+    let unit = |u: u64| MS + (u << 12);
+    // The window holds only the 1-unit segment at 10 (wrapping from the cursor at the end).
+    assert_eq!(m.alloc(0x3000, 9).unwrap(), unit(30));
+    // 1 and 2 units left: the histogram bounds the largest at 3 units.
+    assert_eq!(m.max_free(), 0x3000);
+    assert_eq!(
+        m.alloc(0x3000, 9),
+        Err(AllocError::NoSpace { size: 0x3000 })
+    );
+    assert_eq!(m.max_free(), 0x2000);
+    assert_eq!(m.alloc(0x2000, 9).unwrap(), unit(20));
+    assert_eq!(m.alloc(0x1000, 9).unwrap(), unit(10));
+    assert_eq!(m.free_space(), 0);
+    m.verify().unwrap();
+}

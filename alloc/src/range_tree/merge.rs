@@ -19,6 +19,7 @@ impl<U: SegUnit> RangeTree<U> {
             && dst.shift == self.shift
             && dst.span == self.span
             && dst.indexed == self.indexed
+            && dst.floor == self.floor
         {
             std::mem::swap(self, dst);
             return Ok(());
@@ -63,6 +64,8 @@ impl<U: SegUnit> RangeTree<U> {
     /// which reports the overlap). `src` is left as it was (the caller clears it).
     fn bulk_merge(&mut self, src: &RangeTree<U>) -> bool {
         let indexed = self.by_size.is_some();
+        // Segments shorter than this have no by-size key (`u64::MAX`: no index at all).
+        let floor = if indexed { self.floor } else { u64::MAX };
         let mut merged: Vec<(U, U)> = Vec::with_capacity(self.by_start.len() + src.by_start.len());
         let mut size_removes: Vec<U::SizeKey> = Vec::new();
         let mut size_inserts: Vec<U::SizeKey> = Vec::new();
@@ -97,13 +100,13 @@ impl<U: SegUnit> RangeTree<U> {
                     // Touching: coalesce. An original `self` segment stops being untouched.
                     if let Some((os, ol)) = orig.take() {
                         hist[hist_bucket(ol << self.shift)] -= 1;
-                        if indexed {
+                        if ol >= floor {
                             size_removes.push(U::size_key(ol, os));
                         }
                     }
                     if from_a {
                         hist[hist_bucket(l << self.shift)] -= 1;
-                        if indexed {
+                        if l >= floor {
                             size_removes.push(U::size_key(l, s));
                         }
                     }
@@ -120,7 +123,7 @@ impl<U: SegUnit> RangeTree<U> {
                             &mut hist,
                             (cs, cl, orig.is_some()),
                             self.shift,
-                            indexed,
+                            floor,
                         );
                     }
                     cur = Some((s, l, from_a.then_some((s, l))));
@@ -137,7 +140,7 @@ impl<U: SegUnit> RangeTree<U> {
                 &mut hist,
                 (cs, cl, orig.is_some()),
                 self.shift,
-                indexed,
+                floor,
             );
         }
         drop((a, b));
@@ -175,19 +178,20 @@ impl<U: SegUnit> RangeTree<U> {
     }
 
     /// Emit one output segment of [`RangeTree::bulk_merge`]; a segment that is not an
-    /// untouched original gets its histogram and size-index entries.
+    /// untouched original gets its histogram entry, and its size-index entry when it reaches
+    /// `floor`.
     fn flush_merged(
         merged: &mut Vec<(U, U)>,
         size_inserts: &mut Vec<U::SizeKey>,
         hist: &mut [u64; HISTOGRAM_BUCKETS],
         (s, l, untouched): (u64, u64, bool),
         shift: u32,
-        index_it: bool,
+        floor: u64,
     ) {
         merged.push((U::from_u64(s), U::from_u64(l)));
         if !untouched {
             hist[hist_bucket(l << shift)] += 1;
-            if index_it {
+            if l >= floor {
                 size_inserts.push(U::size_key(l, s));
             }
         }

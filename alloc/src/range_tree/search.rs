@@ -2,6 +2,7 @@
 //! fit from a cursor, the largest segment.
 
 use super::{align_up, RangeTree, SearchLimit, SegUnit, ALIGN_PROBE};
+use crate::blockmap::BlockMap;
 
 /// A place found by a picker ([`RangeTree::find_best_fit`], [`RangeTree::find_first_fit`]):
 /// the aligned start in bytes and the segment holding it, so that [`RangeTree::take`] can
@@ -16,7 +17,10 @@ pub struct Fit {
 
 impl<U: SegUnit> RangeTree<U> {
     /// Best fit: the start of an `align`-aligned range of `len` bytes inside the smallest segment
-    /// that can hold it (ties: lowest offset). Does not modify the tree.
+    /// that can hold it (ties: lowest offset). Does not modify the tree. With a size floor
+    /// ([`RangeTree::set_size_floor`]) and the index built, a request below the floor gets the
+    /// smallest indexed segment that holds it, and only when none does the smallest of all
+    /// (a scan).
     pub fn find_best(&self, len: u64, align: u64) -> Option<u64> {
         self.find_best_fit(len, align).map(|f| f.start)
     }
@@ -39,45 +43,104 @@ impl<U: SegUnit> RangeTree<U> {
                 seg: (s, l),
             })
         };
-        match &self.by_size {
-            Some(ix) => {
-                let mut examined = 0usize;
-                for (k, ()) in ix.iter_from(U::size_key(ulen, 0)) {
-                    let (l, s) = U::unpack(k);
-                    if let Some(a) = fits(s, l) {
-                        return Some(a);
-                    }
-                    examined += 1;
-                    if examined >= ALIGN_PROBE {
-                        break;
-                    }
+        let scan = || {
+            let mut best: Option<Fit> = None;
+            for (s, l) in self.by_start.iter() {
+                let (s, l) = (s.get(), l.get());
+                if best.is_some_and(|b| l >= b.seg.1) {
+                    continue;
                 }
-                if align <= unit {
-                    return None;
-                }
-                // Any segment of at least len + align - unit bytes fits whatever its start.
-                let need = (len + align - unit).div_ceil(unit);
-                if need > U::MAX {
-                    return None;
-                }
-                ix.iter_from(U::size_key(need, 0)).find_map(|(k, ())| {
-                    let (l, s) = U::unpack(k);
-                    fits(s, l)
-                })
+                best = fits(s, l).or(best);
             }
-            None => {
-                let mut best: Option<Fit> = None;
-                for (s, l) in self.by_start.iter() {
-                    let (s, l) = (s.get(), l.get());
-                    if let Some(f) = fits(s, l) {
-                        if best.is_none_or(|b| l < b.seg.1) {
-                            best = Some(f);
-                        }
-                    }
-                }
-                best
+            best
+        };
+        let Some(ix) = &self.by_size else {
+            return scan();
+        };
+        let mut examined = 0usize;
+        for (k, ()) in ix.iter_from(U::size_key(ulen, 0)) {
+            let (l, s) = U::unpack(k);
+            if let Some(a) = fits(s, l) {
+                return Some(a);
+            }
+            examined += 1;
+            if examined >= ALIGN_PROBE {
+                break;
             }
         }
+        if align > unit {
+            // Any segment of at least len + align - unit bytes fits whatever its start.
+            let need = (len + align - unit).div_ceil(unit);
+            if need <= U::MAX {
+                let found = ix.iter_from(U::size_key(need, 0)).find_map(|(k, ())| {
+                    let (l, s) = U::unpack(k);
+                    fits(s, l)
+                });
+                if found.is_some() {
+                    return found;
+                }
+            }
+        }
+        // No indexed segment fits. Segments below the floor are not indexed and could hold a
+        // request shorter than the floor: look at them all (an allocator asks
+        // `find_near_fit` first, so this runs when a metaslab has nothing but small
+        // segments left).
+        if ulen < self.floor {
+            return scan();
+        }
+        None
+    }
+
+    /// Best fit among the `max_count` segments that follow `cursor` in offset order (the
+    /// one containing it, or the first after it, first; wrapping to the start of the tree):
+    /// the shortest one where an `align`-aligned range of `len` bytes fits, the first of those
+    /// in that order, stopping early at a segment exactly `len` long. For requests below the
+    /// size floor, whose best fit the by-size index cannot give: the walk stays in a few
+    /// neighbouring offset leaves (warm: the cursor moves with the allocations) and prefers
+    /// small segments, so they are used up instead of splitting larger ones.
+    pub fn find_near_fit(
+        &self,
+        cursor: u64,
+        len: u64,
+        align: u64,
+        max_count: usize,
+    ) -> Option<Fit> {
+        if len == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let unit = 1u64 << self.shift;
+        let ulen = len.div_ceil(unit);
+        let cu = (cursor.saturating_sub(self.base) >> self.shift).min(self.span);
+        let first_key = match self.seg_at_or_before(cu) {
+            Some((ps, pl)) if ps + pl > cu => ps,
+            _ => cu,
+        };
+        let window = self
+            .by_start
+            .iter_from(U::from_u64(first_key))
+            .chain(self.by_start.iter())
+            .take(max_count.min(self.by_start.len()));
+        let mut best: Option<Fit> = None;
+        for (s, l) in window {
+            let (s, l) = (s.get(), l.get());
+            if best.is_some_and(|b| l >= b.seg.1) {
+                continue;
+            }
+            let sb = self.to_bytes(s);
+            let Some(a) = align_up(sb, align.max(unit)) else {
+                continue;
+            };
+            if a + len <= sb + (l << self.shift) {
+                best = Some(Fit {
+                    start: a,
+                    seg: (s, l),
+                });
+                if l == ulen {
+                    break;
+                }
+            }
+        }
+        best
     }
 
     /// First fit from a cursor (ZFS `metaslab_block_picker`): starting with the segment that
@@ -133,11 +196,12 @@ impl<U: SegUnit> RangeTree<U> {
         None
     }
 
-    /// Length in bytes of the largest segment (0 when empty). O(1) with the by-size index or
-    /// while only adds happened since it was dropped; otherwise a scan.
+    /// Length in bytes of the largest segment (0 when empty). O(1) with the by-size index (when
+    /// it holds a segment: segments below the floor are shorter than any indexed one) or while
+    /// only adds happened since it was dropped; otherwise a scan.
     pub fn largest(&self) -> u64 {
-        let units = match &self.by_size {
-            Some(ix) => ix.last().map_or(0, |(k, ())| U::unpack(k).0),
+        let units = match self.by_size.as_ref().and_then(BlockMap::last) {
+            Some((k, ())) => U::unpack(k).0,
             None if self.largest_exact => self.largest_hint,
             None => self
                 .by_start
@@ -152,8 +216,8 @@ impl<U: SegUnit> RangeTree<U> {
     /// An upper bound of [`RangeTree::largest`] in O(1) (exact whenever `largest` is O(1);
     /// else the tighter of the kept bound and the histogram's).
     pub fn largest_bound(&self) -> u64 {
-        match &self.by_size {
-            Some(ix) => ix.last().map_or(0, |(k, ())| U::unpack(k).0) << self.shift,
+        match self.by_size.as_ref().and_then(BlockMap::last) {
+            Some((k, ())) => U::unpack(k).0 << self.shift,
             None if self.largest_exact => self.largest_hint << self.shift,
             None => {
                 let Some(b) = self.hist.iter().rposition(|&c| c != 0) else {
