@@ -14,7 +14,6 @@
 //! open txg `T+1` of a block born at `T` must be checkpointed when the checkpoint `T` is created at
 //! the start of `T+1`'s sync, although no checkpoint existed when the free was issued.
 
-use crate::blockmap::BlockMap;
 use crate::error::AllocError;
 use crate::frag::{fragmentation, segment_weight};
 use crate::range_tree::{RangeTree, SearchLimit, HISTOGRAM_BUCKETS};
@@ -114,19 +113,6 @@ impl MetaslabSyncOutput {
     pub fn is_empty(&self) -> bool {
         !self.condensed && self.sm_records.is_empty() && self.ckpt_records.is_empty()
     }
-}
-
-/// Frees queued for one txg: start -> (len, birth txg). Not coalesced (each free keeps its
-/// birth for the routing decision at sync), but overlap-checked on insert.
-type QueuedFrees = BlockMap<u64, (u64, u64)>;
-
-fn queued_overlaps(q: &QueuedFrees, start: u64, len: u64) -> bool {
-    // Queued frees are disjoint: only the last one starting before the end can overlap.
-    !q.is_empty()
-        && q.pred_lt(start + len).is_some_and(|p| {
-            let (s, (l, _)) = q.get(p);
-            s + l > start
-        })
 }
 
 /// A metaslab. Not thread-safe: the group keeps each one behind its own lock.
@@ -501,56 +487,6 @@ impl Metaslab {
         Ok(())
     }
 
-    /// Queue the free of `[start, start + len)`, born in `birth_txg`, as part of txg `txg`
-    /// (the txg whose sync commits the removal of the last reference). At `sync(txg)` it goes to
-    /// `checkpointing` if a checkpoint txg `C` is set, `birth_txg <= C` and `txg > C`, else to
-    /// `freeing`. A range already queued for freeing (this or another unsynced txg) is
-    /// [`AllocError::DoubleFree`] at once. A range that is already free (allocatable, freed,
-    /// deferred) is [`AllocError::DoubleFree`] at once with
-    /// [`MetaslabConfig::eager_free_checks`], otherwise from `sync(txg)`, which validates the whole
-    /// queue before changing anything (nothing is emitted; only the offending free is dropped).
-    pub fn free(
-        &mut self,
-        start: u64,
-        len: u64,
-        birth_txg: u64,
-        txg: u64,
-    ) -> Result<(), AllocError> {
-        self.check_range(start, len)?;
-        self.check_open(txg)?;
-        let slot = Self::slot(txg);
-        if self.pending_txg[slot] != txg && !self.pending_frees[slot].is_empty() {
-            return Err(AllocError::Invariant(format!(
-                "free slot {slot} still holds txg {} while freeing for txg {txg}",
-                self.pending_txg[slot]
-            )));
-        }
-        if (self.cfg.eager_free_checks && self.is_free_somewhere(start, len))
-            || self
-                .pending_frees
-                .iter()
-                .enumerate()
-                .any(|(i, q)| i != slot && queued_overlaps(q, start, len))
-        {
-            return Err(AllocError::DoubleFree { start, len });
-        }
-        // This txg's queue: the overlap check and the insert share one descent (the queue is
-        // disjoint, so only the neighbours can overlap).
-        let end = start + len;
-        let inserted = self.pending_frees[slot].insert_unless(start, (len, birth_txg), |p, n| {
-            p.is_some_and(|(ps, (pl, _))| ps + pl > start) || n.is_some_and(|(ns, _)| ns < end)
-        });
-        if !inserted {
-            return Err(AllocError::DoubleFree { start, len });
-        }
-        self.pending_txg[slot] = txg;
-        if self.queue_checked_txg == txg {
-            self.queue_checked_txg = 0;
-        }
-        self.touched = true;
-        Ok(())
-    }
-
     /// Whether any part of the range is in a tree of free space.
     fn is_free_somewhere(&self, start: u64, len: u64) -> bool {
         self.allocatable.overlaps(start, len) || self.is_free_elsewhere(start, len)
@@ -598,10 +534,7 @@ impl Metaslab {
     pub fn range_is_free_anywhere(&self, start: u64, len: u64) -> bool {
         self.is_free_somewhere(start, len)
             || self.allocating.iter().any(|t| t.overlaps(start, len))
-            || self
-                .pending_frees
-                .iter()
-                .any(|q| queued_overlaps(q, start, len))
+            || self.is_queued(start, len)
     }
 
     /// Visit the allocatable segments.
@@ -610,8 +543,11 @@ impl Metaslab {
     }
 }
 
+mod queue;
 mod sync;
 mod verify;
+
+use queue::QueuedFrees;
 
 #[cfg(test)]
 mod tests;

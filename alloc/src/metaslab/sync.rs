@@ -1,46 +1,11 @@
-//! The txg pipeline of a metaslab: checking the queued frees, `sync` (routing frees, emitting
-//! space-map records, condensing) and `sync_done` (rotating the deferred frees).
+//! The txg pipeline of a metaslab: `sync` (routing the queued frees, emitting space-map
+//! records, condensing) and `sync_done` (rotating the deferred frees).
 
 use super::{Metaslab, MetaslabSyncOutput};
 use crate::error::AllocError;
 use crate::record::SmRecord;
 
 impl Metaslab {
-    /// Check the frees queued for `txg` before its sync: a free of a range that is free (a
-    /// double free) is [`AllocError::DoubleFree`] and that free is dropped from the queue
-    /// (nothing else changes). The queue is sorted, so the lookups walk the trees in order (warm
-    /// caches), which is why this is cheaper here than at free time. `sync` runs it itself unless
-    /// it already ran for this txg (the class checks every metaslab before syncing any, so a
-    /// failed check leaves no metaslab half-synced).
-    pub fn check_queued_frees(&mut self, txg: u64) -> Result<(), AllocError> {
-        let slot = Self::slot(txg);
-        let queued: Vec<(u64, u64)> = self.pending_frees[slot]
-            .iter()
-            .map(|(s, (l, _))| (s, l))
-            .collect();
-        // The large tree (allocatable) is probed with prefetched lookups; the others are small
-        // (a txg or two of frees) and are walked in order alongside the sorted queue.
-        let mut first_bad = self.allocatable.first_overlap(&queued);
-        for t in [
-            &self.freeing,
-            &self.freed,
-            &self.defer[0],
-            &self.defer[1],
-            &self.checkpointing,
-        ] {
-            if let Some(i) = t.first_overlap_sorted(&queued) {
-                first_bad = Some(first_bad.map_or(i, |b| b.min(i)));
-            }
-        }
-        if let Some((start, len)) = first_bad.map(|i| queued[i]) {
-            self.pending_frees[slot].remove(start);
-            self.queue_checked_txg = 0;
-            return Err(AllocError::DoubleFree { start, len });
-        }
-        self.queue_checked_txg = txg;
-        Ok(())
-    }
-
     /// Whether `sync(txg)` has anything to do (or would condense).
     pub fn needs_sync(&self, txg: u64) -> bool {
         let slot = Self::slot(txg);
@@ -124,10 +89,13 @@ impl Metaslab {
             self.check_queued_frees(txg)?;
         }
         self.queue_checked_txg = 0;
-        // The queue is sorted and disjoint: each destination is built in one pass.
+        // The check sorted the queue and found it disjoint: each destination is built in one
+        // pass.
         let mut to_free = Vec::with_capacity(self.pending_frees[slot].len());
         let mut to_hold = Vec::new();
-        for (start, (len, birth)) in self.pending_frees[slot].drain_all() {
+        let (base, shift) = (self.start, self.ashift);
+        for f in self.pending_frees[slot].drain(..) {
+            let (start, len, birth) = f.range(base, shift);
             let held = checkpoint_txg != 0 && birth <= checkpoint_txg && txg > checkpoint_txg;
             if held {
                 to_hold.push((start, len));

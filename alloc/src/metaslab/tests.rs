@@ -138,40 +138,80 @@ fn idle_metaslab_drops_and_rebuilds_size_index() {
     m.verify().unwrap();
 }
 
-/// A free overlapping one queued for the same txg fails at once whether it starts before,
-/// inside or after it, covers it or repeats it, and one overlapping another unsynced txg's
-/// queue too; touching neighbours are accepted and the queue keeps only the good frees.
+/// A free overlapping one queued for the same txg (starting before, inside or after it,
+/// covering or repeating it) is queued, and the txg's sync refuses one of the two (the later in
+/// offset order) and syncs the other; nothing else changes.
 #[test]
-fn queued_free_overlaps_are_refused_at_once() {
+fn queued_free_overlaps_are_refused_at_sync() {
+    let good = (0x4000u64, 0x4000u64);
+    for bad in [
+        (0x5000u64, 0x1000u64),
+        (0x2000, 0x3000),
+        (0x7000, 0x2000),
+        (0x3000, 0x6000),
+        (0x4000, 0x4000),
+    ] {
+        let mut m = ms();
+        let a = m.alloc(0x10000, 5).unwrap();
+        m.sync(5, 0).unwrap();
+        m.sync_done(5).unwrap();
+        m.free(a + good.0, good.1, 5, 6).unwrap();
+        m.free(a + bad.0, bad.1, 5, 6).unwrap();
+        let (refused, kept) = if bad.0 >= good.0 {
+            (bad, good)
+        } else {
+            (good, bad)
+        };
+        let err = m.sync(6, 0).unwrap_err();
+        if bad.0 == good.0 {
+            // Same start: either is the second one.
+            assert!(matches!(err, AllocError::DoubleFree { start, .. } if start == a + bad.0));
+        } else {
+            assert_eq!(
+                err,
+                AllocError::DoubleFree {
+                    start: a + refused.0,
+                    len: refused.1
+                }
+            );
+        }
+        m.verify().unwrap();
+        let out = m.sync(6, 0).unwrap();
+        assert_eq!(out.sm_records.len(), 1);
+        if bad.0 != good.0 {
+            assert_eq!(out.sm_records, vec![SmRecord::free(a + kept.0, kept.1)]);
+        }
+        m.sync_done(6).unwrap();
+        m.verify().unwrap();
+    }
+}
+
+/// A free of a later txg overlapping one queued for the syncing txg is refused by that sync
+/// (one check per call); touching neighbours are accepted, in either txg.
+#[test]
+fn later_txg_overlapping_a_queued_free_is_refused() {
     let mut m = ms();
     let a = m.alloc(0x10000, 5).unwrap();
     m.sync(5, 0).unwrap();
     m.sync_done(5).unwrap();
     m.free(a + 0x4000, 0x4000, 5, 6).unwrap();
-    for (s, l) in [
-        (a + 0x5000, 0x1000),
-        (a + 0x2000, 0x3000),
-        (a + 0x7000, 0x2000),
-        (a + 0x3000, 0x6000),
-        (a + 0x4000, 0x4000),
-    ] {
-        assert_eq!(
-            m.free(s, l, 5, 6),
-            Err(AllocError::DoubleFree { start: s, len: l })
-        );
-    }
     m.free(a + 0x2000, 0x2000, 5, 6).unwrap();
     m.free(a + 0x8000, 0x1000, 5, 6).unwrap();
+    m.free(a + 0x6000, 0x1000, 5, 7).unwrap();
+    m.free(a + 0x9000, 0x1000, 5, 7).unwrap();
     assert_eq!(
-        m.free(a + 0x6000, 0x1000, 5, 7),
-        Err(AllocError::DoubleFree {
+        m.sync(6, 0).unwrap_err(),
+        AllocError::DoubleFree {
             start: a + 0x6000,
             len: 0x1000
-        })
+        }
     );
     m.verify().unwrap();
     let out = m.sync(6, 0).unwrap();
     assert_eq!(out.sm_records, vec![SmRecord::free(a + 0x2000, 0x7000)]);
+    m.sync_done(6).unwrap();
+    let out = m.sync(7, 0).unwrap();
+    assert_eq!(out.sm_records, vec![SmRecord::free(a + 0x9000, 0x1000)]);
 }
 
 /// A metaslab allocated whole in txg 5 whose `holes` (unit, units) are allocatable again.
