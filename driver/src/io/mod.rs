@@ -36,7 +36,7 @@ pub use ops::{
 };
 pub use reactor::{
     block_on, current_reactor_index, in_reactor, reactor_stats, ring_info, ring_stats, spawn_local,
-    try_spawn_local, JoinError, JoinHandle, ReactorConfig, ReactorHandle, ReactorSet, RingInfo,
-    RingStats, TaskRunMode, DEFAULT_SUBMIT_BATCH,
+    submit_now, try_spawn_local, JoinError, JoinHandle, ReactorConfig, ReactorHandle, ReactorSet,
+    RingInfo, RingStats, TaskRunMode, DEFAULT_SUBMIT_BATCH,
 };
 pub use time::{sleep, yield_now, YieldNow};

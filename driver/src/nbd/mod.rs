@@ -55,4 +55,4 @@ pub use mem::MemBackend;
 pub use proto::Errno;
 pub use reply::{Extent, ReplyMode};
 pub use request::{Command, Rejection, Request, RequestDecoder, RequestError};
-pub use server::{NbdServer, NbdServerConfig, DEFAULT_PORT};
+pub use server::{NbdServer, NbdServerConfig, NbdStats, DEFAULT_PORT, DEFAULT_REPLY_FLUSH};

@@ -60,6 +60,12 @@ pub struct NbdServerConfig {
     ///
     /// [`ExportBackend::gathers_writes`]: super::backend::ExportBackend::gathers_writes
     pub gather_writes: bool,
+    /// Once this many small replies are queued on a connection and no send is in flight, the
+    /// request task that queued the last one sends them at once instead of leaving them to the
+    /// connection's writer task, which runs only after every task woken by the same burst of
+    /// completions (0: the writer only). Default 8; `RINGPOOL_NBD_REPLY_FLUSH=N` in the
+    /// environment sets the default (for comparisons).
+    pub reply_flush: usize,
 }
 
 impl Default for NbdServerConfig {
@@ -76,8 +82,23 @@ impl Default for NbdServerConfig {
             handshake: HandshakeConfig::default(),
             handshake_timeout: Some(Duration::from_secs(10)),
             gather_writes: std::env::var("RINGPOOL_NBD_GATHER").map_or(true, |v| v.trim() != "0"),
+            reply_flush: std::env::var("RINGPOOL_NBD_REPLY_FLUSH")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_REPLY_FLUSH),
         }
     }
+}
+
+/// Default of [`NbdServerConfig::reply_flush`].
+pub const DEFAULT_REPLY_FLUSH: usize = 8;
+
+/// Counters of a server since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NbdStats {
+    /// Sends of queued replies made by a request task at [`NbdServerConfig::reply_flush`]
+    /// queued replies, ahead of the writer task.
+    pub early_reply_flushes: u64,
 }
 
 /// State shared by the server handle, the acceptors and every connection.
@@ -91,6 +112,8 @@ pub(crate) struct Shared {
     /// Live connections: a duplicate of each socket, to shut it down from another thread.
     conns: Mutex<HashMap<u64, OwnedFd>>,
     conns_changed: Condvar,
+    /// See [`NbdStats::early_reply_flushes`].
+    pub(crate) early_flushes: AtomicU64,
 }
 
 impl Shared {
@@ -206,6 +229,7 @@ impl NbdServer {
             rr: AtomicUsize::new(0),
             conns: Mutex::new(HashMap::new()),
             conns_changed: Condvar::new(),
+            early_flushes: AtomicU64::new(0),
         });
         let acceptors = listeners
             .iter()
@@ -233,6 +257,13 @@ impl NbdServer {
     /// The unix socket path.
     pub fn unix_path(&self) -> Option<&std::path::Path> {
         self.unix_path.as_deref()
+    }
+
+    /// Counters since the server started.
+    pub fn stats(&self) -> NbdStats {
+        NbdStats {
+            early_reply_flushes: self.shared.early_flushes.load(Ordering::Relaxed),
+        }
     }
 
     /// Connections currently open.

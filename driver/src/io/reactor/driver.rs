@@ -280,6 +280,15 @@ impl Driver {
         }
     }
 
+    /// Hands the SQEs queued so far to the kernel now, without waiting for a completion
+    /// (an SQPOLL ring's kernel thread picks them up by itself).
+    pub(crate) fn submit_now(&mut self) {
+        if !self.info.sqpoll && !self.ring.submission().is_empty() {
+            // An error (EBUSY, EAGAIN) leaves the SQEs queued for the loop turn, which reports it.
+            let _ = self.enter(false);
+        }
+    }
+
     /// Push into the SQ, submitting once to make room if it is full.
     fn try_push_sq(&mut self, entry: squeue::Entry) -> Result<(), squeue::Entry> {
         for attempt in 0..2 {

@@ -498,6 +498,16 @@ where
     JoinHandle::from_inner(join)
 }
 
+/// Submits the operations queued on the current reactor's ring now instead of at the end of
+/// the loop turn (or once [`ReactorConfig::submit_batch`] of them wait). For an operation whose
+/// result somebody else is waiting for while the reactor still has a long turn ahead, e.g. a
+/// reply send made while many completions are still being processed. No-op outside a reactor.
+pub fn submit_now() {
+    if let Some(core) = current_core() {
+        core.driver.borrow_mut().submit_now();
+    }
+}
+
 /// Like [`spawn_local`] but returns `None` instead of panicking outside a reactor.
 pub fn try_spawn_local<F>(fut: F) -> Option<JoinHandle<F::Output>>
 where

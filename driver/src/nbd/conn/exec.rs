@@ -23,11 +23,22 @@ pub(super) async fn run(
     payload: Option<IoBuf>,
     credit: u64,
 ) {
+    execute(&conn, req, command, payload, credit).await;
+    conn.flush_early().await;
+}
+
+async fn execute(
+    conn: &Rc<Conn>,
+    req: Request,
+    command: Command,
+    payload: Option<IoBuf>,
+    credit: u64,
+) {
     let backend = &conn.export.backend;
     let (cookie, roff, mode) = (req.cookie, req.offset, conn.mode);
     match command {
         Command::Read { offset, length, df } => {
-            read(&conn, credit, cookie, roff, offset, length, df).await
+            read(conn, credit, cookie, roff, offset, length, df).await
         }
         Command::Write { offset, fua, .. } => {
             let Some(data) = payload else {

@@ -7,7 +7,10 @@
 //! * Request tasks queue their reply with the **writer** task: replies up to
 //!   [`send::INLINE_REPLY_MAX`] bytes (headers, errors, small reads) are appended to one batch buffer
 //!   that goes out in a single send; larger reads are sent straight from the buffer the backend
-//!   read into (the reply header sits in the page before the data).
+//!   read into (the reply header sits in the page before the data). When a burst of
+//!   completions queues many small replies, the task that queues the
+//!   [`NbdServerConfig::reply_flush`](super::NbdServerConfig::reply_flush)-th sends the batch
+//!   itself at once (the writer would run only after the whole burst).
 //! * **Bounded memory**: every request holds a credit (its payload or read length) until its
 //!   reply is sent; the reader stops reading while the connection is over
 //!   `max_inflight_bytes`/`max_inflight_requests`, so a client that does not read its
@@ -117,6 +120,12 @@ struct Conn {
     /// Small WRITEs waiting to be written together (when the backend gathers writes).
     gather: gather::Gather,
     gathers_writes: bool,
+    /// A send of queued replies is in flight (by the writer or an early flush): one at a time.
+    sending: Cell<bool>,
+    /// Queued small replies that make a request task send them itself (0: the writer only);
+    /// see [`send`].
+    reply_flush: usize,
+    shared: Arc<Shared>,
 }
 
 /// Runs `f` for at most `limit` (`None`: no limit). Dropping `f` cancels its ring operations.
@@ -191,6 +200,9 @@ pub(crate) async fn serve(stream: Stream, shared: Arc<Shared>, id: u64) {
         closing: Cell::new(false),
         gather: gather::Gather::default(),
         gathers_writes,
+        sending: Cell::new(false),
+        reply_flush: shared.cfg.reply_flush,
+        shared: Arc::clone(&shared),
     });
     let writer_task = crate::io::spawn_local(send::writer(Rc::clone(&conn)));
     let end = transmission(&conn, &mut rx, &decoder, &shared).await;

@@ -6,6 +6,15 @@
 //! in one vectored send); larger reads are sent straight from the buffer the backend read into
 //! (the reply header sits in the page before the data). Every reply releases its request's
 //! credit once it is sent (or dropped on a broken connection).
+//!
+//! **Early flush**: when a burst of completions arrives (a virtio disk completes a whole queue
+//! of reads at once), the request tasks all run before the writer, so the first reply used to
+//! wait until the last one was built, and the client (which resubmits as soon as it has
+//! replies) sat idle meanwhile, as did the disk. Once [`Conn::reply_flush`] replies are queued
+//! and no send is in flight, the request task that queued the last of them sends the batch
+//! itself and submits the send at once ([`crate::io::submit_now`]), so the client gets to work
+//! while the rest of the burst is processed. One send is in flight per connection at any time
+//! (`Conn::sending`), whoever makes it, so replies never interleave on the socket.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -37,6 +46,8 @@ pub(super) struct OutQueue {
     pub(super) small_credit: u64,
     pub(super) small_reqs: usize,
     pub(super) data: VecDeque<DataItem>,
+    /// An emptied batch buffer kept for reuse.
+    spare: Option<IoBuf>,
 }
 
 impl OutQueue {
@@ -47,8 +58,17 @@ impl OutQueue {
             small_credit: 0,
             small_reqs: 0,
             data: VecDeque::new(),
+            spare: None,
         }
     }
+}
+
+/// What one send pass takes out of the queue.
+struct Taken {
+    batches: Vec<IoBuf>,
+    credit: u64,
+    reqs: usize,
+    data: VecDeque<DataItem>,
 }
 
 impl Conn {
@@ -150,85 +170,155 @@ impl Conn {
     }
 }
 
-/// The writer task: sends batched small replies and large data replies until the connection
-/// closes and every reply is out.
-pub(super) async fn writer(conn: Rc<Conn>) {
-    let mut spare: Option<IoBuf> = None;
-    loop {
-        let taken = {
-            let mut q = conn.out.borrow_mut();
-            if q.small.is_empty() && q.full.is_empty() && q.data.is_empty() {
-                None
-            } else {
-                let fresh = spare.take().unwrap_or_else(|| {
-                    let mut b = crate::io::buf::alloc(SEND_BATCH);
-                    b.clear();
-                    b
-                });
-                let last = std::mem::replace(&mut q.small, fresh);
-                let mut batches = std::mem::take(&mut q.full);
-                if !last.is_empty() {
-                    batches.push(last);
-                }
-                let c = std::mem::take(&mut q.small_credit);
-                let r = std::mem::take(&mut q.small_reqs);
-                Some((batches, c, r, std::mem::take(&mut q.data)))
-            }
+impl Conn {
+    /// Takes the batched small replies (and, with `with_data`, the large ones) out of the
+    /// queue; `None` if there is nothing to send.
+    fn take_out(&self, with_data: bool) -> Option<Taken> {
+        let mut q = self.out.borrow_mut();
+        let data_waits = with_data && !q.data.is_empty();
+        if q.small.is_empty() && q.full.is_empty() && !data_waits {
+            return None;
+        }
+        let mut batches = std::mem::take(&mut q.full);
+        if !q.small.is_empty() {
+            let fresh = q.spare.take().unwrap_or_else(|| {
+                let mut b = crate::io::buf::alloc(SEND_BATCH);
+                b.clear();
+                b
+            });
+            batches.push(std::mem::replace(&mut q.small, fresh));
+        }
+        let data = if with_data {
+            std::mem::take(&mut q.data)
+        } else {
+            VecDeque::new()
         };
-        let Some((mut batches, credit, reqs, data)) = taken else {
-            if conn.closing.get() && conn.inflight_reqs.get() == 0 {
-                return;
-            }
-            conn.writer_wake.notified().await;
-            continue;
-        };
-        if !batches.is_empty() && !conn.broken.get() {
+        Some(Taken {
+            batches,
+            credit: std::mem::take(&mut q.small_credit),
+            reqs: std::mem::take(&mut q.small_reqs),
+            data,
+        })
+    }
+
+    /// Sends what [`Conn::take_out`] took (nothing on a broken connection) and releases its
+    /// credit. The caller holds `sending`.
+    async fn send_taken(&self, t: Taken) {
+        let Taken {
+            mut batches,
+            credit,
+            reqs,
+            data,
+        } = t;
+        if !batches.is_empty() && !self.broken.get() {
             let r = if batches.len() == 1 {
-                let (r, b) = conn.stream.send_all(batches.remove(0)).await;
+                let (r, b) = self.stream.send_all(batches.remove(0)).await;
                 batches.push(b);
                 r
             } else {
-                let (r, b) = conn.stream.send_all_vectored(batches).await;
+                let (r, b) = self.stream.send_all_vectored(batches).await;
                 batches = b;
                 r
             };
             if let Err(e) = r {
-                tracing::debug!(conn = conn.id, error = %e, "send failed");
-                conn.broken.set(true);
+                tracing::debug!(conn = self.id, error = %e, "send failed");
+                self.broken.set(true);
             }
         }
         if reqs > 0 {
-            conn.release(credit, reqs);
+            self.release(credit, reqs);
         }
         // Keep one ordinary batch buffer for reuse (not one grown for a huge reply).
         if let Some(mut b) = batches.pop() {
-            if b.capacity() == SEND_BATCH {
+            let mut q = self.out.borrow_mut();
+            if b.capacity() == SEND_BATCH && q.spare.is_none() {
                 b.clear();
-                spare = Some(b);
+                q.spare = Some(b);
             }
         }
         for item in data {
-            if !conn.broken.get() {
+            if !self.broken.get() {
                 let mut buf = item.buf;
                 let mut at = item.range.start;
                 while at < item.range.end {
-                    let (r, b) = conn.stream.send_range(buf, at..item.range.end).await;
+                    let (r, b) = self.stream.send_range(buf, at..item.range.end).await;
                     buf = b;
                     match r {
                         Ok(n) if n > 0 => at += n,
                         Ok(_) => {
-                            conn.broken.set(true);
+                            self.broken.set(true);
                             break;
                         }
                         Err(e) => {
-                            tracing::debug!(conn = conn.id, error = %e, "send failed");
-                            conn.broken.set(true);
+                            tracing::debug!(conn = self.id, error = %e, "send failed");
+                            self.broken.set(true);
                             break;
                         }
                     }
                 }
             }
-            conn.release(item.credit, 1);
+            self.release(item.credit, 1);
         }
+    }
+
+    /// Called by a request task after queueing its reply: with [`Conn::reply_flush`] or more
+    /// small replies queued and no send in flight, sends them now from this task instead of
+    /// leaving them to the writer, which runs only after every task already woken (see the
+    /// module docs). Large replies stay with the writer.
+    pub(super) async fn flush_early(&self) {
+        if self.reply_flush == 0 || self.sending.get() || self.broken.get() {
+            return;
+        }
+        if self.out.borrow().small_reqs < self.reply_flush {
+            return;
+        }
+        let Some(t) = self.take_out(false) else {
+            return;
+        };
+        self.sending.set(true);
+        self.shared
+            .early_flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        submit_at_once(self.send_taken(t)).await;
+        self.sending.set(false);
+        // Replies queued meanwhile went to the writer, which waits for this send to end.
+        self.writer_wake.notify_one();
+    }
+}
+
+/// Polls `f`; if its first poll leaves an operation queued on the ring, submits it at once.
+async fn submit_at_once<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut first = true;
+    std::future::poll_fn(|cx| {
+        let r = f.as_mut().poll(cx);
+        if r.is_pending() && std::mem::take(&mut first) {
+            crate::io::submit_now();
+        }
+        r
+    })
+    .await
+}
+
+/// The writer task: sends batched small replies and large data replies until the connection
+/// closes and every reply is out.
+pub(super) async fn writer(conn: Rc<Conn>) {
+    loop {
+        let taken = if conn.sending.get() {
+            // An early flush is sending: it wakes us when it is done.
+            None
+        } else {
+            conn.take_out(true)
+        };
+        let Some(t) = taken else {
+            if !conn.sending.get() && conn.closing.get() && conn.inflight_reqs.get() == 0 {
+                return;
+            }
+            conn.writer_wake.notified().await;
+            continue;
+        };
+        conn.sending.set(true);
+        conn.send_taken(t).await;
+        conn.sending.set(false);
     }
 }
