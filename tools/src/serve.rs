@@ -257,7 +257,7 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let reactors = ReactorSet::start(ReactorConfig {
         reactors: reactors_n,
-        pin: true,
+        // Pinned unless RINGPOOL_REACTOR_PIN=0 (see ReactorConfig::pin).
         ..Default::default()
     })
     .context("cannot start the reactors")?;
