@@ -147,6 +147,14 @@ struct Args {
     /// (`MetaslabConfig::size_index_floor`; default: the library's).
     #[arg(long)]
     size_index_floor: Option<u64>,
+    /// Drop an idle metaslab's by-size index after this many txgs without an allocation
+    /// (`MetaslabConfig::drop_index_after_txgs`, 0: never; default: the library's).
+    #[arg(long)]
+    drop_index_after_txgs: Option<u64>,
+    /// Segments a first-fit or near-fit search examines at most
+    /// (`MetaslabConfig::df_max_search_count`; default: the library's).
+    #[arg(long)]
+    df_max_search_count: Option<usize>,
 }
 
 const KIB: u64 = 1024;
@@ -263,6 +271,12 @@ fn build_class(args: &Args, shards: usize) -> Result<MetaslabClass> {
     };
     if let Some(f) = args.size_index_floor {
         cfg.metaslab.size_index_floor = f;
+    }
+    if let Some(t) = args.drop_index_after_txgs {
+        cfg.metaslab.drop_index_after_txgs = t;
+    }
+    if let Some(n) = args.df_max_search_count {
+        cfg.metaslab.df_max_search_count = n;
     }
     let class = MetaslabClass::new(cfg);
     class.add_device(DeviceSpec {

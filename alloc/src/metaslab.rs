@@ -454,6 +454,24 @@ impl Metaslab {
         if off.is_none() {
             off = self.allocatable.find_best_fit(size, unit);
         }
+        if off.is_none() && size < self.allocatable.size_floor() {
+            // Only segments below the floor (not indexed) can still hold it: first fit from the
+            // cursor on, then from the start up to the cursor. Stops at the first fit instead
+            // of scanning every segment for the best one.
+            let cursor = self.cursors[cursor_idx];
+            off = self
+                .allocatable
+                .find_first_fit(cursor, size, unit, SearchLimit::UNBOUNDED)
+                .or_else(|| {
+                    let limit = SearchLimit {
+                        max_bytes: cursor.saturating_sub(self.start),
+                        min_count: 0,
+                        max_count: usize::MAX,
+                    };
+                    self.allocatable
+                        .find_first_fit(self.start, size, unit, limit)
+                });
+        }
         let Some(fit) = off else {
             // The largest-free hint may have been only a bound: make it exact, so the group
             // does not send this size here again.

@@ -120,8 +120,8 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
             Op::Best(l, a) => {
                 let (len, align) = (l << SHIFT, a << SHIFT);
                 // oracle: smallest segment (then lowest offset) that fits aligned; with a
-                // size floor and the index built, the smallest at or above the floor, and
-                // only if none fits the smallest of all
+                // size floor and the index built, the smallest at or above the floor (none:
+                // short segments are left to the offset-order pickers)
                 let floor = if t.has_size_index() {
                     t.size_floor()
                 } else {
@@ -139,7 +139,7 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                     }
                     best
                 };
-                let best = best_of(floor).or_else(|| best_of(0));
+                let best = best_of(floor);
                 let got = t.find_best(len, align);
                 match (got, best) {
                     (None, None) => {}

@@ -252,8 +252,8 @@ fn short_requests_take_short_segments_near_the_cursor() {
 }
 
 /// With only segments below the floor left (an empty by-size index) and a window too small to
-/// reach a fit, best fit scans them; when nothing fits, the largest-free hint is made exact so
-/// the group stops sending that size here.
+/// reach a fit, a first fit from the cursor (wrapping) finds one; when nothing fits, the
+/// largest-free hint is made exact so the group stops sending that size here.
 #[test]
 fn only_short_segments_left_still_serve_and_report_exactly() {
     let cfg = MetaslabConfig {
@@ -273,6 +273,26 @@ fn only_short_segments_left_still_serve_and_report_exactly() {
     assert_eq!(m.max_free(), 0x2000);
     assert_eq!(m.alloc(0x2000, 9).unwrap(), unit(20));
     assert_eq!(m.alloc(0x1000, 9).unwrap(), unit(10));
+    assert_eq!(m.free_space(), 0);
+    m.verify().unwrap();
+}
+
+/// The first fit for a short request that only a short segment can hold wraps around: a fit
+/// before the cursor is found once nothing after it fits.
+#[test]
+fn short_first_fit_wraps_to_before_the_cursor() {
+    let cfg = MetaslabConfig {
+        df_max_search_count: 1,
+        ..MetaslabConfig::default()
+    };
+    let mut m = holed(cfg, &[(10, 2), (20, 2), (100, 1)]);
+    let unit = |u: u64| MS + (u << 12);
+    assert_eq!(m.alloc(0x2000, 9).unwrap(), unit(10));
+    assert_eq!(m.alloc(0x2000, 9).unwrap(), unit(20));
+    // Back before the 8 KiB cursor (now past unit 20); after it only 1 unit at 100.
+    m.free_now(unit(10), 0x2000, 9).unwrap();
+    assert_eq!(m.alloc(0x2000, 9).unwrap(), unit(10));
+    assert_eq!(m.alloc(0x1000, 9).unwrap(), unit(100));
     assert_eq!(m.free_space(), 0);
     m.verify().unwrap();
 }

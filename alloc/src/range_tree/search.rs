@@ -18,9 +18,9 @@ pub struct Fit {
 impl<U: SegUnit> RangeTree<U> {
     /// Best fit: the start of an `align`-aligned range of `len` bytes inside the smallest segment
     /// that can hold it (ties: lowest offset). Does not modify the tree. With a size floor
-    /// ([`RangeTree::set_size_floor`]) and the index built, a request below the floor gets the
-    /// smallest indexed segment that holds it, and only when none does the smallest of all
-    /// (a scan).
+    /// ([`RangeTree::set_size_floor`]) and the index built, only indexed segments are
+    /// candidates: a request below the floor gets the smallest indexed segment that holds it,
+    /// or `None` although a segment below the floor might hold it.
     pub fn find_best(&self, len: u64, align: u64) -> Option<u64> {
         self.find_best_fit(len, align).map(|f| f.start)
     }
@@ -81,13 +81,10 @@ impl<U: SegUnit> RangeTree<U> {
                 }
             }
         }
-        // No indexed segment fits. Segments below the floor are not indexed and could hold a
-        // request shorter than the floor: look at them all (an allocator asks
-        // `find_near_fit` first, so this runs when a metaslab has nothing but small
-        // segments left).
-        if ulen < self.floor {
-            return scan();
-        }
+        // No indexed segment fits. Segments below the floor are not indexed: a request shorter
+        // than the floor may still fit one of them, which this does not look for (a full
+        // scan per request would cost O(n) whenever a metaslab has only short segments left);
+        // the caller walks the offset order instead (`find_near_fit`, `find_first_fit`).
         None
     }
 
