@@ -14,9 +14,7 @@
 //!
 //! Run: `cargo run --release -p ringpool-alloc --example allocbench -- --scale 8`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,90 +28,11 @@ use ringpool_alloc::{
     default_ms_shift, AllocClass, AllocError, ClassConfig, DeviceSpec, Extent, MetaslabClass,
 };
 
-// ---------------------------------------------------------------------------------------------
-// Counting global allocator: live heap bytes, summed over per-thread padded slots so the count
-// itself does not bounce a cache line between the benchmark threads.
+mod ceph;
+mod heap;
 
-const SLOTS: usize = 64;
-
-#[repr(align(128))]
-struct Slot(AtomicIsize);
-
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO_SLOT: Slot = Slot(AtomicIsize::new(0));
-static HEAP: [Slot; SLOTS] = [ZERO_SLOT; SLOTS];
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static MY_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-fn slot() -> usize {
-    MY_SLOT
-        .try_with(|s| {
-            let v = s.get();
-            if v != usize::MAX {
-                return v;
-            }
-            let n = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
-            s.set(n);
-            n
-        })
-        .unwrap_or(0)
-}
-
-fn account(delta: isize) {
-    HEAP[slot()].0.fetch_add(delta, Ordering::Relaxed);
-}
-
-fn heap_bytes() -> isize {
-    HEAP.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
-}
-
-struct Counting;
-
-fn isz(n: usize) -> isize {
-    isize::try_from(n).unwrap_or(isize::MAX)
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// GlobalAlloc contract is System's; the counters only observe sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            account(isz(layout.size()));
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` via this allocator with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        account(-isz(layout.size()));
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            account(isz(layout.size()));
-        }
-        p
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr`/`layout` describe a live block from this allocator; forwarded unchanged.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            account(isz(new_size) - isz(layout.size()));
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-// ---------------------------------------------------------------------------------------------
+use ceph::CephScore;
+use heap::{heap_bytes, isz};
 
 #[derive(Parser, Debug)]
 #[command(about = "Ceph-style allocator benchmark for ringpool-alloc")]
@@ -554,63 +473,6 @@ fn thread_cpu_s() -> f64 {
         return 0.0;
     }
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
-
-/// Ceph's `Allocator::get_fragmentation_score`: each free extent is worth its length times a
-/// per-byte factor growing 1.2x per doubling up to 1 MiB, 1.2 -> 1.15 between 1 and 128 MiB;
-/// score = (ideal - actual) / (ideal - worst), ideal = one extent, worst = all single units.
-struct CephScore {
-    scales: Vec<f64>,
-}
-
-impl CephScore {
-    fn new() -> Self {
-        Self { scales: vec![1.0] }
-    }
-
-    fn get(&mut self, v: u64) -> f64 {
-        const SMALL: f64 = 1.2;
-        const HUGE: f64 = 1.15;
-        const SMALL_P2: usize = 20;
-        const HUGE_P2: usize = 27;
-        let sc = (63 - v.leading_zeros()) as usize;
-        while self.scales.len() <= sc + 1 {
-            let ss = self.scales.len();
-            let scale = if ss >= HUGE_P2 {
-                HUGE
-            } else if ss > SMALL_P2 {
-                (HUGE * (ss - SMALL_P2) as f64 + SMALL * (HUGE_P2 - ss) as f64)
-                    / (HUGE_P2 - SMALL_P2) as f64
-            } else {
-                SMALL
-            };
-            let last = *self.scales.last().unwrap_or(&1.0);
-            self.scales.push(last * scale);
-        }
-        let shifted = 1u64 << sc;
-        let x = (v - shifted) as f64 / shifted as f64;
-        shifted as f64 * self.scales[sc] * (1.0 - x)
-            + (shifted * 2) as f64 * self.scales[sc + 1] * x
-    }
-
-    fn score(class: &MetaslabClass, unit: u64) -> Result<f64> {
-        let mut s = CephScore::new();
-        let mut sum = 0u64;
-        let mut score_sum = 0.0;
-        class.walk_free(0, |_, len| {
-            score_sum += s.get(len);
-            sum += len;
-        })?;
-        if sum == 0 {
-            return Ok(0.0);
-        }
-        let ideal = s.get(sum);
-        let terrible = (sum / unit) as f64 * s.get(unit);
-        if ideal <= terrible {
-            return Ok(0.0);
-        }
-        Ok((ideal - score_sum) / (ideal - terrible))
-    }
 }
 
 struct RunReport {
