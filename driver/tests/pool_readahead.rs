@@ -463,3 +463,106 @@ fn fills_run_on_a_peer_reactor_and_stay_current() -> anyhow::Result<()> {
     pool.export()?;
     Ok(())
 }
+
+/// A device whose every read takes `delay` (reads overlap), counting reads and the most in
+/// flight at once.
+#[derive(Debug)]
+struct SlowReads {
+    inner: FaultyEngine,
+    delay: Duration,
+    now: Arc<std::sync::atomic::AtomicUsize>,
+    max: Arc<std::sync::atomic::AtomicUsize>,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl io::BlockEngine for SlowReads {
+    fn geometry(&self) -> io::Geometry {
+        self.inner.geometry()
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn read_at(&self, buf: IoBuf, offset: u64) -> io::IoFuture {
+        let len = buf.len();
+        self.read_into(buf, 0..len, offset)
+    }
+    fn read_into(&self, buf: IoBuf, range: std::ops::Range<usize>, offset: u64) -> io::IoFuture {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (inner, delay) = (self.inner.clone(), self.delay);
+        let (now, max, reads) = (
+            Arc::clone(&self.now),
+            Arc::clone(&self.max),
+            Arc::clone(&self.reads),
+        );
+        Box::pin(async move {
+            reads.fetch_add(1, SeqCst);
+            max.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
+            io::sleep(delay).await;
+            let r = inner.read_into(buf, range, offset).await;
+            now.fetch_sub(1, SeqCst);
+            r
+        })
+    }
+    fn write_at(&self, buf: IoBuf, offset: u64) -> io::IoFuture {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> io::UnitFuture {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::UnitFuture {
+        self.inner.discard(offset, len)
+    }
+}
+
+/// A reader that keeps catching up with fills started well ahead of it (a slow device) gets
+/// a deeper read-ahead: more reads in flight than the initial 4 MiB (32 windows of 128 KiB)
+/// allow, and still every window is read once: the windows ahead of a deep stream are not
+/// evicted in favour of the spent ones behind it.
+#[test]
+fn a_stream_that_catches_up_with_its_fills_reads_further_ahead() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dev = SlowReads {
+        inner: FaultyEngine::new(256 << 20, 4096),
+        delay: Duration::from_millis(3),
+        now: Arc::default(),
+        max: Arc::default(),
+        reads: Arc::default(),
+    };
+    let (max, reads) = (Arc::clone(&dev.max), Arc::clone(&dev.reads));
+    let pool = create_one_shard("radeep", vec![Arc::new(dev)], Duration::from_secs(10))?;
+    let size = 64usize << 20;
+    let step = 128 * 1024;
+    let vol = pool.create_volume("v", size as u64, step as u32)?;
+    io::block_on(&rcfg(), async {
+        let model = pattern(9, size);
+        vol.write(0, &model, false).await?;
+        vol.flush().await?;
+        max.store(0, SeqCst);
+        let before = reads.load(SeqCst);
+        let mut off = 0usize;
+        let mut requests = 0usize;
+        while off < size {
+            let got = within(Duration::from_secs(20), read_at(&vol, off as u64, step)).await??;
+            anyhow::ensure!(
+                got == model[off..off + step],
+                "stream read at {off} differs"
+            );
+            off += step;
+            requests += 1;
+        }
+        let (most, device_reads) = (max.load(SeqCst), reads.load(SeqCst) - before);
+        anyhow::ensure!(
+            most > 48,
+            "at most {most} reads in flight: the read-ahead did not deepen"
+        );
+        // Tree blocks are read too (a few); a window evicted before its request came would
+        // be read a second time by the request itself.
+        anyhow::ensure!(
+            device_reads <= requests + 16,
+            "{device_reads} device reads for {requests} requests of one block each"
+        );
+        anyhow::Ok(())
+    })??;
+    pool.export()?;
+    Ok(())
+}
