@@ -7,8 +7,8 @@
 //! * Request tasks queue their reply with the **writer** task: replies up to
 //!   [`send::INLINE_REPLY_MAX`] bytes (headers, errors, small reads) are appended to one batch buffer
 //!   that goes out in a single send; larger reads are sent straight from the buffer the backend
-//!   read into (the reply header sits in the page before the data). When a burst of
-//!   completions queues many small replies, the task that queues the
+//!   read into (the reply header sits in the page before the data). Optionally, when a burst
+//!   of completions queues many small replies, the task that queues the
 //!   [`NbdServerConfig::reply_flush`](super::NbdServerConfig::reply_flush)-th sends the batch
 //!   itself at once (the writer would run only after the whole burst).
 //! * **Bounded memory**: every request holds a credit (its payload or read length) until its

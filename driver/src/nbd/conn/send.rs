@@ -7,13 +7,14 @@
 //! (the reply header sits in the page before the data). Every reply releases its request's
 //! credit once it is sent (or dropped on a broken connection).
 //!
-//! **Early flush**: when a burst of completions arrives (a virtio disk completes a whole queue
-//! of reads at once), the request tasks all run before the writer, so the first reply used to
-//! wait until the last one was built, and the client (which resubmits as soon as it has
-//! replies) sat idle meanwhile, as did the disk. Once [`Conn::reply_flush`] replies are queued
-//! and no send is in flight, the request task that queued the last of them sends the batch
-//! itself and submits the send at once ([`crate::io::submit_now`]), so the client gets to work
-//! while the rest of the burst is processed. One send is in flight per connection at any time
+//! **Early flush** (off by default, see
+//! [`NbdServerConfig::reply_flush`](super::super::NbdServerConfig::reply_flush)): when a burst of
+//! completions arrives (a virtio disk completes a whole queue of reads at once), the request
+//! tasks all run before the writer, so the first reply waits until the last one is built and
+//! the client (which resubmits as soon as it has replies) waits meanwhile. With
+//! `reply_flush = N`, once N replies are queued and no send is in flight, the request task that
+//! queued the last of them sends the batch itself and submits the send at once
+//! ([`crate::io::submit_now`]). One send is in flight per connection at any time
 //! (`Conn::sending`), whoever makes it, so replies never interleave on the socket.
 
 use std::collections::VecDeque;
@@ -261,7 +262,7 @@ impl Conn {
         }
     }
 
-    /// Called by a request task after queueing its reply: with [`Conn::reply_flush`] or more
+    /// Called by a request task after queueing its reply: with `Conn::reply_flush` or more
     /// small replies queued and no send in flight, sends them now from this task instead of
     /// leaving them to the writer, which runs only after every task already woken (see the
     /// module docs). Large replies stay with the writer.
