@@ -308,6 +308,19 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
         }
     }
 
+    /// The entry at `p` if `p` is a position of the map (a position kept across changes may
+    /// point past a leaf's end or at another entry: the caller checks the entry).
+    #[inline]
+    pub fn get_checked(&self, p: Pos) -> Option<(K, V)> {
+        self.leaves.get(p.leaf)?.get(p.idx).copied()
+    }
+
+    /// Position of the first entry.
+    #[inline]
+    pub fn first_pos(&self) -> Option<Pos> {
+        (!self.leaves.is_empty()).then_some(Pos { leaf: 0, idx: 0 })
+    }
+
     /// First entry.
     pub fn first(&self) -> Option<(K, V)> {
         self.leaves.first().map(|l| l[0])

@@ -17,7 +17,7 @@
 
 use std::fmt::Debug;
 
-use crate::blockmap::BlockMap;
+use crate::blockmap::{BlockMap, Pos};
 use crate::error::AllocError;
 
 /// How many smallest-fitting segments `find_best` probes for an aligned fit before it falls back
@@ -409,7 +409,7 @@ impl<U: SegUnit> RangeTree<U> {
     /// Remove `[start, start + len)`, which must lie entirely inside one segment (trimming or
     /// splitting it). Otherwise [`AllocError::DoubleAlloc`] and the tree is unchanged.
     pub fn remove(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
-        self.remove_inner(start, len, None)
+        self.remove_inner(start, len, None, None)
     }
 
     /// Remove `len` bytes at `fit.start`, a place a picker of this tree just returned (the tree
@@ -420,10 +420,12 @@ impl<U: SegUnit> RangeTree<U> {
         let (ss, sl) = fit.seg;
         if let Ok((s, l)) = self.to_units(fit.start, len) {
             if ss <= s && s + l <= ss + sl && ss + sl <= self.span {
-                self.by_start.prefetch(U::from_u64(ss));
+                if fit.pos.is_none() {
+                    self.by_start.prefetch(U::from_u64(ss));
+                }
                 let e = s + l;
                 let hints = self.prefetch_size_keys([(sl, ss), (s - ss, ss), (ss + sl - e, e)]);
-                return self.remove_inner(fit.start, len, Some(hints));
+                return self.remove_inner(fit.start, len, Some(hints), fit.pos);
             }
         }
         self.remove(fit.start, len)
@@ -436,10 +438,21 @@ impl<U: SegUnit> RangeTree<U> {
         start: u64,
         len: u64,
         hints: Option<[usize; 3]>,
+        pos: Option<Pos>,
     ) -> Result<(), AllocError> {
         let (s, l) = self.to_units(start, len)?;
         let e = s + l;
-        let Some(p) = self.by_start.pred(U::from_u64(s)) else {
+        // A position whose segment holds `s` is the one the descent would find (segments are
+        // disjoint); any other (stale) position is ignored.
+        let held = |p: &Pos| {
+            self.by_start
+                .get_checked(*p)
+                .is_some_and(|(k, v)| k.get() <= s && k.get() + v.get() > s)
+        };
+        let Some(p) = pos
+            .filter(held)
+            .or_else(|| self.by_start.pred(U::from_u64(s)))
+        else {
             return Err(AllocError::DoubleAlloc { start, len });
         };
         let (k, v) = self.by_start.get(p);

@@ -2,7 +2,7 @@
 //! fit from a cursor, the largest segment.
 
 use super::{align_up, RangeTree, SearchLimit, SegUnit, ALIGN_PROBE};
-use crate::blockmap::BlockMap;
+use crate::blockmap::{BlockMap, Pos};
 
 /// A place found by a picker ([`RangeTree::find_best_fit`], [`RangeTree::find_first_fit`]):
 /// the aligned start in bytes and the segment holding it, so that [`RangeTree::take`] can
@@ -13,9 +13,37 @@ pub struct Fit {
     pub start: u64,
     /// The segment containing it, `(start, len)` in units.
     pub(super) seg: (u64, u64),
+    /// Its position in the offset index when the picker walked that index (first fit, near
+    /// fit): [`RangeTree::take`] then skips the descent (checked there, so a stale position
+    /// only costs the descent).
+    pub(super) pos: Option<Pos>,
 }
 
 impl<U: SegUnit> RangeTree<U> {
+    /// Position of the segment containing unit `cu`, or else of the first one after it: one
+    /// descent (a lookup of the segment and then a search for its successor were two).
+    fn pos_at_cursor(&self, cu: u64) -> Option<Pos> {
+        match self.by_start.pred(U::from_u64(cu)) {
+            Some(p) => {
+                let (s, l) = self.by_start.get(p);
+                if s.get() + l.get() > cu {
+                    Some(p)
+                } else {
+                    self.by_start.next(p)
+                }
+            }
+            None => self.by_start.first_pos(),
+        }
+    }
+
+    /// The segments from position `p` on in offset order, with their positions, in units.
+    fn walk_from(&self, p: Option<Pos>) -> impl Iterator<Item = (Pos, (u64, u64))> + '_ {
+        std::iter::successors(p, |&p| self.by_start.next(p)).map(|p| {
+            let (s, l) = self.by_start.get(p);
+            (p, (s.get(), l.get()))
+        })
+    }
+
     /// Best fit: the start of an `align`-aligned range of `len` bytes inside the smallest segment
     /// that can hold it (ties: lowest offset). Does not modify the tree. With a size floor
     /// ([`RangeTree::set_size_floor`]) and the index built, only indexed segments are
@@ -41,6 +69,7 @@ impl<U: SegUnit> RangeTree<U> {
             (a + len <= sb + (l << self.shift)).then_some(Fit {
                 start: a,
                 seg: (s, l),
+                pos: None,
             })
         };
         let scan = || {
@@ -108,18 +137,13 @@ impl<U: SegUnit> RangeTree<U> {
         let unit = 1u64 << self.shift;
         let ulen = len.div_ceil(unit);
         let cu = (cursor.saturating_sub(self.base) >> self.shift).min(self.span);
-        let first_key = match self.seg_at_or_before(cu) {
-            Some((ps, pl)) if ps + pl > cu => ps,
-            _ => cu,
-        };
+        // Wrapping to the first segment past the last one.
         let window = self
-            .by_start
-            .iter_from(U::from_u64(first_key))
-            .chain(self.by_start.iter())
+            .walk_from(self.pos_at_cursor(cu))
+            .chain(self.walk_from(self.by_start.first_pos()))
             .take(max_count.min(self.by_start.len()));
         let mut best: Option<Fit> = None;
-        for (s, l) in window {
-            let (s, l) = (s.get(), l.get());
+        for (p, (s, l)) in window {
             if best.is_some_and(|b| l >= b.seg.1) {
                 continue;
             }
@@ -131,6 +155,7 @@ impl<U: SegUnit> RangeTree<U> {
                 best = Some(Fit {
                     start: a,
                     seg: (s, l),
+                    pos: Some(p),
                 });
                 if l == ulen {
                     break;
@@ -170,22 +195,19 @@ impl<U: SegUnit> RangeTree<U> {
         let unit = 1u64 << self.shift;
         let cu = cursor.saturating_sub(self.base) >> self.shift;
         let cu = cu.min(self.span);
-        let first_key = match self.seg_at_or_before(cu) {
-            Some((ps, pl)) if ps + pl > cu => ps,
-            _ => cu,
-        };
         let mut first: Option<u64> = None;
-        for (count, (s, l)) in self.by_start.iter_from(U::from_u64(first_key)).enumerate() {
-            let sb = self.to_bytes(s.get());
+        for (count, (p, (s, l))) in self.walk_from(self.pos_at_cursor(cu)).enumerate() {
+            let sb = self.to_bytes(s);
             let f = *first.get_or_insert(sb);
             if count >= limit.max_count || (count >= limit.min_count && sb - f > limit.max_bytes) {
                 break;
             }
             if let Some(a) = align_up(sb, align.max(unit)) {
-                if a + len <= sb + (l.get() << self.shift) {
+                if a + len <= sb + (l << self.shift) {
                     return Some(Fit {
                         start: a,
-                        seg: (s.get(), l.get()),
+                        seg: (s, l),
+                        pos: Some(p),
                     });
                 }
             }
