@@ -255,6 +255,61 @@ fn random_small_writes_until_full_never_suspend_the_pool() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Random 4 KiB overwrites of a volume that fills most of the pool fragment the free space
+/// into single blocks (every overwrite frees one somewhere). The sync's tree and space-map
+/// blocks are 16 KiB, so the reserve it draws on must stay in pieces that large: writers get
+/// ENOSPC first, and the pool never suspends with "out of space" in its sync.
+#[test]
+fn random_overwrites_of_a_nearly_full_pool_never_suspend_it() -> anyhow::Result<()> {
+    let devs = vec![FaultyEngine::new(512 << 20, 4096)];
+    let pool = Pool::create("churn", engines(&devs), &copts())?;
+    let size = 400u64 << 20;
+    let vol = pool.create_volume("v", size, 4096)?;
+    let fill = pattern(6, 1 << 20);
+    let blk = pattern(7, 4096);
+    let mut x: u64 = 99;
+    let mut enospc = 0u64;
+    let mut after_enospc = 0u64;
+    io::block_on(&rcfg(), async {
+        for off in (0..size).step_by(1 << 20) {
+            if let Err(e) = vol.write(off, &fill, false).await {
+                panic!("fill at {off}: {e} {:?}", pool.stats().space);
+            }
+        }
+        vol.flush().await?;
+        for i in 0..40_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x % (size / 4096);
+            match vol.write(b * 4096, &blk, false).await {
+                Ok(_) if enospc > 0 => after_enospc += 1,
+                Ok(_) => {}
+                Err(e) if e.errno() == libc::ENOSPC => {
+                    enospc += 1;
+                    // What the txg timer does on a real pool: the syncs bring back the
+                    // deferred frees of the overwritten blocks.
+                    pool.sync_blocking()?;
+                }
+                Err(e) => return Err(e),
+            }
+            if i % 4096 == 0 {
+                assert!(pool.txg().failure().is_none(), "suspended after {i} writes");
+            }
+        }
+        Ok::<(), PoolError>(())
+    })??;
+    assert!(enospc > 0, "the churn reached the reserve");
+    assert!(pool.txg().failure().is_none(), "the pool was suspended");
+    pool.sync_blocking()?;
+    assert!(pool.txg().failure().is_none(), "the pool was suspended");
+    let rep = pool.verify()?;
+    assert!(rep.is_clean(), "{:?}", rep.errors);
+    eprintln!("{enospc} writes got ENOSPC, {after_enospc} succeeded after the first");
+    pool.export()?;
+    Ok(())
+}
+
 /// A write error while committing (the uberblock ring of label 0 fails) suspends the pool:
 /// health says SUSPENDED with the txg and errno, the device's WRITE counter counts, writes and
 /// FLUSH fail with the errno while reads go on, export reports the suspension, and after the
