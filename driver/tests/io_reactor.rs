@@ -457,35 +457,3 @@ fn submit_batch_bounds_sqes_per_enter() {
     let (sqes, _, _) = run(1, 8);
     assert!(sqes >= 64);
 }
-
-#[test]
-fn peer_reactor_is_the_next_one_of_the_set() {
-    // Outside a set (block_on) and in a set of one there is no peer.
-    assert!(io::block_on(&cfg(), async { io::peer_reactor().is_none() }).unwrap());
-    let mut one = ReactorSet::start(ReactorConfig {
-        reactors: 1,
-        pin: false,
-        ..cfg()
-    })
-    .unwrap();
-    let none = one
-        .spawn_on(0, || async { io::peer_reactor().map(|h| h.index()) })
-        .join_blocking()
-        .unwrap();
-    assert_eq!(none, None);
-    one.shutdown();
-    let mut set = ReactorSet::start(ReactorConfig {
-        reactors: 3,
-        pin: false,
-        ..cfg()
-    })
-    .unwrap();
-    for i in 0..3 {
-        let peer = set
-            .spawn_on(i, || async { io::peer_reactor().map(|h| h.index()) })
-            .join_blocking()
-            .unwrap();
-        assert_eq!(peer, Some((i + 1) % 3), "peer of reactor {i}");
-    }
-    set.shutdown();
-}

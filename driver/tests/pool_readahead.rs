@@ -403,67 +403,6 @@ fn a_fill_cancelled_with_its_reactor_does_not_block_later_reads() -> anyhow::Res
     Ok(())
 }
 
-/// In a set of two reactors the read-ahead fills of a stream run on the other reactor, and the
-/// stream still gets the right bytes, including writes made behind the read-ahead's back.
-#[test]
-fn fills_run_on_a_peer_reactor_and_stay_current() -> anyhow::Result<()> {
-    let dev = FaultyEngine::new(128 << 20, 4096);
-    let pool = create_one_shard("rap", vec![Arc::new(dev.clone())], Duration::from_secs(10))?;
-    let size = 16usize << 20;
-    let vol = pool.create_volume("v", size as u64, 4096)?;
-    let step = 128 * 1024;
-    let mut set = io::ReactorSet::start(io::ReactorConfig {
-        reactors: 2,
-        ..rcfg()
-    })?;
-    let before = ringpool_driver::pool::readahead_remote_fills();
-    let v = vol.clone();
-    let requests = set
-        .spawn_on(0, move || async move {
-            let mut model = pattern(5, size);
-            v.write(0, &model, false).await?;
-            v.flush().await?;
-            let mut off = 0usize;
-            let mut requests = 0u64;
-            while off < size {
-                if off == size / 2 {
-                    // Behind the windows ahead: a whole block, a partial one, a hole.
-                    let d = pattern(80, 4096);
-                    v.write((off + 4096) as u64, &d, false).await?;
-                    model[off + 4096..off + 8192].copy_from_slice(&d);
-                    let d = pattern(81, 5000);
-                    let o = off + 3 * step + 100;
-                    v.write(o as u64, &d, false).await?;
-                    model[o..o + 5000].copy_from_slice(&d);
-                    let hole = off + 2 * step + 8192;
-                    v.punch(hole as u64, 8192, false).await?;
-                    model[hole..hole + 8192].fill(0);
-                }
-                let got = within(Duration::from_secs(20), read_at(&v, off as u64, step)).await??;
-                anyhow::ensure!(
-                    got == model[off..off + step],
-                    "stream read at {off} differs"
-                );
-                off += step;
-                requests += 1;
-            }
-            anyhow::Ok(requests)
-        })
-        .join_blocking()
-        .map_err(|e| anyhow::anyhow!("reader task: {e}"))??;
-    set.shutdown();
-    let remote = ringpool_driver::pool::readahead_remote_fills() - before;
-    // All but the first few requests (before the stream is recognised) have a window, and
-    // every window was filled by reactor 1.
-    anyhow::ensure!(
-        remote + 8 >= requests,
-        "{remote} read-ahead fills ran on the peer reactor for {requests} sequential requests"
-    );
-    assert!(pool.verify()?.is_clean());
-    pool.export()?;
-    Ok(())
-}
-
 /// A device whose every read takes `delay` (reads overlap), counting reads and the most in
 /// flight at once.
 #[derive(Debug)]

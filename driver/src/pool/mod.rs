@@ -48,7 +48,7 @@ pub use lifecycle::{CreateOptions, FoundPool, ImportOptions, PoolOptions, TXG_IN
 pub use syncer::{SyncCtx, SyncState, SyncTask};
 pub use txg::{Limits, SyncStats, TxgConfig};
 pub use verify::{VerifyProgress, VerifyReport};
-pub use volume::{readahead_remote_fills, Extent, Volume};
+pub use volume::{Extent, Volume};
 
 use directory::VolumeEntry;
 use shared::{QueuedTask, Shared};

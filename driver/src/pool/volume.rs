@@ -24,7 +24,6 @@ use super::txg::TXG_SIZE;
 mod gather;
 mod read;
 mod readahead;
-pub use readahead::remote_fills as readahead_remote_fills;
 mod write;
 
 const SHARDS: usize = 16;

@@ -244,10 +244,6 @@ pub(crate) struct Core {
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
-    /// The handles of the [`ReactorSet`] this thread's reactor belongs to (filled once the
-    /// whole set has started; `None` outside a set).
-    static SET: RefCell<Option<Arc<std::sync::OnceLock<Vec<ReactorHandle>>>>> =
-        const { RefCell::new(None) };
 }
 
 /// The reactor running on this thread, if any.
@@ -532,22 +528,6 @@ where
 /// Index of the current reactor within its [`ReactorSet`]; `None` in `block_on` or outside.
 pub fn current_reactor_index() -> Option<usize> {
     current_core().and_then(|c| c.index)
-}
-
-/// Another reactor of the [`ReactorSet`] the calling thread runs (the next one by index), to
-/// hand it work that need not run here: the calling reactor's thread then spends its time on
-/// what only it can do (e.g. the sends of its connections). `None` outside a set, in a set of
-/// one, or before the whole set has started.
-pub fn peer_reactor() -> Option<ReactorHandle> {
-    let me = current_core()?.index?;
-    SET.with(|s| {
-        let s = s.borrow();
-        let handles = s.as_ref()?.get()?;
-        if handles.len() < 2 {
-            return None;
-        }
-        handles.get((me + 1) % handles.len()).cloned()
-    })
 }
 
 /// True when the calling thread runs a reactor.

@@ -103,10 +103,7 @@ impl ReactorSet {
             handles: Vec::with_capacity(n),
             threads: Vec::with_capacity(n),
         };
-        // Every reactor learns the set's handles once all have started (`peer_reactor`).
-        let all = Arc::new(std::sync::OnceLock::new());
         for i in 0..n {
-            let all_i = Arc::clone(&all);
             let (tx, rx) = std::sync::mpsc::channel::<Result<(Arc<Shared>, RingInfo), IoError>>();
             let cfg_i = cfg.clone();
             let core_id = if cores.is_empty() {
@@ -135,7 +132,6 @@ impl ReactorSet {
                             return;
                         }
                     };
-                    super::SET.with(|s| *s.borrow_mut() = Some(all_i));
                     let _ = tx.send(Ok((Arc::clone(&core.shared), info)));
                     let shared = Arc::clone(&core.shared);
                     let stop = std::future::poll_fn(move |_| {
@@ -182,7 +178,6 @@ impl ReactorSet {
                 }
             }
         }
-        let _ = all.set(set.handles.clone());
         Ok(set)
     }
 

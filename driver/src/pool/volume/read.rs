@@ -197,14 +197,6 @@ impl Volume {
     }
 
     /// Reads read-ahead chunk `chunk` of this volume and publishes it (or its failure).
-    ///
-    /// In a [`ReactorSet`](crate::io::ReactorSet) of several reactors the device reads and the
-    /// checksums are done by another reactor ([`crate::io::peer_reactor`]): they are not on
-    /// any request's critical path (the request that needs a window waits for it either way),
-    /// while the reactor of the connection spends its time on what only it can do, the
-    /// requests and their sends (a 128 KiB reply's copy into the socket and the checksum of a
-    /// 128 KiB window cost that thread about as much each). The chunk itself (its waiters and
-    /// the read-ahead state) stays on this thread; only the buffer and the pointers travel.
     async fn fill_chunk(self, chunk: Rc<readahead::Chunk>) {
         // A fill cancelled with its reactor (a `block_on` that returned) must not leave the
         // chunk pending: a later reader on this thread would wait for it forever.
@@ -218,35 +210,18 @@ impl Volume {
         }
         let len = usize::try_from((size - start).min(chunk.len)).unwrap_or(0);
         let pad = chunk.pad;
-        let buf = readahead::buffer(pad + len);
-        let fill = match crate::io::peer_reactor() {
-            Some(peer) => {
-                let vol = self.clone();
-                // A peer that shut down (or dropped the task) leaves the chunk failed: its
-                // requests read the device themselves.
-                peer.spawn(move || async move {
-                    readahead::count_remote_fill();
-                    vol.read_chunk(start, len, pad, buf).await
-                })
-                .await
-                .unwrap_or(readahead::Fill::Failed)
-            }
-            None => self.read_chunk(start, len, pad, buf).await,
-        };
-        chunk.finish(fill);
-    }
-
-    /// Reads `len` bytes at `start` into `buf` (at `pad`), verifying every block: the fill of
-    /// a read-ahead chunk, on whichever reactor runs it.
-    async fn read_chunk(&self, start: u64, len: usize, pad: usize, buf: IoBuf) -> readahead::Fill {
         let guard = self.shared.readers.enter();
         let pieces = match self.pieces(start, len).await {
             Ok(p) => p,
-            Err(_) => return readahead::Fill::Failed,
+            Err(_) => {
+                chunk.finish(readahead::Fill::Failed);
+                return;
+            }
         };
+        let buf = readahead::buffer(pad + len);
         let (r, data) = self.read_runs(&pieces, buf, pad).await;
         drop(guard);
-        match r {
+        let fill = match r {
             Ok(bad) => {
                 let first = start / self.bs();
                 let mut bps: Vec<Option<BlockPointer>> = pieces
@@ -266,7 +241,8 @@ impl Volume {
                 readahead::Fill::Ready { data, bps }
             }
             Err(_) => readahead::Fill::Failed,
-        }
+        };
+        chunk.finish(fill);
     }
 
     /// A read within one block (the common small random read): no batching machinery.

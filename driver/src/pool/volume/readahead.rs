@@ -337,20 +337,6 @@ pub(super) fn plan(vol: &Volume, offset: u64, len: u64, pad: usize) -> Plan {
     })
 }
 
-/// Read-ahead fills this process ran on a reactor other than the one that planned them.
-static REMOTE_FILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Counts a fill run on a peer reactor (see `Volume::fill_chunk`).
-pub(super) fn count_remote_fill() {
-    REMOTE_FILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Read-ahead fills run on a reactor other than the one whose requests planned them, since
-/// the process started (diagnostics and tests).
-pub fn remote_fills() -> u64 {
-    REMOTE_FILLS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// A buffer of `len` bytes for a chunk, aligned for O_DIRECT; a spare one is reused when one
 /// is large enough (a fresh large buffer is an mmap and a page fault per page).
 pub(super) fn buffer(len: usize) -> IoBuf {
