@@ -258,3 +258,35 @@ fn large_request_does_not_evict_the_primary_metaslab() {
     );
     c.verify().unwrap();
 }
+
+/// `contiguous_free` counts only space in segments of at least the asked length (a lower
+/// bound from the size histograms): single-block holes do not count for 16 KiB blocks.
+#[test]
+fn contiguous_free_counts_only_segments_long_enough() {
+    let c = class(1, 1);
+    assert_eq!(
+        c.contiguous_free(16 << 10),
+        64 * MIB,
+        "fresh: whole metaslabs"
+    );
+    let mut blocks = Vec::new();
+    while let Ok(e) = c.alloc(4096, 5, 0, AllocClass::Reserved) {
+        blocks.push(e);
+    }
+    assert_eq!(blocks.len() as u64, 64 * MIB / 4096);
+    assert_eq!(c.contiguous_free(4096), 0);
+    blocks.sort_by_key(|e| e.start);
+    // Every other block back: 4 KiB holes only.
+    for e in blocks.iter().step_by(2) {
+        c.free_now(*e, 5).unwrap();
+    }
+    assert_eq!(c.contiguous_free(4096), 32 * MIB);
+    assert_eq!(c.contiguous_free(8192), 0);
+    assert_eq!(c.contiguous_free(16 << 10), 0);
+    // Blocks 1 and 3 back too: blocks 0-4 make one 20 KiB segment, which holds one 16 KiB
+    // block (the lower bound counts it as 16 KiB).
+    c.free_now(blocks[1], 5).unwrap();
+    c.free_now(blocks[3], 5).unwrap();
+    assert_eq!(c.contiguous_free(16 << 10), 16 << 10);
+    c.verify().unwrap();
+}
