@@ -584,22 +584,32 @@ impl MetaslabClass {
     }
 
     /// A lower bound of the allocatable bytes that blocks of `min_len` (a power of two) can
-    /// use, counted from the segment-size histograms of every metaslab (locks each briefly):
-    /// a segment in bucket `i >= log2(min_len)` is at least `2^i` long, so it holds `2^i`
-    /// bytes of such blocks. Free space in shorter segments is not counted: the pool's sync
-    /// writes its tree and space-map blocks in `min_len` pieces, so its reserve must be kept
-    /// in pieces that large, not in the single blocks that random overwrites free.
+    /// use, from each metaslab's allocatable space and segment-size histogram (locks each
+    /// briefly). Segments in the buckets below `min_len` are at most `2^(i+1) - unit` long
+    /// and are taken off whole; each longer segment may waste up to `min_len - unit` at its
+    /// end. Free space in short segments is not counted: the pool's sync writes its tree and
+    /// space-map blocks in `min_len` pieces, so its reserve must be kept in pieces that
+    /// large, not in the single blocks that random overwrites free.
     pub fn contiguous_free(&self, min_len: u64) -> u64 {
-        let first = crate::range_tree::hist_bucket(min_len.max(1).next_power_of_two());
+        let min_len = min_len.max(1).next_power_of_two();
+        let first = crate::range_tree::hist_bucket(min_len);
         let mut total = 0u64;
         for dev in self.devices() {
             let Ok(g) = self.group(dev) else { continue };
+            let unit = 1u64 << g.spec().ashift;
             for slot in g.slots.iter() {
                 let ms = slot.ms.lock();
-                let hist = ms.allocatable().histogram();
-                for (i, &n) in hist.iter().enumerate().skip(first) {
-                    total = total.saturating_add(n.saturating_mul(1u64 << i.min(63)));
+                let tree = ms.allocatable();
+                let mut usable = tree.space();
+                for (i, &n) in tree.histogram().iter().enumerate() {
+                    let per = if i < first {
+                        (1u64 << (i + 1).min(63)).saturating_sub(unit).max(unit)
+                    } else {
+                        min_len.saturating_sub(unit)
+                    };
+                    usable = usable.saturating_sub(n.saturating_mul(per));
                 }
+                total = total.saturating_add(usable);
             }
         }
         total
