@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use client::*;
 use common::*;
 use parking_lot::Mutex;
-use ringpool_driver::io::{IoBuf, ReactorConfig, ReactorSet};
+use ringpool_driver::io::IoBuf;
 use ringpool_driver::nbd::proto::{self, cmd};
 use ringpool_driver::nbd::request::encode_request;
 use ringpool_driver::nbd::{
-    BackendError, BackendFuture, ExportBackend, Exports, MemBackend, NbdServer, NbdServerConfig,
-    ReadLayout, ReadResult, WriteResult,
+    BackendError, BackendFuture, ExportBackend, MemBackend, NbdServerConfig, ReadLayout,
+    ReadResult, WriteResult,
 };
 
 const SIZE: u64 = 64 << 20;
@@ -164,31 +164,13 @@ impl ExportBackend for BurstBackend {
     }
 }
 
-/// A server (one reactor) exporting `backend` as [`EXPORT`].
+/// A server (one reactor, unix socket only) exporting `backend` as [`EXPORT`].
 fn serve(backend: Arc<dyn ExportBackend>, tweak: impl FnOnce(&mut NbdServerConfig)) -> TestServer {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let reactors = ReactorSet::start(ReactorConfig {
-        reactors: 1,
-        pin: false,
-        ..ReactorConfig::default()
+    let unused = Arc::new(MemBackend::new(4096, 4096));
+    TestServer::start_backend(1, backend, true, unused, |cfg| {
+        cfg.tcp = None;
+        tweak(cfg);
     })
-    .expect("reactors");
-    let exports = Arc::new(Exports::new());
-    exports.add(EXPORT, backend, true).expect("add export");
-    let mut cfg = NbdServerConfig {
-        tcp: None,
-        unix: Some(dir.path().join("nbd.sock")),
-        ..NbdServerConfig::default()
-    };
-    tweak(&mut cfg);
-    let server = NbdServer::start(cfg, exports.clone(), &reactors).expect("server");
-    TestServer {
-        server: Some(server),
-        reactors: Some(reactors),
-        exports,
-        mem: Arc::new(MemBackend::new(4096, 4096)),
-        dir,
-    }
 }
 
 /// Reads one structured read reply: (cookie, offset, data).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringpool_driver::io::{ReactorConfig, ReactorSet};
-use ringpool_driver::nbd::{Exports, MemBackend, NbdServer, NbdServerConfig};
+use ringpool_driver::nbd::{ExportBackend, Exports, MemBackend, NbdServer, NbdServerConfig};
 
 pub const EXPORT: &str = "pool/vol";
 
@@ -30,16 +30,28 @@ impl TestServer {
         block: u32,
         tweak: impl FnOnce(&mut NbdServerConfig),
     ) -> TestServer {
+        let mem = Arc::new(MemBackend::new(size, block));
+        TestServer::start_backend(2, mem.clone(), false, mem, tweak)
+    }
+
+    /// A server on `reactors` reactors exporting `backend` as [`EXPORT`] (TCP on a free
+    /// loopback port and a unix socket); `mem` is what the test inspects as `self.mem`.
+    pub fn start_backend(
+        reactors: usize,
+        backend: Arc<dyn ExportBackend>,
+        read_only: bool,
+        mem: Arc<MemBackend>,
+        tweak: impl FnOnce(&mut NbdServerConfig),
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let reactors = ReactorSet::start(ReactorConfig {
-            reactors: 2,
+            reactors,
             pin: false,
             ..ReactorConfig::default()
         })
         .expect("reactors");
         let exports = Arc::new(Exports::new());
-        let mem = Arc::new(MemBackend::new(size, block));
-        exports.add(EXPORT, mem.clone(), false).expect("add export");
+        exports.add(EXPORT, backend, read_only).expect("add export");
         let mut cfg = NbdServerConfig {
             tcp: Some("127.0.0.1:0".parse().unwrap()),
             unix: Some(dir.path().join("nbd.sock")),
