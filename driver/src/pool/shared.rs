@@ -4,7 +4,7 @@
 //! the sync thread mutates lives in [`super::syncer::SyncState`], owned by that thread.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -69,11 +69,6 @@ pub struct Shared {
     /// Passes, deferred frees and time of the syncs so far.
     pub(crate) sync_stats: Mutex<super::txg::SyncStats>,
     next_shard: AtomicUsize,
-    /// The open txg the data budget was set for, and the bytes of data blocks it may still
-    /// allocate (see [`Shared::charge_data`]).
-    budget_txg: AtomicU64,
-    data_budget: AtomicI64,
-    budget_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -144,9 +139,6 @@ impl Shared {
                 suspension: Default::default(),
                 sync_stats: Default::default(),
                 next_shard: AtomicUsize::new(0),
-                budget_txg: AtomicU64::new(0),
-                data_budget: AtomicI64::new(0),
-                budget_lock: Mutex::new(()),
             }
         })
     }
@@ -189,44 +181,11 @@ impl Shared {
         }
     }
 
-    /// Charges `bytes` of data blocks to open txg `txg`, or refuses them with `NoSpace`.
-    ///
-    /// The sync allocates its tree and space-map blocks ([`META_BLOCK_SIZE`] each) from the
-    /// slop reserve, so the reserve must stay in pieces at least that large. Random overwrites
-    /// of a nearly full pool free single data blocks all over it, and the allocator's
-    /// total-space check then still let data take the last large segments: the next sync
-    /// found none for its metadata and suspended the pool ("out of space"). So each open txg
-    /// may allocate data only from the large-segment space beyond the slop, measured when
-    /// its first data block is allocated: what the syncing txg's metadata (at most half the
-    /// slop, the dirty limits' metadata cap) and this txg's own later metadata need stays
-    /// in large pieces whatever this txg's writers take.
-    fn charge_data(&self, txg: u64, bytes: u64) -> Result<()> {
-        if self.budget_txg.load(Ordering::Acquire) < txg {
-            let _g = self.budget_lock.lock();
-            if self.budget_txg.load(Ordering::Acquire) < txg {
-                let big = self
-                    .class
-                    .contiguous_free(u64::from(super::syncer::META_BLOCK_SIZE));
-                let budget = i64::try_from(big).unwrap_or(i64::MAX)
-                    - i64::try_from(self.class.slop_space()).unwrap_or(i64::MAX);
-                self.data_budget.store(budget, Ordering::Relaxed);
-                self.budget_txg.store(txg, Ordering::Release);
-            }
-        }
-        let b = i64::try_from(bytes).unwrap_or(i64::MAX);
-        if self.data_budget.fetch_sub(b, Ordering::Relaxed) < b {
-            self.data_budget.fetch_add(b, Ordering::Relaxed);
-            return Err(PoolError::NoSpace);
-        }
-        Ok(())
-    }
-
     /// Allocates `n` blocks of `bs` bytes for open txg `txg` (one extent when possible).
     pub(crate) fn alloc_blocks(&self, bs: u64, n: usize, txg: u64) -> Result<Vec<Dva>> {
         let asize = u64::from(self.asize(u32::try_from(bs).unwrap_or(u32::MAX)));
         let shard = self.shard();
         let total = asize * u64::try_from(n).unwrap_or(0);
-        self.charge_data(txg, total)?;
         if n > 1 {
             if let Ok(ext) = self.class.alloc(total, txg, shard, AllocClass::Normal) {
                 if ext.len == total {
