@@ -218,13 +218,10 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
         dir_partition(&self.mins, |m| m <= k).saturating_sub(1)
     }
 
-    /// [`BlockMap::insert`] in the leaf `hint` names (a [`BlockMap::prefetch_hint`] result;
-    /// any value is safe: a wrong hint is ignored).
-    pub fn insert_hinted(&mut self, k: K, v: V, hint: usize) -> Option<V> {
-        if self.leaves.is_empty() {
-            return self.insert(k, v);
-        }
-        let leaf = self.leaf_for(k, hint);
+    /// Replaces `k`'s value in `leaf` when present, else inserts it there (the leaf whose
+    /// range holds `k`).
+    #[inline]
+    fn insert_in_leaf(&mut self, leaf: usize, k: K, v: V) -> Option<V> {
         let idx = leaf_partition(&self.leaves[leaf], |e| e < k);
         if let Some(e) = self.leaves[leaf].get_mut(idx) {
             if e.0 == k {
@@ -233,6 +230,16 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
         }
         self.insert_at(leaf, idx, k, v);
         None
+    }
+
+    /// [`BlockMap::insert`] in the leaf `hint` names (a [`BlockMap::prefetch_hint`] result;
+    /// any value is safe: a wrong hint is ignored).
+    pub fn insert_hinted(&mut self, k: K, v: V, hint: usize) -> Option<V> {
+        if self.leaves.is_empty() {
+            return self.insert(k, v);
+        }
+        let leaf = self.leaf_for(k, hint);
+        self.insert_in_leaf(leaf, k, v)
     }
 
     /// [`BlockMap::remove`] in the leaf `hint` names (see [`BlockMap::insert_hinted`]).
@@ -343,14 +350,7 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
             return None;
         }
         let leaf = dir_partition(&self.mins, |m| m <= k).saturating_sub(1);
-        let idx = leaf_partition(&self.leaves[leaf], |e| e < k);
-        if let Some(e) = self.leaves[leaf].get_mut(idx) {
-            if e.0 == k {
-                return Some(std::mem::replace(&mut e.1, v));
-            }
-        }
-        self.insert_at(leaf, idx, k, v);
-        None
+        self.insert_in_leaf(leaf, k, v)
     }
 
     /// Insert `k -> v` unless `conflict(prev, next)` says no, where `prev` and `next` are the
