@@ -133,6 +133,8 @@ pub struct Metaslab {
     freed: RangeTree,
     defer: [RangeTree; TXG_DEFER_SIZE],
     checkpointing: RangeTree,
+    /// The units free on disk (allocatable, freeing, freed, deferred): the double-free check.
+    free_map: FreeMap,
     /// First-fit cursors, one per power-of-two alignment class of the request size.
     cursors: [u64; 64],
     /// Net allocated bytes according to the records emitted so far (ZFS `smp_alloc`).
@@ -187,6 +189,7 @@ impl Metaslab {
             freed: plain()?,
             defer: [plain()?, plain()?],
             checkpointing: plain()?,
+            free_map: FreeMap::full(size >> ashift),
             cursors: [start; 64],
             sm_alloc: 0,
             sm_length: 0,
@@ -319,6 +322,11 @@ impl Metaslab {
         Ok(())
     }
 
+    /// A checked byte range of the metaslab as `(start, len)` in units from its start.
+    fn map_units(&self, start: u64, len: u64) -> (u64, u64) {
+        ((start - self.start) >> self.ashift, len >> self.ashift)
+    }
+
     fn check_open(&self, txg: u64) -> Result<(), AllocError> {
         if txg <= self.synced_txg {
             return Err(AllocError::TxgClosed {
@@ -354,6 +362,11 @@ impl Metaslab {
             match r.action {
                 SmAction::Alloc => self.allocatable.remove(r.start, r.len)?,
                 SmAction::Free => self.allocatable.add(r.start, r.len)?,
+            }
+            let (u, n) = self.map_units(r.start, r.len);
+            match r.action {
+                SmAction::Alloc => self.free_map.clear(u, n),
+                SmAction::Free => self.free_map.set(u, n),
             }
             if prev_action != Some(r.action) {
                 length += 8; // a debug word starts each batch
@@ -481,6 +494,8 @@ impl Metaslab {
         let off = fit.start;
         self.cursors[cursor_idx] = off + size;
         self.allocatable.take(fit, size)?;
+        let (u, n) = self.map_units(off, size);
+        self.free_map.clear(u, n);
         self.allocating[slot].add(off, size)?;
         self.allocating_txg[slot] = txg;
         self.touched = true;
@@ -499,6 +514,8 @@ impl Metaslab {
             )));
         }
         self.allocatable.remove(start, len)?;
+        let (u, n) = self.map_units(start, len);
+        self.free_map.clear(u, n);
         self.allocating[slot].add(start, len)?;
         self.allocating_txg[slot] = txg;
         self.touched = true;
@@ -530,6 +547,8 @@ impl Metaslab {
         }
         self.allocating[slot].remove(start, len)?;
         self.allocatable.add(start, len)?;
+        let (u, n) = self.map_units(start, len);
+        self.free_map.set(u, n);
         Ok(())
     }
 
@@ -543,6 +562,8 @@ impl Metaslab {
             return Err(AllocError::DoubleFree { start, len });
         }
         self.freeing.add(start, len)?;
+        let (u, n) = self.map_units(start, len);
+        self.free_map.set(u, n);
         self.touched = true;
         Ok(())
     }
@@ -561,10 +582,12 @@ impl Metaslab {
     }
 }
 
+mod free_map;
 mod queue;
 mod sync;
 mod verify;
 
+use free_map::FreeMap;
 use queue::QueuedFrees;
 
 #[cfg(test)]

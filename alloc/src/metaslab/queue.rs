@@ -1,7 +1,7 @@
 //! The per-txg queues of frees. `free` appends to its txg's queue (no lookup at call time: a
 //! lookup in a sorted queue was a cold leaf per free); the txg's check at sync sorts the queue
 //! once and refuses double frees there: frees overlapping each other or a later txg's queued
-//! frees, and frees of ranges that are already free.
+//! frees, and frees of ranges that are already free (in the free map).
 
 use super::{Metaslab, TXG_SIZE};
 use crate::error::AllocError;
@@ -143,11 +143,11 @@ impl Metaslab {
     ///   this sync a free routed to the checkpoint looks allocated, so this is the last chance);
     /// * a free of a range that is free (allocatable, freeing, freed, deferred, checkpointing).
     ///
-    /// Sorted, the lookups walk the trees in order (warm caches), which is why this is cheaper
-    /// here than at free time. `sync` runs it itself unless it already ran for this txg with
+    /// The last test reads the metaslab's free map (one bit per unit, see `free_map`), in
+    /// ascending order with prefetches, so no tree is searched. `sync` runs it itself unless it already ran for this txg with
     /// no free of `txg` since (the class checks every metaslab before syncing any, so a failed
     /// check leaves no metaslab half-synced; a later txg's free arriving between the two is
-    /// then checked at its own sync, against the trees only).
+    /// then checked at its own sync, against the free space only).
     pub fn check_queued_frees(&mut self, txg: u64) -> Result<(), AllocError> {
         let slot = Self::slot(txg);
         self.pending_frees[slot].sort_unstable_by_key(|f| f.start);
@@ -171,27 +171,35 @@ impl Metaslab {
                 return self.refuse_queued(later, j);
             }
         }
-        let (base, shift) = (self.start, self.ashift);
-        let queued: Vec<(u64, u64)> = self.pending_frees[slot]
-            .iter()
-            .map(|f| {
-                let (s, l, _) = f.range(base, shift);
-                (s, l)
-            })
-            .collect();
-        // The large tree (allocatable) is probed with prefetched lookups; the others are small
-        // (a txg or two of frees) and are walked in order alongside the sorted queue.
-        let mut first_bad = self.allocatable.first_overlap(&queued);
-        for t in [
-            &self.freeing,
-            &self.freed,
-            &self.defer[0],
-            &self.defer[1],
-            &self.checkpointing,
-        ] {
-            if let Some(i) = t.first_overlap_sorted(&queued) {
-                first_bad = Some(first_bad.map_or(i, |b| b.min(i)));
+        // The free map answers for allocatable, freeing, freed and deferred space: one word per
+        // free, requested a few frees ahead (the queue is sorted, so the words ascend).
+        const AHEAD: usize = 8;
+        let own = &self.pending_frees[slot];
+        let map = &self.free_map;
+        for f in own.iter().take(AHEAD) {
+            map.prefetch(u64::from(f.start));
+        }
+        let mut first_bad = None;
+        for (i, f) in own.iter().enumerate() {
+            if let Some(a) = own.get(i + AHEAD) {
+                map.prefetch(u64::from(a.start));
             }
+            if map.any(u64::from(f.start), u64::from(f.len)) {
+                first_bad = Some(i);
+                break;
+            }
+        }
+        if first_bad.is_none() && !self.checkpointing.is_empty() {
+            // Not in the map (a sync fills and empties it in one call): walked beside the queue.
+            let (base, shift) = (self.start, self.ashift);
+            let queued: Vec<(u64, u64)> = own
+                .iter()
+                .map(|f| {
+                    let (s, l, _) = f.range(base, shift);
+                    (s, l)
+                })
+                .collect();
+            first_bad = self.checkpointing.first_overlap_sorted(&queued);
         }
         if let Some(i) = first_bad {
             return self.refuse_queued(slot, i);

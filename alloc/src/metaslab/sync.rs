@@ -104,6 +104,11 @@ impl Metaslab {
             }
         }
         self.freeing.fill_sorted(&to_free)?;
+        for &(start, len) in &to_free {
+            // Free on disk from now on (held frees look allocated once their records are out).
+            let (u, n) = self.map_units(start, len);
+            self.free_map.set(u, n);
+        }
         self.checkpointing.fill_sorted(&to_hold)?;
 
         let mut out = MetaslabSyncOutput::default();

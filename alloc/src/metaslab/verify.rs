@@ -1,6 +1,6 @@
 //! Invariant checks of a metaslab (I1, I4, I6 locally), used by debug builds and tests.
 
-use super::Metaslab;
+use super::{FreeMap, Metaslab};
 use crate::error::AllocError;
 use crate::range_tree::RangeTree;
 
@@ -37,6 +37,26 @@ impl Metaslab {
                     self.dev, self.index, w[0].2, w[0].0, w[0].1, w[1].2, w[1].0, w[1].1
                 )));
             }
+        }
+        // The free map is exactly the space free on disk outside `checkpointing`.
+        let mut map = FreeMap::empty(self.size >> self.ashift);
+        for t in [
+            &self.allocatable,
+            &self.freeing,
+            &self.freed,
+            &self.defer[0],
+            &self.defer[1],
+        ] {
+            for (s, l) in t.iter() {
+                let (u, n) = self.map_units(s, l);
+                map.set(u, n);
+            }
+        }
+        if map != self.free_map {
+            return Err(AllocError::Invariant(format!(
+                "ms {}/{}: free map differs from the free trees",
+                self.dev, self.index
+            )));
         }
         // Queued frees may overlap each other or free space (double frees) until their txg's
         // check refuses them; with eager checks `free` refuses them at once.
