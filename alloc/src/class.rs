@@ -16,6 +16,7 @@ use crate::group::{DeviceSpec, MetaslabGroup};
 use crate::metaslab::{Metaslab, MetaslabConfig, MetaslabSyncOutput};
 use crate::range_tree::HISTOGRAM_BUCKETS;
 use crate::record::{SmAction, SmRecord};
+use crate::reserve::{max_loss, RESERVE_BATCH};
 
 /// Allocated bytes a shard may accumulate before publishing them to the class counter.
 pub const ACCOUNTING_BATCH: i64 = 1 << 20;
@@ -148,6 +149,8 @@ struct ShardState {
     active: Vec<[Option<usize>; 2]>,
     /// Change of free bytes not yet published to the class counter.
     unflushed: i64,
+    /// Change of reserve space not yet published (see [`crate::reserve`]).
+    reserve_unflushed: i64,
 }
 
 #[repr(align(128))]
@@ -178,6 +181,8 @@ pub struct MetaslabClass {
     checkpoint_txg: AtomicU64,
     /// Allocatable bytes (minus what shards have not published yet).
     free_space: PaddedI64,
+    /// Sum of the metaslabs' reserve space (minus what shards have not published yet).
+    reserve: PaddedI64,
     total_size: AtomicU64,
 }
 
@@ -204,6 +209,7 @@ impl MetaslabClass {
             shards,
             checkpoint_txg: AtomicU64::new(0),
             free_space: PaddedI64(AtomicI64::new(0)),
+            reserve: PaddedI64(AtomicI64::new(0)),
             total_size: AtomicU64::new(0),
         }
     }
@@ -227,6 +233,7 @@ impl MetaslabClass {
             })?;
         let group = MetaslabGroup::new(spec, self.cfg.metaslab)?;
         let size = group.size();
+        let reserve = group.reserve_space();
         let mut list = self.dev_list.lock();
         cell.set(group)
             .map_err(|_| AllocError::DeviceExists { dev: spec.dev })?;
@@ -234,6 +241,7 @@ impl MetaslabClass {
         list.sort_unstable();
         self.total_size.fetch_add(size, Relaxed);
         self.free_space.fetch_add(to_i64(size), Relaxed);
+        self.reserve.fetch_add(to_i64(reserve), Relaxed);
         self.generation.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -275,13 +283,22 @@ impl MetaslabClass {
         records: I,
     ) -> Result<(), AllocError> {
         let (before, after) = self.with_metaslab(dev, index, |ms| {
-            let before = ms.free_space();
+            let before = (ms.free_space(), ms.reserve_space());
             let r = ms.load(records);
-            (before, r.map(|()| ms.free_space()))
+            let after = (ms.free_space(), ms.reserve_space());
+            (before, r.map(|()| after))
         })?;
-        let after = after?;
-        self.free_space
-            .fetch_add(to_i64(after) - to_i64(before), Relaxed);
+        // A failed load may have changed the trees too: account what is there now.
+        let after = match after {
+            Ok(a) => a,
+            Err(e) => {
+                let now =
+                    self.with_metaslab(dev, index, |ms| (ms.free_space(), ms.reserve_space()))?;
+                self.account(before, now);
+                return Err(e);
+            }
+        };
+        self.account(before, after);
         Ok(())
     }
 
@@ -400,6 +417,10 @@ impl MetaslabClass {
             self.free_space.fetch_add(st.unflushed, Relaxed);
             st.unflushed = 0;
         }
+        if st.reserve_unflushed != 0 {
+            self.reserve.fetch_add(st.reserve_unflushed, Relaxed);
+            st.reserve_unflushed = 0;
+        }
     }
 
     /// How many bytes a shard places on `g` before rotating: the aliquot scaled by the device's
@@ -419,7 +440,8 @@ impl MetaslabClass {
     /// Allocate `size` bytes (rounded up to the device's unit) for `txg` on behalf of `shard`.
     /// Devices are visited from the shard's rotor; within a device the shard's active metaslab
     /// is used first. Normal allocations fail with `NoSpace` when they would leave less than the
-    /// slop reserve free.
+    /// slop reserve free, or less than the slop in pieces the sync can use (see
+    /// [`crate::reserve`]).
     pub fn alloc(
         &self,
         size: u64,
@@ -437,11 +459,21 @@ impl MetaslabClass {
         let (slot, shard_id) = self.shard_slot(shard);
         let mut st = slot.0.lock();
         self.refresh_shard(&mut st);
+        let mut limit = None;
         if kind == AllocClass::Normal {
             let free = self.free_space.load(Relaxed) + st.unflushed;
-            if free - to_i64(size) < to_i64(self.slop_space()) {
+            let slop = self.slop_space();
+            if free - to_i64(size) < to_i64(slop) {
                 return Err(AllocError::NoSpace { size });
             }
+            limit = max_loss(
+                self.reserve.load(Relaxed),
+                st.reserve_unflushed,
+                self.shards.len(),
+                slop,
+                size,
+                self.cfg.metaslab.reserve_piece,
+            );
         }
         let ndev = st.devs.len();
         for try_hard in [false, true] {
@@ -455,12 +487,15 @@ impl MetaslabClass {
                 let asize = size.div_ceil(unit) * unit;
                 let di = dev as usize;
                 let mut active = st.active[di];
-                let r = g.alloc(&mut active, asize, txg, shard_id, try_hard);
+                let r = g.alloc(&mut active, asize, txg, shard_id, try_hard, limit);
                 st.active[di] = active;
                 match r {
-                    Ok(start) => {
+                    Ok((start, reserve_delta)) => {
                         st.unflushed -= to_i64(asize);
-                        if st.unflushed.abs() >= ACCOUNTING_BATCH {
+                        st.reserve_unflushed += reserve_delta;
+                        if st.unflushed.abs() >= ACCOUNTING_BATCH
+                            || st.reserve_unflushed.abs() >= RESERVE_BATCH
+                        {
                             self.flush_shard(&mut st);
                         }
                         st.aliquot_used += asize;
@@ -485,12 +520,24 @@ impl MetaslabClass {
         Err(AllocError::NoSpace { size })
     }
 
+    /// Publish a metaslab's change of `(free, reserve)` bytes from `before` to `after`.
+    fn account(&self, before: (u64, u64), after: (u64, u64)) {
+        self.free_space
+            .fetch_add(to_i64(after.0) - to_i64(before.0), Relaxed);
+        self.reserve
+            .fetch_add(to_i64(after.1) - to_i64(before.1), Relaxed);
+    }
+
     /// Allocate exactly `extent` for `txg` (it must be allocatable).
     pub fn claim(&self, extent: Extent, txg: u64) -> Result<(), AllocError> {
         let g = self.group(extent.dev)?;
         let i = g.metaslab_of(extent.start, extent.len)?;
-        self.with_metaslab(extent.dev, i, |ms| ms.claim(extent.start, extent.len, txg))??;
-        self.free_space.fetch_sub(to_i64(extent.len), Relaxed);
+        let (before, after) = self.with_metaslab(extent.dev, i, |ms| {
+            let before = (ms.free_space(), ms.reserve_space());
+            let r = ms.claim(extent.start, extent.len, txg);
+            (before, r.map(|()| (ms.free_space(), ms.reserve_space())))
+        })?;
+        self.account(before, after?);
         Ok(())
     }
 
@@ -511,10 +558,12 @@ impl MetaslabClass {
         let i = g.metaslab_of(extent.start, extent.len)?;
         let slot = &g.slots[i];
         let mut ms = slot.ms.lock();
+        let before = (ms.free_space(), ms.reserve_space());
         ms.free_now(extent.start, extent.len, txg)?;
+        let after = (ms.free_space(), ms.reserve_space());
         slot.refresh(&ms, &g.bound);
         drop(ms);
-        self.free_space.fetch_add(to_i64(extent.len), Relaxed);
+        self.account(before, after);
         Ok(())
     }
 
@@ -569,9 +618,11 @@ impl MetaslabClass {
     pub fn sync_done(&self, txg: u64) -> Result<(), AllocError> {
         for dev in self.devices() {
             let g = self.group(dev)?;
-            let delta = g.sync_done(txg)?;
+            let (free, reserve) = g.sync_done(txg)?;
             self.free_space
-                .fetch_add(i64::try_from(delta).unwrap_or(0), Relaxed);
+                .fetch_add(i64::try_from(free).unwrap_or(0), Relaxed);
+            self.reserve
+                .fetch_add(i64::try_from(reserve).unwrap_or(0), Relaxed);
         }
         Ok(())
     }
@@ -583,33 +634,14 @@ impl MetaslabClass {
         }
     }
 
-    /// A lower bound of the allocatable bytes that blocks of `min_len` (a power of two) can
-    /// use, from each metaslab's allocatable space and segment-size histogram (locks each
-    /// briefly). Segments in the buckets below `min_len` are at most `2^(i+1) - unit` long
-    /// and are taken off whole; each longer segment may waste up to `min_len - unit` at its
-    /// end. Free space in short segments is not counted: the pool's sync writes its tree and
-    /// space-map blocks in `min_len` pieces, so its reserve must be kept in pieces that
-    /// large, not in the single blocks that random overwrites free.
-    pub fn contiguous_free(&self, min_len: u64) -> u64 {
-        let min_len = min_len.max(1).next_power_of_two();
-        let first = crate::range_tree::hist_bucket(min_len);
+    /// Sum of the metaslabs' reserve space: a lower bound of the allocatable bytes that
+    /// blocks of `MetaslabConfig::reserve_piece` can use (see [`crate::reserve`]). Exact:
+    /// locks every metaslab briefly.
+    pub fn reserve_space(&self) -> u64 {
         let mut total = 0u64;
         for dev in self.devices() {
-            let Ok(g) = self.group(dev) else { continue };
-            let unit = 1u64 << g.spec().ashift;
-            for slot in g.slots.iter() {
-                let ms = slot.ms.lock();
-                let tree = ms.allocatable();
-                let mut usable = tree.space();
-                for (i, &n) in tree.histogram().iter().enumerate() {
-                    let per = if i < first {
-                        (1u64 << (i + 1).min(63)).saturating_sub(unit).max(unit)
-                    } else {
-                        min_len.saturating_sub(unit)
-                    };
-                    usable = usable.saturating_sub(n.saturating_mul(per));
-                }
-                total = total.saturating_add(usable);
+            if let Ok(g) = self.group(dev) {
+                total = total.saturating_add(g.reserve_space());
             }
         }
         total
@@ -676,18 +708,26 @@ impl MetaslabClass {
     pub fn verify(&self) -> Result<(), AllocError> {
         self.flush_all_shards();
         let mut free = 0u64;
+        let mut reserve = 0u64;
         for dev in self.devices() {
             let g = self.group(dev)?;
             for slot in g.slots.iter() {
                 let ms = slot.ms.lock();
                 ms.verify()?;
                 free += ms.free_space();
+                reserve += ms.reserve_space();
             }
         }
         let counted = self.free_space.load(Relaxed);
         if counted != to_i64(free) {
             return Err(AllocError::Invariant(format!(
                 "class free counter {counted} != sum of allocatable {free}"
+            )));
+        }
+        let counted = self.reserve.load(Relaxed);
+        if counted != to_i64(reserve) {
+            return Err(AllocError::Invariant(format!(
+                "class reserve counter {counted} != sum of the metaslabs' reserve space {reserve}"
             )));
         }
         Ok(())

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use crate::class::DeviceSyncOutput;
 use crate::error::AllocError;
 use crate::metaslab::{Metaslab, MetaslabConfig};
+use crate::reserve::alloc_within;
 
 /// Geometry of one device's allocatable region, as the pool's label records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +208,14 @@ impl MetaslabGroup {
         self.slots.len()
     }
 
+    /// Sum of the metaslabs' reserve space ([`Metaslab::reserve_space`]; locks each briefly).
+    pub fn reserve_space(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.ms.lock().reserve_space())
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Bytes held by the checkpoint on this device.
     pub fn checkpoint_space(&self) -> u64 {
         self.ckpt_space.load(Relaxed)
@@ -253,7 +262,8 @@ impl MetaslabGroup {
     /// Allocate `asize` bytes for `txg` on behalf of `shard` from one of the shard's two active
     /// metaslabs `active` (ZFS's primary and secondary); when neither can hold it, activate the
     /// heaviest metaslab no other shard has active (any metaslab when `try_hard`) in place of
-    /// the active one with the smaller largest-free hint. Returns the offset.
+    /// the active one with the smaller largest-free hint. Returns the offset and the change of
+    /// reserve space; `max_loss` limits that change (see [`crate::reserve`]).
     ///
     /// Why two: on a fragmented device a metaslab's few large segments go first, and a single
     /// active metaslab is abandoned at the first request larger than what is left although it
@@ -268,7 +278,8 @@ impl MetaslabGroup {
         txg: u64,
         shard: u32,
         try_hard: bool,
-    ) -> Result<u64, AllocError> {
+        max_loss: Option<u64>,
+    ) -> Result<(u64, i64), AllocError> {
         let w0 = self.bound.load();
         if asize > FreeBound::bytes(w0) {
             return Err(AllocError::NoSpace { size: asize });
@@ -277,10 +288,10 @@ impl MetaslabGroup {
             let slot = &self.slots[*i];
             if slot.max_free.load(Relaxed) >= asize {
                 let mut ms = slot.ms.lock();
-                match ms.alloc(asize, txg) {
-                    Ok(off) => {
+                match alloc_within(&mut ms, asize, txg, max_loss) {
+                    Ok(r) => {
                         slot.set_hint(ms.max_free(), &self.bound);
-                        return Ok(off);
+                        return Ok(r);
                     }
                     Err(AllocError::NoSpace { .. }) => slot.refresh(&ms, &self.bound),
                     Err(e) => return Err(e),
@@ -340,11 +351,11 @@ impl MetaslabGroup {
                 continue;
             }
             let mut ms = slot.ms.lock();
-            match ms.alloc(asize, txg) {
-                Ok(off) => {
+            match alloc_within(&mut ms, asize, txg, max_loss) {
+                Ok(r) => {
                     slot.set_hint(ms.max_free(), &self.bound);
                     active[victim] = Some(i);
-                    return Ok(off);
+                    return Ok(r);
                 }
                 Err(AllocError::NoSpace { .. }) => {
                     slot.refresh(&ms, &self.bound);
@@ -406,15 +417,19 @@ impl MetaslabGroup {
         })
     }
 
-    /// `sync_done(txg)` on every metaslab; returns the change of allocatable bytes.
-    pub(crate) fn sync_done(&self, txg: u64) -> Result<i128, AllocError> {
+    /// `sync_done(txg)` on every metaslab; returns the change of allocatable bytes and of
+    /// reserve space.
+    pub(crate) fn sync_done(&self, txg: u64) -> Result<(i128, i128), AllocError> {
         let mut before = 0u64;
         let mut after = 0u64;
+        let mut reserve = 0i128;
         for slot in self.slots.iter() {
             let mut ms = slot.ms.lock();
             before += ms.free_space();
+            reserve -= i128::from(ms.reserve_space());
             ms.sync_done(txg)?;
             after += ms.free_space();
+            reserve += i128::from(ms.reserve_space());
             slot.refresh(&ms, &self.bound);
         }
         self.free_hint.store(after, Relaxed);
@@ -427,7 +442,7 @@ impl MetaslabGroup {
             .max()
             .unwrap_or(0);
         self.bound.lower(w0, max);
-        Ok(i128::from(after) - i128::from(before))
+        Ok((i128::from(after) - i128::from(before), reserve))
     }
 }
 

@@ -29,6 +29,7 @@ pub mod group;
 pub mod metaslab;
 pub mod range_tree;
 pub mod record;
+pub mod reserve;
 
 pub use class::{
     AllocClass, ClassConfig, ClassStats, ClassSyncOutput, DeviceStats, DeviceSyncOutput, Extent,

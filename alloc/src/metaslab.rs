@@ -75,6 +75,10 @@ pub struct MetaslabConfig {
     /// ([`RangeTree::find_near_fit`]) before the by-size index; longer ones are unaffected
     /// (every segment that can hold them is indexed).
     pub size_index_floor: u64,
+    /// The piece size of the pool's sync-context metadata blocks (0: none). `allocatable`
+    /// counts its segments at least this long, so [`Metaslab::reserve_space`] can say how
+    /// much of the free space such blocks can still use (see `crate::reserve`).
+    pub reserve_piece: u64,
 }
 
 impl Default for MetaslabConfig {
@@ -90,6 +94,7 @@ impl Default for MetaslabConfig {
             eager_free_checks: false,
             drop_index_after_txgs: 2,
             size_index_floor: 16 << 10,
+            reserve_piece: 16 << 10,
         }
     }
 }
@@ -171,6 +176,7 @@ impl Metaslab {
         }
         let mut allocatable = RangeTree::with_index(start, size, ashift, true)?;
         allocatable.set_size_floor(cfg.size_index_floor);
+        allocatable.set_large_min(cfg.reserve_piece);
         allocatable.add(start, size)?;
         let plain = || RangeTree::with_index(start, size, ashift, false);
         Ok(Self {
@@ -233,6 +239,14 @@ impl Metaslab {
     /// Bytes allocatable now.
     pub fn free_space(&self) -> u64 {
         self.allocatable.space()
+    }
+    /// A lower bound of the allocatable bytes that blocks of `reserve_piece` bytes can use: a
+    /// segment at least that long holds `floor(len / piece)` of them, at least
+    /// `len - (piece - unit)` bytes; a shorter one holds none.
+    pub fn reserve_space(&self) -> u64 {
+        let (count, bytes) = self.allocatable.large_segments();
+        let waste = self.cfg.reserve_piece.saturating_sub(self.unit());
+        bytes.saturating_sub(count.saturating_mul(waste))
     }
     /// Bytes free on disk but not yet allocatable (`freed` + `defer[]`).
     pub fn deferred_space(&self) -> u64 {

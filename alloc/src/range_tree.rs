@@ -168,6 +168,47 @@ pub struct RangeTree<U: SegUnit = u32> {
     largest_exact: bool,
     hist: [u64; HISTOGRAM_BUCKETS],
     space: u64,
+    /// Segments of at least `large.min` units: how many and their units (see
+    /// [`RangeTree::set_large_min`]).
+    large: LargeSegs,
+}
+
+/// Count and units of the segments at least `min` units long (`min` = `u64::MAX`: none
+/// counted). Kept beside the histogram because it cannot say how many bytes lie in the short
+/// segments, and the pool's sync reserve must be measured in pieces of a given size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LargeSegs {
+    min: u64,
+    count: u64,
+    units: u64,
+}
+
+impl LargeSegs {
+    #[inline]
+    fn add(&mut self, len: u64) {
+        if len >= self.min {
+            self.count += 1;
+            self.units += len;
+        }
+    }
+
+    #[inline]
+    fn sub(&mut self, len: u64) {
+        if len >= self.min {
+            self.count -= 1;
+            self.units -= len;
+        }
+    }
+}
+
+impl Default for LargeSegs {
+    fn default() -> Self {
+        Self {
+            min: u64::MAX,
+            count: 0,
+            units: 0,
+        }
+    }
 }
 
 impl<U: SegUnit> Debug for RangeTree<U> {
@@ -226,6 +267,7 @@ impl<U: SegUnit> RangeTree<U> {
             largest_exact: true,
             hist: [0; HISTOGRAM_BUCKETS],
             space: 0,
+            large: LargeSegs::default(),
         })
     }
 
@@ -243,6 +285,10 @@ impl<U: SegUnit> RangeTree<U> {
             largest_exact: true,
             hist: [0; HISTOGRAM_BUCKETS],
             space: 0,
+            large: LargeSegs {
+                min: self.large.min,
+                ..LargeSegs::default()
+            },
         }
     }
 
@@ -513,6 +559,32 @@ impl<U: SegUnit> RangeTree<U> {
         Ok(())
     }
 
+    /// Count segments at least `bytes` long (rounded up to whole units; 0: none) for
+    /// [`RangeTree::large_segments`]. Walks the tree once.
+    pub fn set_large_min(&mut self, bytes: u64) {
+        let min = if bytes == 0 {
+            u64::MAX
+        } else {
+            bytes.div_ceil(1 << self.shift)
+        };
+        let mut large = LargeSegs {
+            min,
+            ..LargeSegs::default()
+        };
+        for (_, l) in self.by_start.iter() {
+            if l.get() >= min {
+                large.count += 1;
+                large.units += l.get();
+            }
+        }
+        self.large = large;
+    }
+
+    /// `(count, bytes)` of the segments at least as long as [`RangeTree::set_large_min`] set.
+    pub fn large_segments(&self) -> (u64, u64) {
+        (self.large.count, self.large.units << self.shift)
+    }
+
     /// Whether `[start, start + len)` lies entirely inside one segment. Invalid ranges are not
     /// contained.
     pub fn contains(&self, start: u64, len: u64) -> bool {
@@ -629,6 +701,8 @@ impl<U: SegUnit> RangeTree<U> {
         }
         self.hist = [0; HISTOGRAM_BUCKETS];
         self.space = 0;
+        self.large.count = 0;
+        self.large.units = 0;
         self.largest_hint = 0;
         self.largest_exact = true;
     }
@@ -695,6 +769,18 @@ impl<U: SegUnit> RangeTree<U> {
         }
         if hist != self.hist {
             return bad("histogram differs from segments".into());
+        }
+        let (count, units) = self
+            .by_start
+            .iter()
+            .map(|(_, l)| l.get())
+            .filter(|&l| l >= self.large.min)
+            .fold((0, 0), |(c, u), l| (c + 1, u + l));
+        if (count, units) != (self.large.count, self.large.units) {
+            return bad(format!(
+                "{} segments of {} units counted as large, the tree has {count} of {units}",
+                self.large.count, self.large.units
+            ));
         }
         if space != self.space {
             return bad(format!("space {} != sum of segments {space}", self.space));

@@ -259,15 +259,15 @@ fn large_request_does_not_evict_the_primary_metaslab() {
     c.verify().unwrap();
 }
 
-/// `contiguous_free` counts only space in segments of at least the asked length (a lower
-/// bound from the size histograms, less what each segment may waste at its end): single-block
-/// holes do not count for 16 KiB blocks.
+/// `reserve_space` counts only space in segments that can hold a 16 KiB block (a lower bound:
+/// each such segment less the 12 KiB a 16 KiB block may leave at its end), and the class's
+/// counter follows every allocation, undo and sync (checked by `verify`).
 #[test]
-fn contiguous_free_counts_only_segments_long_enough() {
+fn reserve_space_counts_only_segments_long_enough() {
     let c = class(1, 1);
     // Four whole 16 MiB metaslabs, each less the 12 KiB a 16 KiB block may leave at its end.
     assert_eq!(
-        c.contiguous_free(16 << 10),
+        c.reserve_space(),
         64 * MIB - 4 * (12 << 10),
         "fresh: whole metaslabs"
     );
@@ -276,19 +276,64 @@ fn contiguous_free_counts_only_segments_long_enough() {
         blocks.push(e);
     }
     assert_eq!(blocks.len() as u64, 64 * MIB / 4096);
-    assert_eq!(c.contiguous_free(4096), 0);
+    assert_eq!(c.reserve_space(), 0);
+    c.verify().unwrap();
     blocks.sort_by_key(|e| e.start);
     // Every other block back: 4 KiB holes only.
     for e in blocks.iter().step_by(2) {
         c.free_now(*e, 5).unwrap();
     }
-    assert_eq!(c.contiguous_free(4096), 32 * MIB);
-    assert_eq!(c.contiguous_free(8192), 0);
-    assert_eq!(c.contiguous_free(16 << 10), 0);
+    c.verify().unwrap();
+    assert_eq!(c.reserve_space(), 0);
     // Blocks 1 and 3 back too: blocks 0-4 make one 20 KiB segment, which holds one 16 KiB
     // block (counted as 20 KiB less 12 KiB: the bound is low, never high).
     c.free_now(blocks[1], 5).unwrap();
     c.free_now(blocks[3], 5).unwrap();
-    assert_eq!(c.contiguous_free(16 << 10), 8 << 10);
+    assert_eq!(c.reserve_space(), 8 << 10);
+    c.verify().unwrap();
+}
+
+/// Ordinary allocations keep the slop in pieces the sync can use: on a class whose free space
+/// is half single-block holes and half whole metaslabs, 4 KiB data allocations go on until the
+/// free space reaches the slop, and what is left then takes 16 KiB sync-context blocks for at
+/// least the slop. Without the reserve check the data took the whole metaslabs first (they
+/// weigh most) and left the sync only holes.
+#[test]
+fn ordinary_allocations_leave_the_slop_in_whole_pieces() {
+    let c = class(1, 1);
+    let slop = c.slop_space();
+    assert_eq!(slop, 2 * MIB);
+    let mut blocks = Vec::new();
+    while let Ok(e) = c.alloc(4096, 5, 0, AllocClass::Reserved) {
+        blocks.push(e);
+    }
+    blocks.sort_by_key(|e| e.start);
+    let ms_of = |e: &ringpool_alloc::Extent| (e.start - 4 * MIB) >> 24;
+    // Metaslabs 0 and 1: every other block back (16 MiB of 4 KiB holes); 2 and 3: all back.
+    for (i, e) in blocks.iter().enumerate() {
+        if ms_of(e) >= 2 || i % 2 == 0 {
+            c.free_now(*e, 5).unwrap();
+        }
+    }
+    assert_eq!(c.stats().total.free, 48 * MIB);
+    assert_eq!(c.reserve_space(), 32 * MIB - 2 * (12 << 10));
+    let mut data = 0u64;
+    while c.alloc(4096, 5, 0, AllocClass::Normal).is_ok() {
+        data += 4096;
+    }
+    c.verify().unwrap();
+    assert!(
+        data >= 46 * MIB - 64 * 1024,
+        "data got only {data} bytes of the 46 MiB above the slop"
+    );
+    assert!(c.reserve_space() >= slop, "{} < {slop}", c.reserve_space());
+    let mut meta = 0u64;
+    while c.alloc(16 << 10, 5, 0, AllocClass::Reserved).is_ok() {
+        meta += 16 << 10;
+    }
+    assert!(
+        meta >= slop,
+        "the sync found only {meta} bytes in 16 KiB pieces"
+    );
     c.verify().unwrap();
 }

@@ -209,6 +209,8 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                 let built = t.has_size_index();
                 t.set_size_floor(f << SHIFT);
                 assert_eq!(t.size_floor(), f << SHIFT);
+                // Large-segment counting set on a filled tree too (checked by `verify`).
+                t.set_large_min(f << SHIFT);
                 assert_eq!(t.has_size_index(), built);
             }
             Op::RefreshLargest => {
@@ -298,6 +300,8 @@ proptest! {
 fn floored<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, units: u64) -> RangeTree<U> {
     t.set_size_floor(units << SHIFT);
     assert_eq!(t.size_floor(), units << SHIFT);
+    // Count segments of 3 units and more: `verify` checks the counts after every step.
+    t.set_large_min(3 << SHIFT);
     t
 }
 
@@ -355,6 +359,7 @@ fn build(
 ) -> (RangeTree<u32>, RangeSet<u64>) {
     let mut t = RangeTree::<u32>::with_index(BASE, DENSE_UNITS << SHIFT, SHIFT, indexed).unwrap();
     t.set_size_floor(floor << SHIFT);
+    t.set_large_min((floor + 2) << SHIFT);
     if drop_index {
         t.drop_size_index();
     }
@@ -484,4 +489,41 @@ proptest! {
         prop_assert_eq!(f.histogram(), a.histogram());
         prop_assert_eq!(f.largest_bound(), a.largest_bound());
     }
+}
+
+/// The large-segment counts follow a bulk merge in which segments of both trees join (the
+/// destination's large segment grows, a short one of the source becomes part of it), the
+/// per-segment path, and removals that cut a large segment into short ones.
+#[test]
+fn large_segment_counts_follow_merges_and_cuts() {
+    let unit = 1u64 << 12;
+    let mut d = RangeTree::<u32>::new(0, 1 << 20, 12).unwrap();
+    d.set_large_min(2 * unit);
+    d.add(10 * unit, 4 * unit).unwrap();
+    d.add(40 * unit, unit).unwrap();
+    assert_eq!(d.large_segments(), (1, 4 * unit));
+    // Bulk merge: the source is more than an eighth of the destination.
+    let mut s = RangeTree::<u32>::with_index(0, 1 << 20, 12, false).unwrap();
+    s.add(8 * unit, 2 * unit).unwrap();
+    s.add(14 * unit, unit).unwrap();
+    s.add(41 * unit, unit).unwrap();
+    s.move_into(&mut d).unwrap();
+    d.verify().unwrap();
+    assert_eq!(d.large_segments(), (2, 9 * unit));
+    // Cut the 7-unit segment into 1 + 1 + 5 units: one large segment of 5 left.
+    d.remove(9 * unit, unit).unwrap();
+    d.verify().unwrap();
+    assert_eq!(d.large_segments(), (2, 7 * unit));
+    d.remove(14 * unit, unit).unwrap();
+    assert_eq!(d.large_segments(), (2, 6 * unit));
+    d.verify().unwrap();
+    // Per-segment path: a tiny source joining the 1-unit and 4-unit segments at 8 and 10.
+    for i in 0..64 {
+        d.add((100 + 2 * i) * unit, unit).unwrap();
+    }
+    let mut s = RangeTree::<u32>::with_index(0, 1 << 20, 12, false).unwrap();
+    s.add(9 * unit, unit).unwrap();
+    s.move_into(&mut d).unwrap();
+    d.verify().unwrap();
+    assert_eq!(d.large_segments(), (2, 8 * unit));
 }

@@ -258,16 +258,10 @@ fn random_small_writes_until_full_never_suspend_the_pool() -> anyhow::Result<()>
 /// Random 4 KiB overwrites of a volume that fills most of the pool fragment the free space
 /// into single blocks (every overwrite frees one somewhere). The sync's tree and space-map
 /// blocks are 16 KiB, so the reserve it draws on must stay in pieces that large: writers get
-/// ENOSPC first, and the pool never suspends with "out of space" in its sync.
-///
-/// Known bug, open: on main this suspends the pool after about 24,576 writes. A first fix
-/// (c8e5b46: each open txg allocates data only from the 16 KiB-segment space beyond the slop)
-/// kept the pool online but refused random writes on a half-full 1 GiB pool whose free space
-/// random overwrites had cut into single blocks, so it was reverted. The fix needs the
-/// allocator to keep the sync's reserve in large pieces itself (for instance metaslabs set
-/// aside for sync-context allocations), not a budget on all data.
+/// ENOSPC first, and the pool never suspends with "out of space" in its sync. (Before the
+/// allocator kept its slop in whole pieces, `ringpool_alloc::reserve`, this suspended the
+/// pool after about 24,576 writes.)
 #[test]
-#[ignore = "known bug: random overwrites of a nearly full pool can suspend it (see the doc comment)"]
 fn random_overwrites_of_a_nearly_full_pool_never_suspend_it() -> anyhow::Result<()> {
     let devs = vec![FaultyEngine::new(512 << 20, 4096)];
     let pool = Pool::create("churn", engines(&devs), &copts())?;

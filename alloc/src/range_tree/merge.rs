@@ -3,8 +3,8 @@
 //! otherwise (the deferred frees of a txg into a metaslab's free tree).
 
 use super::{
-    hist_bucket, RangeTree, Seg, SegUnit, BULK_MERGE_RATIO, HISTOGRAM_BUCKETS, MOVE_PREFETCH_AHEAD,
-    NO_HINT,
+    hist_bucket, LargeSegs, RangeTree, Seg, SegUnit, BULK_MERGE_RATIO, HISTOGRAM_BUCKETS,
+    MOVE_PREFETCH_AHEAD, NO_HINT,
 };
 use crate::blockmap::BlockMap;
 use crate::error::AllocError;
@@ -20,6 +20,7 @@ impl<U: SegUnit> RangeTree<U> {
             && dst.span == self.span
             && dst.indexed == self.indexed
             && dst.floor == self.floor
+            && dst.large.min == self.large.min
         {
             std::mem::swap(self, dst);
             return Ok(());
@@ -70,6 +71,7 @@ impl<U: SegUnit> RangeTree<U> {
         let mut size_removes: Vec<U::SizeKey> = Vec::new();
         let mut size_inserts: Vec<U::SizeKey> = Vec::new();
         let mut hist = self.hist;
+        let mut large = self.large;
         let mut a = self
             .by_start
             .iter()
@@ -100,12 +102,14 @@ impl<U: SegUnit> RangeTree<U> {
                     // Touching: coalesce. An original `self` segment stops being untouched.
                     if let Some((os, ol)) = orig.take() {
                         hist[hist_bucket(ol << self.shift)] -= 1;
+                        large.sub(ol);
                         if ol >= floor {
                             size_removes.push(U::size_key(ol, os));
                         }
                     }
                     if from_a {
                         hist[hist_bucket(l << self.shift)] -= 1;
+                        large.sub(l);
                         if l >= floor {
                             size_removes.push(U::size_key(l, s));
                         }
@@ -120,7 +124,7 @@ impl<U: SegUnit> RangeTree<U> {
                         Self::flush_merged(
                             &mut merged,
                             &mut size_inserts,
-                            &mut hist,
+                            (&mut hist, &mut large),
                             (cs, cl, orig.is_some()),
                             self.shift,
                             floor,
@@ -137,7 +141,7 @@ impl<U: SegUnit> RangeTree<U> {
             Self::flush_merged(
                 &mut merged,
                 &mut size_inserts,
-                &mut hist,
+                (&mut hist, &mut large),
                 (cs, cl, orig.is_some()),
                 self.shift,
                 floor,
@@ -166,6 +170,7 @@ impl<U: SegUnit> RangeTree<U> {
             *ix = BlockMap::from_sorted(&keys).unwrap_or_default();
         }
         self.hist = hist;
+        self.large = large;
         self.space += src.space;
         // Only adds: the longest segment is the old one or a merged one (see `index_insert`).
         if let Some(mx) = merged_max {
@@ -183,7 +188,7 @@ impl<U: SegUnit> RangeTree<U> {
     fn flush_merged(
         merged: &mut Vec<(U, U)>,
         size_inserts: &mut Vec<U::SizeKey>,
-        hist: &mut [u64; HISTOGRAM_BUCKETS],
+        (hist, large): (&mut [u64; HISTOGRAM_BUCKETS], &mut LargeSegs),
         (s, l, untouched): (u64, u64, bool),
         shift: u32,
         floor: u64,
@@ -191,6 +196,7 @@ impl<U: SegUnit> RangeTree<U> {
         merged.push((U::from_u64(s), U::from_u64(l)));
         if !untouched {
             hist[hist_bucket(l << shift)] += 1;
+            large.add(l);
             if l >= floor {
                 size_inserts.push(U::size_key(l, s));
             }

@@ -102,6 +102,7 @@ impl<U: SegUnit> RangeTree<U> {
     #[inline]
     pub(super) fn index_insert(&mut self, start: u64, len: u64, hint: usize) {
         self.hist[hist_bucket(len << self.shift)] += 1;
+        self.large.add(len);
         if len >= self.largest_hint {
             // The hint bounds every other segment, so this one is the longest.
             self.largest_hint = len;
@@ -118,6 +119,7 @@ impl<U: SegUnit> RangeTree<U> {
     #[inline]
     pub(super) fn index_remove(&mut self, start: u64, len: u64, hint: usize) {
         self.hist[hist_bucket(len << self.shift)] -= 1;
+        self.large.sub(len);
         if len >= self.largest_hint {
             // Possibly the longest one went: the hint is only a bound now.
             self.largest_exact = false;

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use ringpool_alloc::{ClassConfig, DeviceSpec, MetaslabClass};
+use ringpool_alloc::{ClassConfig, DeviceSpec, MetaslabClass, MetaslabConfig};
 use ringpool_ondisk::blkptr::BlockPointer;
 use ringpool_ondisk::label::{HostInfo, LabelHeader, PoolState};
 use ringpool_ondisk::layout::{DeviceLayout, ALLOC_START, MAX_ASHIFT, MIN_ASHIFT};
@@ -153,6 +153,11 @@ fn my_host(opts: &PoolOptions) -> HostInfo {
 fn class_for(opts: &PoolOptions) -> Arc<MetaslabClass> {
     Arc::new(MetaslabClass::new(ClassConfig {
         shards: opts.shards.max(1) + 1,
+        metaslab: MetaslabConfig {
+            // The sync's tree and space-map blocks: the slop is kept in pieces this large.
+            reserve_piece: u64::from(super::syncer::META_BLOCK_SIZE),
+            ..MetaslabConfig::default()
+        },
         ..ClassConfig::default()
     }))
 }

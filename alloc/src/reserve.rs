@@ -1,0 +1,146 @@
+//! The sync reserve, kept in pieces the sync can use.
+//!
+//! The slop check alone (`free - size >= slop` for ordinary allocations) holds back enough
+//! *bytes* for the pool's sync, but not enough *pieces*: the sync writes its tree and
+//! space-map blocks in pieces of `MetaslabConfig::reserve_piece` bytes (16 KiB), while random
+//! overwrites of a nearly full pool free single data blocks all over it. Left alone, data
+//! writes carve up the last long segments, the free space ends as single-block holes, and the
+//! next sync finds no piece for its metadata: the pool suspends with "out of space" while a
+//! tenth of it is free. OpenZFS escapes with gang blocks (a block written as several smaller
+//! ones); our block pointers have no gang form, so the allocator keeps the reserve whole
+//! instead.
+//!
+//! Every metaslab knows a lower bound of the bytes its free segments can hand out in such
+//! pieces ([`Metaslab::reserve_space`], exact per segment up to one piece's waste, from
+//! counters its free tree keeps). The class sums it like the free-space counter: each shard
+//! publishes the change its allocations made in batches of [`RESERVE_BATCH`], and syncs,
+//! loads and undos publish theirs at once. An ordinary allocation may shrink that sum only
+//! while it stays at least the slop: when it is close ([`max_loss`] returns a limit), each
+//! allocation is measured and undone if it cut into the reserve, so data then fills the
+//! short holes (which cost the reserve nothing) or gets `NoSpace`, and sync-context
+//! allocations ([`crate::AllocClass::Reserved`]) always find their pieces.
+
+use crate::error::AllocError;
+use crate::metaslab::Metaslab;
+
+/// Change of reserve space a shard may accumulate before publishing it. Small, because the
+/// check in [`max_loss`] must allow for every other shard's unpublished change.
+pub const RESERVE_BATCH: i64 = 256 << 10;
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// How much reserve space an ordinary allocation of `size` bytes may take, or `None` when it
+/// cannot matter: `published` is the class's counter, `own` the shard's unpublished change,
+/// `shards` the number of shards (each other one may hold up to [`RESERVE_BATCH`] of losses
+/// not yet published), `slop` what must stay. One allocation loses at most its size plus a
+/// piece (it may cut one segment into two short ones).
+pub(crate) fn max_loss(
+    published: i64,
+    own: i64,
+    shards: usize,
+    slop: u64,
+    size: u64,
+    piece: u64,
+) -> Option<u64> {
+    let others = i64::try_from(shards.saturating_sub(1))
+        .unwrap_or(i64::MAX)
+        .saturating_mul(RESERVE_BATCH);
+    let slack = published
+        .saturating_add(own)
+        .saturating_sub(others)
+        .saturating_sub(to_i64(slop));
+    if slack >= to_i64(size.saturating_add(piece)) {
+        None
+    } else {
+        Some(u64::try_from(slack.max(0)).unwrap_or(0))
+    }
+}
+
+/// Allocate `asize` bytes from `ms` for `txg`: the offset and the change of the metaslab's
+/// reserve space. With `max_loss`, an allocation that shrinks the reserve space by more is
+/// undone at once (the range goes back to `allocatable`) and reported as `NoSpace`, so the
+/// caller tries another metaslab.
+pub(crate) fn alloc_within(
+    ms: &mut Metaslab,
+    asize: u64,
+    txg: u64,
+    max_loss: Option<u64>,
+) -> Result<(u64, i64), AllocError> {
+    let before = ms.reserve_space();
+    let off = ms.alloc(asize, txg)?;
+    let after = ms.reserve_space();
+    if let Some(max) = max_loss {
+        if before.saturating_sub(after) > max {
+            ms.free_now(off, asize, txg)?;
+            return Err(AllocError::NoSpace { size: asize });
+        }
+    }
+    Ok((off, to_i64(after) - to_i64(before)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metaslab::MetaslabConfig;
+
+    #[test]
+    fn max_loss_allows_for_other_shards_and_one_allocations_worst_case() {
+        let piece = 16 << 10;
+        let slop = 16 << 20;
+        // Far from the slop: no limit.
+        assert_eq!(max_loss(64 << 20, 0, 2, slop, 4096, piece), None);
+        // Exactly the slop plus one allocation's worst case plus the other shard's batch.
+        let edge = to_i64(slop + 4096 + piece) + RESERVE_BATCH;
+        assert_eq!(max_loss(edge, 0, 2, slop, 4096, piece), None);
+        assert_eq!(
+            max_loss(edge - 1, 0, 2, slop, 4096, piece),
+            Some(4096 + piece - 1)
+        );
+        // The shard's own unpublished losses count.
+        assert_eq!(
+            max_loss(edge, -1, 2, slop, 4096, piece),
+            Some(4096 + piece - 1)
+        );
+        // Below the slop: nothing may be taken.
+        assert_eq!(max_loss(1 << 20, 0, 1, slop, 4096, piece), Some(0));
+    }
+
+    #[test]
+    fn alloc_within_undoes_an_allocation_that_cuts_into_the_reserve() {
+        let unit = 4096u64;
+        let cfg = MetaslabConfig {
+            reserve_piece: 4 * unit,
+            ..MetaslabConfig::default()
+        };
+        let mut ms = Metaslab::new(0, 0, 0, 64 * unit, 12, cfg).unwrap();
+        // Leave one single-unit hole at 0 and a long segment from 8 units on.
+        ms.claim(unit, 7 * unit, 1).unwrap();
+        let full = ms.reserve_space();
+        assert_eq!(full, 56 * unit - 3 * unit);
+        // A unit from the long segment costs reserve space: refused with no budget, and
+        // nothing changed.
+        let free = ms.free_space();
+        let r = alloc_within(&mut ms, unit, 1, Some(0));
+        match r {
+            // The picker took the hole: free of charge, allowed.
+            Ok((off, delta)) => {
+                assert_eq!((off, delta), (0, 0));
+                let again = alloc_within(&mut ms, unit, 1, Some(0));
+                assert!(
+                    matches!(again, Err(AllocError::NoSpace { .. })),
+                    "{again:?}"
+                );
+                assert_eq!(ms.free_space(), free - unit);
+            }
+            Err(AllocError::NoSpace { .. }) => assert_eq!(ms.free_space(), free),
+            Err(e) => panic!("{e}"),
+        }
+        assert_eq!(ms.reserve_space(), full);
+        // With enough budget it goes through and reports the loss.
+        let (_, delta) = alloc_within(&mut ms, unit, 1, Some(unit)).unwrap();
+        assert_eq!(delta, -to_i64(unit));
+        ms.verify().unwrap();
+    }
+}
