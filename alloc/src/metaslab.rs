@@ -248,6 +248,16 @@ impl Metaslab {
         let waste = self.cfg.reserve_piece.saturating_sub(self.unit());
         bytes.saturating_sub(count.saturating_mul(waste))
     }
+    /// The least reserve space (see [`Metaslab::reserve_space`]) an allocation of `size` bytes
+    /// can cost, whatever segment it takes: 0 below `reserve_piece`; from a piece up it takes a
+    /// segment of at least a piece, which counted its length less one piece's waste, and
+    /// leaves only its remainders, so at least `size` less that waste.
+    pub fn min_reserve_loss(&self, size: u64) -> u64 {
+        if size < self.cfg.reserve_piece {
+            return 0;
+        }
+        size.saturating_sub(self.cfg.reserve_piece.saturating_sub(self.unit()))
+    }
     /// Bytes free on disk but not yet allocatable (`freed` + `defer[]`).
     pub fn deferred_space(&self) -> u64 {
         self.freed.space() + self.defer[0].space() + self.defer[1].space()

@@ -68,6 +68,12 @@ pub(crate) fn alloc_within(
     txg: u64,
     max_loss: Option<u64>,
 ) -> Result<(u64, i64), AllocError> {
+    if max_loss.is_some_and(|max| ms.min_reserve_loss(asize) > max) {
+        // It would be undone whatever segment it took: refuse it without taking one (on a
+        // pool at its reserve, every request of a piece or more used to be allocated and
+        // undone in every metaslab before it ganged).
+        return Err(AllocError::NoSpace { size: asize });
+    }
     let before = ms.reserve_space();
     let off = ms.alloc(asize, txg)?;
     let after = ms.reserve_space();
@@ -141,6 +147,30 @@ mod tests {
         // With enough budget it goes through and reports the loss.
         let (_, delta) = alloc_within(&mut ms, unit, 1, Some(unit)).unwrap();
         assert_eq!(delta, -to_i64(unit));
+        ms.verify().unwrap();
+    }
+
+    #[test]
+    fn a_request_that_must_cut_into_the_reserve_is_refused_without_an_allocation() {
+        let unit = 4096u64;
+        let cfg = MetaslabConfig {
+            reserve_piece: 4 * unit,
+            ..MetaslabConfig::default()
+        };
+        let mut ms = Metaslab::new(0, 0, 0, 64 * unit, 12, cfg).unwrap();
+        // Idle: an allocation attempt builds the by-size index again (counted).
+        ms.passivate();
+        assert_eq!(ms.min_reserve_loss(3 * unit), 0);
+        assert_eq!(ms.min_reserve_loss(4 * unit), unit);
+        // Any 8 units cost at least 5 units of reserve: with a budget of 4 the metaslab is not
+        // even searched (an allocation would build its by-size index).
+        let r = alloc_within(&mut ms, 8 * unit, 1, Some(4 * unit));
+        assert!(matches!(r, Err(AllocError::NoSpace { .. })), "{r:?}");
+        assert_eq!(ms.index_builds(), 0);
+        assert_eq!(ms.free_space(), 64 * unit);
+        // With a budget of 8 units it is allocated (the loss is exactly 8: the rest stays long).
+        let (_, delta) = alloc_within(&mut ms, 8 * unit, 1, Some(8 * unit)).unwrap();
+        assert_eq!(delta, -to_i64(8 * unit));
         ms.verify().unwrap();
     }
 }
