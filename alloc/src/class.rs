@@ -16,7 +16,7 @@ use crate::group::{DeviceSpec, MetaslabGroup};
 use crate::metaslab::{Metaslab, MetaslabConfig, MetaslabSyncOutput};
 use crate::range_tree::HISTOGRAM_BUCKETS;
 use crate::record::{SmAction, SmRecord};
-use crate::reserve::{max_loss, RESERVE_BATCH};
+use crate::reserve::{cannot_fit_reserve, max_loss, RESERVE_BATCH};
 
 /// Allocated bytes a shard may accumulate before publishing them to the class counter.
 pub const ACCOUNTING_BATCH: i64 = 1 << 20;
@@ -474,6 +474,9 @@ impl MetaslabClass {
                 size,
                 self.cfg.metaslab.reserve_piece,
             );
+            if cannot_fit_reserve(size, self.cfg.metaslab.reserve_piece, limit) {
+                return Err(AllocError::NoSpace { size });
+            }
         }
         let ndev = st.devs.len();
         for try_hard in [false, true] {

@@ -58,6 +58,17 @@ pub(crate) fn max_loss(
     }
 }
 
+/// Whether a request of `size` bytes costs more reserve space than `limit` allows wherever it
+/// goes, so it can be refused without a search: at least a piece long, it takes at least
+/// `size - (piece - unit)` even from a segment of exactly its size (a segment that long counts
+/// `len - (piece - unit)`, and nothing is left of it).
+pub(crate) fn cannot_fit_reserve(size: u64, piece: u64, limit: Option<u64>) -> bool {
+    match limit {
+        Some(max) => piece > 0 && size >= piece && size + 1 - piece > max,
+        None => false,
+    }
+}
+
 /// Allocate `asize` bytes from `ms` for `txg`: the offset and the change of the metaslab's
 /// reserve space. With `max_loss`, an allocation that shrinks the reserve space by more is
 /// undone at once (the range goes back to `allocatable`) and reported as `NoSpace`, so the
@@ -111,6 +122,19 @@ mod tests {
         );
         // Below the slop: nothing may be taken.
         assert_eq!(max_loss(1 << 20, 0, 1, slop, 4096, piece), Some(0));
+    }
+
+    #[test]
+    fn requests_of_a_piece_or_more_are_refused_when_no_segment_could_do() {
+        let piece = 16 << 10;
+        assert!(!cannot_fit_reserve(64 << 10, piece, None));
+        // Below a piece: a short hole may hold it at no cost.
+        assert!(!cannot_fit_reserve(12 << 10, piece, Some(0)));
+        // A 16 KiB request costs at least one byte's worth, a 64 KiB one 48 KiB + 1.
+        assert!(cannot_fit_reserve(piece, piece, Some(0)));
+        assert!(!cannot_fit_reserve(piece, piece, Some(1)));
+        assert!(cannot_fit_reserve(64 << 10, piece, Some(48 << 10)));
+        assert!(!cannot_fit_reserve(64 << 10, piece, Some((48 << 10) + 1)));
     }
 
     #[test]
