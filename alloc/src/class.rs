@@ -16,7 +16,7 @@ use crate::group::{DeviceSpec, MetaslabGroup};
 use crate::metaslab::{Metaslab, MetaslabConfig, MetaslabSyncOutput};
 use crate::range_tree::HISTOGRAM_BUCKETS;
 use crate::record::{SmAction, SmRecord};
-use crate::reserve::{cannot_fit_reserve, max_loss, RESERVE_BATCH};
+use crate::reserve::{max_loss, min_loss, RESERVE_BATCH};
 
 /// Allocated bytes a shard may accumulate before publishing them to the class counter.
 pub const ACCOUNTING_BATCH: i64 = 1 << 20;
@@ -474,7 +474,9 @@ impl MetaslabClass {
                 size,
                 self.cfg.metaslab.reserve_piece,
             );
-            if cannot_fit_reserve(size, self.cfg.metaslab.reserve_piece, limit) {
+            // Refused wherever it would go (see `min_loss`): no metaslab need be tried.
+            let least = min_loss(size, self.cfg.metaslab.reserve_piece, 1);
+            if limit.is_some_and(|max| least > max) {
                 return Err(AllocError::NoSpace { size });
             }
         }

@@ -253,10 +253,7 @@ impl Metaslab {
     /// segment of at least a piece, which counted its length less one piece's waste, and
     /// leaves only its remainders, so at least `size` less that waste.
     pub fn min_reserve_loss(&self, size: u64) -> u64 {
-        if size < self.cfg.reserve_piece {
-            return 0;
-        }
-        size.saturating_sub(self.cfg.reserve_piece.saturating_sub(self.unit()))
+        crate::reserve::min_loss(size, self.cfg.reserve_piece, self.unit())
     }
     /// Bytes free on disk but not yet allocatable (`freed` + `defer[]`).
     pub fn deferred_space(&self) -> u64 {

@@ -58,15 +58,15 @@ pub(crate) fn max_loss(
     }
 }
 
-/// Whether a request of `size` bytes costs more reserve space than `limit` allows wherever it
-/// goes, so it can be refused without a search: at least a piece long, it takes at least
-/// `size - (piece - unit)` even from a segment of exactly its size (a segment that long counts
-/// `len - (piece - unit)`, and nothing is left of it).
-pub(crate) fn cannot_fit_reserve(size: u64, piece: u64, limit: Option<u64>) -> bool {
-    match limit {
-        Some(max) => piece > 0 && size >= piece && size + 1 - piece > max,
-        None => false,
+/// The least reserve space an allocation of `size` bytes can cost, whatever segment it takes
+/// (`unit`: the allocation unit; 1 when the device is not known yet): 0 below a piece; from a
+/// piece up it takes a segment of at least a piece, which counted its length less one piece's
+/// waste (`piece - unit`), and leaves only its remainders, so at least `size` less that waste.
+pub fn min_loss(size: u64, piece: u64, unit: u64) -> u64 {
+    if piece == 0 || size < piece {
+        return 0;
     }
+    size.saturating_sub(piece.saturating_sub(unit))
 }
 
 /// Allocate `asize` bytes from `ms` for `txg`: the offset and the change of the metaslab's
@@ -125,16 +125,14 @@ mod tests {
     }
 
     #[test]
-    fn requests_of_a_piece_or_more_are_refused_when_no_segment_could_do() {
+    fn min_loss_is_zero_below_a_piece_and_the_size_less_the_waste_above() {
         let piece = 16 << 10;
-        assert!(!cannot_fit_reserve(64 << 10, piece, None));
-        // Below a piece: a short hole may hold it at no cost.
-        assert!(!cannot_fit_reserve(12 << 10, piece, Some(0)));
-        // A 16 KiB request costs at least one byte's worth, a 64 KiB one 48 KiB + 1.
-        assert!(cannot_fit_reserve(piece, piece, Some(0)));
-        assert!(!cannot_fit_reserve(piece, piece, Some(1)));
-        assert!(cannot_fit_reserve(64 << 10, piece, Some(48 << 10)));
-        assert!(!cannot_fit_reserve(64 << 10, piece, Some((48 << 10) + 1)));
+        assert_eq!(min_loss(12 << 10, piece, 4096), 0);
+        assert_eq!(min_loss(piece, piece, 4096), 4096);
+        assert_eq!(min_loss(64 << 10, piece, 4096), 52 << 10);
+        // Device not known: the bound for the smallest unit.
+        assert_eq!(min_loss(64 << 10, piece, 1), (48 << 10) + 1);
+        assert_eq!(min_loss(64 << 10, 0, 4096), 0);
     }
 
     #[test]
