@@ -191,6 +191,20 @@ impl<K: Copy + Ord, V: Copy, const CAP: usize> BlockMap<K, V, CAP> {
         }
     }
 
+    /// Like [`BlockMap::prefetch`] for keys visited in ascending order: the leaf is requested
+    /// only when it is not `last` (the previous call's result, which it returns), so a run of
+    /// keys in one leaf requests it once.
+    #[inline]
+    pub fn prefetch_once(&self, k: K, last: usize) -> usize {
+        let li = dir_partition(&self.mins, |m| m <= k).saturating_sub(1);
+        if li != last {
+            if let Some(leaf) = self.leaves.get(li) {
+                prefetch_slice(leaf);
+            }
+        }
+        li
+    }
+
     /// Like [`BlockMap::prefetch`], returning the leaf it requested: a hint for
     /// [`BlockMap::insert_hinted`] and [`BlockMap::remove_hinted`], which then skip the
     /// directory search (checked there, so a hint gone stale by a split or merge in between

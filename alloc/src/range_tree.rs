@@ -377,6 +377,16 @@ impl<U: SegUnit> RangeTree<U> {
         }
     }
 
+    /// [`RangeTree::prefetch_range`] for ranges visited in ascending order, skipping the leaf
+    /// requested by the previous call (`last`, its return value; `usize::MAX` at first).
+    #[inline]
+    pub fn prefetch_range_once(&self, start: u64, len: u64, last: usize) -> usize {
+        match self.to_units(start, len) {
+            Ok((s, l)) => self.by_start.prefetch_once(U::from_u64(s + l), last),
+            Err(_) => last,
+        }
+    }
+
     /// The segment containing unit `u`, or the last one starting before it: `(start, len)`.
     #[inline]
     fn seg_at_or_before(&self, u: u64) -> Option<(u64, u64)> {

@@ -32,21 +32,30 @@ impl Metaslab {
     /// checkpointed blocks are never exposed by a condense, I1).
     pub fn condensed_records(&self, txg: u64) -> Vec<SmRecord> {
         let slot = Self::slot(txg);
-        let mut free: Vec<(u64, u64)> = Vec::with_capacity(self.allocatable.segment_count() + 16);
-        free.extend(self.allocatable.iter());
+        // `allocatable` is walked in order; the other free trees are small (a few txgs of
+        // frees and allocations) and are sorted aside, then the two runs are merged.
+        let mut others: Vec<(u64, u64)> = Vec::new();
         for t in [&self.freeing, &self.freed, &self.defer[0], &self.defer[1]] {
-            free.extend(t.iter());
+            others.extend(t.iter());
         }
         for (s, t) in self.allocating.iter().enumerate() {
             if s != slot {
-                free.extend(t.iter());
+                others.extend(t.iter());
             }
         }
-        // A few sorted runs (one per tree): the stable sort merges runs in about linear time.
-        free.sort();
-        let mut out = Vec::with_capacity(free.len() + 1);
+        others.sort_unstable();
+        let mut out = Vec::with_capacity(self.allocatable.segment_count() + others.len() + 1);
+        let mut a = self.allocatable.iter().peekable();
+        let mut b = others.into_iter().peekable();
         let mut pos = self.start;
-        for (s, l) in free {
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+                (_, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => None,
+            };
+            let Some((s, l)) = next else { break };
             if s > pos {
                 out.push(SmRecord::alloc(pos, s - pos));
             }

@@ -38,10 +38,13 @@ impl<U: SegUnit> RangeTree<U> {
         self.clear();
         // The destination leaves are cold (a metaslab's free tree, visited once per txg):
         // prefetch a few segments ahead so the misses overlap.
+        // The source is sorted: a run of segments bound for one leaf requests it once.
         let mut ahead = map.iter().skip(MOVE_PREFETCH_AHEAD);
+        let mut last_leaf = usize::MAX;
         for (i, (s, l)) in map.iter().enumerate() {
             if let Some((ps, pl)) = ahead.next() {
-                dst.prefetch_range(self.to_bytes(ps.get()), pl.get() << self.shift);
+                let (ps, pl) = (self.to_bytes(ps.get()), pl.get() << self.shift);
+                last_leaf = dst.prefetch_range_once(ps, pl, last_leaf);
             }
             let (s, l) = (s.get(), l.get());
             if let Err(e) = dst.add(self.to_bytes(s), l << self.shift) {
