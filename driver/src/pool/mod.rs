@@ -15,6 +15,7 @@ pub mod directory;
 pub mod discard;
 pub mod error;
 pub mod health;
+pub(crate) mod idhash;
 pub mod inspect;
 pub mod join;
 pub mod lifecycle;

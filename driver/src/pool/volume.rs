@@ -8,7 +8,7 @@
 //! the block cache. The sync of txg `t` folds overlay `t` into the tree, installs the new root and
 //! clears the overlay in one step under the volume's map lock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -17,6 +17,7 @@ use ringpool_ondisk::object::ObjectType;
 
 use super::blocklock::KeyLocks;
 use super::error::{PoolError, Result};
+use super::idhash::{IdMap, IdSet};
 use super::objtree::TreeGeom;
 use super::shared::Shared;
 use super::txg::TXG_SIZE;
@@ -40,16 +41,16 @@ pub const MAX_VOLUME_BLOCK: u32 = 128 * 1024;
 #[derive(Debug, Default)]
 struct Shard {
     slot_txg: [u64; TXG_SIZE],
-    slots: [HashMap<u64, BlockPointer>; TXG_SIZE],
+    slots: [IdMap<BlockPointer>; TXG_SIZE],
     /// Level-1 blocks (block id >> fanout shift) with an entry in the slot's txg.
-    l1s: [HashSet<u64>; TXG_SIZE],
+    l1s: [IdSet; TXG_SIZE],
 }
 
 /// Level-2 blocks (level-1 index >> fanout shift) a txg dirties, per txg slot.
 #[derive(Debug, Default)]
 struct UpperDirty {
     slot_txg: [u64; TXG_SIZE],
-    l2s: [HashSet<u64>; TXG_SIZE],
+    l2s: [IdSet; TXG_SIZE],
 }
 
 impl Shard {
@@ -341,50 +342,91 @@ impl Volume {
         self.lookup_tree(&map, blkid).await
     }
 
-    /// Current pointers of blocks `first..=last`. Tree walks reuse the indirect blocks of the
-    /// previous block (neighbours share their parents), so a long range costs one cache
-    /// lookup per indirect block instead of one per block and level.
+    /// Current pointers of blocks `first..=last`, resolved one level-1 block at a time: the
+    /// walk down to a level-1 block happens once for all of its blocks in the range (256 with
+    /// 16 KiB indirect blocks), whose pointers are then copied out of it in one go, and the
+    /// indirect blocks above are reused from the previous walk (neighbours share their
+    /// parents). A level-1 block whose blocks of the range are all in the overlays is not
+    /// walked at all.
     async fn lookup_range(&self, first: u64, last: u64) -> Result<Vec<BlockPointer>> {
         let (overlay, map) = self.inner.overlay_or_map_range(first, last);
         let geom = map.geom;
-        let levels = usize::from(geom.levels);
+        if geom.levels < 2 {
+            return self.lookup_range_flat(&overlay, &map, first).await;
+        }
+        let cap = geom.capacity_blocks();
+        let fanout = geom.span(1);
         // Per level: (index of the node at that level, its children).
-        let mut memo: Vec<Option<(u64, std::sync::Arc<Vec<BlockPointer>>)>> = vec![None; levels];
+        let mut memo: Vec<Option<(u64, Arc<Vec<BlockPointer>>)>> =
+            vec![None; usize::from(geom.levels)];
         let mut out = Vec::with_capacity(overlay.len());
-        for (blkid, ov) in (first..=last).zip(overlay) {
-            if let Some(bp) = ov {
-                out.push(bp);
-                continue;
-            }
-            if blkid >= geom.capacity_blocks() {
-                out.push(BlockPointer::EMPTY);
-                continue;
-            }
-            let mut bp = map.root;
-            let mut level = geom.levels - 1;
-            while level > 0 {
-                let BlockPointer::Data(d) = bp else {
-                    break;
-                };
-                let span = geom.span(level);
-                let node = blkid / span;
-                let li = usize::from(level);
-                let children = match &memo[li] {
-                    Some((n, c)) if *n == node => std::sync::Arc::clone(c),
-                    _ => {
-                        let c = self
-                            .shared
-                            .load_indirect(&d, &self.inner.obj_name, node * span * self.bs())
-                            .await?;
-                        memo[li] = Some((node, std::sync::Arc::clone(&c)));
-                        c
+        let mut b = first;
+        while b <= last {
+            // The blocks of the range under the level-1 block holding `b`.
+            let seg_end = ((b / fanout + 1) * fanout).min(last + 1);
+            let seg = usize::try_from(seg_end - b).unwrap_or(0);
+            let at = out.len();
+            if b >= cap || overlay[at..at + seg].iter().all(Option::is_some) {
+                out.resize(at + seg, BlockPointer::EMPTY);
+            } else {
+                let mut bp = map.root;
+                let mut level = geom.levels - 1;
+                loop {
+                    let BlockPointer::Data(d) = bp else {
+                        // A hole (or an empty pointer) above level 0 covers the whole segment.
+                        out.resize(at + seg, bp);
+                        break;
+                    };
+                    let span = geom.span(level);
+                    let node = b / span;
+                    let li = usize::from(level);
+                    let children = match &memo[li] {
+                        Some((n, c)) if *n == node => Arc::clone(c),
+                        _ => {
+                            let c = self
+                                .shared
+                                .load_indirect(&d, &self.inner.obj_name, node * span * self.bs())
+                                .await?;
+                            memo[li] = Some((node, Arc::clone(&c)));
+                            c
+                        }
+                    };
+                    let idx = geom.child_index(level, b);
+                    if level == 1 {
+                        out.extend(
+                            (idx..idx + seg)
+                                .map(|i| children.get(i).copied().unwrap_or(BlockPointer::EMPTY)),
+                        );
+                        break;
                     }
-                };
-                let idx = geom.child_index(level, blkid);
-                bp = children.get(idx).copied().unwrap_or(BlockPointer::EMPTY);
-                level -= 1;
+                    bp = children.get(idx).copied().unwrap_or(BlockPointer::EMPTY);
+                    level -= 1;
+                }
             }
-            out.push(bp);
+            // Overlay entries (newer than the tree) win.
+            for (slot, ov) in out[at..].iter_mut().zip(&overlay[at..at + seg]) {
+                if let Some(bp) = ov {
+                    *slot = *bp;
+                }
+            }
+            b = seg_end;
+        }
+        Ok(out)
+    }
+
+    /// `lookup_range` for a one-level tree (the root is block 0).
+    async fn lookup_range_flat(
+        &self,
+        overlay: &[Option<BlockPointer>],
+        map: &VolMap,
+        first: u64,
+    ) -> Result<Vec<BlockPointer>> {
+        let mut out = Vec::with_capacity(overlay.len());
+        for (blkid, ov) in (first..).zip(overlay) {
+            out.push(match ov {
+                Some(bp) => *bp,
+                None => self.lookup_tree(map, blkid).await?,
+            });
         }
         Ok(out)
     }

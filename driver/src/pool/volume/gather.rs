@@ -76,7 +76,7 @@ impl Volume {
                 };
                 let len = u64::try_from(d.len()).unwrap_or(0);
                 let (first, last) = (off / bs, (off + len - 1) / bs);
-                guards.extend(self.lock_blocks(first, last).await);
+                guards.push(self.lock_blocks(first, last).await);
                 content[at..at + d.len()].copy_from_slice(d);
                 at += d.len();
                 runs.push((first, usize::try_from(last - first + 1).unwrap_or(0)));

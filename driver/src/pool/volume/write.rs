@@ -10,7 +10,7 @@ use ringpool_ondisk::blkptr::{BlockPointer, DataPtr, Dva};
 use ringpool_ondisk::checksum::{Checksum, ChecksumAlgo};
 use ringpool_ondisk::object::ObjectType;
 
-use super::super::blocklock::KeyGuard;
+use super::super::blocklock::RangeGuard;
 use super::super::error::{PoolError, Result};
 use super::Volume;
 use crate::io::IoBuf;
@@ -93,12 +93,9 @@ impl Volume {
         (r, data)
     }
 
-    pub(super) async fn lock_blocks(&self, first: u64, last: u64) -> Vec<KeyGuard> {
-        let mut guards = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
-        for b in first..=last {
-            guards.push(self.inner.locks.lock(b).await);
-        }
-        guards
+    /// Locks blocks `first..=last` (in ascending order, as every writer does: no deadlock).
+    pub(super) async fn lock_blocks(&self, first: u64, last: u64) -> RangeGuard {
+        self.inner.locks.lock_range(first..last + 1).await
     }
 
     /// Writes blocks `first..=last` of the request (`offset`, `data`).
