@@ -343,3 +343,104 @@ fn reads_racing_overwrites_never_see_another_blocks_bytes() -> anyhow::Result<()
     pool.export()?;
     Ok(())
 }
+
+/// Block lookups resolve a whole level-1 block's share of a read at once: reads spanning
+/// several level-1 blocks (256 blocks of 4 KiB each) where committed tree blocks, newer overlay
+/// blocks (written after the last commit), holes in the tree, holes punched in the overlay and
+/// a level-1 block that is a hole altogether alternate must return every block's own bytes;
+/// then the same after the overlay is committed into the tree.
+#[test]
+fn lookups_across_level1_blocks_mix_tree_overlay_and_holes() -> anyhow::Result<()> {
+    const BS: usize = 4096;
+    const NBLK: usize = 1280;
+    let dev = FaultyEngine::new(64 << 20, 4096);
+    let pool = create_one_shard("l1", vec![Arc::new(dev)], Duration::from_secs(3600))?;
+    let vol = pool.create_volume("v", (NBLK * BS) as u64, BS as u32)?;
+    // model[b] = Some(version) or None for a hole.
+    let mut model: Vec<Option<u64>> = vec![None; NBLK];
+    io::block_on(&rcfg(), async {
+        // Committed: every block of level-1 blocks 0, 1, 3 and 4 but each 7th, in runs of
+        // 64 blocks (device-contiguous inside a run); level-1 block 2 stays a hole.
+        for run in (0..NBLK).step_by(64) {
+            if (512..768).contains(&run) {
+                continue;
+            }
+            let mut data = Vec::with_capacity(64 * BS);
+            for b in run..run + 64 {
+                data.extend(stamp(b as u64, 1, BS));
+                model[b] = Some(1);
+            }
+            vol.write((run * BS) as u64, &data, false).await?;
+        }
+        for b in (3..NBLK).step_by(7) {
+            vol.punch((b * BS) as u64, BS as u64, false).await?;
+            model[b] = None;
+        }
+        vol.flush().await?;
+        // Overlay only (no commit): across the boundary of level-1 blocks 0 and 1, all of
+        // level-1 block 3, a few blocks in the hole of level-1 block 2, holes punched over
+        // committed data, and single blocks here and there.
+        for (lo, hi) in [(200usize, 300usize), (768, 1024), (600, 610)] {
+            let mut data = Vec::with_capacity((hi - lo) * BS);
+            for b in lo..hi {
+                data.extend(stamp(b as u64, 2, BS));
+                model[b] = Some(2);
+            }
+            vol.write((lo * BS) as u64, &data, false).await?;
+        }
+        for b in [255usize, 1100, 1279] {
+            vol.write((b * BS) as u64, &stamp(b as u64, 3, BS), false)
+                .await?;
+            model[b] = Some(3);
+        }
+        vol.punch((280 * BS) as u64, (4 * BS) as u64, false).await?;
+        vol.punch((1030 * BS) as u64, (20 * BS) as u64, false)
+            .await?;
+        model[280..284].fill(None);
+        model[1030..1050].fill(None);
+        anyhow::Ok(())
+    })??;
+    let check = |what: &str| -> anyhow::Result<()> {
+        let holes: Vec<bool> = model.iter().map(Option::is_none).collect();
+        let want_of = |off: usize, len: usize| -> Vec<u8> {
+            let mut out = Vec::with_capacity(len);
+            for pos in off..off + len {
+                let b = pos / BS;
+                let byte = match model[b] {
+                    Some(v) => stamp(b as u64, v, 8)[pos % 8],
+                    None => 0,
+                };
+                out.push(byte);
+            }
+            out
+        };
+        let reads: &[(usize, usize)] = &[
+            (0, NBLK * BS),
+            (250 * BS, 32 * BS),
+            (256 * BS - 1000, 128 * 1024),
+            (500 * BS + 17, 300 * BS),
+            (767 * BS, 2 * BS),
+            (1000 * BS, 280 * BS),
+            (1279 * BS + 5, BS - 5),
+        ];
+        io::block_on(&rcfg(), async {
+            for &(off, len) in reads {
+                let mut got = vec![0xAAu8; len];
+                let mut h = Vec::new();
+                vol.read_holes(off as u64, &mut got, Some(&mut h)).await?;
+                assert!(got == want_of(off, len), "{what}: read {off}+{len} differs");
+                assert_eq!(
+                    h,
+                    model_holes(&holes, BS, off, len),
+                    "{what}: holes of {off}+{len}"
+                );
+            }
+            anyhow::Ok(())
+        })?
+    };
+    check("tree and overlay")?;
+    io::block_on(&rcfg(), vol.flush())??;
+    check("all committed")?;
+    pool.abandon();
+    Ok(())
+}

@@ -223,6 +223,9 @@ mod tests {
         }
         drop(held);
         assert!(poll(&mut locks.lock_range(8..12)).is_ready());
-        assert!(poll(&mut locks.lock_range(0..0)).is_ready(), "an empty range");
+        assert!(
+            poll(&mut locks.lock_range(0..0)).is_ready(),
+            "an empty range"
+        );
     }
 }

@@ -218,7 +218,7 @@ impl Volume {
                 return;
             }
         };
-        let buf = readahead::buffer(pad + len);
+        let buf = readahead::buffer(chunk, pad + len);
         let (r, data) = self.read_runs(&pieces, buf, pad).await;
         drop(guard);
         let fill = match r {

@@ -58,6 +58,8 @@ const MAX_BYTES: u64 = MAX_AHEAD + 8 * CHUNK;
 const WINDOW_MIN: u64 = 64 * 1024;
 /// Spare buffers kept for reuse.
 const MAX_SPARE: usize = 16;
+/// Most bytes of a reactor's registered buffer arena (16 MiB by default) held by read-ahead.
+const ARENA_BUDGET: usize = 8 << 20;
 /// Back-to-back reads seen on a stream before read-ahead starts (a random reader hits the
 /// previous end by chance only rarely, and never this many times in a row).
 const MIN_RUN: u32 = 3;
@@ -93,6 +95,8 @@ pub(super) struct Chunk {
     last_use: Cell<u64>,
     /// Where the reader of the stream that started the fill was then (end of its request).
     issued_at: u64,
+    /// The buffer being filled is from the reactor's arena (while pending).
+    arena: Cell<bool>,
 }
 
 impl Chunk {
@@ -171,6 +175,43 @@ struct State {
     /// page faults).
     spare: Vec<IoBuf>,
     tick: u64,
+}
+
+impl State {
+    /// Bytes of the reactor's registered arena that read-ahead holds, in its chunks and
+    /// spare buffers.
+    fn arena_bytes(&self) -> usize {
+        let chunks: usize = self
+            .chunks
+            .iter()
+            .map(|c| match &*c.fill.borrow() {
+                Fill::Ready { data, .. } if data.is_arena() => data.capacity(),
+                Fill::Pending if c.arena.get() => {
+                    c.pad + usize::try_from(c.len).unwrap_or(usize::MAX)
+                }
+                _ => 0,
+            })
+            .fold(0, usize::saturating_add);
+        let spare: usize = self
+            .spare
+            .iter()
+            .filter(|b| b.is_arena())
+            .map(IoBuf::capacity)
+            .sum();
+        chunks.saturating_add(spare)
+    }
+
+    /// Whether `buf` goes to the spare list. An arena buffer is kept only while read-ahead
+    /// holds less than [`ARENA_BUDGET`] of the arena: a deep stream would otherwise hold all of
+    /// it, and every NBD reply and receive buffer then fell back to a zeroed heap allocation
+    /// after a scan of the whole arena map (8 % of the reactor's time in a 128 KiB-block
+    /// sequential read). Arena buffers are still worth keeping below that: reads into them
+    /// need no page pinning, and a heap buffer for a window is zeroed first.
+    fn keeps(&self, buf: &IoBuf) -> bool {
+        self.spare.len() < MAX_SPARE
+            && (!buf.is_arena()
+                || self.arena_bytes().saturating_add(buf.capacity()) <= ARENA_BUDGET)
+    }
 }
 
 thread_local! {
@@ -295,6 +336,7 @@ pub(super) fn plan(vol: &Volume, offset: u64, len: u64, pad: usize) -> Plan {
                         waiters: RefCell::new(Vec::new()),
                         last_use: Cell::new(tick),
                         issued_at: end,
+                        arena: Cell::new(false),
                     });
                     s.chunks.push(Rc::clone(&c));
                     if c.overlaps(offset, end) {
@@ -327,7 +369,7 @@ pub(super) fn plan(vol: &Volume, offset: u64, len: u64, pad: usize) -> Plan {
             bytes -= c.len;
             if let Ok(c) = Rc::try_unwrap(c) {
                 if let Fill::Ready { data, .. } = c.fill.into_inner() {
-                    if s.spare.len() < MAX_SPARE {
+                    if s.keeps(&data) {
                         s.spare.push(data);
                     }
                 }
@@ -337,31 +379,33 @@ pub(super) fn plan(vol: &Volume, offset: u64, len: u64, pad: usize) -> Plan {
     })
 }
 
-/// A buffer of `len` bytes for a chunk, aligned for O_DIRECT; a spare one is reused when one
-/// is large enough (a fresh large buffer is an mmap and a page fault per page).
-pub(super) fn buffer(len: usize) -> IoBuf {
-    let spare = STATE.with(|s| {
+/// A buffer of `len` bytes for filling `chunk`, aligned for O_DIRECT: a spare one when one is
+/// large enough, else one from the reactor's arena while read-ahead holds less than
+/// [`ARENA_BUDGET`] of it (no zeroing, no page pinning for the device read), else a fresh
+/// (zeroed) heap buffer.
+pub(super) fn buffer(chunk: &Chunk, len: usize) -> IoBuf {
+    let (spare, arena_ok) = STATE.with(|s| {
         let mut s = s.borrow_mut();
-        let i = s.spare.iter().position(|b| b.capacity() >= len)?;
-        Some(s.spare.swap_remove(i))
+        match s.spare.iter().position(|b| b.capacity() >= len) {
+            Some(i) => (Some(s.spare.swap_remove(i)), false),
+            None => (None, s.arena_bytes().saturating_add(len) <= ARENA_BUDGET),
+        }
     });
-    let mut b = spare.unwrap_or_else(|| IoBuf::with_capacity(len));
+    let mut b = match spare {
+        Some(b) => b,
+        None if arena_ok => crate::io::buf::alloc(len),
+        None => IoBuf::with_capacity(len),
+    };
+    chunk.arena.set(b.is_arena());
     b.set_len(len);
     b
 }
 
-/// Keeps `buf` for a later chunk (a caller's buffer a window replaced). A buffer of the
-/// reactor's registered arena goes back to the arena instead: the arena is small (16 MiB) and
-/// a deep stream's windows would hold all of it, after which every NBD reply and receive
-/// buffer fell back to a zeroed heap allocation, after a scan of the whole arena map (8 % of
-/// the reactor's time in a 128 KiB-block sequential read).
+/// Keeps `buf` for a later chunk (a caller's buffer a window replaced).
 pub(super) fn recycle(buf: IoBuf) {
-    if buf.is_arena() {
-        return;
-    }
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        if s.spare.len() < MAX_SPARE {
+        if s.keeps(&buf) {
             s.spare.push(buf);
         }
     });
