@@ -366,9 +366,9 @@ fn lookups_across_level1_blocks_mix_tree_overlay_and_holes() -> anyhow::Result<(
                 continue;
             }
             let mut data = Vec::with_capacity(64 * BS);
-            for b in run..run + 64 {
+            for (b, m) in model.iter_mut().enumerate().skip(run).take(64) {
                 data.extend(stamp(b as u64, 1, BS));
-                model[b] = Some(1);
+                *m = Some(1);
             }
             vol.write((run * BS) as u64, &data, false).await?;
         }
@@ -382,9 +382,9 @@ fn lookups_across_level1_blocks_mix_tree_overlay_and_holes() -> anyhow::Result<(
         // committed data, and single blocks here and there.
         for (lo, hi) in [(200usize, 300usize), (768, 1024), (600, 610)] {
             let mut data = Vec::with_capacity((hi - lo) * BS);
-            for b in lo..hi {
+            for (b, m) in model.iter_mut().enumerate().take(hi).skip(lo) {
                 data.extend(stamp(b as u64, 2, BS));
-                model[b] = Some(2);
+                *m = Some(2);
             }
             vol.write((lo * BS) as u64, &data, false).await?;
         }
