@@ -35,8 +35,9 @@ pub use ops::{
     write_all_at, write_at, FileRef,
 };
 pub use reactor::{
-    block_on, current_reactor_index, in_reactor, reactor_stats, ring_info, ring_stats, spawn_local,
-    submit_now, try_spawn_local, JoinError, JoinHandle, ReactorConfig, ReactorHandle, ReactorSet,
-    RingInfo, RingStats, TaskRunMode, DEFAULT_SUBMIT_BATCH,
+    block_on, current_reactor_index, in_reactor, prefer_current_task, reactor_stats, ring_info,
+    ring_stats, spawn_local, spawn_local_first, submit_now, try_spawn_local, JoinError, JoinHandle,
+    ReactorConfig, ReactorHandle, ReactorSet, RingInfo, RingStats, TaskRunMode,
+    DEFAULT_SUBMIT_BATCH,
 };
 pub use time::{sleep, yield_now, YieldNow};

@@ -4,7 +4,8 @@
 //!   the txg sync thread, the discard thread).
 //! * [`ReactorSet`] starts one pinned thread per reactor; [`ReactorSet::spawn_on`] ships a
 //!   `Send` closure to a reactor which builds the (possibly `!Send`) future there.
-//! * Inside a reactor: [`spawn_local`], [`current_reactor_index`], [`ring_info`],
+//! * Inside a reactor: [`spawn_local`], [`spawn_local_first`], [`prefer_current_task`],
+//!   [`current_reactor_index`], [`ring_info`],
 //!   [`crate::io::sleep`], [`crate::io::yield_now`] and the ring ops of [`crate::io::ops`].
 //!
 //! The loop: poll the root future when woken, drain cross-thread wake-ups and injected spawns,
@@ -63,7 +64,12 @@ pub struct ReactorConfig {
     /// Register the arena with the ring (fixed buffers) when RLIMIT_MEMLOCK allows
     /// (default true).
     pub register_buffers: bool,
-    /// Maximum tasks polled per loop iteration before the ring is serviced (default 128).
+    /// Maximum tasks polled per loop iteration before the ring is serviced (default 128). The
+    /// environment variable `RINGPOOL_REACTOR_TASK_BUDGET` sets the default, for A/B runs: a
+    /// small budget interleaves a burst of woken request tasks with ring turns (the replies'
+    /// sends, new requests' receives). Over NBD, 4k reads at QD32, a budget of 8 with
+    /// `RINGPOOL_NBD_REPLY_FLUSH=1` did 0.96x the IOPS of the defaults (median of 6 alternated
+    /// rounds, perf/results/README-nbd.md), so the default stays.
     pub task_budget: usize,
     /// Thread name prefix for [`ReactorSet`] threads (default "ringpool-r").
     pub thread_name: String,
@@ -108,7 +114,10 @@ impl Default for ReactorConfig {
             sqpoll: None,
             arena_bytes: 16 << 20,
             register_buffers: true,
-            task_budget: 128,
+            task_budget: std::env::var("RINGPOOL_REACTOR_TASK_BUDGET")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(128),
             thread_name: "ringpool-r".to_string(),
             ring_mode: None,
             spin: std::time::Duration::from_micros(
@@ -496,13 +505,44 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
+    spawn_on_current(fut, false)
+}
+
+/// Like [`spawn_local`], but the task's first poll comes before every task already waiting to
+/// run (after other tasks spawned this way, in order). For work that should start before the
+/// reactor goes through a backlog of woken tasks, e.g. a request whose device read should be
+/// queued before the replies of a burst of completions are built.
+///
+/// # Panics
+/// When called outside a reactor thread, like [`spawn_local`].
+pub fn spawn_local_first<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    spawn_on_current(fut, true)
+}
+
+fn spawn_on_current<F>(fut: F, first: bool) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
     let core = current_core().expect("io::spawn_local called outside a reactor");
     let join = JoinInner::new();
     core.exec.spawn(
         &core.shared,
         Box::pin(TaskFuture::new(fut, Arc::clone(&join))),
+        first,
     );
     JoinHandle::from_inner(join)
+}
+
+/// From now on, whenever the calling task is woken it is polled before the tasks waiting in
+/// the ordinary run queue (see [`spawn_local_first`]). For a task that feeds others, such as a
+/// connection's request reader. Returns false when not called from a task of a reactor.
+pub fn prefer_current_task() -> bool {
+    current_core().is_some_and(|c| c.exec.prefer_current())
 }
 
 /// Submits the operations queued on the current reactor's ring now instead of at the end of

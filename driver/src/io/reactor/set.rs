@@ -62,7 +62,7 @@ impl ReactorHandle {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
                 Ok(fut) => core
                     .exec
-                    .spawn(&core.shared, Box::pin(TaskFuture::new(fut, j2))),
+                    .spawn(&core.shared, Box::pin(TaskFuture::new(fut, j2)), false),
                 Err(_) => j2.complete(Err(JoinError::Panicked(
                     "spawn_on closure panicked".to_string(),
                 ))),

@@ -5,6 +5,16 @@
 //! `Send + Sync`: waking on the reactor's own thread pushes onto the local run queue; waking
 //! from any other thread pushes onto the reactor's mutex-protected remote queue and signals the
 //! reactor's eventfd (which the ring always has a read armed on), so a sleeping reactor wakes.
+//!
+//! **Two run queues.** Runnable tasks wait in FIFO order, except that a task spawned with
+//! [`super::spawn_local_first`] is polled for the first time, and a task that called
+//! [`super::prefer_current_task`] is polled every time it is woken, before the tasks already
+//! waiting in the ordinary queue (still in FIFO order among themselves). The NBD server uses it
+//! so that a request it has just parsed reaches the device, and newly received requests get
+//! parsed, before the replies of a burst of completed reads are built: a virtio disk completes
+//! a whole queue of reads at once, and building 30 replies takes ~60 us in which the device
+//! would otherwise get nothing new. On the 2-vCPU test box it neither gained nor lost
+//! measurably (A/B in perf/results/README-nbd.md): there the disk's batches set the cycle.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -30,12 +40,18 @@ struct TaskSlot {
     fut: Option<LocalFuture>,
     waker: Waker,
     queued: bool,
+    /// Every wake-up goes to the front queue ([`Executor::prefer_current`]).
+    preferred: bool,
 }
 
 /// Thread-local task storage and run queue of one reactor.
 pub(crate) struct Executor {
     tasks: RefCell<Slab<TaskSlot>>,
     run_queue: RefCell<VecDeque<(usize, u64)>>,
+    /// Polled before `run_queue` (see the module docs).
+    front_queue: RefCell<VecDeque<(usize, u64)>>,
+    /// Key of the task being polled.
+    current: Cell<Option<usize>>,
     next_gen: Cell<u64>,
 }
 
@@ -44,12 +60,14 @@ impl Executor {
         Executor {
             tasks: RefCell::new(Slab::with_capacity(64)),
             run_queue: RefCell::new(VecDeque::with_capacity(64)),
+            front_queue: RefCell::new(VecDeque::with_capacity(16)),
+            current: Cell::new(None),
             next_gen: Cell::new(1),
         }
     }
 
-    /// Add a task and schedule its first poll.
-    pub(crate) fn spawn(&self, shared: &Arc<Shared>, fut: LocalFuture) {
+    /// Add a task and schedule its first poll (before the ordinary queue with `first`).
+    pub(crate) fn spawn(&self, shared: &Arc<Shared>, fut: LocalFuture, first: bool) {
         let gen = self.next_gen.get();
         self.next_gen.set(gen + 1);
         let key = {
@@ -66,10 +84,31 @@ impl Executor {
                 fut: Some(fut),
                 waker,
                 queued: true,
+                preferred: false,
             });
             key
         };
-        self.run_queue.borrow_mut().push_back((key, gen));
+        let queue = if first {
+            &self.front_queue
+        } else {
+            &self.run_queue
+        };
+        queue.borrow_mut().push_back((key, gen));
+    }
+
+    /// Makes every later wake-up of the task being polled go to the front queue. Returns
+    /// false outside a task (the `block_on` root future).
+    pub(crate) fn prefer_current(&self) -> bool {
+        let Some(key) = self.current.get() else {
+            return false;
+        };
+        match self.tasks.borrow_mut().get_mut(key) {
+            Some(slot) => {
+                slot.preferred = true;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Schedule task (key, gen) if it still exists and is not queued already.
@@ -78,14 +117,19 @@ impl Executor {
         if let Some(slot) = tasks.get_mut(key) {
             if slot.gen == gen && !slot.queued {
                 slot.queued = true;
-                self.run_queue.borrow_mut().push_back((key, gen));
+                let queue = if slot.preferred {
+                    &self.front_queue
+                } else {
+                    &self.run_queue
+                };
+                queue.borrow_mut().push_back((key, gen));
             }
         }
     }
 
     /// True when no task is runnable.
     pub(crate) fn is_idle(&self) -> bool {
-        self.run_queue.borrow().is_empty()
+        self.run_queue.borrow().is_empty() && self.front_queue.borrow().is_empty()
     }
 
     /// Number of live tasks.
@@ -97,7 +141,8 @@ impl Executor {
     pub(crate) fn run_ready(&self, budget: usize) -> usize {
         let mut polled = 0;
         while polled < budget {
-            let Some((key, gen)) = self.run_queue.borrow_mut().pop_front() else {
+            let next = self.front_queue.borrow_mut().pop_front();
+            let Some((key, gen)) = next.or_else(|| self.run_queue.borrow_mut().pop_front()) else {
                 break;
             };
             let taken = {
@@ -116,7 +161,10 @@ impl Executor {
             polled += 1;
             // No executor borrow is held while polling: the task may spawn, wake or drop ops.
             let mut cx = Context::from_waker(&waker);
-            match fut.as_mut().poll(&mut cx) {
+            let outer = self.current.replace(Some(key));
+            let polled_result = fut.as_mut().poll(&mut cx);
+            self.current.set(outer);
+            match polled_result {
                 Poll::Ready(()) => {
                     let slot = self.tasks.borrow_mut().remove(key);
                     drop(slot);
@@ -143,6 +191,7 @@ impl Executor {
             drop(drained);
         }
         self.run_queue.borrow_mut().clear();
+        self.front_queue.borrow_mut().clear();
     }
 }
 

@@ -3,7 +3,8 @@
 //! * The **reader** (the connection task) parses request headers out of a large receive
 //!   buffer, receives WRITE payloads straight into an [`IoBuf`] that goes to the backend, and
 //!   spawns one local task per request, so many requests are in flight and complete in any
-//!   order.
+//!   order. The reader and each request's first poll run ahead of other woken tasks (replies
+//!   being built), so a request reaches the backend as soon as it is parsed.
 //! * Request tasks queue their reply with the **writer** task: replies up to
 //!   [`send::INLINE_REPLY_MAX`] bytes (headers, errors, small reads) are appended to one batch buffer
 //!   that goes out in a single send; larger reads are sent straight from the buffer the backend
@@ -232,6 +233,10 @@ async fn transmission(
     shared: &Shared,
 ) -> Result<(), NbdError> {
     let hlen = decoder.header_len();
+    // Requests first: when a burst of reads completes, the reader (woken by its receive) and
+    // the requests it parses run before the replies of the burst are built, so new reads reach
+    // the device while the replies are made (see `crate::io::spawn_local_first`).
+    crate::io::prefer_current_task();
     let max_bytes = shared.cfg.max_inflight_bytes;
     let max_reqs = shared.cfg.max_inflight_requests.max(1);
     loop {
@@ -309,6 +314,6 @@ async fn transmission(
             }
             continue;
         }
-        crate::io::spawn_local(exec::run(Rc::clone(conn), req, command, payload, credit));
+        crate::io::spawn_local_first(exec::run(Rc::clone(conn), req, command, payload, credit));
     }
 }
