@@ -514,8 +514,11 @@ impl Metaslab {
         };
         let off = fit.start;
         self.cursors[cursor_idx] = off + size;
-        self.allocatable.take(fit, size)?;
+        // The free map's word is cold (one bit per unit of the device): requested now, its
+        // miss overlaps `take`'s.
         let (u, n) = self.map_units(off, size);
+        self.free_map.prefetch(u);
+        self.allocatable.take(fit, size)?;
         self.free_map.clear(u, n);
         self.allocating[slot].add(off, size)?;
         self.allocating_txg[slot] = txg;
