@@ -61,9 +61,15 @@ results=$(mktemp)
 run_json=$(mktemp)
 trap 'rm -f "$results" "$run_json"' EXIT
 
+# A new seed for every ringperf run, as fio's --randrepeat=0 draws one per run, so neither tool
+# re-reads in later rounds the offsets it read before (a cache below the file, such as the
+# virtual disk's host page cache, would favour the one that repeats).
+fresh_seed() { od -An -N8 -tu8 /dev/urandom | tr -d ' '; }
 run_ringperf() { # RW QD ROUND VARIANT
     local extra=()
     if [ -n "${VOPTS[$4]}" ]; then IFS=, read -r -a extra <<<"${VOPTS[$4]}"; fi
+    # A variant may fix its own seed (e.g. "fixed=--seed=7" to see what repeating costs).
+    case " ${extra[*]} " in *" --seed"*) ;; *) extra+=(--seed "$(fresh_seed)") ;; esac
     "${RT[@]}" "$RINGPERF" --target "$FILE" --size "$SIZE" --prefill never --rw "$1" --bs 4k --qd "$2" \
         --jobs 1 --cpus "$CPU" --runtime "$RUNTIME" --json --quiet "${extra[@]}" >"$run_json"
     python3 - "$1" "$2" "$3" "$4" "$run_json" >>"$results" <<'PY'

@@ -159,12 +159,16 @@ say "load $(uptime | sed 's/.*load average: //')${RT_PRIO:+, servers and clients
 
 results=$WORKDIR/results.jsonl
 : >"$results"
+# A new seed for every ringperf run, as fio's --randrepeat=0 draws one per run, so neither tool
+# re-reads in later rounds the offsets it read before (a cache below the file, such as the
+# virtual disk's host page cache, would favour the one that repeats).
+fresh_seed() { od -An -N8 -tu8 /dev/urandom | tr -d ' '; }
 run_ringperf() { # SERVER RW QD ROUND [CLIENT_MODE]
   local mode=${5:-batched} tool=ringperf
   [ "$mode" = batched ] || tool=ringperf-$mode
   "${RT[@]}" "$RINGPERF" --target "${URI[$1]}" --size "$size_b" --prefill never --rw "$2" --bs 4k --qd "$3" \
     --jobs 1 --nbd-conns 1 --cpus "$CPU" --runtime "$RUNTIME" --client-mode "$mode" --json --quiet \
-    >"$WORKDIR/run.json" 2>"$WORKDIR/run.err"
+    --seed "$(fresh_seed)" >"$WORKDIR/run.json" 2>"$WORKDIR/run.err"
   python3 - "$1" "$2" "$3" "$4" "$tool" "$WORKDIR/run.json" >>"$results" <<'PY'
 import json, sys
 srv, rw, qd, rnd, tool, path = sys.argv[1:]
