@@ -17,6 +17,9 @@
 #   CPU [1]   core both clients are pinned to (`ringpool serve --reactors 1` pins its reactor to
 #             core 0; a client sharing that core measures the scheduler, not the client)
 #   WORKDIR [/tmp/ringperf-nbd-fio]  (a real file system: the servers use O_DIRECT)
+#   POOL_DEV [unset]     ringpool's pool on this block device instead of WORKDIR/pool.img (it is
+#                        overwritten), e.g. a loop device over a file in /dev/shm: a server on
+#                        RAM compares the clients without the disk's noise
 #   RINGPERF, RINGPOOL (binaries; default: cargo build --release)
 # Each round runs three clients back to back on one scenario, one connection and the same
 # queue depth each, against the same export, in an order that rotates every round: ringperf
@@ -129,11 +132,13 @@ for s in $SERVERS; do
     ringpool)
       [ -x "$RINGPOOL" ] || die "no ringpool binary at $RINGPOOL"
       export RINGPOOL_STATE_DIR=$WORKDIR/state RINGPOOL_LOG=warn
-      dev=$WORKDIR/pool.img
-      # Written once so ext4 holds real extents, like the prefilled qemu-nbd file.
-      dd if=/dev/zero of="$dev" bs=1M count=$((POOL_SIZE >> 20)) oflag=direct status=none ||
-        die "writing $dev failed"
-      "$RINGPOOL" create --size "$POOL_SIZE" bench "$dev" >"$WORKDIR/ringpool.setup" 2>&1 &&
+      dev=${POOL_DEV:-$WORKDIR/pool.img}
+      if [ -z "${POOL_DEV:-}" ]; then
+        # Written once so ext4 holds real extents, like the prefilled qemu-nbd file.
+        dd if=/dev/zero of="$dev" bs=1M count=$((POOL_SIZE >> 20)) oflag=direct status=none ||
+          die "writing $dev failed"
+      fi
+      "$RINGPOOL" create -f --size "$POOL_SIZE" bench "$dev" >"$WORKDIR/ringpool.setup" 2>&1 &&
         "$RINGPOOL" volume create -s "$size_b" bench/vol0 >>"$WORKDIR/ringpool.setup" 2>&1 ||
         die "ringpool create failed: $(cat "$WORKDIR/ringpool.setup")"
       URI[$s]=$(uri_of ringpool bench/vol0 "$WORKDIR/ringpool.sock")

@@ -86,10 +86,12 @@ pub enum ClientMode {
     /// reply that has arrived (the fastest client).
     #[default]
     Batched,
-    /// libnbd's pattern, as fio's nbd engine drives it: each request sent on its own (a
-    /// write's header, then its payload), each reply received on its own (header, then a
-    /// read's payload). For comparing against fio like for like: the server sees the same
-    /// traffic shape.
+    /// libnbd's pattern, as fio's nbd engine drives it: each request sent by the call that
+    /// makes it, with a non-blocking send(2) of its header and one of a write's payload;
+    /// replies read with non-blocking recv(2) (header, then a read's payload), and after each
+    /// complete reply the woken workers queue (and send) their next request before the next
+    /// reply is read, as fio reaps one completion per poll. For comparing against fio like
+    /// for like: the server sees the same traffic shape and rhythm.
     Libnbd,
 }
 

@@ -2,7 +2,8 @@
 //! a writer task (batches queued requests into one send) and a reader task (one big recv,
 //! then every complete reply in it is dispatched by cookie). Structured replies are used when
 //! the server offers them; simple replies otherwise. `--client-mode libnbd` sends each request
-//! and receives each reply on its own instead, as libnbd (fio's nbd engine) does.
+//! from the call that makes it and receives each reply on its own instead, with direct
+//! non-blocking send(2)/recv(2) and the ring only to wait, as libnbd (fio's nbd engine) does.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use ringpool_driver::io::{ops, spawn_local, IoBuf, JoinHandle};
+use ringpool_driver::io::{ops, spawn_local, yield_now, IoBuf, JoinHandle};
 use slab::Slab;
 
 use super::nbd_proto::{self as p, ExportInfo, ReplyHeader};
@@ -238,6 +239,9 @@ struct Sock {
     marks: RefCell<Vec<usize>>,
     mode: ClientMode,
     writer_waker: RefCell<Option<Waker>>,
+    /// The writer holds bytes taken from `out` that are not all sent yet (libnbd mode: a
+    /// request may only be sent directly while nothing is ahead of it).
+    writer_busy: Cell<bool>,
     pending: RefCell<Slab<Pending>>,
     /// Set when the connection failed or closed: every waiter gets this error.
     dead: RefCell<Option<String>>,
@@ -251,6 +255,7 @@ impl Sock {
             marks: RefCell::new(Vec::new()),
             mode,
             writer_waker: RefCell::new(None),
+            writer_busy: Cell::new(false),
             pending: RefCell::new(Slab::new()),
             dead: RefCell::new(None),
         }
@@ -305,7 +310,42 @@ impl Sock {
             result: None,
             waker: None,
         });
+        if self.mode == ClientMode::Libnbd
+            && !self.writer_busy.get()
+            && self.out.borrow().is_empty()
         {
+            // libnbd sends a request from within the call that makes it (fio's queue), with a
+            // non-blocking send(2) of the header and one of the payload; only what the socket
+            // does not take is left to the writer task.
+            let mut hdr = Vec::with_capacity(28);
+            p::encode_request(&mut hdr, cmd, flags, key as u64, off, len32);
+            let payload = match (&buf, cmd == p::CMD_WRITE) {
+                (Some(b), true) => &b[..],
+                _ => &[][..],
+            };
+            let mut out = self.out.borrow_mut();
+            let mut marks = self.marks.borrow_mut();
+            for seg in [&hdr[..], payload] {
+                if seg.is_empty() {
+                    continue;
+                }
+                let sent = if out.is_empty() {
+                    match send_now(&self.fd, seg) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                        // The writer meets the same error on the rest and fails the
+                        // connection.
+                        Err(_) => 0,
+                    }
+                } else {
+                    0
+                };
+                if sent < seg.len() {
+                    out.extend_from_slice(&seg[sent..]);
+                    marks.push(out.len());
+                }
+            }
+        } else {
             let mut out = self.out.borrow_mut();
             let mut marks = self.marks.borrow_mut();
             p::encode_request(&mut out, cmd, flags, key as u64, off, len32);
@@ -353,12 +393,29 @@ async fn writer(sock: Rc<Sock>) {
         let batch = std::mem::take(&mut *sock.out.borrow_mut());
         let marks = std::mem::take(&mut *sock.marks.borrow_mut());
         if sock.mode == ClientMode::Libnbd {
-            // One send per header and per payload, each waited for, as libnbd does.
+            sock.writer_busy.set(true);
+            // One send per header and per payload, as libnbd does: a non-blocking send(2)
+            // right away, and only when the socket is full a wait (here an io_uring send of
+            // the rest). Sending each segment through the ring instead cost a reactor turn per
+            // segment, so 32 requests queued at once left one by one, turns apart, and a
+            // server that gathers concurrent writes saw another rhythm than fio's.
             let mut start = 0;
             for end in marks {
-                spare.clear();
-                spare.extend_from_slice(&batch[start..end]);
+                let seg = &batch[start..end];
                 start = end;
+                let sent = match send_now(&sock.fd, seg) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => {
+                        sock.kill(format!("NBD send failed: {e}"));
+                        return;
+                    }
+                };
+                if sent == seg.len() {
+                    continue;
+                }
+                spare.clear();
+                spare.extend_from_slice(&seg[sent..]);
                 let (r, b) = ops::send_all(sock.fd.as_raw_fd(), spare).await;
                 spare = b;
                 if let Err(e) = r {
@@ -366,6 +423,7 @@ async fn writer(sock: Rc<Sock>) {
                     return;
                 }
             }
+            sock.writer_busy.set(false);
             continue;
         }
         if spare.capacity() < batch.len() {
@@ -404,8 +462,24 @@ async fn reader(sock: Rc<Sock>) {
             ClientMode::Batched => rbuf.capacity(),
             ClientMode::Libnbd => (start + want).min(rbuf.capacity()),
         };
-        let (r, b) = ops::recv_into(sock.fd.as_raw_fd(), rbuf, start..end).await;
-        rbuf = b;
+        // libnbd reads with a non-blocking recv(2) until it would block and only then waits
+        // (poll); the ring's recv is that wait here.
+        let direct = match sock.mode {
+            ClientMode::Libnbd => match recv_now(&sock.fd, &mut rbuf, start..end) {
+                Ok(n) => Some(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(Err(e.to_string())),
+            },
+            ClientMode::Batched => None,
+        };
+        let r = match direct {
+            Some(r) => r,
+            None => {
+                let (r, b) = ops::recv_into(sock.fd.as_raw_fd(), rbuf, start..end).await;
+                rbuf = b;
+                r.map_err(|e| io_err(&e).to_string())
+            }
+        };
         if let Ok(n) = r {
             rbuf.set_len(start + n);
         }
@@ -416,7 +490,7 @@ async fn reader(sock: Rc<Sock>) {
             }
             Ok(_) => {}
             Err(e) => {
-                sock.kill(format!("NBD recv failed: {}", io_err(&e)));
+                sock.kill(format!("NBD recv failed: {e}"));
                 return;
             }
         }
@@ -440,7 +514,48 @@ async fn reader(sock: Rc<Sock>) {
         let len = rbuf.len();
         rbuf.spare_and_all_mut().copy_within(used..len, 0);
         rbuf.set_len(len - used);
+        if sock.mode == ClientMode::Libnbd && used > 0 {
+            // fio reaps one completion per nbd_poll (iodepth_batch_complete_min=1) and queues
+            // the next request, sent at once, before it reads the next reply: let the woken
+            // workers do that before reading on.
+            yield_now().await;
+        }
     }
+}
+
+/// One non-blocking send(2) of `b` (libnbd's way of sending; may be short).
+fn send_now(fd: &OwnedFd, b: &[u8]) -> io::Result<usize> {
+    // SAFETY: `b` is a live borrowed slice for the duration of this synchronous call; the
+    // kernel copies out of it before send(2) returns.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            b.as_ptr().cast::<libc::c_void>(),
+            b.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// One non-blocking recv(2) into `buf[range]` (libnbd's way of reading). Does not change
+/// `buf`'s length; returns the bytes received.
+fn recv_now(fd: &OwnedFd, buf: &mut IoBuf, range: std::ops::Range<usize>) -> io::Result<usize> {
+    if range.start > range.end || range.end > buf.capacity() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: range lies within the buffer's capacity (checked above), `buf` is borrowed
+    // mutably for this synchronous call, and the kernel writes at most range.len() bytes
+    // before recv(2) returns; the caller sets the length only over what was written.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().add(range.start).cast::<libc::c_void>(),
+            range.end - range.start,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 struct Dispatch {
