@@ -7,9 +7,11 @@
 #        A_ENV="RINGPOOL_REACTOR_SPIN_US=0" B_ENV="RINGPOOL_REACTOR_SPIN_US=50" perf/nbd-ab.sh
 # Knobs (environment, defaults in brackets):
 #   A_BIN, B_BIN [$RINGPOOL or <repo>/target/release/ringpool]   A_ENV, B_ENV [""] (VAR=value ...)
-#   JOBS ["randread4k_qd32 randread4k_qd1"] (randwrite4k_qd32, seqread128k_qd8 known too)
+#   JOBS ["randread4k_qd32 randread4k_qd1"] (randwrite4k_qd32, seqread128k_qd8, seqwrite128k_qd8
+#             known too)
 #   ROUNDS [6]  RUNTIME [3] measured seconds per call  RAMP [1]  NICE [0] (fio and servers)
 #   DIR [/tmp/nbdab]  on a real file system (O_DIRECT); POOL_SIZE [2G] VOL_SIZE [1G]
+#   VOL_BS [4K] block size of the volumes (a new DIR, or KEEP=0 first, to change it)
 #   RT_PRIO [unset]  run servers and fio at chrt -f RT_PRIO (takes CPU contention from builds
 #             out of the comparison, not the disk's)
 #   KEEP [1]  keep the two prefilled pools in DIR for the next run (0: delete at the end)
@@ -34,6 +36,7 @@ NICE=${NICE:-0}
 DIR=${DIR:-/tmp/nbdab}
 POOL_SIZE=${POOL_SIZE:-2G}
 VOL_SIZE=${VOL_SIZE:-1G}
+VOL_BS=${VOL_BS:-4K}
 KEEP=${KEEP:-1}
 FIO=${FIO:-fio}
 RT=()
@@ -48,6 +51,7 @@ job_spec() {
     randread4k_qd32)  echo "--rw=randread --bs=4k --iodepth=32" ;;
     randwrite4k_qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
     seqread128k_qd8)  echo "--rw=read --bs=128k --iodepth=8" ;;
+    seqwrite128k_qd8) echo "--rw=write --bs=128k --iodepth=8" ;;
     *) return 1 ;;
   esac
 }
@@ -78,7 +82,7 @@ start_side() {
     "$FIO" --name=prewrite --filename="$d/pool.img" --size="$POOL_SIZE" --rw=write --bs=1M \
       --iodepth=16 --ioengine=io_uring --direct=1 --end_fsync=1 >/dev/null 2>&1 || die "prewrite $s"
     "$bin" create --size "$POOL_SIZE" "ab$s" "$d/pool.img" >"$d/setup.log" 2>&1 || die "create $s"
-    "$bin" volume create -s "$VOL_SIZE" "ab$s/vol0" >>"$d/setup.log" 2>&1 || die "volume $s"
+    "$bin" volume create -s "$VOL_SIZE" -b "$VOL_BS" "ab$s/vol0" >>"$d/setup.log" 2>&1 || die "volume $s"
     fresh=1
   fi
   rm -f "$d/sock"

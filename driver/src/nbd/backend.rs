@@ -127,6 +127,13 @@ pub trait ExportBackend: Send + Sync + std::fmt::Debug {
     fn read(&self, offset: u64, buf: IoBuf, range: Range<usize>) -> BackendFuture<'_, ReadResult>;
     /// Writes all of `data` at `offset`; durable before returning when `fua`.
     fn write(&self, offset: u64, data: IoBuf, fua: bool) -> BackendFuture<'_, WriteResult>;
+    /// Writes all of `data` at `offset` without FUA, and may return before the data reached
+    /// the device as long as every later read, block-status query and write sees it, a later
+    /// FLUSH makes it durable, and a failure to store it fails every later FLUSH. The buffer
+    /// may be kept (an empty one comes back). Default: [`ExportBackend::write`].
+    fn write_back(&self, offset: u64, data: IoBuf) -> BackendFuture<'_, WriteResult> {
+        self.write(offset, data, false)
+    }
     /// Whether [`ExportBackend::write_batch`] stores several writes more cheaply than one by
     /// one (default false). The server then hands it WRITE requests (without FUA) that arrive
     /// while earlier ones are still being written, several at a time.

@@ -60,6 +60,13 @@ pub struct NbdServerConfig {
     ///
     /// [`ExportBackend::gathers_writes`]: super::backend::ExportBackend::gathers_writes
     pub gather_writes: bool,
+    /// Hand WRITEs without FUA to the backend's [`ExportBackend::write_back`], which may
+    /// acknowledge them before they reach the device (a ringpool volume does, within a bound;
+    /// durability after FLUSH is unchanged). Default on; `RINGPOOL_NBD_WRITE_BACK=0` in the
+    /// environment turns the default off (for comparisons).
+    ///
+    /// [`ExportBackend::write_back`]: super::backend::ExportBackend::write_back
+    pub write_back: bool,
     /// Once this many small replies are queued on a connection and no send is in flight, the
     /// request task that queued the last one sends them at once instead of leaving them to the
     /// connection's writer task, which runs only after every task woken by the same burst of
@@ -87,6 +94,7 @@ impl Default for NbdServerConfig {
             handshake: HandshakeConfig::default(),
             handshake_timeout: Some(Duration::from_secs(10)),
             gather_writes: std::env::var("RINGPOOL_NBD_GATHER").map_or(true, |v| v.trim() != "0"),
+            write_back: std::env::var("RINGPOOL_NBD_WRITE_BACK").map_or(true, |v| v.trim() != "0"),
             reply_flush: std::env::var("RINGPOOL_NBD_REPLY_FLUSH")
                 .ok()
                 .and_then(|v| v.trim().parse().ok())

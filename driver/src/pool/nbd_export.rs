@@ -82,6 +82,14 @@ impl ExportBackend for Volume {
         })
     }
 
+    fn write_back(&self, offset: u64, data: IoBuf) -> BackendFuture<'_, WriteResult> {
+        Box::pin(async move {
+            let (r, data) = Volume::write_back(self, offset, data).await;
+            let data = data.unwrap_or_else(|| IoBuf::with_capacity(0));
+            (r.map_err(|e| to_backend(&e)), data)
+        })
+    }
+
     fn gathers_writes(&self) -> bool {
         true
     }

@@ -450,6 +450,19 @@ impl Shared {
             .map_err(PoolError::Suspended)
     }
 
+    /// A write acknowledged before it reached the device (`Volume::write_back`) failed there:
+    /// suspend the pool, as a failed sync would, so that no later FLUSH or FUA write succeeds
+    /// and no txg without it commits. The caller still holds the write's txg `txg`.
+    pub(crate) fn suspend_write_back(&self, txg: u64, e: &PoolError) {
+        tracing::error!(pool = %self.name, txg, "acknowledged write failed, pool suspended: {e}");
+        self.suspension.set(
+            txg,
+            e.errno(),
+            format!("a write acknowledged before it reached the device failed: {e}"),
+        );
+        self.txg.suspend(e.errno());
+    }
+
     /// Commits every change made so far.
     pub(crate) async fn flush(&self) -> Result<()> {
         let t = self.last_dirty.load(Ordering::Acquire);

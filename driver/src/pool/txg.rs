@@ -559,6 +559,11 @@ impl TxgEngine {
             self.cv.wait_for(&mut g, Duration::from_millis(100));
         }
         g.quiescing = None;
+        if g.failed.is_some() {
+            // Suspended while the holds drained (a write-back write failed, see
+            // `suspend`): this txg lacks an acknowledged write and must never commit.
+            return None;
+        }
         g.syncing = Some(txg);
         Some((txg, reason))
     }
@@ -596,6 +601,24 @@ impl TxgEngine {
         let mut g = self.inner.lock();
         g.failed = Some(errno);
         g.syncing = None;
+        for (_, w) in g.sync_waiters.drain(..) {
+            w.wake();
+        }
+        for w in g.throttle_waiters.drain(..) {
+            w.wake();
+        }
+        self.cv.notify_all();
+    }
+
+    /// Suspends the pool from outside the sync thread: an acknowledged write of a txg that is
+    /// still held failed to reach the device (`Volume::write_back`). Call it before dropping
+    /// the hold: no txg from the open one on then commits (the sync thread stops at the next
+    /// txg boundary, see `next_to_sync`), and every waiter and writer gets `errno`.
+    pub fn suspend(&self, errno: i32) {
+        let mut g = self.inner.lock();
+        if g.failed.is_none() {
+            g.failed = Some(errno);
+        }
         for (_, w) in g.sync_waiters.drain(..) {
             w.wake();
         }
@@ -683,157 +706,5 @@ impl Future for HoldThrottled {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quiesce_waits_for_holds() {
-        let e = TxgEngine::new(4, TxgConfig::default());
-        let h = e.hold().unwrap();
-        assert_eq!(h.txg(), 5);
-        e.request_sync(5);
-        let e2 = Arc::clone(&e);
-        let t = std::thread::spawn(move || e2.next_to_sync(&|_| false));
-        std::thread::sleep(Duration::from_millis(50));
-        // New holds go to the next txg while 5 quiesces.
-        let h2 = e.hold().unwrap();
-        assert_eq!(h2.txg(), 6);
-        assert!(!t.is_finished());
-        drop(h);
-        let (txg, why) = t.join().unwrap().unwrap();
-        assert_eq!((txg, why), (5, SyncReason::Requested));
-        e.sync_done(5);
-        assert_eq!(e.synced_txg(), 5);
-        drop(h2);
-        e.shutdown();
-        assert!(e.next_to_sync(&|_| false).is_none());
-    }
-}
-
-#[cfg(test)]
-mod throttle_tests {
-    use super::*;
-
-    fn engine() -> Arc<TxgEngine> {
-        let cfg = TxgConfig {
-            delay_scale: Duration::from_micros(500),
-            ..TxgConfig::default()
-        };
-        let e = TxgEngine::new(1, cfg);
-        e.cap_dirty(64 << 20);
-        e
-    }
-
-    #[test]
-    fn sync_write_window_follows_the_open_txg_fill() {
-        let e = engine();
-        let lim = e.limits();
-        let cfg = e.config().clone();
-        // Empty open txg: the minimum.
-        assert_eq!(e.sync_write_window(), cfg.sync_write_min_active);
-        // Halfway between 60 % and 90 % of the data limit: halfway between min and max.
-        let (lo, hi) = cfg.sync_write_active_dirty_percent;
-        let (lo, hi) = (u64::from(lo), u64::from(hi));
-        let hold = e.hold().unwrap();
-        hold.add_dirty(lim.data_max * (lo + hi) / 200, 0);
-        let mid = e.sync_write_window();
-        let want = (cfg.sync_write_min_active + cfg.sync_write_max_active) / 2;
-        assert!(mid.abs_diff(want) <= 1, "window {mid}, want about {want}");
-        // Past the upper bound: the maximum.
-        hold.add_dirty(lim.data_max * (hi - lo) / 100, 0);
-        assert_eq!(e.sync_write_window(), cfg.sync_write_max_active);
-        drop(hold);
-        // A txg somebody waits for (FLUSH, export): the maximum while it syncs.
-        let e = engine();
-        assert_eq!(e.sync_write_window(), cfg.sync_write_min_active);
-        let (txg, _) = e.next_to_sync_now().unwrap();
-        assert_eq!(e.sync_write_window(), cfg.sync_write_max_active);
-        e.sync_done(txg);
-        assert_eq!(e.sync_write_window(), cfg.sync_write_min_active);
-        // Shutting down: the maximum whatever the fill.
-        let e = engine();
-        assert_eq!(e.sync_write_window(), cfg.sync_write_min_active);
-        e.shutdown();
-        assert_eq!(e.sync_write_window(), cfg.sync_write_max_active);
-    }
-
-    #[test]
-    fn limits_follow_the_slop() {
-        let e = engine();
-        assert_eq!(
-            e.limits(),
-            Limits {
-                data_sync: 32 << 20,
-                data_max: 64 << 20,
-                meta_sync: 16 << 20,
-                meta_max: 32 << 20,
-            }
-        );
-        // A large pool is bounded by the configured limits.
-        e.cap_dirty(1 << 40);
-        assert_eq!(
-            (e.limits().data_sync, e.limits().data_max),
-            (64 << 20, 256 << 20)
-        );
-    }
-
-    #[test]
-    fn delay_grows_toward_the_limit_and_spaces_writers() {
-        let e = engine();
-        let h = e.hold().unwrap();
-        // Below 60% of both limits: no delay.
-        h.add_dirty(30 << 20, 10 << 20);
-        assert_eq!(e.write_delay(), Duration::ZERO);
-        // 80% of the data limit: scale * 20 / 20 = 500 us for the first writer, and the next
-        // one is let through one step after it.
-        h.add_dirty((64 << 20) * 8 / 10 - (30 << 20), 0);
-        let d1 = e.write_delay();
-        let d2 = e.write_delay();
-        assert!(d1 <= Duration::from_micros(500), "{d1:?}");
-        assert!(d1 >= Duration::from_micros(400), "{d1:?}");
-        assert!(d2 >= d1 + Duration::from_micros(400), "{d1:?} {d2:?}");
-        // Metadata counts too: at 95% of its limit, 500 us * 35 / 5 = 3.5 ms.
-        let e2 = engine();
-        let h2 = e2.hold().unwrap();
-        h2.add_dirty(0, (32 << 20) * 95 / 100);
-        let d = e2.write_delay();
-        assert!(d >= Duration::from_micros(3400), "{d:?}");
-        assert!(d <= Duration::from_micros(3500), "{d:?}");
-        assert_eq!(e2.throttle_stats().0, 1);
-        drop((h, h2));
-    }
-
-    #[test]
-    fn metadata_starts_a_sync_and_blocks_at_its_limit() {
-        let e = engine();
-        let h = e.hold().unwrap();
-        h.add_dirty(4096, 16 << 20);
-        drop(h);
-        let (txg, why) = e.next_to_sync(&|_| false).unwrap();
-        assert_eq!((txg, why), (2, SyncReason::Dirty));
-        // The open txg at its metadata limit: a throttled hold waits (and is counted once).
-        let h = e.hold().unwrap();
-        h.add_dirty(0, 32 << 20);
-        drop(h);
-        assert_eq!(
-            e.write_delay(),
-            Duration::ZERO,
-            "at the limit the hold waits instead"
-        );
-        let mut fut = e.hold_throttled();
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
-        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
-        assert_eq!(e.throttle_stats().2, 1);
-        // Closing the full txg lets the writer into the next one.
-        e.sync_done(2);
-        e.request_sync(3);
-        let (t, _) = e.next_to_sync(&|_| false).unwrap();
-        assert_eq!(t, 3);
-        match Pin::new(&mut fut).poll(&mut cx) {
-            Poll::Ready(Ok(h)) => assert_eq!(h.txg(), 4),
-            other => panic!("hold not granted: {other:?}"),
-        }
-    }
-}
+#[path = "txg_tests.rs"]
+mod tests;

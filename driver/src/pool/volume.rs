@@ -9,6 +9,7 @@
 //! clears the overlay in one step under the volume's map lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -27,6 +28,7 @@ mod lookup;
 mod read;
 mod readahead;
 mod write;
+mod writeback;
 
 const SHARDS: usize = 16;
 /// Consecutive blocks that share a shard: a sequential write stays on one lock, and with 16 KiB
@@ -99,6 +101,8 @@ pub(crate) struct VolumeInner {
     upper: Mutex<UpperDirty>,
     locks: Arc<KeyLocks>,
     pub destroyed: Mutex<bool>,
+    /// Bytes of acknowledged writes still on their way to the device (`write_back`).
+    write_back_bytes: AtomicU64,
 }
 
 impl VolumeInner {
@@ -114,6 +118,7 @@ impl VolumeInner {
             upper: Mutex::new(UpperDirty::default()),
             locks: KeyLocks::new(),
             destroyed: Mutex::new(false),
+            write_back_bytes: AtomicU64::new(0),
         }
     }
 
@@ -485,6 +490,7 @@ impl Volume {
         let bs = self.bs();
         let lo = offset / bs;
         let hi = (offset + len).div_ceil(bs);
+        self.wait_write_back(lo, hi - 1).await;
         let present = self.present_blocks(lo, hi).await?;
         let mut push = |start: u64, end: u64, hole: bool| {
             let s = start.max(offset);

@@ -45,7 +45,11 @@ async fn execute(
                 conn.queue_error(credit, cookie, roff, Errno::Io, "write without payload");
                 return;
             };
-            let (r, data) = backend.write(offset, data, fua).await;
+            let (r, data) = if fua || !conn.shared.cfg.write_back {
+                backend.write(offset, data, fua).await
+            } else {
+                backend.write_back(offset, data).await
+            };
             drop(data);
             conn.queue_result(credit, cookie, roff, r);
         }

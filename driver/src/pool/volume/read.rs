@@ -105,6 +105,8 @@ impl Volume {
             return (Ok(()), buf);
         }
         let bs = self.bs();
+        self.wait_write_back(offset / bs, (offset + len - 1) / bs)
+            .await;
         let plan = if crate::io::in_reactor() {
             readahead::plan(self, offset, len, range.start)
         } else {

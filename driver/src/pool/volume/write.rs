@@ -12,11 +12,12 @@ use ringpool_ondisk::object::ObjectType;
 
 use super::super::blocklock::RangeGuard;
 use super::super::error::{PoolError, Result};
+use super::super::txg::TxgHold;
 use super::Volume;
 use crate::io::IoBuf;
 
 /// Largest batch of blocks written (and holding one txg) at once.
-const BATCH_BYTES: u64 = 1 << 20;
+pub(super) const BATCH_BYTES: u64 = 1 << 20;
 /// Space-map bytes one written block can cost its txg's sync: an ALLOC and a FREE entry of up
 /// to two words each.
 const SM_BYTES_PER_BLOCK: u64 = 32;
@@ -146,14 +147,24 @@ impl Volume {
         content: IoBuf,
     ) -> (Result<u64>, IoBuf) {
         let nblk: usize = runs.iter().map(|r| r.1).sum();
+        match self.prepare_commit(nblk, &content).await {
+            Ok(p) => self.finish_commit(runs, content, p, false).await,
+            Err(e) => (Err(e), content),
+        }
+    }
+
+    /// The first half of a commit of `nblk` blocks from `content`: checksums, the write
+    /// throttle, a hold on the open txg and the new places. Nothing is written yet; dropping
+    /// the result gives the hold back (the places are then leaked until the txg's sync:
+    /// callers finish every commit they prepare).
+    pub(super) async fn prepare_commit(&self, nblk: usize, content: &IoBuf) -> Result<Prepared> {
         let bs = self.bs();
         let bsu = usize::try_from(bs).unwrap_or(0);
         if content.len() < nblk * bsu {
-            let e = PoolError::Invalid(format!(
+            return Err(PoolError::Invalid(format!(
                 "{nblk} blocks to commit from a buffer of {} bytes",
                 content.len()
-            ));
-            return (Err(e), content);
+            )));
         }
         let sums: Vec<Checksum> = content
             .chunks_exact(bsu.max(1))
@@ -166,15 +177,32 @@ impl Volume {
         if !delay.is_zero() {
             crate::io::sleep(delay).await;
         }
-        let hold = match self.shared.txg.hold_throttled().await {
-            Ok(h) => h,
-            Err(e) => return (Err(PoolError::Suspended(e)), content),
-        };
+        let hold = self
+            .shared
+            .txg
+            .hold_throttled()
+            .await
+            .map_err(PoolError::Suspended)?;
+        let dvas = self.shared.alloc_blocks(bs, nblk, hold.txg())?;
+        Ok(Prepared { sums, hold, dvas })
+    }
+
+    /// The second half of a commit: write `content` to the places `p` reserved, then publish
+    /// the runs in `p`'s txg and charge it. A failed device write gives the places back and
+    /// fails; with `acked` (the write was already acknowledged, see `write_back`) it also
+    /// suspends the pool before the txg hold is released.
+    pub(super) async fn finish_commit(
+        &self,
+        runs: &[(u64, usize)],
+        content: IoBuf,
+        p: Prepared,
+        acked: bool,
+    ) -> (Result<u64>, IoBuf) {
+        let Prepared { sums, hold, dvas } = p;
         let txg = hold.txg();
-        let dvas = match self.shared.alloc_blocks(bs, nblk, txg) {
-            Ok(d) => d,
-            Err(e) => return (Err(e), content),
-        };
+        let bs = self.bs();
+        let bsu = usize::try_from(bs).unwrap_or(0);
+        let nblk = dvas.len();
         let asize = self.shared.asize(self.inner.block_size);
         let (r, content) = if asize == self.inner.block_size && contiguous(&dvas, asize) {
             self.shared
@@ -188,6 +216,10 @@ impl Volume {
             for d in &dvas {
                 self.shared.free_now(d, txg);
             }
+            if acked {
+                self.shared.suspend_write_back(txg, &e);
+            }
+            drop(hold);
             return (Err(e), content);
         }
         let bps: Vec<BlockPointer> = dvas
@@ -231,5 +263,19 @@ impl Volume {
         self.shared.mark_dirty(txg);
         drop(hold);
         (Ok(txg), content)
+    }
+}
+
+/// A commit between its two halves ([`Volume::prepare_commit`], [`Volume::finish_commit`]).
+pub(super) struct Prepared {
+    sums: Vec<Checksum>,
+    hold: TxgHold,
+    dvas: Vec<Dva>,
+}
+
+impl Prepared {
+    /// The txg the commit holds.
+    pub(super) fn txg(&self) -> u64 {
+        self.hold.txg()
     }
 }

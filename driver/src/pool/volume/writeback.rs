@@ -1,0 +1,122 @@
+//! Write-back: an NBD WRITE without FUA is acknowledged as soon as it is ordered (its blocks
+//! locked, checksummed, its txg held and its new places allocated); the device write and the
+//! publication of the new block pointers finish in a task of their own.
+//!
+//! Why: a client keeping N writes in flight otherwise gets N device writes in flight minus
+//! everything the server does per request (receive, checksum, reply) serialized on one
+//! reactor, so a 128 KiB sequential write at QD8 ran at 0.7-0.9x the raw file. Acknowledging
+//! early lets the client send the next writes while the device is still busy with the last
+//! ones, as a server writing through the page cache does, but with the data going straight
+//! to the device (O_DIRECT) and a bound on what is in flight.
+//!
+//! What a client sees does not change:
+//! * Durability: a non-FUA write is only promised durable after a FLUSH, and that was
+//!   already so (its block pointer lives in the open txg until the txg commits). The write
+//!   holds its txg until its blocks are published, a txg cannot commit while held, and the
+//!   write marks the pool dirty before it is acknowledged, so a FLUSH that follows the
+//!   acknowledgement waits for it (`Shared::flush`).
+//! * Ordering: the write holds its blocks' locks until they are published. A later write
+//!   takes the same locks; a later read or block-status query of a volume with write-backs
+//!   in flight waits on the locks of its range first ([`Volume::wait_write_back`]), so it
+//!   sees the acknowledged data.
+//! * Errors: what can fail before the device write (range, read-only, suspended pool, no
+//!   space) fails the request itself. A device write that fails after the acknowledgement
+//!   suspends the pool (as a failed sync does) before the txg hold is released: that txg
+//!   never commits, and every later FLUSH or FUA write fails.
+
+use std::sync::atomic::Ordering;
+
+use super::super::error::Result;
+use super::Volume;
+use crate::io::IoBuf;
+
+/// Bytes of acknowledged writes one volume may have on their way to the device, by default.
+/// Past it a write is done the ordinary way (acknowledged after its device write):
+/// back-pressure on a client that writes faster than the device. Small on purpose: whatever
+/// is in flight is queued at the device ahead of the next write, so the bound is also what a
+/// write can wait behind (8 MiB gave a p99 of 8 ms for 128 KiB writes at QD8, against 2.6 ms
+/// acknowledging after the device write).
+pub const WRITE_BACK_MAX_BYTES: u64 = 2 << 20;
+
+/// The bound in force: [`WRITE_BACK_MAX_BYTES`], or `RINGPOOL_WRITE_BACK_MAX_KIB` from the
+/// environment (read once; for comparisons).
+fn write_back_max() -> u64 {
+    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("RINGPOOL_WRITE_BACK_MAX_KIB")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(WRITE_BACK_MAX_BYTES, |k| k << 10)
+    })
+}
+
+impl Volume {
+    /// Writes `data` at `offset` without FUA, returning as soon as the write is ordered (see
+    /// the module docs) when it can: a block-aligned write of at most 1 MiB from a
+    /// page-aligned buffer, on a reactor thread, that keeps the volume's acknowledged writes in
+    /// flight within [`WRITE_BACK_MAX_BYTES`]. Anything else is written the ordinary
+    /// way ([`write_buf`](Self::write_buf)) and its buffer comes back; a write-back keeps the
+    /// buffer (`None`).
+    pub async fn write_back(&self, offset: u64, data: IoBuf) -> (Result<()>, Option<IoBuf>) {
+        let bs = self.bs();
+        let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        let eligible = !data.is_empty()
+            && offset.is_multiple_of(bs)
+            && len.is_multiple_of(bs)
+            && len <= super::write::BATCH_BYTES
+            && data.addr().is_multiple_of(crate::io::buf::DEFAULT_ALIGN)
+            && crate::io::in_reactor();
+        let inflight = &self.inner.write_back_bytes;
+        if !eligible || inflight.fetch_add(len, Ordering::AcqRel) + len > write_back_max() {
+            if eligible {
+                inflight.fetch_sub(len, Ordering::AcqRel);
+            }
+            let (r, data) = self.write_buf(offset, data, false).await;
+            return (r, Some(data));
+        }
+        let release = || inflight.fetch_sub(len, Ordering::AcqRel);
+        if let Err(e) = self
+            .check_writable()
+            .and_then(|()| self.check_range(offset, len))
+        {
+            release();
+            return (Err(e), Some(data));
+        }
+        let first = offset / bs;
+        let last = (offset + len - 1) / bs;
+        let guards = self.lock_blocks(first, last).await;
+        let nblk = usize::try_from(last - first + 1).unwrap_or(0);
+        let prepared = match self.prepare_commit(nblk, &data).await {
+            Ok(p) => p,
+            Err(e) => {
+                drop(guards);
+                release();
+                return (Err(e), Some(data));
+            }
+        };
+        // From here a FLUSH waits for this txg, which cannot commit before the task below
+        // published the blocks (it holds the txg).
+        self.shared.mark_dirty(prepared.txg());
+        let vol = self.clone();
+        crate::io::spawn_local(async move {
+            let (r, data) = vol
+                .finish_commit(&[(first, nblk)], data, prepared, true)
+                .await;
+            drop(guards);
+            drop(data);
+            vol.inner.write_back_bytes.fetch_sub(len, Ordering::AcqRel);
+            // A failure has suspended the pool (`finish_commit`); nobody waits for this task.
+            drop(r);
+        });
+        (Ok(()), None)
+    }
+
+    /// Waits until no write-back write is in flight on blocks `first..=last` (by taking and
+    /// releasing their locks, which a write-back holds until its blocks are published). Free
+    /// when the volume has none in flight.
+    pub(super) async fn wait_write_back(&self, first: u64, last: u64) {
+        if self.inner.write_back_bytes.load(Ordering::Acquire) > 0 {
+            drop(self.lock_blocks(first, last).await);
+        }
+    }
+}

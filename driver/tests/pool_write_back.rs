@@ -1,0 +1,127 @@
+//! Write-back (`Volume::write_back`, what the NBD server does with WRITEs without FUA): the
+//! write returns before its device write, and still every later read and block-status query
+//! sees it, a FLUSH after it makes it durable, and a device write that fails after the
+//! acknowledgement suspends the pool so that no later FLUSH succeeds.
+
+mod pool_common;
+
+use pool_common::{create_one_shard, pattern, rcfg};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringpool_driver::io::{self, FaultyEngine, IoBuf};
+use ringpool_driver::pool::{Pool, PoolHealth};
+
+const BS: u32 = 4096;
+const LEN: usize = 128 << 10;
+
+#[test]
+fn acknowledged_writes_are_seen_by_reads_and_block_status_and_made_durable_by_flush(
+) -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(64 << 20, 4096);
+    // No timer sync: only the FLUSH below commits.
+    let pool = create_one_shard("wb1", vec![Arc::new(dev.clone())], Duration::from_secs(60))?;
+    let size = 4usize << 20;
+    let vol = pool.create_volume("v", size as u64, BS)?;
+    let (old, new, fresh) = (pattern(1, LEN), pattern(2, LEN), pattern(3, LEN));
+    let durable = io::block_on(&rcfg(), async {
+        vol.write(0, &old, false).await?;
+        vol.flush().await?;
+        // Overwrite committed data; a read right after the acknowledgement (the device write
+        // has not even been issued: it runs in a task of its own) sees the new data.
+        let (r, kept) = vol.write_back(0, IoBuf::from_slice(&new)).await;
+        r?;
+        anyhow::ensure!(kept.is_none(), "the write went the write-back way");
+        let mut got = vec![0u8; LEN];
+        vol.read(0, &mut got).await?;
+        anyhow::ensure!(
+            got == new,
+            "a read after the acknowledgement sees the write"
+        );
+        // A hole written back is data for block status at once.
+        let at = 1u64 << 20;
+        let (r, kept) = vol.write_back(at, IoBuf::from_slice(&fresh)).await;
+        r?;
+        anyhow::ensure!(kept.is_none(), "the second write went the write-back way");
+        let st = vol.block_status(at, LEN as u64).await?;
+        anyhow::ensure!(
+            st.iter().all(|e| !e.hole),
+            "block status after the acknowledgement reports data: {st:?}"
+        );
+        // FLUSH right after: what the device holds once it returns has both writes.
+        vol.flush().await?;
+        anyhow::Ok(dev.durable_image())
+    })??;
+    drop(vol);
+    pool.export()?;
+    let pool = Pool::import(
+        vec![Arc::new(FaultyEngine::from_image(durable, 4096))],
+        &pool_common::iopts(),
+    )?;
+    let vol = pool.open_volume("v")?;
+    io::block_on(&rcfg(), async {
+        let mut got = vec![0u8; LEN];
+        vol.read(0, &mut got).await?;
+        anyhow::ensure!(
+            got == new,
+            "the flushed overwrite survives a crash after the flush"
+        );
+        vol.read(1 << 20, &mut got).await?;
+        anyhow::ensure!(got == fresh, "the flushed write into a hole survives too");
+        anyhow::Ok(())
+    })??;
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}
+
+#[test]
+fn a_device_error_after_the_acknowledgement_suspends_the_pool() -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(64 << 20, 4096);
+    let pool = create_one_shard("wb2", vec![Arc::new(dev.clone())], Duration::from_secs(60))?;
+    let vol = pool.create_volume("v", 4 << 20, BS)?;
+    let durable = io::block_on(&rcfg(), async {
+        vol.write(0, &pattern(1, LEN), false).await?;
+        vol.flush().await?;
+        let durable = dev.durable_image();
+        dev.inject_eio(0..64 << 20, false, true);
+        // Nothing failed yet when the write is acknowledged...
+        let (r, kept) = vol.write_back(0, IoBuf::from_slice(&pattern(2, LEN))).await;
+        r?;
+        anyhow::ensure!(kept.is_none(), "the write went the write-back way");
+        // ...so the FLUSH after it must fail.
+        anyhow::ensure!(
+            vol.flush().await.is_err(),
+            "FLUSH after a lost acknowledged write fails"
+        );
+        anyhow::ensure!(
+            vol.write(8 << 10, &pattern(3, 4096), true).await.is_err(),
+            "so does a FUA write"
+        );
+        anyhow::Ok(durable)
+    })??;
+    match pool.health() {
+        PoolHealth::Suspended { reason, .. } => assert!(
+            reason.contains("acknowledged"),
+            "suspended for the lost write, not a later sync: {reason}"
+        ),
+        h => panic!("pool not suspended: {h}"),
+    }
+    dev.clear_faults();
+    drop(vol);
+    let _ = pool.export();
+    // The device still holds the state of the last successful flush.
+    let pool = Pool::import(
+        vec![Arc::new(FaultyEngine::from_image(durable, 4096))],
+        &pool_common::iopts(),
+    )?;
+    let vol = pool.open_volume("v")?;
+    io::block_on(&rcfg(), async {
+        let mut got = vec![0u8; LEN];
+        vol.read(0, &mut got).await?;
+        anyhow::ensure!(got == pattern(1, LEN), "the last flushed data is intact");
+        anyhow::Ok(())
+    })??;
+    pool.export()?;
+    Ok(())
+}
