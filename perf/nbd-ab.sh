@@ -17,7 +17,8 @@
 #   KEEP [1]  keep the two prefilled pools in DIR for the next run (0: delete at the end)
 # Each side has its own pool file (written through once, then a volume prefilled through NBD)
 # and its own server; the servers stay up for the whole run, the order A/B flips every round.
-# Prints every call (IOPS, p50, p99 in us) and per job the per-round ratios B/A and their median,
+# Prints every call (IOPS, p50, p99 in us, the server's CPU us per I/O over the call, ramp
+# included) and per job the per-round ratios B/A and their median,
 # with the load average at the start and the end.
 set -uo pipefail
 
@@ -109,21 +110,32 @@ say "A: $A_BIN $A_ENV"
 say "B: $B_BIN $B_ENV"
 say "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# One call: prints "IOPS P50 P99" (us).
+# CPU ticks (user + system) the server of side $1 used so far.
+server_ticks() {
+  awk '{print $14 + $15}' "/proc/${PID[$1]}/stat" 2>/dev/null || echo 0
+}
+
+# One call: prints "IOPS P50 P99 CPU" (us; CPU: the server's CPU time per I/O over the whole
+# call, ramp included).
 measure() {
-  local s=$1 job=$2 spec f
+  local s=$1 job=$2 spec f t0 t1
   spec=$(job_spec "$job") || die "unknown job $job"
   f=$OUT/$s.$job.json
+  t0=$(server_ticks "$s")
   # shellcheck disable=SC2086
   nice -n "$NICE" "${RT[@]}" "$FIO" --name="$job" --ioengine=nbd --uri="${URI[$s]}" $spec --numjobs=1 \
     --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --lat_percentiles=1 \
-    --percentile_list=50:99 --output-format=json --output="$f" >/dev/null 2>&1 || { echo "0 0 0"; return; }
-  python3 - "$f" <<'EOF'
+    --percentile_list=50:99 --output-format=json --output="$f" >/dev/null 2>&1 || { echo "0 0 0 0"; return; }
+  t1=$(server_ticks "$s")
+  python3 - "$f" "$((t1 - t0))" "$(getconf CLK_TCK)" "$RUNTIME" "$RAMP" <<'EOF'
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 d = j["read"] if j["read"]["io_bytes"] else j["write"]
 p = d["lat_ns"]["percentile"]
-print("%.0f %.1f %.1f" % (d["iops"], p["50.000000"] / 1e3, p["99.000000"] / 1e3))
+ticks, hz, run, ramp = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+ios = d["iops"] * (run + ramp)
+cpu = ticks / hz * 1e6 / ios if ios > 0 else 0
+print("%.0f %.1f %.1f %.1f" % (d["iops"], p["50.000000"] / 1e3, p["99.000000"] / 1e3, cpu))
 EOF
 }
 
@@ -133,7 +145,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for job in $JOBS; do
     for s in $order; do
       RES[$r.$job.$s]=$(measure "$s" "$job")
-      printf 'round %d %-16s %s  IOPS %7s  p50 %7s  p99 %8s  load %s\n' "$r" "$job" "$s" \
+      printf 'round %d %-16s %s  IOPS %7s  p50 %7s  p99 %8s  cpu/IO %6s  load %s\n' "$r" "$job" "$s" \
         ${RES[$r.$job.$s]} "$(cut -d' ' -f1 /proc/loadavg)"
     done
   done
@@ -141,8 +153,8 @@ done
 say "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for job in $JOBS; do
-  for col in 1 2 3; do
-    name=$(case $col in 1) echo "IOPS";; 2) echo "p50";; 3) echo "p99";; esac)
+  for col in 1 2 3 4; do
+    name=$(case $col in 1) echo "IOPS";; 2) echo "p50";; 3) echo "p99";; 4) echo "cpu";; esac)
     ratios=()
     for r in $(seq 1 "$ROUNDS"); do
       a=$(echo "${RES[$r.$job.A]}" | cut -d' ' -f$col)

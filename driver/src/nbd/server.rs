@@ -62,8 +62,11 @@ pub struct NbdServerConfig {
     pub gather_writes: bool,
     /// Hand WRITEs without FUA to the backend's [`ExportBackend::write_back`], which may
     /// acknowledge them before they reach the device (a ringpool volume does, within a bound;
-    /// durability after FLUSH is unchanged). Default on; `RINGPOOL_NBD_WRITE_BACK=0` in the
-    /// environment turns the default off (for comparisons).
+    /// durability after FLUSH is unchanged). Default off: on the shared 2-vCPU test box it
+    /// gave no resolvable throughput gain for 128 KiB sequential writes at QD8 (B/A IOPS
+    /// medians 1.00-1.12 over alternated rounds), while p99 rose 1.2-1.7x and the server's CPU
+    /// per write ~10 %; see perf/results/README-nbd.md. `RINGPOOL_NBD_WRITE_BACK=1` in the
+    /// environment turns the default on (for comparisons on a quiet machine).
     ///
     /// [`ExportBackend::write_back`]: super::backend::ExportBackend::write_back
     pub write_back: bool,
@@ -94,7 +97,7 @@ impl Default for NbdServerConfig {
             handshake: HandshakeConfig::default(),
             handshake_timeout: Some(Duration::from_secs(10)),
             gather_writes: std::env::var("RINGPOOL_NBD_GATHER").map_or(true, |v| v.trim() != "0"),
-            write_back: std::env::var("RINGPOOL_NBD_WRITE_BACK").map_or(true, |v| v.trim() != "0"),
+            write_back: std::env::var("RINGPOOL_NBD_WRITE_BACK").is_ok_and(|v| v.trim() == "1"),
             reply_flush: std::env::var("RINGPOOL_NBD_REPLY_FLUSH")
                 .ok()
                 .and_then(|v| v.trim().parse().ok())

@@ -1,6 +1,6 @@
 //! Unit tests of the txg engine (`txg.rs`).
 
-mod tests {
+mod holds {
     use super::super::*;
 
     #[test]

@@ -2,6 +2,9 @@
 //! locked, checksummed, its txg held and its new places allocated); the device write and the
 //! publication of the new block pointers finish in a task of their own.
 //!
+//! The NBD server does this only when configured to (`NbdServerConfig::write_back`, off by
+//! default: no throughput gain resolved on the test box yet, p99 higher).
+//!
 //! Why: a client keeping N writes in flight otherwise gets N device writes in flight minus
 //! everything the server does per request (receive, checksum, reply) serialized on one
 //! reactor, so a 128 KiB sequential write at QD8 ran at 0.7-0.9x the raw file. Acknowledging
