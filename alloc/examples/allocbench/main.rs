@@ -328,11 +328,14 @@ fn worker(
         std::thread::yield_now();
     }
     let cpu0 = thread_cpu_s();
-    // The next piece to free is drawn as soon as `owned` is final for it and its entry
+    // The pieces to free are drawn `PICK_AHEAD` picks before they are used and their entries
     // prefetched, so the benchmark's own cache miss (a random entry of a vector of millions)
-    // overlaps the allocator call in between instead of adding to it. Same distribution: the
-    // index is uniform over `owned` as it is when the entry is used.
-    let mut next_idx = draw_prefetch(&mut rng, &owned);
+    // overlaps the allocator calls in between instead of adding to them (and to the store
+    // that follows it, which the next locked instruction would wait for). Same distribution:
+    // a pick is a uniform 64-bit `r`, mapped onto `owned` as it is when the entry is used
+    // (`pick`); the prefetch used the length at draw time, which differs by a few entries at
+    // most, so it mostly requested the same line.
+    let mut picks = PickQueue::new(&mut rng, &owned);
     while written < quota {
         let t = txg.hold(w);
         for i in 0..BATCH {
@@ -341,10 +344,7 @@ fn worker(
             let size = rng.random_range(1..=max_units) * unit;
             let mut to_free = size;
             while to_free > 0 && !owned.is_empty() {
-                let idx = match next_idx.take() {
-                    Some(i) if i < owned.len() => i,
-                    _ => rng.random_range(0..owned.len()),
-                };
+                let idx = pick(picks.next(&mut rng, &owned), owned.len());
                 let e = owned[idx];
                 let piece = if e.len <= to_free {
                     owned.swap_remove(idx);
@@ -376,17 +376,10 @@ fn worker(
                     }
                     p
                 };
-                next_idx = draw_prefetch(&mut rng, &owned);
                 class.free(piece, 1, t)?;
                 to_free -= piece.len;
                 frees += 1;
             }
-            // The next pair's first pick is drawn now, before the allocation, so its cache miss
-            // overlaps the allocation too: a uniform 64-bit `r` maps to index
-            // `r * len / 2^64` of the vector as it will be after the allocation; the entry
-            // prefetched is the one that index has if the allocation adds one extent (85 %).
-            let r: u64 = rng.random();
-            prefetch_entry(&owned, pick(r, owned.len() + 1));
             let timed = i % 4 == 0;
             let t0 = timed.then(Instant::now);
             let before = owned.len();
@@ -404,7 +397,6 @@ fn worker(
                 }
                 false => nospace += 1,
             }
-            next_idx = (!owned.is_empty()).then(|| pick(r, owned.len()));
         }
         txg.release(w);
         txg.tick(2 * BATCH, sync_every(args), class)?;
@@ -444,20 +436,35 @@ fn prefetch_entry(v: &[Extent], i: usize) {
     let _ = (v, i);
 }
 
-/// A uniform index into `owned` (None when empty), with its entry's cache line requested.
-fn draw_prefetch(rng: &mut SmallRng, owned: &[Extent]) -> Option<usize> {
-    if owned.is_empty() {
-        return None;
+/// Picks drawn ahead of their use (see `worker`).
+const PICK_AHEAD: usize = 4;
+
+/// A ring of `PICK_AHEAD` uniform 64-bit picks, each drawn with its entry's cache line
+/// requested.
+struct PickQueue {
+    ring: [u64; PICK_AHEAD],
+    head: usize,
+}
+
+impl PickQueue {
+    fn new(rng: &mut SmallRng, owned: &[Extent]) -> Self {
+        let mut ring = [0; PICK_AHEAD];
+        for r in &mut ring {
+            *r = rng.random();
+            prefetch_entry(owned, pick(*r, owned.len()));
+        }
+        Self { ring, head: 0 }
     }
-    let i = rng.random_range(0..owned.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: SSE is part of the x86_64 baseline; a prefetch never faults and does not
-        // access memory architecturally (the address is an element of `owned` anyway).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(&owned[i]).cast::<i8>()) };
+
+    /// The oldest pick, replaced by a new one whose entry is requested now.
+    fn next(&mut self, rng: &mut SmallRng, owned: &[Extent]) -> u64 {
+        let r = self.ring[self.head];
+        let n: u64 = rng.random();
+        prefetch_entry(owned, pick(n, owned.len()));
+        self.ring[self.head] = n;
+        self.head = (self.head + 1) % PICK_AHEAD;
+        r
     }
-    Some(i)
 }
 
 /// CPU time consumed by the calling thread, in seconds (the machine may be shared: wall time
