@@ -42,6 +42,7 @@
 #        (also known: randrw4k_qd16, seqread128k_qd1)
 #   TARGETS ["ringpool ringpool-128k qemu-nbd nbdkit nbd-server baseline"]
 #   DROP_CACHES [1]  sync + drop the page cache before each job (root only)
+#   RINGPOOL_PORT [10899] TCP port of ringpool's server (another run on the machine holds it)
 #   NICE [0]         run servers and fio at this nice level (e.g. -10 on a machine busy with
 #                    builds, so the benchmark is not starved; the level is written to env.txt).
 #                    With autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled = 1)
@@ -178,7 +179,7 @@ start_ringpool() {
   fi
   local sock=$WORKDIR/ringpool.sock
   rm -f "$sock"
-  launch ringpool "$RINGPOOL" serve --listen 127.0.0.1:10899 --socket "$sock"
+  launch ringpool "$RINGPOOL" serve --listen "127.0.0.1:${RINGPOOL_PORT:-10899}" --socket "$sock"
   URI[ringpool]="nbd+unix:///$POOL/vol0?socket=$sock"
   if wanted ringpool-128k; then
     URI[ringpool-128k]="nbd+unix:///$POOL/vol128k?socket=$sock"
