@@ -125,6 +125,14 @@ pub fn pool_json(pool: &Pool, view: View) -> Value {
     v["open_txg"] = json!(stats.open_txg);
     v["devices"] = json!(devices);
     v["checkpoint"] = checkpoint_json(pool);
+    // The tree-block cache: a miss is one more device read in front of a data read, so a
+    // latency question starts here.
+    v["tree_cache"] = json!({
+        "entries": stats.cache.entries,
+        "bytes": stats.cache.bytes,
+        "hits": stats.cache.hits,
+        "misses": stats.cache.misses,
+    });
     v
 }
 

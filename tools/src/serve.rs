@@ -224,6 +224,37 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
+/// The reactors pinned to a CPU that takes the completion interrupts of the served pools'
+/// devices (see `NbdServerConfig::prefer_reactors`); empty when that is unknown or when every
+/// reactor is one (no preference to give).
+fn completion_reactors(
+    reactors: &ReactorSet,
+    known: &BTreeMap<String, KnownPool>,
+    names: &[String],
+) -> Vec<usize> {
+    let paths: Vec<&PathBuf> = names
+        .iter()
+        .filter_map(|n| known.get(n))
+        .flat_map(|kp| kp.devices.iter())
+        .collect();
+    let Some(cpus) = ringpool_driver::io::irq::completion_cpus(&paths) else {
+        return Vec::new();
+    };
+    let prefer: Vec<usize> = (0..reactors.len())
+        .filter(|&i| {
+            reactors
+                .handle(i)
+                .and_then(|h| h.cpu())
+                .is_some_and(|c| cpus.contains(&c))
+        })
+        .collect();
+    tracing::info!(?cpus, ?prefer, "device completion interrupts");
+    if prefer.len() == reactors.len() {
+        return Vec::new();
+    }
+    prefer
+}
+
 pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     let signals = block_signals()?;
     if control::call(&state.control_socket(), &Request::Pools)?.is_some() {
@@ -273,10 +304,12 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
         served.open(name)?;
     }
     let socket: PathBuf = args.socket.clone().unwrap_or_else(|| state.nbd_socket());
+    let prefer_reactors = completion_reactors(&reactors, &known, &names);
     let mut server = NbdServer::start(
         NbdServerConfig {
             tcp: Some(args.listen),
             unix: Some(socket.clone()),
+            prefer_reactors,
             ..Default::default()
         },
         Arc::clone(&served.exports),

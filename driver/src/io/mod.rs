@@ -8,12 +8,14 @@
 //!   `fallocate`, `recv`, `recv_into`, `send`, `send_all`, `accept`; sockets in [`net`].
 //! * [`device`]: open policy (O_DIRECT, exclusivity) and geometry discovery.
 //! * [`engine`]: the [`BlockEngine`] trait and its io_uring, sync and fault-injecting backends.
+//! * [`irq`]: which CPUs take a device's completion interrupts (connection placement).
 //! * [`IoError`]: the layer's error, with `errno()` for protocol replies.
 
 pub mod buf;
 pub mod device;
 pub mod engine;
 mod error;
+pub mod irq;
 pub mod net;
 mod notify;
 pub mod oneshot;

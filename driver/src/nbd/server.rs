@@ -2,9 +2,11 @@
 //!
 //! Listeners (TCP, by default 127.0.0.1:10809, and/or a unix socket) are bound synchronously in
 //! [`NbdServer::start`] so that errors and the actual port come back to the caller. Accepting
-//! runs on the first serving reactor; each accepted connection goes to the next serving reactor
-//! in round-robin order and lives there for its whole life (socket I/O through that reactor's
-//! ring). [`NbdServer::shutdown`] stops accepting, answers further handshake options with
+//! runs on the first serving reactor; each accepted connection goes to the serving reactor with
+//! the fewest open connections, among those the preferred ones
+//! ([`NbdServerConfig::prefer_reactors`]: the reactors on the CPUs that take the devices'
+//! completion interrupts), round robin among equals, and lives there for its whole life (socket
+//! I/O through that reactor's ring). [`NbdServer::shutdown`] stops accepting, answers further handshake options with
 //! ERR_SHUTDOWN, stops reading requests, lets in-flight requests finish and their replies go
 //! out, then waits for every connection to close.
 
@@ -49,6 +51,14 @@ pub struct NbdServerConfig {
     pub max_inflight_requests: usize,
     /// Indexes of the reactors that serve connections (default: all of the set).
     pub reactors: Option<Vec<usize>>,
+    /// Reactors (indexes in the set) a new connection goes to when they have no more open
+    /// connections than the others: those pinned to the CPUs that take the exported devices'
+    /// completion interrupts ([`crate::io::irq::completion_cpus`]). A connection elsewhere
+    /// learns of every device completion through a cross-CPU wake-up; on the 2-vCPU test box
+    /// (virtio-blk, interrupts on CPU 1) that added 25 us to the p50 of 4 KiB reads at QD1
+    /// (80–83 against 107–109 us, alternated; perf/results/README-nbd.md). Default empty: no
+    /// preference (fewest connections, round robin among equals).
+    pub prefer_reactors: Vec<usize>,
     /// Handshake limits and switches.
     pub handshake: HandshakeConfig,
     /// A client that has not entered transmission this long after connecting is dropped
@@ -94,6 +104,7 @@ impl Default for NbdServerConfig {
             max_inflight_bytes: 64 << 20,
             max_inflight_requests: 512,
             reactors: None,
+            prefer_reactors: Vec::new(),
             handshake: HandshakeConfig::default(),
             handshake_timeout: Some(Duration::from_secs(10)),
             gather_writes: std::env::var("RINGPOOL_NBD_GATHER").map_or(true, |v| v.trim() != "0"),
@@ -125,6 +136,12 @@ pub(crate) struct Shared {
     stopping: AtomicBool,
     next_id: AtomicU64,
     rr: AtomicUsize,
+    /// Open connections per serving reactor (same order as the acceptors' target list).
+    live: Vec<AtomicUsize>,
+    /// Whether each serving reactor is a preferred one.
+    preferred: Vec<bool>,
+    /// Reactor index (in the set) of each serving reactor.
+    reactor_index: Vec<usize>,
     /// Live connections: a duplicate of each socket, to shut it down from another thread.
     conns: Mutex<HashMap<u64, OwnedFd>>,
     conns_changed: Condvar,
@@ -136,16 +153,38 @@ impl Shared {
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
+
+    /// The serving reactor for a new connection (a slot of the target list): fewest open
+    /// connections, then preferred, then the round-robin order. Only the acceptors place
+    /// connections, so the counts cannot change under it except downwards (closes).
+    fn place(&self) -> usize {
+        let n = self.live.len();
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let mut best = start % n;
+        let mut best_key = (usize::MAX, true);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let key = (self.live[i].load(Ordering::Relaxed), !self.preferred[i]);
+            if key < best_key {
+                best = i;
+                best_key = key;
+            }
+        }
+        best
+    }
 }
 
 /// Deregisters a connection when its task ends (or is never started).
 struct ConnGuard {
     shared: Arc<Shared>,
     id: u64,
+    /// Serving-reactor slot counted in `Shared::live`.
+    slot: usize,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.shared.live[self.slot].fetch_sub(1, Ordering::Relaxed);
         let mut g = self.shared.conns.lock();
         g.remove(&self.id);
         self.shared.conns_changed.notify_all();
@@ -237,7 +276,17 @@ impl NbdServer {
             })?;
             listeners.push(Listener::Unix(Arc::new(l)));
         }
+        let preferred: Vec<bool> = targets
+            .iter()
+            .map(|t| cfg.prefer_reactors.contains(&t.index()))
+            .collect();
+        if preferred.iter().any(|&p| p) {
+            tracing::info!(prefer = ?cfg.prefer_reactors, "NBD connections prefer these reactors");
+        }
         let shared = Arc::new(Shared {
+            live: targets.iter().map(|_| AtomicUsize::new(0)).collect(),
+            preferred,
+            reactor_index: targets.iter().map(ReactorHandle::index).collect(),
             cfg,
             exports,
             stopping: AtomicBool::new(false),
@@ -285,6 +334,16 @@ impl NbdServer {
     /// Connections currently open.
     pub fn connections(&self) -> usize {
         self.shared.conns.lock().len()
+    }
+
+    /// Open connections per serving reactor: (reactor index in the set, connections).
+    pub fn connections_per_reactor(&self) -> Vec<(usize, usize)> {
+        self.shared
+            .reactor_index
+            .iter()
+            .zip(&self.shared.live)
+            .map(|(&r, n)| (r, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The export registry served.
@@ -415,11 +474,13 @@ async fn accept_loop(l: Listener, shared: Arc<Shared>, targets: Vec<ReactorHandl
             }
             g.insert(id, dup);
         }
+        let k = shared.place();
+        shared.live[k].fetch_add(1, Ordering::Relaxed);
         let guard = ConnGuard {
             shared: Arc::clone(&shared),
             id,
+            slot: k,
         };
-        let k = shared.rr.fetch_add(1, Ordering::Relaxed) % targets.len();
         let sh = Arc::clone(&shared);
         tracing::debug!(
             conn = id,

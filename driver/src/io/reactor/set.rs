@@ -14,6 +14,8 @@ use crate::io::error::IoError;
 #[derive(Clone)]
 pub struct ReactorHandle {
     index: usize,
+    /// The CPU the reactor thread is pinned to (`None`: unpinned).
+    cpu: Option<usize>,
     shared: Arc<Shared>,
     info: RingInfo,
 }
@@ -22,6 +24,7 @@ impl std::fmt::Debug for ReactorHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReactorHandle")
             .field("index", &self.index)
+            .field("cpu", &self.cpu)
             .field("info", &self.info)
             .finish()
     }
@@ -31,6 +34,11 @@ impl ReactorHandle {
     /// This reactor's index in its set.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The CPU this reactor's thread is pinned to, if it is pinned.
+    pub fn cpu(&self) -> Option<usize> {
+        self.cpu
     }
 
     /// What the reactor's ring setup chose.
@@ -160,6 +168,7 @@ impl ReactorSet {
                 Ok(Ok((shared, info))) => {
                     set.handles.push(ReactorHandle {
                         index: i,
+                        cpu: core_id.map(|c| c.id),
                         shared,
                         info,
                     });
