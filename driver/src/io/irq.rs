@@ -125,10 +125,7 @@ mod tests {
     #[test]
     fn cpu_lists() {
         assert_eq!(parse_cpu_list("1\n"), Some(BTreeSet::from([1])));
-        assert_eq!(
-            parse_cpu_list("0-2,5"),
-            Some(BTreeSet::from([0, 1, 2, 5]))
-        );
+        assert_eq!(parse_cpu_list("0-2,5"), Some(BTreeSet::from([0, 1, 2, 5])));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
     }
