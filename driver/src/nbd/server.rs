@@ -3,10 +3,11 @@
 //! Listeners (TCP, by default 127.0.0.1:10809, and/or a unix socket) are bound synchronously in
 //! [`NbdServer::start`] so that errors and the actual port come back to the caller. Accepting
 //! runs on the first serving reactor; each accepted connection goes to the serving reactor with
-//! the fewest open connections, among those the preferred ones
-//! ([`NbdServerConfig::prefer_reactors`]: the reactors on the CPUs that take the devices'
-//! completion interrupts), round robin among equals, and lives there for its whole life (socket
-//! I/O through that reactor's ring). [`NbdServer::shutdown`] stops accepting, answers further handshake options with
+//! the fewest open connections, among those to a preferred one
+//! ([`NbdServerConfig::prefer_reactors`]), else the first, and lives there for its whole life
+//! (socket I/O through that reactor's ring). So where a lone client is served does not depend
+//! on how many connections came and went before it (with round robin it did, and two benchmark
+//! scripts measured the same server on different reactors: perf/results/README-nbd.md). [`NbdServer::shutdown`] stops accepting, answers further handshake options with
 //! ERR_SHUTDOWN, stops reading requests, lets in-flight requests finish and their replies go
 //! out, then waits for every connection to close.
 
@@ -52,12 +53,14 @@ pub struct NbdServerConfig {
     /// Indexes of the reactors that serve connections (default: all of the set).
     pub reactors: Option<Vec<usize>>,
     /// Reactors (indexes in the set) a new connection goes to when they have no more open
-    /// connections than the others: those pinned to the CPUs that take the exported devices'
-    /// completion interrupts ([`crate::io::irq::completion_cpus`]). A connection elsewhere
-    /// learns of every device completion through a cross-CPU wake-up; on the 2-vCPU test box
-    /// (virtio-blk, interrupts on CPU 1) that added 25 us to the p50 of 4 KiB reads at QD1
-    /// (80–83 against 107–109 us, alternated; perf/results/README-nbd.md). Default empty: no
-    /// preference (fewest connections, round robin among equals).
+    /// connections than the others, e.g. those pinned to the CPUs that take the exported
+    /// devices' completion interrupts ([`crate::io::irq::completion_cpus`]; `ringpool serve`
+    /// with `RINGPOOL_NBD_PREFER_IRQ_CPU=1`). A connection elsewhere learns of every device
+    /// completion through a cross-CPU wake-up: on the 2-vCPU test box (virtio-blk, interrupts
+    /// on CPU 1) 4 KiB reads at QD1 had a p50 of 80–83 us on the reactor of CPU 1 against
+    /// 107–109 on CPU 0 in one alternated series, but the A/B of the preference did not win:
+    /// QD1 p50 1.04x (CFS, noisy) and 1.14x, QD32 IOPS 0.94x (SCHED_FIFO), medians of 6–8
+    /// rounds (perf/results/README-nbd.md). Default empty: no preference.
     pub prefer_reactors: Vec<usize>,
     /// Handshake limits and switches.
     pub handshake: HandshakeConfig,
@@ -135,7 +138,6 @@ pub(crate) struct Shared {
     pub(crate) exports: Arc<Exports>,
     stopping: AtomicBool,
     next_id: AtomicU64,
-    rr: AtomicUsize,
     /// Open connections per serving reactor (same order as the acceptors' target list).
     live: Vec<AtomicUsize>,
     /// Whether each serving reactor is a preferred one.
@@ -155,22 +157,12 @@ impl Shared {
     }
 
     /// The serving reactor for a new connection (a slot of the target list): fewest open
-    /// connections, then preferred, then the round-robin order. Only the acceptors place
+    /// connections, then preferred, then the first in the list. Only the acceptors place
     /// connections, so the counts cannot change under it except downwards (closes).
     fn place(&self) -> usize {
-        let n = self.live.len();
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let mut best = start % n;
-        let mut best_key = (usize::MAX, true);
-        for k in 0..n {
-            let i = (start + k) % n;
-            let key = (self.live[i].load(Ordering::Relaxed), !self.preferred[i]);
-            if key < best_key {
-                best = i;
-                best_key = key;
-            }
-        }
-        best
+        (0..self.live.len())
+            .min_by_key(|&i| (self.live[i].load(Ordering::Relaxed), !self.preferred[i], i))
+            .unwrap_or(0)
     }
 }
 
@@ -291,7 +283,6 @@ impl NbdServer {
             exports,
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
-            rr: AtomicUsize::new(0),
             conns: Mutex::new(HashMap::new()),
             conns_changed: Condvar::new(),
             early_flushes: AtomicU64::new(0),
