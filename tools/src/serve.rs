@@ -304,12 +304,12 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
         served.open(name)?;
     }
     let socket: PathBuf = args.socket.clone().unwrap_or_else(|| state.nbd_socket());
-    // Off by default: the A/B did not show a gain (see NbdServerConfig::prefer_reactors).
+    // RINGPOOL_NBD_PREFER_IRQ_CPU=0 turns the preference off (for comparisons).
     let prefer_reactors =
-        if std::env::var("RINGPOOL_NBD_PREFER_IRQ_CPU").is_ok_and(|v| v.trim() == "1") {
-            completion_reactors(&reactors, &known, &names)
-        } else {
+        if std::env::var("RINGPOOL_NBD_PREFER_IRQ_CPU").is_ok_and(|v| v.trim() == "0") {
             Vec::new()
+        } else {
+            completion_reactors(&reactors, &known, &names)
         };
     let mut server = NbdServer::start(
         NbdServerConfig {

@@ -54,13 +54,13 @@ pub struct NbdServerConfig {
     pub reactors: Option<Vec<usize>>,
     /// Reactors (indexes in the set) a new connection goes to when they have no more open
     /// connections than the others, e.g. those pinned to the CPUs that take the exported
-    /// devices' completion interrupts ([`crate::io::irq::completion_cpus`]; `ringpool serve`
-    /// with `RINGPOOL_NBD_PREFER_IRQ_CPU=1`). A connection elsewhere learns of every device
-    /// completion through a cross-CPU wake-up: on the 2-vCPU test box (virtio-blk, interrupts
-    /// on CPU 1) 4 KiB reads at QD1 had a p50 of 80–83 us on the reactor of CPU 1 against
-    /// 107–109 on CPU 0 in one alternated series, but the A/B of the preference did not win:
-    /// QD1 p50 1.04x (CFS, noisy) and 1.14x, QD32 IOPS 0.94x (SCHED_FIFO), medians of 6–8
-    /// rounds (perf/results/README-nbd.md). Default empty: no preference.
+    /// devices' completion interrupts ([`crate::io::irq::completion_cpus`], what `ringpool
+    /// serve` passes unless `RINGPOOL_NBD_PREFER_IRQ_CPU=0`). A connection elsewhere learns of
+    /// every device completion through a cross-CPU wake-up: on the 2-vCPU test box (virtio-blk,
+    /// interrupts on CPU 1) a lone client's 4 KiB reads at QD1 had a p50 of 87–91 us on the
+    /// reactor of CPU 1 against 118–128 on CPU 0 (alternated, both pool sides), at the price of
+    /// 8–19 % of the IOPS at QD32, where reactor and interrupts then share one CPU
+    /// (perf/results/README-nbd.md). Default empty: no preference.
     pub prefer_reactors: Vec<usize>,
     /// Handshake limits and switches.
     pub handshake: HandshakeConfig,
