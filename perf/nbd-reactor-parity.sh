@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # 4k randread QD1 over NBD (fio's nbd engine) against one `ringpool serve`, with the client's
-# connection on each reactor in turn: before every second call one extra connection (nbdinfo)
-# shifts the server's placement. Prints per call the reactor that did the work (most CPU),
+# connection on each reactor in turn: during every second call an idle connection held open
+# takes the reactor a lone client gets (or shifts a round-robin placement by one). Prints per call the reactor that did the work (most CPU),
 # IOPS, p50/p99 (us), fio's and the server's CPU per I/O (us). Shows what the reactor of a
 # connection costs, e.g. its distance from the CPU that takes the disk's interrupts
-# (perf/results/README-nbd.md). A server that places connections by preference (not round
-# robin) serves both calls of a round on the same reactor.
+# (perf/results/README-nbd.md). Needs RUNTIME + ramp + fio's start-up under the server's 10 s
+# handshake limit.
 #
 # Usage: BIN=target/release/ringpool ROUNDS=6 PRIO="setsid -w perf/autogroup-nice.sh" \
 #          perf/nbd-reactor-parity.sh
@@ -53,8 +53,18 @@ PY
 echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 $ROUNDS); do
   for flip in 0 1; do
-    ((flip)) && nbdinfo --size "$URI" >/dev/null
+    H=
+    if ((flip)); then
+      # A connection held open (no handshake; the server's handshake limit is 10 s) takes the
+      # reactor a lone client would get (least connections), or shifts a round robin by one.
+      python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(float(sys.argv[2]))' \
+        "$D/rp.sock" "$((RUNTIME + 4))" &
+      H=$!
+      sleep 0.3
+    fi
     a=$(cpu); res=$(m); b=$(cpu)
+    [[ -n $H ]] && { kill "$H" 2>/dev/null; wait "$H" 2>/dev/null; }
     busy=$(paste <(echo "$a") <(echo "$b") | awk '{d=$4-$2; t+=d; if (d>m){m=d; n=$1}} END{print n, t}')
     set -- $busy $res
     srv=$(python3 -c "print('%.1f' % ($2 * 1e4 / max($4 * ($RUNTIME + 1), 1)))")

@@ -7,7 +7,8 @@
 //! ([`NbdServerConfig::prefer_reactors`]), else the first, and lives there for its whole life
 //! (socket I/O through that reactor's ring). So where a lone client is served does not depend
 //! on how many connections came and went before it (with round robin it did, and two benchmark
-//! scripts measured the same server on different reactors: perf/results/README-nbd.md). [`NbdServer::shutdown`] stops accepting, answers further handshake options with
+//! scripts measured the same server on different reactors: perf/results/README-nbd.md).
+//! [`NbdServer::shutdown`] stops accepting, answers further handshake options with
 //! ERR_SHUTDOWN, stops reading requests, lets in-flight requests finish and their replies go
 //! out, then waits for every connection to close.
 
