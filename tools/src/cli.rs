@@ -288,4 +288,26 @@ pub struct ServeArgs {
     /// Export every volume read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// NBD over TLS (NBD_OPT_STARTTLS): `require` refuses clients that do not start TLS, `on`
+    /// also serves plain ones. Default with --tls-cert: require.
+    #[arg(long, value_enum, requires_all = ["tls_cert", "tls_key"])]
+    pub tls: Option<TlsMode>,
+    /// The server's certificate chain (PEM) for TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1) for TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate issued by a CA in this PEM file (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// `ringpool serve --tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsMode {
+    /// Offer TLS; plain-text clients are served too.
+    On,
+    /// Every client must start TLS before anything else.
+    Require,
 }

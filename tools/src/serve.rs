@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use parking_lot::Mutex;
 use ringpool_driver::io::{ReactorConfig, ReactorSet};
-use ringpool_driver::nbd::{ExportBackend, Exports, NbdServer, NbdServerConfig};
+use ringpool_driver::nbd::{ExportBackend, Exports, NbdServer, NbdServerConfig, TlsConfig};
 use ringpool_driver::pool::{Pool, PoolOptions};
 use serde_json::json;
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, TlsMode};
 use crate::exec::{self, View, VolumeHook};
 use crate::request::{Progress, Request, Response};
 use crate::statedir::{KnownPool, StateDir};
@@ -255,7 +255,19 @@ fn completion_reactors(
     prefer
 }
 
+/// The TLS settings of `serve`'s flags (`None`: no TLS). Loaded before anything is opened,
+/// so a bad certificate or key fails the command at once.
+fn tls_config(args: &ServeArgs) -> Result<Option<TlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let require = args.tls.unwrap_or(TlsMode::Require) == TlsMode::Require;
+    let cfg = TlsConfig::from_pem_files(cert, key, args.tls_client_ca.as_deref(), require)?;
+    Ok(Some(cfg))
+}
+
 pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
+    let tls = tls_config(args)?;
     let signals = block_signals()?;
     if control::call(&state.control_socket(), &Request::Pools)?.is_some() {
         bail!(
@@ -316,6 +328,7 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
             tcp: Some(args.listen),
             unix: Some(socket.clone()),
             prefer_reactors,
+            tls,
             ..Default::default()
         },
         Arc::clone(&served.exports),

@@ -368,3 +368,29 @@ fn import_and_device_errors() {
         "two/v"
     );
 }
+
+#[test]
+fn serve_refuses_unusable_tls_settings_before_opening_anything() {
+    let env = Env::new();
+    let missing = env.path("missing-cert.pem");
+    let missing = missing.to_str().unwrap();
+    let err = env.fails(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        missing,
+        "--tls-key",
+        missing,
+    ]);
+    assert!(err.contains("missing-cert.pem"), "{err}");
+    assert!(
+        !env.state().join("demo.img").exists(),
+        "the demo pool was created before the TLS settings were checked"
+    );
+    // --tls needs a certificate and a key; a key needs a certificate.
+    let err = env.fails(&["serve", "--tls", "require"]);
+    assert!(err.contains("--tls-cert"), "{err}");
+    let err = env.fails(&["serve", "--tls-key", missing]);
+    assert!(err.contains("--tls-cert"), "{err}");
+}

@@ -4,7 +4,8 @@
 //! then loops: the machine says how many bytes it needs next ([`Step::Need`]) or how many to
 //! throw away ([`Step::Discard`]); the driver reads exactly that, feeds it to
 //! [`Handshake::receive`], sends whatever the machine appended to `out`, and stops on
-//! [`Step::Done`] (transmission starts) or [`Step::Close`] (soft disconnect after sending `out`).
+//! [`Step::Done`] (transmission starts) or [`Step::Close`] (soft disconnect after sending `out`);
+//! [`Step::StartTls`] asks it to send `out` and run TLS on the connection from then on.
 //! A returned [`HandshakeError`] means a hard disconnect without sending anything more.
 //!
 //! Memory is bounded: an option payload is only buffered up to [`HandshakeConfig::max_option_len`];
@@ -86,6 +87,21 @@ pub struct HandshakeConfig {
     pub max_options: u32,
     /// Offer NBD_OPT_EXTENDED_HEADERS.
     pub extended_headers: bool,
+    /// Whether NBD_OPT_STARTTLS is available, and whether it is required before anything else.
+    pub tls: TlsPolicy,
+}
+
+/// The server's TLS mode (the protocol's NOTLS, and FORCEDTLS for every export).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// No TLS: NBD_OPT_STARTTLS gets ERR_POLICY.
+    #[default]
+    Off,
+    /// NBD_OPT_STARTTLS upgrades the connection; clients may also stay in plain text.
+    Offered,
+    /// Until NBD_OPT_STARTTLS succeeds, every option but STARTTLS and ABORT gets ERR_TLS_REQD
+    /// (NBD_OPT_EXPORT_NAME, which cannot be answered with an error, disconnects).
+    Required,
 }
 
 impl Default for HandshakeConfig {
@@ -95,6 +111,7 @@ impl Default for HandshakeConfig {
             max_discard_len: 16 * 1024 * 1024,
             max_options: 4096,
             extended_headers: true,
+            tls: TlsPolicy::Off,
         }
     }
 }
@@ -130,6 +147,9 @@ pub enum Step<E> {
     Done(Box<Negotiated<E>>),
     /// Send `out`, then close (the client aborted).
     Close,
+    /// Send `out` (the ACK of NBD_OPT_STARTTLS), then run the TLS handshake on the connection
+    /// and go on, inside TLS, with [`Handshake::next_step`].
+    StartTls,
 }
 
 /// Fatal handshake failures: the server drops the connection.
@@ -162,6 +182,9 @@ pub enum HandshakeError {
     /// NBD_OPT_EXPORT_NAME while the server shuts down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a server that requires TLS.
+    #[error("NBD_OPT_EXPORT_NAME without TLS on a server that requires TLS")]
+    TlsRequired,
     /// The driver passed the wrong number of bytes (a driver bug, not a client one).
     #[error("driver fed {got} bytes where {expected} were expected")]
     UnexpectedInput {
@@ -195,6 +218,8 @@ pub struct Handshake {
     /// (canonical export name, context id) chosen by the last SET_META_CONTEXT.
     meta: Option<(String, u32)>,
     options_seen: u32,
+    /// NBD_OPT_STARTTLS was acknowledged: everything since runs inside TLS.
+    tls_active: bool,
 }
 
 /// Length of the server greeting.
@@ -213,7 +238,24 @@ impl Handshake {
             extended: false,
             meta: None,
             options_seen: 0,
+            tls_active: false,
         }
+    }
+
+    /// What to read next, e.g. after the driver has finished the TLS handshake that
+    /// [`Step::StartTls`] asked for.
+    pub fn next_step<E>(&self) -> Step<E> {
+        Step::Need(self.expected())
+    }
+
+    /// Whether NBD_OPT_STARTTLS was acknowledged on this connection.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    /// TLS is required and not yet active: options other than STARTTLS and ABORT are refused.
+    fn tls_missing(&self) -> bool {
+        self.cfg.tls == TlsPolicy::Required && !self.tls_active
     }
 
     /// The 18-byte server greeting.
@@ -276,10 +318,10 @@ impl Handshake {
             }
             State::Discarding { option, reply } => {
                 self.state = State::OptHeader;
-                let msg = if reply == rep::ERR_UNSUP {
-                    "option not supported"
-                } else {
-                    "option data too long"
+                let msg = match reply {
+                    rep::ERR_UNSUP => "option not supported",
+                    rep::ERR_TLS_REQD => "TLS is required: send NBD_OPT_STARTTLS first",
+                    _ => "option data too long",
                 };
                 reply_error(out, option, reply, msg);
                 Ok(Step::Need(OPTION_HEADER_LEN))
@@ -326,7 +368,10 @@ impl Handshake {
                 // EXPORT_NAME cannot be answered with an error; giant options are a DoS.
                 return self.finish(HandshakeError::OptionTooLong { option, len });
             }
-            let reply = if known {
+            let reply = if option != opt::ABORT && self.tls_missing() {
+                // Nothing is said about options before TLS beyond that it is required.
+                rep::ERR_TLS_REQD
+            } else if known {
                 rep::ERR_TOO_BIG
             } else {
                 rep::ERR_UNSUP
@@ -363,6 +408,21 @@ impl Handshake {
                 }
             }
         }
+        if self.tls_missing() {
+            match option {
+                opt::STARTTLS | opt::ABORT => {}
+                opt::EXPORT_NAME => return self.finish(HandshakeError::TlsRequired),
+                _ => {
+                    reply_error(
+                        out,
+                        option,
+                        rep::ERR_TLS_REQD,
+                        "TLS is required: send NBD_OPT_STARTTLS first",
+                    );
+                    return next;
+                }
+            }
+        }
         match option {
             opt::EXPORT_NAME => self.export_name(data, catalog, out),
             opt::ABORT => {
@@ -386,12 +446,27 @@ impl Handshake {
                 next
             }
             opt::STARTTLS => {
-                reply_error(
-                    out,
-                    option,
-                    rep::ERR_POLICY,
-                    "TLS is not available on this server",
-                );
+                if self.cfg.tls == TlsPolicy::Off {
+                    reply_error(
+                        out,
+                        option,
+                        rep::ERR_POLICY,
+                        "TLS is not available on this server",
+                    );
+                } else if !data.is_empty() {
+                    reply_error(out, option, rep::ERR_INVALID, "option takes no data");
+                } else if self.tls_active {
+                    reply_error(out, option, rep::ERR_INVALID, "TLS is already active");
+                } else {
+                    reply(out, option, rep::ACK, &[]);
+                    // The protocol: whatever was negotiated in plain text is forgotten, so a
+                    // man in the middle cannot have chosen it.
+                    self.tls_active = true;
+                    self.structured = false;
+                    self.extended = false;
+                    self.meta = None;
+                    return Ok(Step::StartTls);
+                }
                 next
             }
             opt::INFO | opt::GO => self.info_go(option, data, catalog, out),

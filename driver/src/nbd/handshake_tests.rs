@@ -2,6 +2,7 @@
 
 use super::handshake::{
     ExportCatalog, ExportInfo, Handshake, HandshakeConfig, HandshakeError, Negotiated, Step,
+    TlsPolicy,
 };
 use super::proto::{self, info, opt, rep, tflags};
 use super::reply::ReplyMode;
@@ -66,7 +67,9 @@ enum Outcome {
     Failed(HandshakeError),
 }
 
-/// Drives a handshake over a complete client byte stream, the way a connection would.
+/// Drives a handshake over a complete client byte stream, the way a connection would. A
+/// [`Step::StartTls`] is taken as a TLS handshake that succeeded: the bytes after the STARTTLS
+/// option are what the client sends inside TLS.
 fn drive(hs: &mut Handshake, client: &[u8], cat: &Cat, out: &mut Vec<u8>) -> Outcome {
     let mut pos = 0usize;
     let mut step: Step<String> = hs.first_step();
@@ -91,6 +94,10 @@ fn drive(hs: &mut Handshake, client: &[u8], cat: &Cat, out: &mut Vec<u8>) -> Out
             }
             Step::Done(n) => return Outcome::Done(n),
             Step::Close => return Outcome::Closed,
+            Step::StartTls => {
+                assert!(hs.tls_active());
+                Ok(hs.next_step())
+            }
         };
         step = match r {
             Ok(s) => s,
@@ -624,6 +631,137 @@ fn starttls_is_refused_by_policy() {
     assert_eq!(parse_replies(&out)[0].kind, rep::ERR_POLICY);
 }
 
+fn tls(policy: TlsPolicy) -> Handshake {
+    Handshake::new(HandshakeConfig {
+        tls: policy,
+        ..HandshakeConfig::default()
+    })
+}
+
+fn kinds(out: &[u8]) -> Vec<u32> {
+    parse_replies(out).iter().map(|r| r.kind).collect()
+}
+
+#[test]
+fn tls_required_refuses_every_option_but_starttls_and_abort() {
+    let mut hs = tls(TlsPolicy::Required);
+    let mut out = Vec::new();
+    let mut unknown = option(99, b"");
+    unknown[12..16].copy_from_slice(&100u32.to_be_bytes());
+    unknown.extend_from_slice(&[7u8; 100]);
+    let s = session(
+        3,
+        &[
+            option(opt::GO, &info_data("tank/vol1", &[])),
+            option(opt::LIST, b""),
+            option(opt::STRUCTURED_REPLY, b""),
+            unknown,
+            option(opt::STARTTLS, b"x"),
+            option(opt::STARTTLS, b""),
+            // Inside TLS from here on.
+            option(opt::STARTTLS, b""),
+            option(opt::LIST, b""),
+            option(opt::GO, &info_data("tank/vol1", &[])),
+        ],
+    );
+    let Outcome::Done(n) = drive(&mut hs, &s, &cat(), &mut out) else {
+        panic!("no transmission: {:?}", kinds(&out))
+    };
+    assert_eq!(n.info.name, "tank/vol1");
+    assert_eq!(
+        kinds(&out),
+        vec![
+            rep::ERR_TLS_REQD,
+            rep::ERR_TLS_REQD,
+            rep::ERR_TLS_REQD,
+            rep::ERR_TLS_REQD,
+            rep::ERR_INVALID,
+            rep::ACK,
+            rep::ERR_INVALID,
+            rep::SERVER,
+            rep::SERVER,
+            rep::ACK,
+            rep::INFO,
+            rep::INFO,
+            rep::ACK
+        ]
+    );
+    assert!(hs.tls_active());
+}
+
+#[test]
+fn tls_required_export_name_disconnects_and_abort_is_honoured() {
+    let mut hs = tls(TlsPolicy::Required);
+    let mut out = Vec::new();
+    let s = session(3, &[option(opt::EXPORT_NAME, b"tank/vol1")]);
+    assert!(matches!(
+        drive(&mut hs, &s, &cat(), &mut out),
+        Outcome::Failed(HandshakeError::TlsRequired)
+    ));
+    assert!(out.is_empty(), "nothing about the export leaks before TLS");
+    let mut hs = tls(TlsPolicy::Required);
+    let mut out = Vec::new();
+    let s = session(3, &[option(opt::ABORT, b"")]);
+    assert!(matches!(
+        drive(&mut hs, &s, &cat(), &mut out),
+        Outcome::Closed
+    ));
+    assert_eq!(kinds(&out), vec![rep::ACK]);
+}
+
+#[test]
+fn starttls_forgets_what_was_negotiated_in_plain_text() {
+    let mut hs = tls(TlsPolicy::Offered);
+    let mut out = Vec::new();
+    let s = session(
+        3,
+        &[
+            option(opt::STRUCTURED_REPLY, b""),
+            option(
+                opt::SET_META_CONTEXT,
+                &meta_data("tank/vol1", &["base:allocation"]),
+            ),
+            option(opt::STARTTLS, b""),
+            option(opt::GO, &info_data("tank/vol1", &[])),
+        ],
+    );
+    let Outcome::Done(n) = drive(&mut hs, &s, &cat(), &mut out) else {
+        panic!("no transmission: {:?}", kinds(&out))
+    };
+    assert_eq!(n.mode, ReplyMode::Simple);
+    assert_eq!(n.base_allocation, None);
+    assert_eq!(n.flags & tflags::SEND_DF, 0);
+    // Negotiating again inside TLS works as on a fresh connection.
+    let mut hs = tls(TlsPolicy::Offered);
+    let mut out = Vec::new();
+    let s = session(
+        3,
+        &[
+            option(opt::STRUCTURED_REPLY, b""),
+            option(opt::STARTTLS, b""),
+            option(opt::STRUCTURED_REPLY, b""),
+            option(opt::GO, &info_data("tank/vol1", &[])),
+        ],
+    );
+    let Outcome::Done(n) = drive(&mut hs, &s, &cat(), &mut out) else {
+        panic!("no transmission: {:?}", kinds(&out))
+    };
+    assert_eq!(n.mode, ReplyMode::Structured);
+    assert_eq!(kinds(&out)[..3], [rep::ACK, rep::ACK, rep::ACK]);
+}
+
+#[test]
+fn tls_offered_also_serves_plain_clients() {
+    let mut hs = tls(TlsPolicy::Offered);
+    let mut out = Vec::new();
+    let s = session(3, &[option(opt::GO, &info_data("tank/vol1", &[]))]);
+    assert!(matches!(
+        drive(&mut hs, &s, &cat(), &mut out),
+        Outcome::Done(_)
+    ));
+    assert!(!hs.tls_active());
+}
+
 // ---- fuzzing ----
 
 fn arb_option() -> impl Strategy<Value = Vec<u8>> {
@@ -679,8 +817,9 @@ proptest! {
     }
 
     #[test]
-    fn handshake_never_panics_on_option_streams(flags in 0u32..4, opts in prop::collection::vec(arb_option(), 0..12)) {
-        let mut hs = Handshake::new(HandshakeConfig::default());
+    fn handshake_never_panics_on_option_streams(flags in 0u32..4, policy in 0u8..3, opts in prop::collection::vec(arb_option(), 0..12)) {
+        let tls = [TlsPolicy::Off, TlsPolicy::Offered, TlsPolicy::Required][usize::from(policy)];
+        let mut hs = Handshake::new(HandshakeConfig { tls, ..HandshakeConfig::default() });
         let mut out = Vec::new();
         let o = drive(&mut hs, &session(flags, &opts), &cat(), &mut out);
         // Every reply produced is well framed (EXPORT_NAME's reply is not an option reply).
@@ -688,6 +827,7 @@ proptest! {
             let _ = parse_replies(&out);
         }
         if let Outcome::Done(n) = o {
+            prop_assert!(tls != TlsPolicy::Required || hs.tls_active(), "transmission without TLS");
             prop_assert!(n.flags & tflags::HAS_FLAGS != 0);
             if n.mode == ReplyMode::Simple {
                 prop_assert!(n.base_allocation.is_none());

@@ -10,6 +10,7 @@
 //!   in-memory one.
 //! * [`exports`]: the [`Exports`] registry (`POOL/VOLUME` names to backends, changeable live).
 //! * [`server`]: [`NbdServer`]: listeners, acceptor, connections on the io_uring reactors.
+//! * [`tls`]: NBD_OPT_STARTTLS with rustls ([`TlsConfig`]).
 //!
 //! Usage:
 //! ```no_run
@@ -35,6 +36,7 @@ pub mod proto;
 pub mod reply;
 pub mod request;
 pub mod server;
+pub mod tls;
 
 #[cfg(test)]
 mod codec_tests;
@@ -50,9 +52,11 @@ pub use error::NbdError;
 pub use exports::{ExportHandle, Exports, ExportsError};
 pub use handshake::{
     ExportCatalog, ExportInfo, Handshake, HandshakeConfig, HandshakeError, Negotiated, Step,
+    TlsPolicy,
 };
 pub use mem::MemBackend;
 pub use proto::Errno;
 pub use reply::{Extent, ReplyMode};
 pub use request::{Command, Rejection, Request, RequestDecoder, RequestError};
 pub use server::{NbdServer, NbdServerConfig, NbdStats, DEFAULT_PORT, DEFAULT_REPLY_FLUSH};
+pub use tls::TlsConfig;

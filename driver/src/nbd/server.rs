@@ -24,7 +24,8 @@ use parking_lot::{Condvar, Mutex};
 
 use super::conn;
 use super::exports::Exports;
-use super::handshake::HandshakeConfig;
+use super::handshake::{HandshakeConfig, TlsPolicy};
+use super::tls::TlsConfig;
 use super::NbdError;
 use crate::io::net::{Stream, TcpListener, UnixListener};
 use crate::io::{JoinHandle, ReactorHandle, ReactorSet};
@@ -63,8 +64,11 @@ pub struct NbdServerConfig {
     /// 8–19 % of the IOPS at QD32, where reactor and interrupts then share one CPU
     /// (perf/results/README-nbd.md). Default empty: no preference.
     pub prefer_reactors: Vec<usize>,
-    /// Handshake limits and switches.
+    /// Handshake limits and switches (its `tls` is set from [`NbdServerConfig::tls`]).
     pub handshake: HandshakeConfig,
+    /// NBD_OPT_STARTTLS: the certificate, key and policy (default `None`: no TLS, STARTTLS
+    /// gets ERR_POLICY).
+    pub tls: Option<TlsConfig>,
     /// A client that has not entered transmission this long after connecting is dropped
     /// (default 10 s, like qemu-nbd's handshake limit; `None`: no limit).
     pub handshake_timeout: Option<Duration>,
@@ -110,6 +114,7 @@ impl Default for NbdServerConfig {
             reactors: None,
             prefer_reactors: Vec::new(),
             handshake: HandshakeConfig::default(),
+            tls: None,
             handshake_timeout: Some(Duration::from_secs(10)),
             gather_writes: std::env::var("RINGPOOL_NBD_GATHER").map_or(true, |v| v.trim() != "0"),
             write_back: std::env::var("RINGPOOL_NBD_WRITE_BACK").is_ok_and(|v| v.trim() == "1"),
@@ -244,6 +249,12 @@ impl NbdServer {
         cfg.max_inflight_bytes = cfg.max_inflight_bytes.max(u64::from(cfg.max_payload) * 2);
         // An option must fit the receive buffer of a connection.
         cfg.handshake.max_option_len = cfg.handshake.max_option_len.min(64 * 1024);
+        // The handshake offers (or requires) what the server can do, nothing else.
+        cfg.handshake.tls = match &cfg.tls {
+            None => TlsPolicy::Off,
+            Some(t) if t.require => TlsPolicy::Required,
+            Some(_) => TlsPolicy::Offered,
+        };
         let mut listeners = Vec::new();
         let mut tcp_addr = None;
         if let Some(addr) = cfg.tcp {

@@ -61,8 +61,9 @@ async fn send_bytes(stream: &Stream, bytes: &[u8]) -> Result<(), NbdError> {
 }
 
 /// Runs the handshake. `Ok(None)`: the client aborted (or vanished) during negotiation.
+/// After NBD_OPT_STARTTLS, `stream` is the plain-text end of the TLS pump ([`super::tls`]).
 async fn handshake(
-    stream: &Stream,
+    stream: &mut Stream,
     rx: &mut RecvBuf,
     shared: &Shared,
 ) -> Result<Option<Negotiated<ExportHandle>>, NbdError> {
@@ -94,6 +95,18 @@ async fn handshake(
             Step::Close => {
                 send_bytes(stream, &out).await?;
                 return Ok(None);
+            }
+            Step::StartTls => {
+                send_bytes(stream, &out).await?;
+                out.clear();
+                let Some(tls) = shared.cfg.tls.as_ref() else {
+                    return Err(NbdError::Config("STARTTLS without TLS settings".into()));
+                };
+                // A client sends nothing between STARTTLS and its TLS ClientHello, but
+                // whatever was received past the option belongs to TLS, not to the options.
+                let early = rx.take_all();
+                super::tls::start(stream, early, tls)?;
+                hs.next_step()
             }
         };
         if !out.is_empty() && matches!(step, Step::Need(_) | Step::Discard(_)) {
@@ -146,10 +159,10 @@ async fn timeout<F: Future>(limit: Option<std::time::Duration>, f: F) -> Option<
 }
 
 /// Serves one accepted connection to the end.
-pub(crate) async fn serve(stream: Stream, shared: Arc<Shared>, id: u64) {
+pub(crate) async fn serve(mut stream: Stream, shared: Arc<Shared>, id: u64) {
     let mut rx = RecvBuf::new();
     let limit = shared.cfg.handshake_timeout;
-    let negotiated = match timeout(limit, handshake(&stream, &mut rx, &shared)).await {
+    let negotiated = match timeout(limit, handshake(&mut stream, &mut rx, &shared)).await {
         Some(Ok(Some(n))) => n,
         Some(Ok(None)) => {
             tracing::debug!(conn = id, "client left during the handshake");

@@ -107,6 +107,12 @@ impl RecvBuf {
         }
     }
 
+    /// Takes every buffered byte.
+    pub(super) fn take_all(&mut self) -> Vec<u8> {
+        let n = self.buffered();
+        self.take(n).to_vec()
+    }
+
     /// Reads and drops `n` bytes.
     pub(super) async fn discard(&mut self, stream: &Stream, mut n: u64) -> Result<(), NbdError> {
         let have = u64::try_from(self.buffered()).unwrap_or(u64::MAX).min(n);
