@@ -2,6 +2,8 @@
 //! qemu-io, all GnuTLS-based, against certificates made by `openssl` for each test. Each test
 //! skips (printing why) when a tool is missing.
 
+#[path = "nbd/client.rs"]
+mod client;
 #[path = "nbd/common.rs"]
 mod common;
 
@@ -9,6 +11,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use client::Client;
+use ringpool_driver::nbd::proto::{opt, rep};
 use ringpool_driver::nbd::TlsConfig;
 
 /// A throw-away PKI: a CA, a server certificate for 127.0.0.1/localhost, a client certificate,
@@ -322,4 +326,41 @@ fn a_bad_key_is_a_clear_configuration_error() {
     )
     .expect_err("mismatched key accepted");
     assert!(e.to_string().contains("server-cert.pem"), "{e}");
+}
+
+/// Garbage where the TLS handshake should be, and a client that vanishes in the middle of it:
+/// the connection ends (an alert at most), the server keeps serving others.
+#[test]
+fn garbage_after_starttls_closes_only_that_connection() {
+    use std::io::{Read, Write};
+    let Some(pki) = Pki::new() else { return };
+    let s = tls_server(&pki, false, true);
+    let mut c = Client::connect_raw(&s);
+    Client::greet(&mut c);
+    let r = Client::opt_exchange(&mut c, opt::GO, &[0, 0, 0, 0, 0, 0]);
+    assert_eq!(r[0].0, rep::ERR_TLS_REQD);
+    let r = Client::opt_exchange(&mut c, opt::STARTTLS, &[]);
+    assert_eq!(r, vec![(rep::ACK, Vec::new())]);
+    // Not a TLS record: an NBD option in plain text.
+    c.write_all(&Client::option_bytes(opt::GO, &[0, 0, 0, 0, 0, 0]))
+        .expect("write");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(
+        rest.len() < 64,
+        "more than an alert came back: {} bytes",
+        rest.len()
+    );
+    // A second client starts TLS and then disappears.
+    let mut c = Client::connect_raw(&s);
+    Client::greet(&mut c);
+    let _ = Client::opt_exchange(&mut c, opt::STARTTLS, &[]);
+    c.write_all(&[0x16, 0x03, 0x01, 0x02]).expect("write");
+    drop(c);
+    s.wait_idle();
+    assert_eq!(s.connections(), 0);
+    if have("nbdinfo") {
+        let o = nbdinfo(&tls_uri(&s, &pki.client("anon")));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
 }

@@ -45,12 +45,17 @@ impl Client {
         c
     }
 
-    pub fn opt_exchange(s: &mut UnixStream, option: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
+    /// The bytes of one option request.
+    pub fn option_bytes(option: u32, data: &[u8]) -> Vec<u8> {
         let mut m = proto::IHAVEOPT.to_be_bytes().to_vec();
         m.extend_from_slice(&option.to_be_bytes());
         m.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
         m.extend_from_slice(data);
-        s.write_all(&m).unwrap();
+        m
+    }
+
+    pub fn opt_exchange(s: &mut UnixStream, option: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        s.write_all(&Client::option_bytes(option, data)).unwrap();
         let mut out = Vec::new();
         loop {
             let mut h = [0u8; 20];
