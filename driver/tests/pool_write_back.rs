@@ -125,3 +125,110 @@ fn a_device_error_after_the_acknowledgement_suspends_the_pool() -> anyhow::Resul
     pool.export()?;
     Ok(())
 }
+
+/// A clean export while acknowledged write-backs have not reached the device yet (their
+/// tasks cannot run: the reactor is busy) waits for them and commits them: nothing
+/// acknowledged is lost on a clean shutdown, and the pool imports clean.
+#[test]
+fn an_export_with_write_backs_in_flight_commits_them() -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(64 << 20, 4096);
+    let pool = create_one_shard("wb3", vec![Arc::new(dev.clone())], Duration::from_secs(60))?;
+    let vol = pool.create_volume("v", 4 << 20, BS)?;
+    let n = 8u64;
+    let (go, started) = std::sync::mpsc::channel::<()>();
+    let exporter = std::thread::spawn(move || {
+        started.recv().ok();
+        pool.export()
+    });
+    io::block_on(&rcfg(), async {
+        for k in 0..n {
+            let at = k * LEN as u64;
+            let (r, kept) = vol
+                .write_back(at, IoBuf::from_slice(&pattern(k + 1, LEN)))
+                .await;
+            r?;
+            anyhow::ensure!(kept.is_none(), "write {k} went the write-back way");
+        }
+        go.send(())?;
+        // Keep the reactor from running the write-back tasks while the export starts its
+        // final sync (a blocking sleep: no yield).
+        std::thread::sleep(Duration::from_millis(300));
+        while !exporter.is_finished() {
+            io::sleep(Duration::from_millis(5)).await;
+        }
+        anyhow::Ok(())
+    })??;
+    drop(vol);
+    exporter
+        .join()
+        .map_err(|_| anyhow::anyhow!("export thread panicked"))??;
+    let pool = Pool::import(
+        vec![Arc::new(FaultyEngine::from_image(
+            dev.durable_image(),
+            4096,
+        ))],
+        &pool_common::iopts(),
+    )?;
+    let vol = pool.open_volume("v")?;
+    io::block_on(&rcfg(), async {
+        let mut got = vec![0u8; LEN];
+        for k in 0..n {
+            vol.read(k * LEN as u64, &mut got).await?;
+            anyhow::ensure!(
+                got == pattern(k + 1, LEN),
+                "write {k}, acknowledged before the export, is on disk after it"
+            );
+        }
+        anyhow::Ok(())
+    })??;
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}
+
+/// Write-back tasks dropped with their reactor (it stopped before they ran) lose acknowledged
+/// writes: that must not be silent. The pool is suspended (no FLUSH succeeds, the export
+/// reports it) and the devices keep the last committed state, which imports clean.
+#[test]
+fn write_backs_cancelled_with_their_reactor_suspend_the_pool() -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(64 << 20, 4096);
+    let pool = create_one_shard("wb4", vec![Arc::new(dev.clone())], Duration::from_secs(60))?;
+    let vol = pool.create_volume("v", 4 << 20, BS)?;
+    io::block_on(&rcfg(), async {
+        vol.write(0, &pattern(1, LEN), false).await?;
+        vol.flush().await?;
+        let (r, kept) = vol.write_back(0, IoBuf::from_slice(&pattern(2, LEN))).await;
+        r?;
+        anyhow::ensure!(kept.is_none(), "the write went the write-back way");
+        // Returning ends the reactor: the task that would write it back is dropped.
+        anyhow::Ok(())
+    })??;
+    match pool.health() {
+        PoolHealth::Suspended { reason, .. } => assert!(
+            reason.contains("cancelled"),
+            "suspended for the cancelled write: {reason}"
+        ),
+        h => panic!("an acknowledged write was dropped and the pool is {h}"),
+    }
+    let flushed = io::block_on(&rcfg(), vol.flush())?;
+    assert!(flushed.is_err(), "no FLUSH succeeds after the loss");
+    drop(vol);
+    assert!(pool.export().is_err(), "the export reports the loss");
+    let pool = Pool::import(
+        vec![Arc::new(FaultyEngine::from_image(
+            dev.durable_image(),
+            4096,
+        ))],
+        &pool_common::iopts(),
+    )?;
+    let vol = pool.open_volume("v")?;
+    io::block_on(&rcfg(), async {
+        let mut got = vec![0u8; LEN];
+        vol.read(0, &mut got).await?;
+        anyhow::ensure!(got == pattern(1, LEN), "the last flushed data is intact");
+        anyhow::Ok(())
+    })??;
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}

@@ -157,6 +157,10 @@ struct Inner {
     /// Set once a sync failed: the pool is suspended, waiters get this errno.
     failed: Option<i32>,
     shutdown: bool,
+    /// Set when the sync thread found nothing left after a shutdown (its last pass): from
+    /// then on no hold is given, since a change made under it would never commit and a write
+    /// acknowledged from it would be lost without a word.
+    closed: bool,
     last_sync: Instant,
 }
 
@@ -214,6 +218,17 @@ impl TxgHold {
     /// The txg this hold pins (the one the change belongs to).
     pub fn txg(&self) -> u64 {
         self.txg
+    }
+
+    /// Another hold on the same txg (which cannot have finished quiescing: this one pins
+    /// it). For a guard that must outlive every other hold of a change.
+    pub fn another(&self) -> TxgHold {
+        let mut g = self.engine.inner.lock();
+        g.holds[slot(self.txg)] += 1;
+        TxgHold {
+            engine: Arc::clone(&self.engine),
+            txg: self.txg,
+        }
     }
 
     /// Account `data` dirty data bytes and `meta` estimated metadata bytes to this txg
@@ -280,6 +295,7 @@ impl TxgEngine {
                 throttle_waiters: Vec::new(),
                 failed: None,
                 shutdown: false,
+                closed: false,
                 last_sync: Instant::now(),
             }),
             cv: Condvar::new(),
@@ -413,6 +429,9 @@ impl TxgEngine {
         if let Some(e) = g.failed {
             return Err(e);
         }
+        if g.closed {
+            return Err(libc::ESHUTDOWN);
+        }
         let txg = g.open;
         g.holds[slot(txg)] += 1;
         Ok(TxgHold {
@@ -519,9 +538,13 @@ impl TxgEngine {
                 break SyncReason::Requested;
             }
             if g.shutdown {
-                if dirty > 0 || has_work(open) {
+                // A hold without dirty bytes yet is a change on its way (a write-back
+                // write already acknowledged, see `Volume::write_back`): the final sync
+                // waits for it like any quiesce does.
+                if dirty > 0 || g.holds[slot(open)] > 0 || has_work(open) {
                     break SyncReason::Shutdown;
                 }
+                g.closed = true;
                 return None;
             }
             if self
@@ -632,6 +655,7 @@ impl TxgEngine {
     pub fn stopped(&self) {
         let mut g = self.inner.lock();
         g.shutdown = true;
+        g.closed = true;
         for (_, w) in g.sync_waiters.drain(..) {
             w.wake();
         }
@@ -686,6 +710,9 @@ impl Future for HoldThrottled {
         let mut g = this.engine.inner.lock();
         if let Some(e) = g.failed {
             return Poll::Ready(Err(e));
+        }
+        if g.closed {
+            return Poll::Ready(Err(libc::ESHUTDOWN));
         }
         let txg = g.open;
         if lim.at_max(g.dirty[slot(txg)], g.meta[slot(txg)]) && !g.shutdown {

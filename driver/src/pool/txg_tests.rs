@@ -25,6 +25,43 @@ mod holds {
         e.shutdown();
         assert!(e.next_to_sync(&|_| false).is_none());
     }
+
+    /// A write-back write is acknowledged while it holds the open txg and before it charges
+    /// any dirty bytes: the final sync of a shutdown must wait for it, not stop.
+    #[test]
+    fn final_sync_waits_for_a_hold_without_dirty_bytes() {
+        let e = TxgEngine::new(4, TxgConfig::default());
+        let h = e.hold().unwrap();
+        e.shutdown();
+        let e2 = Arc::clone(&e);
+        let t = std::thread::spawn(move || e2.next_to_sync(&|_| false));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t.is_finished(), "the final sync waits for the hold");
+        h.add_dirty(4096, 0);
+        drop(h);
+        let got = t.join().unwrap();
+        assert_eq!(got, Some((5, SyncReason::Shutdown)));
+        e.sync_done(5);
+        assert!(e.next_to_sync(&|_| false).is_none());
+    }
+
+    /// Once the final sync is done nothing can take a hold: a change under it would never
+    /// commit.
+    #[test]
+    fn no_hold_after_the_final_sync() {
+        let e = TxgEngine::new(4, TxgConfig::default());
+        e.shutdown();
+        assert!(e.next_to_sync(&|_| false).is_none());
+        assert_eq!(e.hold().err(), Some(libc::ESHUTDOWN));
+        let mut f = std::pin::pin!(e.hold_throttled());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => assert_eq!(r.err(), Some(libc::ESHUTDOWN)),
+            Poll::Pending => {
+                panic!("a throttled hold after the final sync waits instead of failing")
+            }
+        }
+    }
 }
 
 mod throttle_tests {

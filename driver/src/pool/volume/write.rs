@@ -278,4 +278,9 @@ impl Prepared {
     pub(super) fn txg(&self) -> u64 {
         self.hold.txg()
     }
+
+    /// Another hold on the commit's txg (see `TxgHold::another`).
+    pub(super) fn hold_another(&self) -> TxgHold {
+        self.hold.another()
+    }
 }

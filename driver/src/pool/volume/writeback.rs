@@ -29,7 +29,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::super::error::Result;
+use super::super::error::{PoolError, Result};
+use super::super::txg::TxgHold;
 use super::Volume;
 use crate::io::IoBuf;
 
@@ -100,16 +101,23 @@ impl Volume {
         // From here a FLUSH waits for this txg, which cannot commit before the task below
         // published the blocks (it holds the txg).
         self.shared.mark_dirty(prepared.txg());
-        let vol = self.clone();
+        let pending = Pending {
+            vol: self.clone(),
+            hold: Some(prepared.hold_another()),
+            len,
+            done: false,
+        };
         crate::io::spawn_local(async move {
-            let (r, data) = vol
+            let mut pending = pending;
+            let (r, data) = pending
+                .vol
                 .finish_commit(&[(first, nblk)], data, prepared, true)
                 .await;
             drop(guards);
             drop(data);
-            vol.inner.write_back_bytes.fetch_sub(len, Ordering::AcqRel);
             // A failure has suspended the pool (`finish_commit`); nobody waits for this task.
             drop(r);
+            pending.done = true;
         });
         (Ok(()), None)
     }
@@ -121,5 +129,42 @@ impl Volume {
         if self.inner.write_back_bytes.load(Ordering::Acquire) > 0 {
             drop(self.lock_blocks(first, last).await);
         }
+    }
+}
+
+/// One write-back write between its acknowledgement and the end of its task. If the task is
+/// dropped before it ran to the end (its reactor shut down, or the `block_on` that spawned it
+/// returned), the acknowledged write never reached the device or the volume's map: the pool
+/// is suspended, as for a failed device write, before this guard's own hold on the write's
+/// txg goes, so that txg never commits without the write and the loss is reported (every
+/// later FLUSH, FUA write and the export fail) instead of silent.
+struct Pending {
+    vol: Volume,
+    /// A hold of the write's txg of the guard's own: whatever order the task's state is
+    /// dropped in, the txg cannot commit before the guard decided.
+    hold: Option<TxgHold>,
+    len: u64,
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(h) = &self.hold {
+                self.vol.shared.suspend_write_back(
+                    h.txg(),
+                    &PoolError::Internal(
+                        "the write-back task was cancelled before its write was published \
+                         (its reactor stopped)"
+                            .into(),
+                    ),
+                );
+            }
+        }
+        self.vol
+            .inner
+            .write_back_bytes
+            .fetch_sub(self.len, Ordering::AcqRel);
+        drop(self.hold.take());
     }
 }
