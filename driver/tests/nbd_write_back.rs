@@ -16,13 +16,17 @@ use std::time::Duration;
 use client::*;
 use common::*;
 use ringpool_driver::io::FaultyEngine;
-use ringpool_driver::nbd::proto::cmd;
+use ringpool_driver::nbd::proto::{cflags, cmd};
 use ringpool_driver::nbd::{ExportBackend, MemBackend, NbdServerConfig};
 use ringpool_driver::pool::Pool;
 
 const LEN: usize = 128 << 10;
 
 fn serve(write_back: bool) -> (TestServer, Pool, FaultyEngine) {
+    serve_on(1, write_back)
+}
+
+fn serve_on(reactors: usize, write_back: bool) -> (TestServer, Pool, FaultyEngine) {
     let dev = FaultyEngine::new(64 << 20, 4096);
     let pool = pool_common::create_one_shard(
         "nbdwb",
@@ -33,10 +37,16 @@ fn serve(write_back: bool) -> (TestServer, Pool, FaultyEngine) {
     let vol = pool.create_volume("v", 8 << 20, 4096).expect("volume");
     let backend: Arc<dyn ExportBackend> = Arc::new(vol);
     let unused = Arc::new(MemBackend::new(4096, 4096));
-    let srv = TestServer::start_backend(1, backend, false, unused, |cfg: &mut NbdServerConfig| {
-        cfg.tcp = None;
-        cfg.write_back = write_back;
-    });
+    let srv = TestServer::start_backend(
+        reactors,
+        backend,
+        false,
+        unused,
+        |cfg: &mut NbdServerConfig| {
+            cfg.tcp = None;
+            cfg.write_back = write_back;
+        },
+    );
     (srv, pool, dev)
 }
 
@@ -102,4 +112,59 @@ fn a_lost_write_fails_the_flush_with_write_back_and_the_write_without() {
     drop((c, srv));
     dev.clear_faults();
     let _ = pool.export();
+}
+
+/// The error policy seen by NBD clients (CAN_MULTI_CONN: a FLUSH on any connection covers
+/// every connection's writes): a write-back that fails after its acknowledgement makes the
+/// next FLUSH fail with EIO on every connection, the one that wrote and the others, old and
+/// new, and so does a FUA write; a read of the lost write's blocks returns what they held
+/// before it (never garbage).
+#[test]
+fn a_lost_write_fails_the_next_flush_on_every_connection_and_reads_see_the_old_data() {
+    const NBD_EIO: u32 = 5;
+    let (srv, pool, dev) = serve_on(2, true);
+    let mut a = Client::connect(&srv, EXPORT, true, false);
+    let mut b = Client::connect(&srv, EXPORT, true, false);
+    assert_eq!(a.write(1, 0, &pattern(LEN, 1)), 0);
+    assert_eq!(flush(&mut b, 2), 0, "b's FLUSH covers a's write");
+    dev.inject_eio(0..64 << 20, false, true);
+    assert_eq!(
+        a.write(3, 0, &pattern(LEN, 2)),
+        0,
+        "acknowledged before the device write"
+    );
+    assert_eq!(
+        flush(&mut b, 4),
+        NBD_EIO,
+        "the other connection's next FLUSH fails"
+    );
+    assert_eq!(flush(&mut a, 5), NBD_EIO, "the writer's too");
+    let mut c = Client::connect(&srv, EXPORT, true, false);
+    assert_eq!(flush(&mut c, 6), NBD_EIO, "and a new connection's");
+    dev.clear_faults();
+    assert_eq!(
+        flush(&mut a, 7),
+        NBD_EIO,
+        "the device working again changes nothing"
+    );
+    c.send(
+        cflags::FUA,
+        cmd::WRITE,
+        8,
+        LEN as u64,
+        4096,
+        &pattern(4096, 3),
+    );
+    assert_eq!(c.status(8), NBD_EIO, "a FUA write fails too");
+    for (who, cl) in [("a", &mut a), ("b", &mut b), ("c", &mut c)] {
+        match cl.read(9, 0, LEN) {
+            Ok(got) => assert!(
+                got == pattern(LEN, 1),
+                "{who} reads the data before the lost write"
+            ),
+            Err(errno) => assert_ne!(errno, 0, "{who}'s read fails"),
+        }
+    }
+    drop((a, b, c, srv));
+    assert!(pool.export().is_err(), "the export reports the suspension");
 }

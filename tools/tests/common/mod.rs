@@ -137,6 +137,11 @@ impl Serve {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The exit status, once serve exits on its own (after a signal the test sent).
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
+    }
+
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();

@@ -54,6 +54,19 @@ fn write_back_max() -> u64 {
     })
 }
 
+/// `RINGPOOL_WRITE_BACK_DELAY_MS`: how long a write-back task waits before its device write
+/// (read once; unset: not at all). For tests that need acknowledged writes still in flight
+/// when something else happens (a shutdown, an export).
+fn test_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("RINGPOOL_WRITE_BACK_DELAY_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}
+
 impl Volume {
     /// Writes `data` at `offset` without FUA, returning as soon as the write is ordered (see
     /// the module docs) when it can: a block-aligned write of at most 1 MiB from a
@@ -109,6 +122,9 @@ impl Volume {
         };
         crate::io::spawn_local(async move {
             let mut pending = pending;
+            if let Some(d) = test_delay() {
+                crate::io::sleep(d).await;
+            }
             let (r, data) = pending
                 .vol
                 .finish_commit(&[(first, nblk)], data, prepared, true)
