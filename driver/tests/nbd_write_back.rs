@@ -156,6 +156,11 @@ fn a_lost_write_fails_the_next_flush_on_every_connection_and_reads_see_the_old_d
         &pattern(4096, 3),
     );
     assert_eq!(c.status(8), NBD_EIO, "a FUA write fails too");
+    assert_eq!(
+        b.write(10, 2 * LEN as u64, &pattern(4096, 4)),
+        NBD_EIO,
+        "and so does a later WRITE"
+    );
     for (who, cl) in [("a", &mut a), ("b", &mut b), ("c", &mut c)] {
         match cl.read(9, 0, LEN) {
             Ok(got) => assert!(

@@ -2,8 +2,7 @@
 //! locked, checksummed, its txg held and its new places allocated); the device write and the
 //! publication of the new block pointers finish in a task of their own.
 //!
-//! The NBD server does this only when configured to (`NbdServerConfig::write_back`, off by
-//! default: no throughput gain resolved on the test box yet, p99 higher).
+//! The NBD server does this when configured to (`NbdServerConfig::write_back`).
 //!
 //! Why: a client keeping N writes in flight otherwise gets N device writes in flight minus
 //! everything the server does per request (receive, checksum, reply) serialized on one
@@ -22,10 +21,43 @@
 //!   takes the same locks; a later read or block-status query of a volume with write-backs
 //!   in flight waits on the locks of its range first ([`Volume::wait_write_back`]), so it
 //!   sees the acknowledged data.
-//! * Errors: what can fail before the device write (range, read-only, suspended pool, no
-//!   space) fails the request itself. A device write that fails after the acknowledgement
-//!   suspends the pool (as a failed sync does) before the txg hold is released: that txg
-//!   never commits, and every later FLUSH or FUA write fails.
+//! * Errors before the device write (range, read-only, suspended pool, no space) fail the
+//!   request itself, as without write-back.
+//!
+//! # A device error after the acknowledgement
+//!
+//! The policy: the pool is suspended, exactly as by a failed txg sync, before the write's txg
+//! hold is released, so that txg (and every later one) never commits:
+//! * every later FLUSH, FUA write and ordinary write fails with EIO, on every connection
+//!   (the one that wrote, the others and new ones: with CAN_MULTI_CONN a FLUSH anywhere
+//!   covers every connection's writes, so anywhere it must report the loss), until
+//!   `ringpool clear` reopens the pool at its last committed txg;
+//! * reads keep working: the lost write's blocks read as what they held before it (its
+//!   block pointers were never published; never the half-written places), every other
+//!   acknowledged write of the uncommitted txgs reads as written;
+//! * `ringpool status` shows SUSPENDED with the txg and the failed write, and the export
+//!   fails with the suspension (the labels keep the last committed state).
+//!
+//! This is what the client was promised: a WRITE without FUA is durable only once a FLUSH
+//! after it succeeded, and that FLUSH never succeeds. It is Linux's write-back error
+//! reporting (a failed page write-back makes the next fsync of every open file fail, and
+//! the page keeps no error of its own) and OpenZFS's `failmode=wait`/`continue` (an I/O
+//! failure suspends the pool; reads of what is cached go on; `zpool clear` resumes) rather
+//! than failing the one WRITE, which the client was already told succeeded. Without
+//! write-back (`RINGPOOL_NBD_WRITE_BACK=0`) the WRITE itself fails and the pool stays
+//! online.
+//!
+//! # Shutdown
+//!
+//! A clean stop (`ringpool serve` on SIGINT or SIGTERM, `ringpool export`, `Pool::export`)
+//! commits every acknowledged write-back: the final sync waits for the txg holds of the
+//! write-backs still in flight like any quiesce does, and once it is done no hold is given
+//! (a write then fails with ESHUTDOWN instead of being acknowledged and lost). Their tasks
+//! must still run for that: `serve` stops the NBD server, exports the pools, and only then
+//! stops the reactors. A write-back task dropped before it published (its reactor stopped
+//! first) suspends the pool ([`Pending`]): the export fails and says why, and the devices
+//! keep the last committed state. A crash (SIGKILL, power loss) loses what no FLUSH
+//! covered, as without write-back.
 
 use std::sync::atomic::Ordering;
 
