@@ -80,11 +80,13 @@ pub struct NbdServerConfig {
     pub gather_writes: bool,
     /// Hand WRITEs without FUA to the backend's [`ExportBackend::write_back`], which may
     /// acknowledge them before they reach the device (a ringpool volume does, within a bound;
-    /// durability after FLUSH is unchanged). Default off: on the shared 2-vCPU test box it
-    /// gave no resolvable throughput gain for 128 KiB sequential writes at QD8 (B/A IOPS
-    /// medians 1.00-1.12 over alternated rounds), while p99 rose 1.2-1.7x and the server's CPU
-    /// per write ~10 %; see perf/results/README-nbd.md. `RINGPOOL_NBD_WRITE_BACK=1` in the
-    /// environment turns the default on (for comparisons on a quiet machine).
+    /// durability after FLUSH is unchanged; a device error after the acknowledgement
+    /// suspends the pool so that every later FLUSH fails, see `pool/volume/writeback.rs`).
+    /// Default on: in alternated A/Bs of 128 KiB sequential writes at QD8 on the 2-vCPU test
+    /// box it gave 1.075x the IOPS (median of 8 rounds, every one above 1) on the quiet
+    /// machine and 1.21x at real-time priority under load, p50 0.4-0.9x, p99 1.04x quiet and
+    /// up to 1.9x with the disk shared; see perf/results/README-nbd.md.
+    /// `RINGPOOL_NBD_WRITE_BACK=0` in the environment turns the default off.
     ///
     /// [`ExportBackend::write_back`]: super::backend::ExportBackend::write_back
     pub write_back: bool,
@@ -117,7 +119,7 @@ impl Default for NbdServerConfig {
             tls: None,
             handshake_timeout: Some(Duration::from_secs(10)),
             gather_writes: std::env::var("RINGPOOL_NBD_GATHER").map_or(true, |v| v.trim() != "0"),
-            write_back: std::env::var("RINGPOOL_NBD_WRITE_BACK").is_ok_and(|v| v.trim() == "1"),
+            write_back: std::env::var("RINGPOOL_NBD_WRITE_BACK").map_or(true, |v| v.trim() != "0"),
             reply_flush: std::env::var("RINGPOOL_NBD_REPLY_FLUSH")
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
