@@ -6,6 +6,11 @@ an NBD server, and prints either
                     (block_rq_issue matched to block_rq_complete by device and sector; a
                     requeued request's second issue is not counted again), and the
                     share of the time with none / at most 4 of them at the device;
+  batches PREFIX    the device's completion batches (needs irq:irq_handler_entry too): reads
+                    per interrupt of the disk (virtio*-req*), and for the reads PREFIX* issued:
+                    how long one batch took to issue (first to last), the interrupt after its
+                    last and its first issue, and the gap from an interrupt to the first issue
+                    of the next batch (the time the device waits for the server and client);
   timeline [N]      N (default 80) events from the middle of the trace, consecutive events of
                     one kind merged: CPL (device completions), ISS (device reads issued by
                     ringpool-r*), SEND/SENDMSG/RECV (the reactor's socket ops), fio-req (fio's
@@ -17,6 +22,7 @@ Record with (system-wide, while fio runs; add the events the view needs):
       -e io_uring:io_uring_submit_req -e sched:sched_switch -e syscalls:sys_enter_sendto \
       -o trace.data -- sleep 1
   perf script -i trace.data -F comm,tid,cpu,time,event,trace | perf/nbd_trace.py inflight ringpool-r
+(add `-e irq:irq_handler_entry` for `batches`).
 """
 import re
 import sys
@@ -77,6 +83,62 @@ def inflight(stream, prefix):
              100 * sum(v for k, v in at.items() if k <= 4) / total))
 
 
+def quantiles(v):
+    v = sorted(v)
+    if not v:
+        return 'none'
+    return 'p10 %.0f p50 %.0f p90 %.0f' % tuple(v[min(len(v) - 1, int(len(v) * q))]
+                                                for q in (0.1, 0.5, 0.9))
+
+
+def batches(stream, prefix):
+    # A batch: the reads (issued by PREFIX*) whose completions one disk interrupt delivered.
+    issued = {}
+    rows = []
+    cur = None
+    for comm, _cpu, ts, ev, rest in events(stream):
+        if ev == 'irq:irq_handler_entry':
+            if re.search(r'name=virtio\S*-req', rest):
+                if cur and cur['n']:
+                    rows.append(cur)
+                cur = {'irq': ts, 'n': 0, 'first': None, 'last': None}
+            continue
+        if ev not in ('block:block_rq_issue', 'block:block_rq_complete'):
+            continue
+        b = BLOCK.match(rest)
+        if not b or 'R' not in rest.split()[1]:
+            continue
+        key = (b.group(1), b.group(2))
+        if ev == 'block:block_rq_issue':
+            if comm.startswith(prefix):
+                issued[key] = ts
+        elif key in issued and cur is not None:
+            t = issued.pop(key)
+            cur['n'] += 1
+            cur['first'] = t if cur['first'] is None else min(cur['first'], t)
+            cur['last'] = t if cur['last'] is None else max(cur['last'], t)
+    if not rows:
+        print('no interrupt with matching reads (record irq:irq_handler_entry and block events)')
+        return
+    us = 1e6
+    sizes = [r['n'] for r in rows]
+    hist = {}
+    for n in sizes:
+        hist[n // 4 * 4] = hist.get(n // 4 * 4, 0) + 1
+    print('%d interrupts delivered %d reads: reads per interrupt %s, histogram (by 4) %s'
+          % (len(rows), sum(sizes), quantiles(sizes), sorted(hist.items())))
+    print('issue span of a batch (first to last issue), us: %s'
+          % quantiles([(r['last'] - r['first']) * us for r in rows]))
+    print('interrupt after the last issue, us: %s'
+          % quantiles([(r['irq'] - r['last']) * us for r in rows]))
+    print('interrupt after the first issue, us: %s'
+          % quantiles([(r['irq'] - r['first']) * us for r in rows]))
+    print('interrupt to the next batch\'s first issue, us: %s'
+          % quantiles([(b['first'] - a['irq']) * us for a, b in zip(rows, rows[1:])]))
+    print('interrupt interval, us: %s' % quantiles([(b['irq'] - a['irq']) * us
+                                                    for a, b in zip(rows, rows[1:])]))
+
+
 def kind_of(comm, ev, rest):
     if ev == 'block:block_rq_complete':
         return 'CPL'
@@ -122,6 +184,8 @@ def timeline(stream, n):
 def main():
     if len(sys.argv) >= 3 and sys.argv[1] == 'inflight':
         inflight(sys.stdin, sys.argv[2])
+    elif len(sys.argv) >= 3 and sys.argv[1] == 'batches':
+        batches(sys.stdin, sys.argv[2])
     elif len(sys.argv) >= 2 and sys.argv[1] == 'timeline':
         timeline(sys.stdin, int(sys.argv[2]) if len(sys.argv) > 2 else 80)
     else:
