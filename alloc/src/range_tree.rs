@@ -171,6 +171,8 @@ pub struct RangeTree<U: SegUnit = u32> {
     /// Segments of at least `large.min` units: how many and their units (see
     /// [`RangeTree::set_large_min`]).
     large: LargeSegs,
+    /// The segments as a bitmap instead of `by_start` (see `compact`).
+    compact: Option<Box<compact::Compact>>,
 }
 
 /// Count and units of the segments at least `min` units long (`min` = `u64::MAX`: none
@@ -216,7 +218,8 @@ impl<U: SegUnit> Debug for RangeTree<U> {
         f.debug_struct("RangeTree")
             .field("base", &self.base)
             .field("shift", &self.shift)
-            .field("segments", &self.by_start.len())
+            .field("segments", &self.segment_count())
+            .field("compact", &self.is_compact())
             .field("space", &self.space)
             .field("indexed", &self.indexed)
             .field("index_built", &self.by_size.is_some())
@@ -268,6 +271,7 @@ impl<U: SegUnit> RangeTree<U> {
             hist: [0; HISTOGRAM_BUCKETS],
             space: 0,
             large: LargeSegs::default(),
+            compact: None,
         })
     }
 
@@ -289,6 +293,7 @@ impl<U: SegUnit> RangeTree<U> {
                 min: self.large.min,
                 ..LargeSegs::default()
             },
+            compact: None,
         }
     }
 
@@ -325,12 +330,12 @@ impl<U: SegUnit> RangeTree<U> {
 
     /// Number of segments.
     pub fn segment_count(&self) -> usize {
-        self.by_start.len()
+        self.compact_segs().unwrap_or_else(|| self.by_start.len())
     }
 
     /// No segments.
     pub fn is_empty(&self) -> bool {
-        self.by_start.is_empty()
+        self.segment_count() == 0
     }
 
     /// The size histogram (bucket `i`: segments with byte length in `[2^i, 2^(i+1))`).
@@ -382,7 +387,10 @@ impl<U: SegUnit> RangeTree<U> {
     #[inline]
     pub fn prefetch_range_once(&self, start: u64, len: u64, last: usize) -> usize {
         match self.to_units(start, len) {
-            Ok((s, l)) => self.by_start.prefetch_once(U::from_u64(s + l), last),
+            Ok((s, l)) => match self.compact_prefetch_once(s, last) {
+                Some(b) => b,
+                None => self.by_start.prefetch_once(U::from_u64(s + l), last),
+            },
             Err(_) => last,
         }
     }
@@ -400,6 +408,9 @@ impl<U: SegUnit> RangeTree<U> {
     /// segment is [`AllocError::DoubleFree`] and leaves the tree unchanged.
     pub fn add(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
         let (s, l) = self.to_units(start, len)?;
+        if self.compact.is_some() {
+            return self.compact_add(s, l);
+        }
         let e = s + l;
         // One descent: the last two segments starting at or before `e`. Because segments are
         // disjoint and sorted, they are the only candidates for an overlap, for the neighbour
@@ -465,6 +476,10 @@ impl<U: SegUnit> RangeTree<U> {
     /// Remove `[start, start + len)`, which must lie entirely inside one segment (trimming or
     /// splitting it). Otherwise [`AllocError::DoubleAlloc`] and the tree is unchanged.
     pub fn remove(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
+        if self.is_compact() {
+            let (s, l) = self.to_units(start, len)?;
+            return self.compact_remove(s, l);
+        }
         self.remove_inner(start, len, None, None)
     }
 
@@ -473,6 +488,9 @@ impl<U: SegUnit> RangeTree<U> {
     /// of the segment and its remainders are requested together first (they are known from
     /// the fit), so their cache misses overlap. A stale fit is still checked by `remove`.
     pub fn take(&mut self, fit: Fit, len: u64) -> Result<(), AllocError> {
+        if self.is_compact() {
+            return self.remove(fit.start, len);
+        }
         let (ss, sl) = fit.seg;
         if let Ok((s, l)) = self.to_units(fit.start, len) {
             if ss <= s && s + l <= ss + sl && ss + sl <= self.span {
@@ -548,6 +566,7 @@ impl<U: SegUnit> RangeTree<U> {
 
     /// Remove whatever part of `[start, start + len)` is present (ZFS `range_tree_clear`).
     pub fn clear_range(&mut self, start: u64, len: u64) -> Result<(), AllocError> {
+        self.expand();
         let (s, l) = self.to_units(start, len)?;
         let e = s + l;
         let mut pieces = Vec::new();
@@ -572,6 +591,7 @@ impl<U: SegUnit> RangeTree<U> {
     /// Count segments at least `bytes` long (rounded up to whole units; 0: none) for
     /// [`RangeTree::large_segments`]. Walks the tree once.
     pub fn set_large_min(&mut self, bytes: u64) {
+        self.expand();
         let min = if bytes == 0 {
             u64::MAX
         } else {
@@ -601,13 +621,16 @@ impl<U: SegUnit> RangeTree<U> {
         let Ok((s, l)) = self.to_units(start, len) else {
             return false;
         };
+        if let Some(all) = self.compact_all(s, s + l) {
+            return all;
+        }
         matches!(self.seg_at_or_before(s), Some((ps, pl)) if ps + pl >= s + l)
     }
 
     /// Whether any byte of `[start, start + len)` is inside a segment. The range need not be
     /// aligned; parts outside the region are ignored.
     pub fn overlaps(&self, start: u64, len: u64) -> bool {
-        if len == 0 || self.by_start.is_empty() {
+        if len == 0 || self.is_empty() {
             return false;
         }
         let end = start.saturating_add(len).min(self.region_end());
@@ -619,6 +642,9 @@ impl<U: SegUnit> RangeTree<U> {
         // before `e` is the only candidate (segments are disjoint and sorted).
         let s = (start - self.base) >> self.shift;
         let e = (end - self.base).div_ceil(1 << self.shift);
+        if let Some(any) = self.compact_any(s, e) {
+            return any;
+        }
         self.by_start.pred_lt(U::from_u64(e)).is_some_and(|p| {
             let (ps, pl) = self.by_start.get(p);
             ps.get() + pl.get() > s
@@ -631,6 +657,7 @@ impl<U: SegUnit> RangeTree<U> {
     /// segment when the tree is not empty or `segs` is not sorted, disjoint and inside the
     /// region, so results and errors are those of adding them one by one.
     pub fn fill_sorted(&mut self, segs: &[(u64, u64)]) -> Result<(), AllocError> {
+        self.expand();
         let mut units: Vec<(U, U)> = Vec::with_capacity(segs.len());
         let mut ok = self.is_empty();
         let mut prev_end = 0u64;
@@ -671,17 +698,27 @@ impl<U: SegUnit> RangeTree<U> {
 
     /// The segments in offset order as `(start, len)` in bytes.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.by_start
-            .iter()
-            .map(|(s, l)| (self.to_bytes(s.get()), l.get() << self.shift))
+        self.iter_from(self.base)
     }
 
     /// The segments starting at or after `from` (byte offset), in offset order.
     pub fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let u = (from.saturating_sub(self.base) >> self.shift).min(self.span);
-        self.by_start
-            .iter_from(U::from_u64(u))
-            .map(|(s, l)| (self.to_bytes(s.get()), l.get() << self.shift))
+        let (tree, bits) = match self.compact_runs(u) {
+            Some(runs) => (None, Some(runs)),
+            None => (
+                Some(
+                    self.by_start
+                        .iter_from(U::from_u64(u))
+                        .map(|(s, l)| (s.get(), l.get())),
+                ),
+                None,
+            ),
+        };
+        tree.into_iter()
+            .flatten()
+            .chain(bits.into_iter().flatten())
+            .map(|(s, l)| (self.to_bytes(s), l << self.shift))
     }
 
     /// Visit every segment (offset order) without removing it.
@@ -693,6 +730,7 @@ impl<U: SegUnit> RangeTree<U> {
 
     /// Empty the tree, calling `f(start, len)` for every segment in offset order.
     pub fn vacate(&mut self, mut f: impl FnMut(u64, u64)) {
+        self.expand();
         let mut map = std::mem::take(&mut self.by_start);
         for (s, l) in map.drain_all() {
             f(self.to_bytes(s.get()), l.get() << self.shift);
@@ -702,6 +740,7 @@ impl<U: SegUnit> RangeTree<U> {
 
     /// Remove every segment.
     pub fn clear(&mut self) {
+        self.compact = None;
         self.by_start.clear();
         match self.by_size.as_mut() {
             Some(ix) => ix.clear(),
@@ -728,6 +767,7 @@ impl<U: SegUnit> PartialEq for RangeTree<U> {
 /// A range tree over a whole device (64-bit segment words).
 pub type WideRangeTree = RangeTree<u64>;
 
+mod compact;
 mod merge;
 mod search;
 mod size_index;

@@ -113,14 +113,27 @@ impl Model {
     }
 }
 
-fn new_class() -> MetaslabClass {
+/// `bitmaps`: every metaslab's free segments are kept as a bitmap whenever it has any
+/// (`compact_density` saturating), instead of only when dense and numerous.
+fn new_class(bitmaps: bool) -> MetaslabClass {
+    let dense = MetaslabConfig::default();
     let c = MetaslabClass::new(ClassConfig {
         shards: SHARDS,
         slop_min: 64 << 10,
         metaslab: MetaslabConfig {
             condense_min_bytes: 512,
             df_alloc_threshold: 64 << 10,
-            ..MetaslabConfig::default()
+            compact_density: if bitmaps {
+                u64::MAX
+            } else {
+                dense.compact_density
+            },
+            compact_min_segments: if bitmaps {
+                1
+            } else {
+                dense.compact_min_segments
+            },
+            ..dense
         },
         ..ClassConfig::default()
     });
@@ -169,8 +182,8 @@ fn apply_sync_output(m: &mut Model, out: &ringpool_alloc::ClassSyncOutput) -> (u
 }
 
 /// Replay the emitted maps into a fresh class and compare with the model's on-disk free set.
-fn reload_and_compare(m: &Model, c: &MetaslabClass) {
-    let fresh = new_class();
+fn reload_and_compare(m: &Model, c: &MetaslabClass, bitmaps: bool) {
+    let fresh = new_class(bitmaps);
     for (&(dev, i), log) in &m.sm_log {
         fresh
             .load_metaslab(dev, usize::try_from(i).unwrap(), log.iter().copied())
@@ -338,9 +351,9 @@ fn sync_done(m: &mut Model, c: &MetaslabClass) {
     }
 }
 
-fn run(seed: u64, steps: usize) -> Seen {
+fn run(seed: u64, steps: usize, bitmaps: bool) -> Seen {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let c = new_class();
+    let c = new_class(bitmaps);
     let units = usize::try_from(DEV_SIZE / UNIT).unwrap();
     let mut m = Model {
         devs: 2,
@@ -495,7 +508,7 @@ fn run(seed: u64, steps: usize) -> Seen {
             }
             _ => {
                 if m.syncing.is_none() {
-                    reload_and_compare(&m, &c);
+                    reload_and_compare(&m, &c, bitmaps);
                     m.seen.reloads += 1;
                 }
             }
@@ -513,19 +526,29 @@ fn run(seed: u64, steps: usize) -> Seen {
         sync_done(&mut m, &c);
     }
     c.verify_quiesced().unwrap();
-    reload_and_compare(&m, &c);
+    reload_and_compare(&m, &c, bitmaps);
     m.seen
 }
 
 #[test]
 fn model_random_sequences() {
+    model_random_sequences_with(false);
+}
+
+/// The same with every metaslab's free space kept as a bitmap (`RangeTree::compact`).
+#[test]
+fn model_random_sequences_bitmaps() {
+    model_random_sequences_with(true);
+}
+
+fn model_random_sequences_with(bitmaps: bool) {
     let seeds: u64 = std::env::var("ALLOC_MODEL_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
     let mut total = Seen::default();
     for seed in 0..seeds {
-        let s = run(seed, 2500);
+        let s = run(seed, 2500, bitmaps);
         total.checkpoints += s.checkpoints;
         total.held_bytes += s.held_bytes;
         total.discarded += s.discarded;

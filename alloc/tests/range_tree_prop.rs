@@ -29,6 +29,8 @@ enum Op {
     RefreshLargest,
     /// Set the by-size floor (units; rebuilds a built index).
     Floor(u64),
+    /// Switch to the bitmap (true) or back to the offset index (false).
+    Compact(bool),
 }
 
 fn range(units: u64, max_len: u64) -> impl Strategy<Value = (u64, u64)> {
@@ -49,6 +51,7 @@ fn op_in(units: u64, max_len: u64) -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::Index),
         1 => Just(Op::RefreshLargest),
         1 => (0..5u64).prop_map(Op::Floor),
+        1 => any::<bool>().prop_map(Op::Compact),
     ]
 }
 
@@ -122,7 +125,8 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                 // oracle: smallest segment (then lowest offset) that fits aligned; with a
                 // size floor and the index built, the smallest at or above the floor (none:
                 // short segments are left to the offset-order pickers)
-                let floor = if t.has_size_index() {
+                // (a bitmap of an indexed tree answers as its index would)
+                let floor = if t.has_size_index() || (t.is_compact() && t.is_indexed()) {
                     t.size_floor()
                 } else {
                     0
@@ -199,7 +203,8 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
             }
             Op::Index(true) => {
                 t.build_size_index();
-                assert_eq!(t.has_size_index(), t.is_indexed());
+                // A bitmap needs no index: its summaries give best fit.
+                assert_eq!(t.has_size_index(), t.is_indexed() && !t.is_compact());
             }
             Op::Index(false) => {
                 t.drop_size_index();
@@ -212,6 +217,17 @@ fn run<U: ringpool_alloc::SegUnit>(mut t: RangeTree<U>, ops: Vec<Op>) {
                 // Large-segment counting set on a filled tree too (checked by `verify`).
                 t.set_large_min(f << SHIFT);
                 assert_eq!(t.has_size_index(), built);
+            }
+            Op::Compact(true) => {
+                let before: Vec<(u64, u64)> = t.iter().collect();
+                t.compact();
+                assert!(t.is_compact());
+                assert!(!t.has_size_index());
+                assert_eq!(t.iter().collect::<Vec<_>>(), before);
+            }
+            Op::Compact(false) => {
+                t.expand();
+                assert!(!t.is_compact());
             }
             Op::RefreshLargest => {
                 t.refresh_largest();
@@ -324,6 +340,124 @@ proptest! {
         floor in 2..5u64,
     ) {
         run(floored(RangeTree::<u32>::new(BASE, DENSE_UNITS << SHIFT, SHIFT).unwrap(), floor), ops);
+    }
+}
+
+/// Operations of the bitmap-versus-indexes differential test.
+#[derive(Debug, Clone)]
+enum Pick {
+    Add(u64, u64),
+    Remove(u64, u64),
+    /// Best fit of `len` units, taken.
+    Best(u64),
+    /// Near fit (cursor, len, window), taken.
+    Near(u64, u64, usize),
+    /// First fit (cursor, len, min_count, max_bytes in units, max_count), taken.
+    First(u64, u64, usize, u64, usize),
+    /// Expand the bitmap and build the index, then compact again.
+    Roundtrip,
+}
+
+/// A span that is not a multiple of a word or a block, so the last ones are partial.
+const PICK_UNITS: u64 = 3001;
+
+fn pick_op() -> impl Strategy<Value = Pick> {
+    prop_oneof![
+        6 => (range(PICK_UNITS, 6), 0..10u64)
+            .prop_map(|((s, l), long)| Pick::Add(s, if long == 0 { l * 30 } else { l })),
+        3 => range(PICK_UNITS, 6).prop_map(|(s, l)| Pick::Remove(s, l)),
+        3 => (1..80u64).prop_map(Pick::Best),
+        2 => (0..PICK_UNITS + 8, 1..6u64, 0..70usize).prop_map(|(c, l, w)| Pick::Near(c, l, w)),
+        2 => (0..PICK_UNITS + 8, 1..90u64, 0..20usize, 0..400u64, 1..100usize)
+            .prop_map(|(c, l, n, b, m)| Pick::First(c, l, n, b, m)),
+        1 => Just(Pick::Roundtrip),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A tree kept as a bitmap (`compact`) and the same tree with its indexes built, given the
+    /// same adds, removes and picks (best fit at and below the size floor, near fit, bounded
+    /// first fit) and, now and then, a round trip back to the indexes: every result and every
+    /// fit is the same, and so are the segments, histogram, large-segment counts, largest and
+    /// largest bound; both verify after each step.
+    #[test]
+    fn bitmap_picks_like_the_indexes(
+        floor in 0..6u64,
+        ops in prop::collection::vec(pick_op(), 1..1500),
+    ) {
+        let mk = || {
+            let mut t: RangeTree = RangeTree::new(BASE, PICK_UNITS << SHIFT, SHIFT).unwrap();
+            t.set_size_floor(floor << SHIFT);
+            t.set_large_min(4 << SHIFT);
+            t.add(BASE, PICK_UNITS << SHIFT).unwrap();
+            t
+        };
+        let (mut ix, mut bm) = (mk(), mk());
+        bm.compact();
+        prop_assert!(bm.is_compact() && ix.has_size_index());
+        let unit = 1u64 << SHIFT;
+        for op in ops {
+            match op {
+                Pick::Add(s, l) => {
+                    let (s, l) = (b(s), (l.min(PICK_UNITS - s)) << SHIFT);
+                    prop_assert_eq!(ix.add(s, l), bm.add(s, l));
+                }
+                Pick::Remove(s, l) => {
+                    let (s, l) = (b(s), l << SHIFT);
+                    prop_assert_eq!(ix.remove(s, l), bm.remove(s, l));
+                }
+                Pick::Best(l) => {
+                    let len = l << SHIFT;
+                    let (f, g) = (ix.find_best_fit(len, unit), bm.find_best_fit(len, unit));
+                    prop_assert_eq!(f.map(|f| f.start), g.map(|g| g.start));
+                    if let (Some(f), Some(g)) = (f, g) {
+                        ix.take(f, len).unwrap();
+                        bm.take(g, len).unwrap();
+                    }
+                }
+                Pick::Near(c, l, w) => {
+                    let (cur, len) = (b(c), l << SHIFT);
+                    let f = ix.find_near_fit(cur, len, unit, w);
+                    let g = bm.find_near_fit(cur, len, unit, w);
+                    prop_assert_eq!(f.map(|f| f.start), g.map(|g| g.start));
+                    if let (Some(f), Some(g)) = (f, g) {
+                        ix.take(f, len).unwrap();
+                        bm.take(g, len).unwrap();
+                    }
+                }
+                Pick::First(c, l, n, bytes, m) => {
+                    let (cur, len) = (b(c), l << SHIFT);
+                    let limit = SearchLimit { min_count: n, max_bytes: bytes << SHIFT, max_count: m };
+                    let f = ix.find_first_fit(cur, len, unit, limit);
+                    let g = bm.find_first_fit(cur, len, unit, limit);
+                    prop_assert_eq!(f.map(|f| f.start), g.map(|g| g.start));
+                    if let (Some(f), Some(g)) = (f, g) {
+                        ix.take(f, len).unwrap();
+                        bm.take(g, len).unwrap();
+                    }
+                }
+                Pick::Roundtrip => {
+                    bm.expand();
+                    bm.build_size_index();
+                    bm.verify().unwrap();
+                    bm.compact();
+                }
+            }
+            prop_assert!(bm.is_compact());
+            prop_assert_eq!(ix.iter().collect::<Vec<_>>(), bm.iter().collect::<Vec<_>>());
+            prop_assert_eq!(ix.histogram(), bm.histogram());
+            prop_assert_eq!(ix.large_segments(), bm.large_segments());
+            prop_assert_eq!(ix.segment_count(), bm.segment_count());
+            prop_assert_eq!(ix.space(), bm.space());
+            prop_assert_eq!(ix.largest(), bm.largest());
+            prop_assert!(bm.largest_bound() >= bm.largest());
+            ix.verify().unwrap();
+            bm.verify().unwrap();
+        }
+        bm.refresh_largest();
+        prop_assert_eq!(bm.largest_bound(), ix.largest_bound());
     }
 }
 

@@ -74,6 +74,10 @@ struct Args {
     /// (`MetaslabConfig::df_max_search_count`; default: the library's).
     #[arg(long)]
     df_max_search_count: Option<usize>,
+    /// Keep a metaslab's free segments as a bitmap while it has at least one per this many
+    /// units (`MetaslabConfig::compact_density`, 0: never; default: the library's).
+    #[arg(long)]
+    compact_density: Option<u64>,
 }
 
 const KIB: u64 = 1024;
@@ -196,6 +200,9 @@ fn build_class(args: &Args, shards: usize) -> Result<MetaslabClass> {
     }
     if let Some(n) = args.df_max_search_count {
         cfg.metaslab.df_max_search_count = n;
+    }
+    if let Some(d) = args.compact_density {
+        cfg.metaslab.compact_density = d;
     }
     let class = MetaslabClass::new(cfg);
     class.add_device(DeviceSpec {

@@ -150,6 +150,24 @@ impl Metaslab {
         Ok(out)
     }
 
+    /// Switch `allocatable` between its indexes and the bitmap by its segment density (see
+    /// [`MetaslabConfig::compact_density`](super::MetaslabConfig) and `compact_min_segments`),
+    /// with a quarter's hysteresis.
+    fn choose_representation(&mut self) {
+        let d = self.cfg.compact_density;
+        let min = self.cfg.compact_min_segments;
+        let units = self.size >> self.ashift;
+        let segs = self.allocatable.segment_count() as u64;
+        if self.allocatable.is_compact() {
+            if d == 0 || segs < min / 4 || segs.saturating_mul(d).saturating_mul(4) < units {
+                // The next allocation builds the by-size index.
+                self.allocatable.expand();
+            }
+        } else if d != 0 && segs >= min && segs.saturating_mul(d) >= units {
+            self.allocatable.compact();
+        }
+    }
+
     /// Finish `txg` after its uberblock is durable: the frees of `txg - 2` (in `defer[txg % 2]`)
     /// become allocatable and this txg's `freed` takes their place.
     pub fn sync_done(&mut self, txg: u64) -> Result<(), AllocError> {
@@ -175,6 +193,7 @@ impl Metaslab {
             // Idle: drop the index before the deferred frees are merged in.
             self.passivate();
         }
+        self.choose_representation();
         let d = usize::try_from(txg % 2).unwrap_or(0);
         let alloc = &mut self.allocatable;
         self.defer[d].move_into(alloc)?;

@@ -296,3 +296,108 @@ fn short_first_fit_wraps_to_before_the_cursor() {
     assert_eq!(m.free_space(), 0);
     m.verify().unwrap();
 }
+
+/// A metaslab whose `allocatable` is a bitmap whenever it has a segment (`compact_density`
+/// saturating) and one that never is, fed the same random txgs of allocations (short and
+/// long, so near fit, best fit and first fit all run), frees (whole and partial, deferred
+/// through the pipeline), free-nows and syncs: every allocation, every sync output and every
+/// metric is identical, and both verify after each txg. Small enough for debug builds, fragmented
+/// enough (hundreds of short segments in 32 MiB, 10 % free) that the bitmap's classes, long runs
+/// and block boundaries are all exercised.
+#[test]
+fn bitmap_representation_allocates_like_the_indexes() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    const SIZE: u64 = 32 << 20;
+    for seed in 0..4u64 {
+        let mk = |density| {
+            let cfg = MetaslabConfig {
+                compact_density: density,
+                compact_min_segments: 1,
+                ..MetaslabConfig::default()
+            };
+            Metaslab::new(0, 0, SIZE, SIZE, 12, cfg).unwrap()
+        };
+        let (mut tree, mut bits) = (mk(0), mk(u64::MAX));
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut owned: Vec<(u64, u64, u64)> = Vec::new();
+        let mut compact_txgs = 0;
+        for txg in 5..200u64 {
+            for _ in 0..rng.random_range(50..250) {
+                // Hover around 10 % free, like the benchmark's fragmented phase.
+                let free_pct = (tree.free_space() + tree.deferred_space()) * 100 / SIZE;
+                if rng.random_bool(if free_pct > 10 { 0.7 } else { 0.3 }) {
+                    // Mostly 4-64 KiB; sometimes 256 KiB to 1 MiB (first fit, long runs).
+                    let size = if rng.random_bool(0.05) {
+                        rng.random_range(64..=256u64) << 12
+                    } else {
+                        rng.random_range(1..=16u64) << 12
+                    };
+                    let (a, b) = (tree.alloc(size, txg), bits.alloc(size, txg));
+                    assert_eq!(a, b, "seed {seed} txg {txg} alloc {size}");
+                    if let Ok(off) = a {
+                        if rng.random_bool(0.02) {
+                            tree.free_now(off, size, txg).unwrap();
+                            bits.free_now(off, size, txg).unwrap();
+                        } else {
+                            owned.push((off, size, txg));
+                        }
+                    }
+                } else if !owned.is_empty() {
+                    let i = rng.random_range(0..owned.len());
+                    let (off, len, birth) = owned.swap_remove(i);
+                    if birth == txg {
+                        owned.push((off, len, birth));
+                        continue;
+                    }
+                    // A piece of it at a random place: the rest stays owned.
+                    let units = len >> 12;
+                    let cut = rng.random_range(1..=units.min(16));
+                    let at = rng.random_range(0..=units - cut) << 12;
+                    let cut = cut << 12;
+                    if at > 0 {
+                        owned.push((off, at, birth));
+                    }
+                    if at + cut < len {
+                        owned.push((off + at + cut, len - at - cut, birth));
+                    }
+                    tree.free(off + at, cut, birth, txg).unwrap();
+                    bits.free(off + at, cut, birth, txg).unwrap();
+                }
+            }
+            assert_eq!(
+                tree.sync(txg, 0),
+                bits.sync(txg, 0),
+                "seed {seed} txg {txg}"
+            );
+            tree.sync_done(txg).unwrap();
+            bits.sync_done(txg).unwrap();
+            compact_txgs += u64::from(bits.allocatable.is_compact());
+            assert!(!tree.allocatable.is_compact());
+            let probe = |m: &Metaslab| {
+                (
+                    m.free_space(),
+                    m.max_free_exact(),
+                    m.max_free() >= m.max_free_exact(),
+                    m.reserve_space(),
+                    m.fragmentation(),
+                    m.weight(),
+                    m.allocatable.segment_count(),
+                    m.allocatable.iter().collect::<Vec<_>>(),
+                )
+            };
+            assert_eq!(probe(&tree), probe(&bits), "seed {seed} txg {txg}");
+            tree.verify_quiesced().unwrap();
+            bits.verify_quiesced().unwrap();
+        }
+        assert!(
+            compact_txgs > 100,
+            "the bitmap was used ({compact_txgs} txgs)"
+        );
+        assert!(
+            tree.allocatable.segment_count() > 300,
+            "fragmented: {} segments",
+            tree.allocatable.segment_count()
+        );
+    }
+}

@@ -14,7 +14,10 @@ impl<U: SegUnit> RangeTree<U> {
     /// the same geometry and indexing. On error (overlap), the segments not yet moved stay
     /// in `self` and the ones moved stay in `dst`.
     pub fn move_into(&mut self, dst: &mut RangeTree<U>) -> Result<(), AllocError> {
+        // A compact destination takes the per-segment adds below (a word or two each).
+        self.expand();
         if dst.is_empty()
+            && !dst.is_compact()
             && dst.base == self.base
             && dst.shift == self.shift
             && dst.span == self.span
@@ -28,6 +31,7 @@ impl<U: SegUnit> RangeTree<U> {
         let same_geometry =
             dst.base == self.base && dst.shift == self.shift && dst.span == self.span;
         if same_geometry
+            && !dst.is_compact()
             && self.by_start.len().saturating_mul(BULK_MERGE_RATIO) >= dst.by_start.len()
             && dst.bulk_merge(self)
         {

@@ -55,6 +55,9 @@ impl<U: SegUnit> RangeTree<U> {
 
     /// [`RangeTree::find_best`] with the segment it found.
     pub fn find_best_fit(&self, len: u64, align: u64) -> Option<Fit> {
+        if let Some(fit) = self.compact_best_fit(len, align) {
+            return fit;
+        }
         if len == 0 || !align.is_power_of_two() {
             return None;
         }
@@ -131,6 +134,9 @@ impl<U: SegUnit> RangeTree<U> {
         align: u64,
         max_count: usize,
     ) -> Option<Fit> {
+        if let Some(fit) = self.compact_near_fit(cursor, len, align, max_count) {
+            return fit;
+        }
         if len == 0 || !align.is_power_of_two() {
             return None;
         }
@@ -189,6 +195,9 @@ impl<U: SegUnit> RangeTree<U> {
         align: u64,
         limit: SearchLimit,
     ) -> Option<Fit> {
+        if let Some(fit) = self.compact_first_fit(cursor, len, align, limit) {
+            return fit;
+        }
         if len == 0 || !align.is_power_of_two() {
             return None;
         }
@@ -219,15 +228,13 @@ impl<U: SegUnit> RangeTree<U> {
     /// it holds a segment: segments below the floor are shorter than any indexed one) or while
     /// only adds happened since it was dropped; otherwise a scan.
     pub fn largest(&self) -> u64 {
+        if let Some(units) = self.compact_longest() {
+            return units << self.shift;
+        }
         let units = match self.by_size.as_ref().and_then(BlockMap::last) {
             Some((k, ())) => U::unpack(k).0,
             None if self.largest_exact => self.largest_hint,
-            None => self
-                .by_start
-                .iter()
-                .map(|(_, l)| l.get())
-                .max()
-                .unwrap_or(0),
+            None => self.longest_scan(),
         };
         units << self.shift
     }
@@ -235,6 +242,9 @@ impl<U: SegUnit> RangeTree<U> {
     /// An upper bound of [`RangeTree::largest`] in O(1) (exact whenever `largest` is O(1);
     /// else the tighter of the kept bound and the histogram's).
     pub fn largest_bound(&self) -> u64 {
+        if let Some(units) = self.compact_longest_bound() {
+            return units << self.shift;
+        }
         match self.by_size.as_ref().and_then(BlockMap::last) {
             Some((k, ())) => U::unpack(k).0 << self.shift,
             None if self.largest_exact => self.largest_hint << self.shift,
@@ -255,8 +265,11 @@ impl<U: SegUnit> RangeTree<U> {
     /// lockstep batches ([`BlockMap::pred_lt_many`]). Ranges that are misaligned or outside
     /// the region fall back to [`RangeTree::overlaps`].
     pub fn first_overlap(&self, ranges: &[(u64, u64)]) -> Option<usize> {
-        if self.by_start.is_empty() || ranges.is_empty() {
+        if self.is_empty() || ranges.is_empty() {
             return None;
+        }
+        if self.is_compact() {
+            return ranges.iter().position(|&(s, l)| self.overlaps(s, l));
         }
         let mut units = Vec::with_capacity(ranges.len());
         for &(start, len) in ranges {
@@ -281,7 +294,7 @@ impl<U: SegUnit> RangeTree<U> {
     /// descents, for the small trees of the txg pipeline. Unsorted input falls back to
     /// `first_overlap`.
     pub fn first_overlap_sorted(&self, ranges: &[(u64, u64)]) -> Option<usize> {
-        if self.by_start.is_empty() || ranges.is_empty() {
+        if self.is_empty() || ranges.is_empty() {
             return None;
         }
         if ranges

@@ -64,12 +64,7 @@ impl<U: SegUnit> RangeTree<U> {
     pub fn refresh_largest(&mut self) {
         let index_answers = self.by_size.as_ref().is_some_and(|ix| !ix.is_empty());
         if !index_answers && !self.largest_exact {
-            self.largest_hint = self
-                .by_start
-                .iter()
-                .map(|(_, l)| l.get())
-                .max()
-                .unwrap_or(0);
+            self.largest_hint = self.longest_scan();
             self.largest_exact = true;
         }
     }
@@ -78,7 +73,8 @@ impl<U: SegUnit> RangeTree<U> {
     /// `metaslab_size_tree_full_load`): one sort of the segments at or above the floor,
     /// O(n log n). No-op for trees without an index.
     pub fn build_size_index(&mut self) {
-        if !self.indexed || self.by_size.is_some() {
+        // A compact tree's summaries answer best fit instead (see `compact`).
+        if !self.indexed || self.by_size.is_some() || self.is_compact() {
             return;
         }
         let mut keys: Vec<(U::SizeKey, ())> = self
@@ -95,6 +91,19 @@ impl<U: SegUnit> RangeTree<U> {
             self.largest_exact = true;
         }
         self.by_size = Some(ix);
+    }
+
+    /// The longest segment in units, by a scan of the segments.
+    pub(super) fn longest_scan(&self) -> u64 {
+        match self.compact_longest() {
+            Some(l) => l,
+            None => self
+                .by_start
+                .iter()
+                .map(|(_, l)| l.get())
+                .max()
+                .unwrap_or(0),
+        }
     }
 
     /// Account a new segment: histogram, largest hint, and the by-size index when it is built

@@ -13,11 +13,18 @@ impl<U: SegUnit> RangeTree<U> {
         let mut longest = 0u64;
         let mut indexed = 0usize;
         self.by_start.check().map_err(AllocError::Invariant)?;
+        let segments: Vec<(u64, u64)> = match self.compact_segments() {
+            Some(runs) => runs.map_err(AllocError::Invariant)?,
+            None => self
+                .by_start
+                .iter()
+                .map(|(s, l)| (s.get(), l.get()))
+                .collect(),
+        };
         if let Some(ix) = &self.by_size {
             ix.check().map_err(AllocError::Invariant)?;
         }
-        for (s, l) in self.by_start.iter() {
-            let (s, l) = (s.get(), l.get());
+        for &(s, l) in &segments {
             if l == 0 || s + l > self.span {
                 return bad(format!(
                     "segment {s}+{l} empty or outside span {}",
@@ -67,10 +74,9 @@ impl<U: SegUnit> RangeTree<U> {
         if hist != self.hist {
             return bad("histogram differs from segments".into());
         }
-        let (count, units) = self
-            .by_start
+        let (count, units) = segments
             .iter()
-            .map(|(_, l)| l.get())
+            .map(|&(_, l)| l)
             .filter(|&l| l >= self.large.min)
             .fold((0, 0), |(c, u), l| (c + 1, u + l));
         if (count, units) != (self.large.count, self.large.units) {
