@@ -338,10 +338,9 @@ fn worker(
     // The pieces to free are drawn `PICK_AHEAD` picks before they are used and their entries
     // prefetched, so the benchmark's own cache miss (a random entry of a vector of millions)
     // overlaps the allocator calls in between instead of adding to them (and to the store
-    // that follows it, which the next locked instruction would wait for). Same distribution:
-    // a pick is a uniform 64-bit `r`, mapped onto `owned` as it is when the entry is used
-    // (`pick`); the prefetch used the length at draw time, which differs by a few entries at
-    // most, so it mostly requested the same line.
+    // that follows it, which the next locked instruction would wait for). A pick is an index
+    // drawn over the vector as it was then, made uniform over the vector as it is when used
+    // (`PickQueue::next`), so the prefetched line is the one read.
     let mut picks = PickQueue::new(&mut rng, &owned);
     while written < quota {
         let t = txg.hold(w);
@@ -351,7 +350,7 @@ fn worker(
             let size = rng.random_range(1..=max_units) * unit;
             let mut to_free = size;
             while to_free > 0 && !owned.is_empty() {
-                let idx = pick(picks.next(&mut rng, &owned), owned.len());
+                let idx = picks.next(&mut rng, &owned);
                 let e = owned[idx];
                 let piece = if e.len <= to_free {
                     owned.swap_remove(idx);
@@ -428,16 +427,21 @@ fn pick(r: u64, len: usize) -> usize {
     i
 }
 
-/// Request the cache line of `v[i]` (`i` may be past the end: a prefetch of an address that is
-/// not read has no effect but the hint).
+/// Request the cache lines of `v[i]` (an entry may straddle two; `i` may be past the end: a
+/// prefetch of an address that is not read has no effect but the hint).
 fn prefetch_entry(v: &[Extent], i: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let first = v.as_ptr().wrapping_add(i).cast::<i8>();
+        let last = first.wrapping_add(std::mem::size_of::<Extent>() - 1);
         // SAFETY: SSE is part of the x86_64 baseline; a prefetch never faults and does not
         // access memory architecturally, whatever the address (wrapping_add computes it
         // without dereferencing).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(i).cast::<i8>()) };
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(first);
+            _mm_prefetch::<_MM_HINT_T0>(last);
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (v, i);
@@ -446,32 +450,51 @@ fn prefetch_entry(v: &[Extent], i: usize) {
 /// Picks drawn ahead of their use (see `worker`).
 const PICK_AHEAD: usize = 4;
 
-/// A ring of `PICK_AHEAD` uniform 64-bit picks, each drawn with its entry's cache line
-/// requested.
+/// A ring of `PICK_AHEAD` picks, each an index drawn uniformly over the vector's length at
+/// the time (kept beside it) with its entry requested.
 struct PickQueue {
-    ring: [u64; PICK_AHEAD],
+    ring: [(usize, usize); PICK_AHEAD],
     head: usize,
 }
 
 impl PickQueue {
+    fn draw(rng: &mut SmallRng, owned: &[Extent]) -> (usize, usize) {
+        let i = pick(rng.random(), owned.len());
+        prefetch_entry(owned, i);
+        (i, owned.len())
+    }
+
     fn new(rng: &mut SmallRng, owned: &[Extent]) -> Self {
-        let mut ring = [0; PICK_AHEAD];
+        let mut ring = [(0, 0); PICK_AHEAD];
         for r in &mut ring {
-            *r = rng.random();
-            prefetch_entry(owned, pick(*r, owned.len()));
+            *r = Self::draw(rng, owned);
         }
         Self { ring, head: 0 }
     }
 
-    /// The oldest pick, replaced by a new one whose entry is requested now.
-    fn next(&mut self, rng: &mut SmallRng, owned: &[Extent]) -> u64 {
-        let r = self.ring[self.head];
-        let n: u64 = rng.random();
-        prefetch_entry(owned, pick(n, owned.len()));
-        self.ring[self.head] = n;
+    /// The oldest pick as an index uniform over `owned` now (`owned` not empty), replaced by
+    /// a new one whose entry is requested now.
+    fn next(&mut self, rng: &mut SmallRng, owned: &[Extent]) -> usize {
+        let (i, then) = self.ring[self.head];
+        self.ring[self.head] = Self::draw(rng, owned);
         self.head = (self.head + 1) % PICK_AHEAD;
-        r
+        uniform_now(i, then, owned.len(), rng)
     }
+}
+
+/// Make `i`, uniform over `0..then`, uniform over `0..now` (`now > 0`): when the vector grew,
+/// each of the `now - then` new slots is taken with probability `1 / now`; when it shrank, a
+/// pick past the end is drawn again. The slots' contents may have moved meanwhile
+/// (`swap_remove`), but a uniform slot is a uniform entry.
+fn uniform_now(i: usize, then: usize, now: usize, rng: &mut SmallRng) -> usize {
+    if now > then {
+        let j = pick(rng.random(), now);
+        return if j >= then { j } else { i };
+    }
+    if i >= now {
+        return pick(rng.random(), now);
+    }
+    i
 }
 
 /// CPU time consumed by the calling thread, in seconds (the machine may be shared: wall time
@@ -727,4 +750,36 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{uniform_now, SmallRng};
+    use rand::SeedableRng;
+
+    /// Draws `then`-uniform indexes, resolves them for `now` slots and checks every slot got
+    /// its `1 / now` share (within 5 %), new slots included.
+    fn shares(then: usize, now: usize) {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let trials = 200_000 * now;
+        let mut hits = vec![0usize; now];
+        for t in 0..trials {
+            let i = t % then.max(1);
+            hits[uniform_now(i, then, now, &mut rng)] += 1;
+        }
+        for (slot, &h) in hits.iter().enumerate() {
+            assert!(
+                h.abs_diff(200_000) < 10_000,
+                "then {then} now {now}: slot {slot} drawn {h} times, want ~200000"
+            );
+        }
+    }
+
+    #[test]
+    fn picks_stay_uniform_when_the_vector_changes() {
+        shares(10, 10);
+        shares(10, 13);
+        shares(10, 7);
+        shares(0, 3);
+    }
 }
