@@ -17,7 +17,9 @@ use ringpool_ondisk::uberblock::Uberblock;
 use super::directory::Directory;
 use super::error::{PoolError, Result};
 use super::shared::Shared;
-use super::syncer::{decode_root_block, read_object_bytes, read_objects, DIRECTORY_OBJECT};
+use super::syncer::{
+    decode_root_block, read_ms_array, read_object_bytes, read_objects, DIRECTORY_OBJECT,
+};
 use super::Pool;
 
 /// One metaslab, as `inspect metaslabs` shows it.
@@ -164,19 +166,7 @@ async fn ms_objects(shared: &Shared, c: &Committed, di: usize) -> Result<Vec<u64
         .devices
         .get(di)
         .ok_or_else(|| PoolError::Invalid(format!("no device {di} in the pool")))?;
-    let arr = c
-        .objects
-        .get(&dobj.ms_array)
-        .ok_or_else(|| PoolError::Corrupt {
-            object: format!("device {di} metaslab array"),
-            offset: 0,
-            reason: format!("object {} missing", dobj.ms_array),
-        })?;
-    let bytes = read_object_bytes(shared, "metaslab array", arr, arr.length).await?;
-    Ok(bytes
-        .chunks_exact(8)
-        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
-        .collect())
+    read_ms_array(shared, &c.objects, di, dobj.ms_array).await
 }
 
 /// Runs `fut` to completion on a private ring (blocking; non-reactor threads).

@@ -37,7 +37,9 @@ pub(crate) use commit::{decode_root_block, guid_sum, label_header, read_objects,
 use spacemap::checkpoint_sm;
 pub(crate) use spacemap::{read_space_map, sm_append, SmTail};
 use tree::{geom_of, obj_name};
-pub(crate) use tree::{leaf_positions, read_object_bytes, update_tree, walk_tree};
+pub(crate) use tree::{
+    leaf_positions, object_of, read_ms_array, read_object_bytes, update_tree, walk_tree,
+};
 
 /// Object number of the pool directory.
 pub const DIRECTORY_OBJECT: u64 = 1;

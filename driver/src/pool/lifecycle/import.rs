@@ -16,8 +16,8 @@ use super::super::error::{PoolError, Result};
 use super::super::objtree::TreeGeom;
 use super::super::shared::Shared;
 use super::super::syncer::{
-    decode_root_block, now_secs, read_object_bytes, read_objects, read_space_map, LabelInfo,
-    SyncState, DIRECTORY_OBJECT,
+    decode_root_block, now_secs, object_of, read_ms_array, read_object_bytes, read_objects,
+    read_space_map, LabelInfo, SyncState, DIRECTORY_OBJECT,
 };
 use super::super::txg::TxgEngine;
 use super::super::vdev::Vdev;
@@ -377,20 +377,7 @@ pub(crate) async fn load(
         class.add_device(spec_of(v))?;
         let di = v.index as usize;
         let dobj = st.dir.devices[di].clone();
-        let arr = st
-            .objects
-            .get(&dobj.ms_array)
-            .cloned()
-            .ok_or_else(|| PoolError::Corrupt {
-                object: format!("device {di} metaslab array"),
-                offset: 0,
-                reason: format!("object {} missing", dobj.ms_array),
-            })?;
-        let bytes = read_object_bytes(&shared, "metaslab array", &arr, arr.length).await?;
-        let sms: Vec<u64> = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
+        let sms = read_ms_array(&shared, &st.objects, di, dobj.ms_array).await?;
         if u64::try_from(sms.len()).unwrap_or(0) != v.ms_count() {
             return Err(PoolError::Corrupt {
                 object: format!("device {di} metaslab array"),
@@ -399,15 +386,7 @@ pub(crate) async fn load(
             });
         }
         for (ms, obj) in sms.iter().enumerate() {
-            let rec = st
-                .objects
-                .get(obj)
-                .cloned()
-                .ok_or_else(|| PoolError::Corrupt {
-                    object: format!("space map dev{di}/ms{ms}"),
-                    offset: 0,
-                    reason: format!("object {obj} missing"),
-                })?;
+            let rec = object_of(&st.objects, *obj, || format!("space map dev{di}/ms{ms}"))?.clone();
             let (start, end) = v
                 .layout
                 .metaslab_range(v.ms_shift, u64::try_from(ms).unwrap_or(0))?;
@@ -444,14 +423,7 @@ pub(crate) async fn load(
     }
     // Volumes.
     for (name, e) in &st.dir.volumes {
-        let rec = st
-            .objects
-            .get(&e.object)
-            .ok_or_else(|| PoolError::Corrupt {
-                object: format!("volume '{name}'"),
-                offset: 0,
-                reason: format!("object {} missing", e.object),
-            })?;
+        let rec = object_of(&st.objects, e.object, || format!("volume '{name}'"))?;
         let geom = TreeGeom {
             levels: rec.levels.max(1),
             ibs: rec.indirect_block_size,

@@ -1,14 +1,14 @@
 //! Tree maintenance in syncing context: applying a txg's changes to an object's tree (load
 //! the paths, rebuild, write, free), and the walks that read whole trees back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ringpool_ondisk::blkptr::{BlockPointer, DataPtr};
 use ringpool_ondisk::object::{ObjectRecord, ObjectType};
 
 use super::super::deferred::free_in_sync;
-use super::super::error::Result;
+use super::super::error::{PoolError, Result};
 use super::super::join::{join_all, join_window_adaptive};
 use super::super::objtree::{
     grow, paths_to_load, BlockKey, BlockWrite, Change, TreeGeom, TreeUpdate,
@@ -226,6 +226,36 @@ pub(crate) async fn read_object_bytes(
     }
     out.truncate(usize::try_from(len).unwrap_or(0));
     Ok(out)
+}
+
+/// Object `obj` of a committed state; a missing one is corruption of `what` (e.g. "volume
+/// 'v'"), since a directory or array that names it was read and verified.
+pub(crate) fn object_of(
+    objects: &BTreeMap<u64, ObjectRecord>,
+    obj: u64,
+    what: impl FnOnce() -> String,
+) -> Result<&ObjectRecord> {
+    objects.get(&obj).ok_or_else(|| PoolError::Corrupt {
+        object: what(),
+        offset: 0,
+        reason: format!("object {obj} missing"),
+    })
+}
+
+/// The space-map object numbers stored in device `di`'s metaslab array object `ms_array`
+/// (one little-endian u64 per metaslab).
+pub(crate) async fn read_ms_array(
+    shared: &Shared,
+    objects: &BTreeMap<u64, ObjectRecord>,
+    di: usize,
+    ms_array: u64,
+) -> Result<Vec<u64>> {
+    let arr = object_of(objects, ms_array, || format!("device {di} metaslab array"))?;
+    let bytes = read_object_bytes(shared, "metaslab array", arr, arr.length).await?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+        .collect())
 }
 
 /// (block id, pointer) of every data block of a tree.
