@@ -18,7 +18,7 @@
 # Each side has its own pool file (written through once, then a volume prefilled through NBD)
 # and its own server; the servers stay up for the whole run, the order A/B flips every round.
 # Prints every call (IOPS, p50, p99 in us, the server's CPU us per I/O over the call, ramp
-# included) and per job the per-round ratios B/A and their median,
+# and the FLUSH that commits what the call left dirty included) and per job the per-round ratios B/A and their median,
 # with the load average at the start and the end.
 set -uo pipefail
 
@@ -126,6 +126,9 @@ measure() {
   nice -n "$NICE" "${RT[@]}" "$FIO" --name="$job" --ioengine=nbd --uri="${URI[$s]}" $spec --numjobs=1 \
     --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --lat_percentiles=1 \
     --percentile_list=50:99 --output-format=json --output="$f" >/dev/null 2>&1 || { echo "0 0 0 0"; return; }
+  # What the job left dirty (write-back) is committed now with an NBD FLUSH, so its sync is
+  # counted in this call's CPU and does not run during the other side's next call.
+  qemu-io -f raw -c flush "${URI[$s]}" >/dev/null 2>&1 || echo "NBD FLUSH of side $s failed" >&2
   t1=$(server_ticks "$s")
   python3 - "$f" "$((t1 - t0))" "$(getconf CLK_TCK)" "$RUNTIME" "$RAMP" <<'EOF'
 import json, sys

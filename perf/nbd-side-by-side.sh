@@ -16,7 +16,10 @@
 #   (reading holes measures nothing): the peers' file by fio directly, the ringpool volume
 #   through the NBD export itself.
 # * The page cache is dropped before every job (nbd-server and nbdkit's file plugin go through
-#   it; ringpool, qemu-nbd --cache=none and the baseline use O_DIRECT).
+#   it; ringpool, qemu-nbd --cache=none and the baseline use O_DIRECT). Its `sync` writes out
+#   what a peer left dirty in the page cache; ringpool keeps acknowledged writes in its own
+#   memory (write-back) until a txg commits them, so every ringpool job ends with an NBD FLUSH,
+#   counted in its server CPU: no job starts with another target's writes still going to disk.
 #
 # Targets (TARGETS, default all): ringpool ringpool-128k qemu-nbd nbdkit nbd-server baseline
 #   ringpool  `ringpool serve` on a fresh pool: create --size $POOL_SIZE, volume -s $VOL_SIZE
@@ -304,6 +307,11 @@ thread_ticks() {
   done
 }
 
+# Commits everything an NBD export acknowledged (one FLUSH; for ringpool it commits the whole pool).
+flush_export() {
+  qemu-io -f raw -c flush "$1" >/dev/null 2>&1 || say "NBD FLUSH of $1 failed"
+}
+
 drop_caches() {
   [[ $DROP_CACHES == 1 ]] || return 0
   sync
@@ -337,6 +345,11 @@ measure() {
   niced "$FIO" --name="$job" $eng $spec --numjobs=1 --time_based --runtime="$RUNTIME" \
     --ramp_time="$RAMP" --lat_percentiles=1 --percentile_list=50:99:99.9 --output-format=json \
     --output="$dir/$job.json" >"$dir/$job.stderr" 2>&1 || say "fio $target/$job failed (see $dir/$job.stderr)"
+  # ringpool acknowledges writes from memory (write-back) and syncs them in transaction groups:
+  # what the job left dirty is committed now, with an NBD FLUSH (its `sync`, which drop_caches
+  # gives the peers' page cache), so it is counted in this job's server CPU and is not written
+  # during the next target's job.
+  ((rp)) && flush_export "${URI[$target]}"
   w1=$(date +%s.%N)
   sleep 0.3  # let a forked per-connection child exit and be reaped into cutime
   c1=$(server_ticks "$pid")
