@@ -47,6 +47,14 @@ use crate::io::{IoBuf, IoError, Notify, OpKind};
 const CHUNK: usize = 64 * 1024;
 /// Plain text rustls may hold before it is encrypted and sent (rustls's own default limit).
 const PLAIN_LIMIT: usize = 64 * 1024;
+/// Plain text `from_net` hands to the pair at once. Half a receive, so a large receive
+/// decrypts in two rounds: the round that fills the buffer and goes on with the rest is then
+/// the common path (and the tests' large transfers drive it), not a corner only a huge first
+/// flight of records reaches.
+const PLAIN_CHUNK: usize = CHUNK / 2;
+/// Bytes of TLS records sent at once: what rustls may hold encrypted (its plain-text limit
+/// plus each record's header, padding and tag).
+const SEND_CHUNK: usize = PLAIN_LIMIT + 8 * 1024;
 
 /// TLS settings of a server: its certificate and key, optionally the CA that client
 /// certificates must chain to, and whether TLS is required.
@@ -174,67 +182,102 @@ impl Pump {
         self.sent.notify_one();
     }
 
-    /// Feeds received records to rustls and takes the plain text out. `Err`: a TLS error
-    /// (rustls queued the alert to send).
-    fn decrypt(&self, mut records: &[u8], plain: &mut Vec<u8>) -> Result<bool, rustls::Error> {
+    /// Feeds `records` to rustls and takes the plain text out into `plain`, until `plain` is
+    /// full or every record is taken and decrypted. Returns whether the peer sent close_notify
+    /// and whether `plain` filled up (the caller sends it and calls again with the rest).
+    /// `Err`: a TLS error (rustls queued the alert to send).
+    fn decrypt(&self, records: &mut &[u8], plain: &mut IoBuf) -> Result<Decrypted, rustls::Error> {
         let mut tls = self.tls.borrow_mut();
         let mut peer_closed = false;
-        let mut chunk = [0u8; 16 * 1024];
-        while !records.is_empty() {
+        loop {
+            // Plain text first: rustls buffers at most PLAIN_LIMIT of it, so it is taken out
+            // before more records go in. Ok(0): close_notify came and everything before it
+            // was taken; Err: nothing more for now (WouldBlock).
+            loop {
+                let len = plain.len();
+                if len == plain.capacity() {
+                    return Ok(Decrypted {
+                        peer_closed,
+                        full: true,
+                    });
+                }
+                match tls.reader().read(&mut plain.spare_and_all_mut()[len..]) {
+                    Ok(k @ 1..) => plain.set_len(len + k),
+                    _ => break,
+                }
+            }
+            if records.is_empty() {
+                return Ok(Decrypted {
+                    peer_closed,
+                    full: false,
+                });
+            }
             // Cannot fail on a slice; a full buffer of undelivered plain text is impossible as
-            // every round below takes it all out.
-            if tls.read_tls(&mut records).is_err() {
+            // the loop above takes it all out.
+            if tls.read_tls(records).is_err() {
                 return Err(rustls::Error::General("TLS receive buffer full".into()));
             }
             let state = tls.process_new_packets()?;
             peer_closed |= state.peer_has_closed();
-            if state.plaintext_bytes_to_read() > 0 {
-                // Ok(0): close_notify came and everything before it was taken; Err: nothing
-                // more for now (WouldBlock).
-                while let Ok(k @ 1..) = tls.reader().read(&mut chunk) {
-                    plain.extend_from_slice(&chunk[..k]);
-                }
-            }
         }
-        Ok(peer_closed)
     }
 }
 
+/// What one [`Pump::decrypt`] call left.
+struct Decrypted {
+    peer_closed: bool,
+    /// The plain-text buffer filled up before every record was decrypted.
+    full: bool,
+}
+
 async fn from_net(p: Rc<Pump>, early: Vec<u8>) {
+    // Records are decrypted straight from the receive buffer and the plain text goes to the
+    // pair from a buffer kept for the connection's life: the only copies are rustls's own.
     let mut buf = IoBuf::with_capacity(CHUNK);
+    let mut plain = IoBuf::with_capacity(PLAIN_CHUNK);
     let mut first = Some(early).filter(|e| !e.is_empty());
-    let mut plain = Vec::new();
-    loop {
-        let records = if let Some(e) = first.take() {
-            e
+    'recv: loop {
+        let n = if first.is_some() {
+            0
         } else {
             let (r, b) = p.net.recv_into(buf, 0..CHUNK).await;
             buf = b;
             match r {
-                Ok(n) if n > 0 && !p.dead.get() => buf.as_full_slice()[..n].to_vec(),
+                Ok(n) if n > 0 && !p.dead.get() => n,
                 _ => break,
             }
         };
-        plain.clear();
-        let decrypted = p.decrypt(&records, &mut plain);
-        // Handshake messages, alerts or nothing: `sender` finds out.
-        p.send_wake.notify_one();
-        let peer_closed = match decrypted {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(error = %e, "TLS error, closing the connection");
-                p.closing.set(true);
-                break;
-            }
+        let early = first.take();
+        let mut records: &[u8] = match &early {
+            Some(e) => e,
+            None => &buf.as_full_slice()[..n],
         };
-        if !plain.is_empty() {
-            let (r, _) = p.plain.send_all(IoBuf::from_slice(&plain)).await;
-            if r.is_err() {
+        loop {
+            plain.clear();
+            let decrypted = p.decrypt(&mut records, &mut plain);
+            // Handshake messages, alerts or nothing: `sender` finds out.
+            p.send_wake.notify_one();
+            let d = match decrypted {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::info!(error = %e, "TLS error, closing the connection");
+                    p.closing.set(true);
+                    break 'recv;
+                }
+            };
+            if !plain.is_empty() {
+                let (r, b) = p.plain.send_all(plain).await;
+                plain = b;
+                if r.is_err() {
+                    break 'recv;
+                }
+            }
+            if d.peer_closed {
+                break 'recv;
+            }
+            if !d.full {
                 break;
             }
-        }
-        if peer_closed {
-            break;
         }
     }
     // The client is done (or spoke garbage): the connection sees EOF, finishes what is in
@@ -275,23 +318,27 @@ async fn to_net(p: Rc<Pump>) {
 }
 
 async fn sender(p: Rc<Pump>) {
-    let mut out = Vec::new();
+    // Records are written by rustls straight into the buffer that is sent, kept for the
+    // connection's life.
+    let mut out = IoBuf::with_capacity(SEND_CHUNK);
     loop {
         loop {
             out.clear();
             {
                 let mut tls = p.tls.borrow_mut();
                 while tls.wants_write() {
-                    // Writing into a Vec cannot fail.
-                    if tls.write_tls(&mut out).is_err() {
-                        break;
+                    // Ok(0): `out` is full (rustls keeps the rest for the next round).
+                    match tls.write_tls(&mut Append(&mut out)) {
+                        Ok(1..) => {}
+                        _ => break,
                     }
                 }
             }
             if out.is_empty() {
                 break;
             }
-            let (r, _) = p.net.send_all(IoBuf::from_slice(&out)).await;
+            let (r, b) = p.net.send_all(out).await;
+            out = b;
             if r.is_err() {
                 p.kill();
                 return;
@@ -306,6 +353,23 @@ async fn sender(p: Rc<Pump>) {
             return;
         }
         p.send_wake.notified().await;
+    }
+}
+
+/// `io::Write` into the free capacity of an [`IoBuf`] (short writes when it fills up).
+struct Append<'a>(&'a mut IoBuf);
+
+impl Write for Append<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let len = self.0.len();
+        let k = data.len().min(self.0.capacity() - len);
+        self.0.spare_and_all_mut()[len..len + k].copy_from_slice(&data[..k]);
+        self.0.set_len(len + k);
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
