@@ -496,6 +496,33 @@ pub fn encode_indirect_fill(ptrs: &[BlockPointer], out: &mut [u8]) -> Result<u64
     Ok(fill)
 }
 
+/// What an encoded indirect block sums up to, read straight from its slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndirectSummary {
+    /// Sum of the slots' fill counts (saturating, as [`encode_indirect_fill`] sums them): the
+    /// fill of the parent pointer.
+    pub fill: u64,
+    /// Slots holding a data pointer (not a hole).
+    pub data: usize,
+}
+
+/// The fill sum and data-pointer count of an indirect block that is a valid encoding (every
+/// slot written by the encoder or accepted by [`decode_indirect`]). Reads two fields per slot
+/// and decodes nothing, so a sync that edits a few slots of a block in place (with
+/// [`set_indirect_entry`]) gets the same fill as re-encoding the whole pointer array with
+/// [`encode_indirect_fill`] would return: a hole encodes fill 0 and a zero checksum
+/// algorithm, a data pointer a non-zero algorithm.
+pub fn indirect_summary(block: &[u8]) -> Result<IndirectSummary> {
+    check_indirect_len(block.len())?;
+    let mut out = IndirectSummary::default();
+    for chunk in block.chunks_exact(BLKPTR_SIZE) {
+        let b = head::<BLKPTR_SIZE>(chunk, WHAT)?;
+        out.fill = out.fill.saturating_add(rd64::<32, BLKPTR_SIZE>(b));
+        out.data += usize::from(b[22] != 0);
+    }
+    Ok(out)
+}
+
 /// Decodes every pointer of an indirect block.
 pub fn decode_indirect(block: &[u8]) -> Result<Vec<BlockPointer>> {
     let mut out = Vec::new();
@@ -544,7 +571,14 @@ pub fn set_indirect_entry(block: &mut [u8], index: usize, bp: &BlockPointer) -> 
                 value: crate::bytes::len_u64(index),
                 reason: "beyond the block",
             })?;
-    bp.encode_into(&mut block[start..])
+    let slot: &mut [u8; BLKPTR_SIZE] = (&mut block[start..start + BLKPTR_SIZE])
+        .try_into()
+        .map_err(|_| OnDiskError::BadLength {
+            what: "indirect block",
+            len: BLKPTR_SIZE,
+            reason: "slot is not 64 bytes",
+        })?;
+    bp.encode_slot(slot)
 }
 
 #[cfg(test)]

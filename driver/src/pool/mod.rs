@@ -16,6 +16,7 @@ pub mod discard;
 pub mod error;
 pub mod health;
 pub(crate) mod idhash;
+pub mod indirect;
 pub mod inspect;
 pub mod join;
 pub mod lifecycle;

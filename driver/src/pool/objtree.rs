@@ -14,11 +14,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ringpool_ondisk::blkptr::{encode_indirect_fill, BlockPointer, DataPtr, Dva, HolePtr};
+use ringpool_ondisk::blkptr::{BlockPointer, DataPtr, Dva, HolePtr};
 use ringpool_ondisk::checksum::{Checksum, ChecksumAlgo};
 use ringpool_ondisk::object::ObjectType;
 
 use super::error::PoolError;
+use super::indirect::Indirect;
 use super::syncer::BufPool;
 use crate::io::IoBuf;
 
@@ -102,14 +103,14 @@ pub fn paths_to_load(
     geom: &TreeGeom,
     root: &BlockPointer,
     blkids: &[u64],
-    loaded: &HashMap<BlockKey, Arc<Vec<BlockPointer>>>,
-) -> Vec<DataPtr> {
+    loaded: &HashMap<BlockKey, Arc<Indirect>>,
+) -> Result<Vec<DataPtr>, PoolError> {
     let mut need = Vec::new();
     if geom.levels <= 1 || blkids.is_empty() {
-        return need;
+        return Ok(need);
     }
-    walk_need(geom, root, geom.levels - 1, blkids, loaded, &mut need);
-    need
+    walk_need(geom, root, geom.levels - 1, blkids, loaded, &mut need)?;
+    Ok(need)
 }
 
 fn walk_need(
@@ -117,24 +118,25 @@ fn walk_need(
     bp: &BlockPointer,
     level: u8,
     blkids: &[u64],
-    loaded: &HashMap<BlockKey, Arc<Vec<BlockPointer>>>,
+    loaded: &HashMap<BlockKey, Arc<Indirect>>,
     need: &mut Vec<DataPtr>,
-) {
+) -> Result<(), PoolError> {
     if level == 0 {
-        return;
+        return Ok(());
     }
     let BlockPointer::Data(d) = bp else {
-        return;
+        return Ok(());
     };
     let Some(children) = loaded.get(&key_of(d)) else {
         need.push(*d);
-        return;
+        return Ok(());
     };
     for (idx, ids) in group_by_child(geom, level, blkids) {
-        if let Some(child) = children.get(idx) {
-            walk_need(geom, child, level - 1, ids, loaded, need);
+        if idx < children.len() {
+            walk_need(geom, &children.get(idx)?, level - 1, ids, loaded, need)?;
         }
     }
+    Ok(())
 }
 
 /// Splits sorted `blkids` into runs sharing the same child index at `level`.
@@ -174,10 +176,11 @@ pub struct TreeUpdate<'a> {
     /// Object type recorded in the pointers.
     pub kind: ObjectType,
     /// Indirect blocks loaded by the caller. The update takes each one it rewrites out of the
-    /// map and, when nothing else shares it, edits the pointer array in place into the new
-    /// block's (a copy of the 256 pointers, its allocation and its later free were a tenth of
-    /// the sync thread's CPU under random writes).
-    pub loaded: &'a mut HashMap<BlockKey, Arc<Vec<BlockPointer>>>,
+    /// map and, when nothing else shares it, edits its encoded bytes in place into the new
+    /// block's, re-encoding only the changed slots (a copy of the block, its allocation and
+    /// its later free were a tenth of the sync thread's CPU under random writes, re-encoding
+    /// all 256 pointers a third).
+    pub loaded: &'a mut HashMap<BlockKey, Arc<Indirect>>,
     /// Allocates `size` bytes (the caller rounds to the device's block size): returns the place.
     pub alloc: &'a mut dyn FnMut(u32) -> Result<Dva, PoolError>,
     /// Allocated size for a block of `len` logical bytes.
@@ -189,7 +192,7 @@ pub struct TreeUpdate<'a> {
     /// Blocks to write.
     pub writes: Vec<BlockWrite>,
     /// New indirect blocks (for the cache).
-    pub new_indirect: Vec<(BlockKey, Arc<Vec<BlockPointer>>)>,
+    pub new_indirect: Vec<(BlockKey, Arc<Indirect>)>,
 }
 
 impl std::fmt::Debug for TreeUpdate<'_> {
@@ -250,7 +253,8 @@ impl TreeUpdate<'_> {
                 }
             };
         }
-        let mut children: Vec<BlockPointer> = match &old {
+        let ibs = usize::try_from(geom.ibs).unwrap_or(0);
+        let mut children: Indirect = match &old {
             // Each block on a changed path is rewritten exactly once per update.
             BlockPointer::Data(d) => match self.loaded.remove(&key_of(d)) {
                 Some(c) => Arc::try_unwrap(c).unwrap_or_else(|shared| shared.as_ref().clone()),
@@ -261,10 +265,11 @@ impl TreeUpdate<'_> {
                     )))
                 }
             },
-            BlockPointer::Hole(_) => Vec::new(),
+            BlockPointer::Hole(_) => Indirect::empty(ibs),
         };
-        let fanout = usize::try_from(geom.fanout()).unwrap_or(0);
-        children.resize(fanout, BlockPointer::EMPTY);
+        // The object's block size (only a damaged pointer's size could differ): extra slots
+        // are dropped, missing ones are holes.
+        children.resize(ibs);
         let span = geom.span(level - 1);
         let mut start = 0;
         while start < changes.len() {
@@ -274,11 +279,14 @@ impl TreeUpdate<'_> {
                 end += 1;
             }
             let idx = geom.child_index(level, changes[start].0);
-            let new = self.update(geom, children[idx], level - 1, &changes[start..end])?;
-            children[idx] = new;
+            let new = self.update(geom, children.get(idx)?, level - 1, &changes[start..end])?;
+            children.set(idx, &new)?;
             start = end;
         }
-        if children.iter().all(BlockPointer::is_hole) {
+        // Only the changed slots were re-encoded; the fill and whether any data is left are
+        // read off the encoded slots.
+        let summary = children.summary()?;
+        if summary.data == 0 {
             if let BlockPointer::Data(o) = &old {
                 if !is_synthetic(o) {
                     self.frees.push(*o);
@@ -291,14 +299,13 @@ impl TreeUpdate<'_> {
                 lsize: 0,
             }));
         }
-        // The encoder writes every byte of the block (pointers, then zeroes) and sums the
-        // children's fill counts on the way.
-        let mut fill = 0;
         let buf = self.block_buf(geom.ibs, |out| {
-            fill = encode_indirect_fill(&children, out)?;
+            let n = out.len().min(children.bytes().len());
+            out[..n].copy_from_slice(&children.bytes()[..n]);
+            out[n..].fill(0);
             Ok(())
         })?;
-        let bp = self.place(old, buf, level, fill, geom.ibs)?;
+        let bp = self.place(old, buf, level, summary.fill, geom.ibs)?;
         if let BlockPointer::Data(d) = &bp {
             self.new_indirect.push((key_of(d), Arc::new(children)));
         }
@@ -379,16 +386,18 @@ pub fn grow(
     geom: &mut TreeGeom,
     root: BlockPointer,
     levels: u8,
-    extra: &mut HashMap<BlockKey, Arc<Vec<BlockPointer>>>,
+    extra: &mut HashMap<BlockKey, Arc<Indirect>>,
     synth_key: &mut dyn FnMut() -> BlockKey,
-) -> BlockPointer {
+) -> Result<BlockPointer, PoolError> {
     let mut root = root;
     while geom.levels < levels {
         if !root.is_hole() {
             // A synthetic parent: a fake key only this update knows; `place` will see a
             // Hole-like old pointer via the Data arm with an impossible birth and allocate.
             let key = synth_key();
-            extra.insert(key, Arc::new(vec![root]));
+            let mut parent = Indirect::empty(usize::try_from(geom.ibs).unwrap_or(0));
+            parent.set(0, &root)?;
+            extra.insert(key, Arc::new(parent));
             root = BlockPointer::Data(DataPtr {
                 dva: key.0,
                 lsize: geom.ibs,
@@ -401,7 +410,7 @@ pub fn grow(
         }
         geom.levels += 1;
     }
-    root
+    Ok(root)
 }
 
 /// Walks the data pointers at level 0 reachable from `root` whose block id is >= `from`,
@@ -410,7 +419,7 @@ pub fn collect_leaves_from(
     geom: &TreeGeom,
     root: &BlockPointer,
     from: u64,
-    children: &dyn Fn(&DataPtr) -> Option<Arc<Vec<BlockPointer>>>,
+    children: &dyn Fn(&DataPtr) -> Option<Arc<Indirect>>,
     out: &mut Vec<u64>,
 ) -> Result<(), DataPtr> {
     fn walk(
@@ -419,7 +428,7 @@ pub fn collect_leaves_from(
         level: u8,
         base: u64,
         from: u64,
-        children: &dyn Fn(&DataPtr) -> Option<Arc<Vec<BlockPointer>>>,
+        children: &dyn Fn(&DataPtr) -> Option<Arc<Indirect>>,
         out: &mut Vec<u64>,
     ) -> Result<(), DataPtr> {
         let BlockPointer::Data(d) = bp else {
@@ -436,8 +445,10 @@ pub fn collect_leaves_from(
         let c = children(d).ok_or(*d)?;
         let child_span = geom.span(level - 1);
         for (i, child) in c.iter().enumerate() {
+            // A slot that does not decode cannot be walked: report its parent.
+            let child = child.map_err(|_| *d)?;
             let cb = base + child_span * u64::try_from(i).unwrap_or(0);
-            walk(geom, child, level - 1, cb, from, children, out)?;
+            walk(geom, &child, level - 1, cb, from, children, out)?;
         }
         Ok(())
     }

@@ -9,11 +9,12 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 use ringpool_alloc::{AllocClass, AllocError, Extent, MetaslabClass};
-use ringpool_ondisk::blkptr::{decode_indirect, BlockPointer, DataPtr, Dva};
+use ringpool_ondisk::blkptr::{DataPtr, Dva};
 use ringpool_ondisk::checksum::Checksum;
 
 use super::cache::LruCache;
 use super::error::{PoolError, Result};
+use super::indirect::Indirect;
 use super::objtree::{key_of, BlockKey};
 use super::readers::ReaderTracker;
 use super::syncer::SyncTask;
@@ -48,7 +49,7 @@ pub struct Shared {
     pub(crate) vdevs: RwLock<Vec<Arc<Vdev>>>,
     pub(crate) txg: Arc<TxgEngine>,
     pub(crate) class: Arc<MetaslabClass>,
-    pub(crate) cache: LruCache<BlockKey, Arc<Vec<BlockPointer>>>,
+    pub(crate) cache: LruCache<BlockKey, Arc<Indirect>>,
     pub(crate) readers: Arc<ReaderTracker<(Dva, u64)>>,
     pub(crate) volumes: RwLock<BTreeMap<String, Arc<VolumeInner>>>,
     pub(crate) tasks: Mutex<Vec<QueuedTask>>,
@@ -373,33 +374,31 @@ impl Shared {
         d: &DataPtr,
         object: &str,
         offset: u64,
-    ) -> Result<Arc<Vec<BlockPointer>>> {
+    ) -> Result<Arc<Indirect>> {
         let key = key_of(d);
         if let Some(v) = self.cache.get(&key) {
             return Ok(v);
         }
         let data = self.read_verified(d, object, offset).await?;
-        let ptrs = decode_indirect(&data).map_err(|e| PoolError::Corrupt {
+        let len = data.len();
+        let corrupt = |reason: String| PoolError::Corrupt {
             object: object.to_string(),
             offset,
-            reason: format!("indirect block at level {}: {e}", d.level),
+            reason,
+        };
+        let ind = Indirect::from_bytes(data, |p| match p.data() {
+            Some(pd) if pd.level + 1 != d.level => Err(corrupt(format!(
+                "child of a level-{} block claims level {}",
+                d.level, pd.level
+            ))),
+            _ => Ok(()),
+        })
+        .map_err(|e| match e {
+            PoolError::OnDisk(e) => corrupt(format!("indirect block at level {}: {e}", d.level)),
+            other => other,
         })?;
-        for p in &ptrs {
-            if let Some(pd) = p.data() {
-                if pd.level + 1 != d.level {
-                    return Err(PoolError::Corrupt {
-                        object: object.to_string(),
-                        offset,
-                        reason: format!(
-                            "child of a level-{} block claims level {}",
-                            d.level, pd.level
-                        ),
-                    });
-                }
-            }
-        }
-        let v = Arc::new(ptrs);
-        self.cache.insert(key, Arc::clone(&v), data.len());
+        let v = Arc::new(ind);
+        self.cache.insert(key, Arc::clone(&v), len);
         Ok(v)
     }
 

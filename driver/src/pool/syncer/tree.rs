@@ -9,6 +9,7 @@ use ringpool_ondisk::object::{ObjectRecord, ObjectType};
 
 use super::super::deferred::free_in_sync;
 use super::super::error::{PoolError, Result};
+use super::super::indirect::Indirect;
 use super::super::join::{join_all, join_window_adaptive};
 use super::super::objtree::{
     grow, paths_to_load, BlockKey, BlockWrite, Change, TreeGeom, TreeUpdate,
@@ -39,10 +40,10 @@ async fn preload(
     geom: &TreeGeom,
     root: &BlockPointer,
     ids: &[u64],
-    loaded: &mut HashMap<BlockKey, Arc<Vec<BlockPointer>>>,
+    loaded: &mut HashMap<BlockKey, Arc<Indirect>>,
 ) -> Result<()> {
     loop {
-        let need = paths_to_load(geom, root, ids, loaded);
+        let need = paths_to_load(geom, root, ids, loaded)?;
         if need.is_empty() {
             return Ok(());
         }
@@ -76,7 +77,7 @@ pub(crate) async fn update_tree(
     let mut root = root;
     if max >= geom.capacity_blocks() {
         let want = geom.levels_for(max + 1);
-        root = grow(&mut geom, root, want, &mut loaded, &mut || st.synth_key());
+        root = grow(&mut geom, root, want, &mut loaded, &mut || st.synth_key())?;
     }
     let ids: Vec<u64> = changes.iter().map(|c| c.0).collect();
     preload(shared, name, &geom, &root, &ids, &mut loaded).await?;
@@ -177,7 +178,7 @@ async fn visit_tree(
                 let children = r?;
                 let span = geom.span(d.level - 1);
                 for (i, c) in children.iter().enumerate() {
-                    if let Some(cd) = c.data() {
+                    if let Some(cd) = c?.data() {
                         next.push((*cd, base + span * u64::try_from(i).unwrap_or(0)));
                     }
                 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ringpool_ondisk::blkptr::BlockPointer;
 
 use super::super::error::Result;
+use super::super::indirect::Indirect;
 use super::{VolMap, Volume};
 
 impl Volume {
@@ -34,8 +35,7 @@ impl Volume {
         let cap = geom.capacity_blocks();
         let fanout = geom.span(1);
         // Per level: (index of the node at that level, its children).
-        let mut memo: Vec<Option<(u64, Arc<Vec<BlockPointer>>)>> =
-            vec![None; usize::from(geom.levels)];
+        let mut memo: Vec<Option<(u64, Arc<Indirect>)>> = vec![None; usize::from(geom.levels)];
         let mut out = Vec::with_capacity(overlay.len());
         let mut b = first;
         while b <= last {
@@ -70,13 +70,10 @@ impl Volume {
                     };
                     let idx = geom.child_index(level, b);
                     if level == 1 {
-                        out.extend(
-                            (idx..idx + seg)
-                                .map(|i| children.get(i).copied().unwrap_or(BlockPointer::EMPTY)),
-                        );
+                        children.extend_range(idx, idx + seg, &mut out)?;
                         break;
                     }
-                    bp = children.get(idx).copied().unwrap_or(BlockPointer::EMPTY);
+                    bp = children.get(idx)?;
                     level -= 1;
                 }
             }
@@ -125,7 +122,7 @@ impl Volume {
                 .load_indirect(&d, &self.inner.obj_name, first)
                 .await?;
             let idx = geom.child_index(level, blkid);
-            bp = children.get(idx).copied().unwrap_or(BlockPointer::EMPTY);
+            bp = children.get(idx)?;
             level -= 1;
         }
         Ok(bp)
@@ -173,12 +170,15 @@ impl Volume {
                 .await?;
             let span = geom.span(level - 1);
             // Push in reverse so blocks come out in ascending order.
-            for (i, c) in children.iter().enumerate().rev() {
+            for i in (0..children.len()).rev() {
                 let cb = base + span * u64::try_from(i).unwrap_or(0);
-                if cb + span <= lo || cb >= hi || c.is_hole() {
+                if cb + span <= lo || cb >= hi {
                     continue;
                 }
-                frontier.push((*c, level - 1, cb));
+                let c = children.get(i)?;
+                if !c.is_hole() {
+                    frontier.push((c, level - 1, cb));
+                }
             }
         }
         Ok(out)
