@@ -156,13 +156,33 @@ fn group_by_child<'a>(geom: &TreeGeom, level: u8, blkids: &'a [u64]) -> Vec<(usi
     out
 }
 
+/// The contents of a block to write.
+#[derive(Debug)]
+pub enum WriteData {
+    /// Exactly `asize` bytes (zero padded), in a buffer of the sync's pool.
+    Buf(IoBuf),
+    /// An indirect block's encoded bytes (its logical size; the write pads with zeroes up to
+    /// `asize`): the block the cache gets, written without an intermediate buffer of its own.
+    Indirect(Arc<Indirect>),
+}
+
+impl WriteData {
+    /// The block's bytes (the logical ones for an indirect block).
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            WriteData::Buf(b) => b,
+            WriteData::Indirect(i) => i.bytes(),
+        }
+    }
+}
+
 /// One block to write after the update.
 #[derive(Debug)]
 pub struct BlockWrite {
     /// Where.
     pub dva: Dva,
-    /// What (exactly `asize` bytes, zero padded), in a buffer of the sync's pool.
-    pub data: IoBuf,
+    /// What.
+    pub data: WriteData,
     /// Level of the block (0 = data).
     pub level: u8,
     /// The pointer the parent now holds.
@@ -249,7 +269,7 @@ impl TreeUpdate<'_> {
                         out[n..].fill(0);
                         Ok(())
                     })?;
-                    self.place(old, buf, 0, 1, geom.bs)
+                    self.place(old, WriteData::Buf(buf), 0, 1, geom.bs)
                 }
             };
         }
@@ -299,15 +319,11 @@ impl TreeUpdate<'_> {
                 lsize: 0,
             }));
         }
-        let buf = self.block_buf(geom.ibs, |out| {
-            let n = out.len().min(children.bytes().len());
-            out[..n].copy_from_slice(&children.bytes()[..n]);
-            out[n..].fill(0);
-            Ok(())
-        })?;
-        let bp = self.place(old, buf, level, summary.fill, geom.ibs)?;
+        let children = Arc::new(children);
+        let data = WriteData::Indirect(Arc::clone(&children));
+        let bp = self.place(old, data, level, summary.fill, geom.ibs)?;
         if let BlockPointer::Data(d) = &bp {
-            self.new_indirect.push((key_of(d), Arc::new(children)));
+            self.new_indirect.push((key_of(d), children));
         }
         Ok(bp)
     }
@@ -331,13 +347,13 @@ impl TreeUpdate<'_> {
         Ok(buf)
     }
 
-    /// Writes `data` (a block of `asize_of(lsize)` bytes) as the new version of `old`: in
-    /// place when `old` was born in this txg (no committed uberblock can reach it), else at a
-    /// new place, freeing `old`.
+    /// Writes `data` (an `lsize`-byte block) as the new version of `old`: in place when `old`
+    /// was born in this txg (no committed uberblock can reach it), else at a new place,
+    /// freeing `old`.
     fn place(
         &mut self,
         old: BlockPointer,
-        data: IoBuf,
+        data: WriteData,
         level: u8,
         fill: u64,
         lsize: u32,
@@ -353,8 +369,9 @@ impl TreeUpdate<'_> {
             }
             BlockPointer::Hole(_) => (self.alloc)(asize)?,
         };
-        let lsz = usize::try_from(lsize).unwrap_or(0).min(data.len());
-        let checksum = Checksum::compute(ChecksumAlgo::Crc32c, &data[..lsz]);
+        let bytes = data.bytes();
+        let lsz = usize::try_from(lsize).unwrap_or(0).min(bytes.len());
+        let checksum = Checksum::compute(ChecksumAlgo::Crc32c, &bytes[..lsz]);
         let bp = DataPtr {
             dva,
             lsize,

@@ -26,6 +26,7 @@ use super::objtree::{BlockKey, Change};
 use super::shared::Shared;
 use super::volume::VolumeInner;
 
+mod blockwrite;
 mod bufpool;
 mod commit;
 mod spacemap;

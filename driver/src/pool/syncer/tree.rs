@@ -10,12 +10,11 @@ use ringpool_ondisk::object::{ObjectRecord, ObjectType};
 use super::super::deferred::free_in_sync;
 use super::super::error::{PoolError, Result};
 use super::super::indirect::Indirect;
-use super::super::join::{join_all, join_window_adaptive};
-use super::super::objtree::{
-    grow, paths_to_load, BlockKey, BlockWrite, Change, TreeGeom, TreeUpdate,
-};
+use super::super::join::join_all;
+use super::super::objtree::{grow, paths_to_load, BlockKey, Change, TreeGeom, TreeUpdate};
 use super::super::shared::Shared;
-use super::{BufPool, SyncState, DIRECTORY_OBJECT};
+use super::blockwrite::write_blocks;
+use super::{SyncState, DIRECTORY_OBJECT};
 
 pub(super) fn obj_name(obj: u64) -> String {
     match obj {
@@ -122,33 +121,6 @@ pub(crate) async fn update_tree(
         free_in_sync(shared, st, &f.dva, f.birth_txg, txg)?;
     }
     Ok((new_root, geom))
-}
-
-/// Writes the blocks of a tree update and returns their buffers to the pool. How many are in
-/// flight follows [`TxgEngine::sync_write_window`](super::super::txg::TxgEngine::sync_write_window):
-/// few while the open txg is light, so the sync's burst of tree blocks does not push the
-/// writers' data writes far back in the device queue (their p99 is the cost), more as the
-/// open txg fills, so the sync finishes before writers reach the throttle. Every write is waited for (the commit's flush must cover them all), and the first
-/// error is returned.
-pub(crate) async fn write_blocks(
-    shared: &Shared,
-    bufs: &mut BufPool,
-    writes: Vec<BlockWrite>,
-) -> Result<()> {
-    let mut futs = Vec::with_capacity(writes.len());
-    for w in writes {
-        let vdev = shared.vdev(w.dva.device)?;
-        let off = w.dva.offset;
-        futs.push(async move { vdev.write_keep(w.data, off).await });
-    }
-    let mut first_err = None;
-    for (r, buf) in join_window_adaptive(futs, || shared.txg.sync_write_window()).await {
-        bufs.give(buf);
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
-        }
-    }
-    first_err.map_or(Ok(()), Err)
 }
 
 /// Visits every block pointer (data and indirect) reachable from `root` with the id of the
