@@ -131,6 +131,10 @@ fn walk_need(
         need.push(*d);
         return Ok(());
     };
+    if level == 1 {
+        // The children are data blocks: nothing below to load (and nothing to decode).
+        return Ok(());
+    }
     for (idx, ids) in group_by_child(geom, level, blkids) {
         if idx < children.len() {
             walk_need(geom, &children.get(idx)?, level - 1, ids, loaded, need)?;

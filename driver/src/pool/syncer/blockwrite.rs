@@ -115,14 +115,18 @@ pub(crate) async fn write_blocks(
         let off = first.dva.offset;
         let pool = &pool;
         futs.push(async move {
-            // The borrow ends before the write is awaited: the runs share the pool.
+            // The borrows end before the write is awaited: the runs share the pool. The buffer
+            // goes back as soon as its write is done, so the next run reuses it (held to the
+            // end, a txg's ~48 MiB of tree blocks outgrew the pool and every txg allocated,
+            // page-faulted and freed the rest anew).
             let buf = assemble(run, &mut pool.borrow_mut());
-            vdev.write_keep(buf, off).await
+            let (r, buf) = vdev.write_keep(buf, off).await;
+            pool.borrow_mut().give(buf);
+            r
         });
     }
     let mut first_err = None;
-    for (r, buf) in join_window_adaptive(futs, || shared.txg.sync_write_window()).await {
-        pool.borrow_mut().give(buf);
+    for r in join_window_adaptive(futs, || shared.txg.sync_write_window()).await {
         if let Err(e) = r {
             first_err.get_or_insert(e);
         }
