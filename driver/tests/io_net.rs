@@ -149,3 +149,68 @@ fn vectored_send_all() {
     })
     .unwrap();
 }
+
+/// Windows of several buffers go out whole and in order, from the reactor and from a kernel
+/// worker (offload), also when they outgrow the socket buffer (short sends, retried), and a
+/// single window takes the plain-send path.
+#[test]
+// A list of one window (not the numbers in it) is what these calls mean.
+#[allow(clippy::single_range_in_vec_init)]
+fn ranged_send_all() {
+    for offload in [false, true] {
+        io::block_on(&cfg(), async move {
+            let l = net::TcpListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
+            let addr = l.local_addr().unwrap();
+            let big: Vec<u8> = (0..3u32 << 20)
+                .map(|i| u8::try_from(i % 241).unwrap())
+                .collect();
+            let small: Vec<u8> = (0..5000u32)
+                .map(|i| u8::try_from(i % 13).unwrap())
+                .collect();
+            // What the windows below carry, in order, then the lone window.
+            let mut want = Vec::new();
+            want.extend_from_slice(&small[100..4100]);
+            want.extend_from_slice(&big[4096..]);
+            want.extend_from_slice(&small[7..9]);
+            want.extend_from_slice(&big[1..(1 << 20) + 1]);
+            let total = want.len();
+            let server = io::spawn_local(async move {
+                let conn = l.accept().await.unwrap();
+                let (r, buf) = conn.recv_exact_into(IoBuf::zeroed(total), 0..total).await;
+                r.unwrap();
+                buf
+            });
+            // SAFETY: plain syscall.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0);
+            // SAFETY: fresh descriptor owned by the stream from here on.
+            let s = net::Stream::from_fd(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+            io::connect(fd, &addr).await.unwrap();
+            let bufs = vec![
+                IoBuf::from_slice(&small),
+                IoBuf::from_slice(&big),
+                IoBuf::with_capacity(0),
+                IoBuf::from_slice(&small),
+            ];
+            let ranges = vec![100..4100, 4096..big.len(), 0..0, 7..9];
+            let (r, bufs) = s.send_all_ranges(bufs, ranges, offload).await;
+            r.unwrap();
+            assert_eq!(bufs.len(), 4, "buffers come back");
+            let one = vec![IoBuf::from_slice(&big)];
+            let (r, one) = s
+                .send_all_ranges(one, vec![1..(1 << 20) + 1], offload)
+                .await;
+            r.unwrap();
+            assert_eq!(one.len(), 1, "the buffer comes back");
+            let got = server.await.unwrap();
+            assert!(got[..] == want[..], "bytes in order (offload {offload})");
+            // A window outside its buffer is refused, not sent.
+            let (r, _) = s
+                .send_all_ranges(vec![IoBuf::from_slice(&small)], vec![0..6000], offload)
+                .await;
+            assert!(r.is_err());
+        })
+        .unwrap();
+    }
+}

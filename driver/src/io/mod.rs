@@ -33,8 +33,8 @@ pub use error::{IoError, OpKind};
 pub use notify::{Notified, Notify};
 pub use ops::{
     accept, block_discard, connect, fallocate, fsync, read_at, read_exact_at, recv,
-    recv_exact_into, recv_into, send, send_all, send_all_vectored, send_range, send_vectored,
-    write_all_at, write_at, FileRef,
+    recv_exact_into, recv_into, send, send_all, send_all_ranges, send_all_vectored, send_range,
+    send_vectored, write_all_at, write_at, FileRef,
 };
 pub use reactor::{
     block_on, current_reactor_index, in_reactor, prefer_current_task, reactor_stats, ring_info,

@@ -254,6 +254,16 @@ impl Stream {
         ops::send_all_vectored(self.fd.as_raw_fd(), bufs).await
     }
 
+    /// See [`ops::send_all_ranges`].
+    pub async fn send_all_ranges(
+        &self,
+        bufs: Vec<IoBuf>,
+        ranges: Vec<Range<usize>>,
+        offload: bool,
+    ) -> (Result<(), IoError>, Vec<IoBuf>) {
+        ops::send_all_ranges(self.fd.as_raw_fd(), bufs, ranges, offload).await
+    }
+
     /// See [`ops::send_all`].
     pub async fn send_all(&self, buf: IoBuf) -> (Result<(), IoError>, IoBuf) {
         ops::send_all(self.fd.as_raw_fd(), buf).await

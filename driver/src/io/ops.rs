@@ -381,7 +381,15 @@ pub async fn send_range(
     buf: IoBuf,
     range: Range<usize>,
 ) -> (Result<usize, IoError>, IoBuf) {
-    let fd = fd.into();
+    send_range_flags(fd.into(), buf, range, squeue::Flags::empty()).await
+}
+
+async fn send_range_flags(
+    fd: FileRef,
+    buf: IoBuf,
+    range: Range<usize>,
+    sqe_flags: squeue::Flags,
+) -> (Result<usize, IoError>, IoBuf) {
     if range.start > range.end || range.end > buf.capacity() {
         return (Err(os(OpKind::Send, -libc::EINVAL)), buf);
     }
@@ -391,7 +399,8 @@ pub async fn send_range(
     let make = move |_: &mut OpData| {
         with_fd!(fd, |f| opcode::Send::new(f, ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build())
+            .build()
+            .flags(sqe_flags))
     };
     let (r, data) = run_op(make, OpData::Buf(buf)).await;
     let OpData::Buf(buf) = data else {
@@ -411,12 +420,21 @@ pub async fn send(fd: impl Into<FileRef>, buf: IoBuf) -> (Result<usize, IoError>
 }
 
 /// Send all of `buf[..len]`.
-pub async fn send_all(fd: impl Into<FileRef>, mut buf: IoBuf) -> (Result<(), IoError>, IoBuf) {
-    let fd = fd.into();
+pub async fn send_all(fd: impl Into<FileRef>, buf: IoBuf) -> (Result<(), IoError>, IoBuf) {
     let total = buf.len();
-    let mut at = 0;
-    while at < total {
-        let (r, b) = send_range(fd, buf, at..total).await;
+    send_all_range(fd.into(), buf, 0..total, squeue::Flags::empty()).await
+}
+
+/// Send all of `buf[range]` (more sends after short ones).
+async fn send_all_range(
+    fd: FileRef,
+    mut buf: IoBuf,
+    range: Range<usize>,
+    sqe_flags: squeue::Flags,
+) -> (Result<(), IoError>, IoBuf) {
+    let mut at = range.start;
+    while at < range.end {
+        let (r, b) = send_range_flags(fd, buf, at..range.end, sqe_flags).await;
         buf = b;
         match r {
             Ok(0) => return (Err(os(OpKind::Send, -libc::EPIPE)), buf),
@@ -430,25 +448,35 @@ pub async fn send_all(fd: impl Into<FileRef>, mut buf: IoBuf) -> (Result<(), IoE
 /// Upper bound on buffers per vectored send (Linux IOV_MAX).
 pub const MAX_IOVECS: usize = 1024;
 
-/// One sendmsg of `bufs[first..]`, skipping `skip` bytes of `bufs[first]`.
+/// One sendmsg of `bufs[i][ranges[i]]` for `i >= first`, skipping `skip` bytes of the first
+/// one; with `sqe_flags` ASYNC from an io-wq worker (see [`send_all_ranges`]).
 async fn sendmsg_from(
     fd: FileRef,
     bufs: Vec<IoBuf>,
+    ranges: &[Range<usize>],
     first: usize,
     skip: usize,
+    sqe_flags: squeue::Flags,
 ) -> (Result<usize, IoError>, Vec<IoBuf>) {
-    if bufs.len().saturating_sub(first) > MAX_IOVECS {
+    if bufs.len().saturating_sub(first) > MAX_IOVECS || ranges.len() != bufs.len() {
         return (Err(os(OpKind::Send, -libc::EINVAL)), bufs);
     }
     let mut iov = Vec::with_capacity(bufs.len() - first);
-    for (i, b) in bufs.iter().enumerate().skip(first) {
-        let off = if i == first { skip.min(b.len()) } else { 0 };
+    for (i, (b, r)) in bufs.iter().zip(ranges).enumerate().skip(first) {
+        if r.start > r.end || r.end > b.capacity() {
+            return (Err(os(OpKind::Send, -libc::EINVAL)), bufs);
+        }
+        let off = if i == first {
+            r.start + skip.min(r.len())
+        } else {
+            r.start
+        };
         iov.push(libc::iovec {
-            // SAFETY: off <= len <= capacity.
+            // SAFETY: off <= r.end <= capacity (checked above).
             iov_base: unsafe { b.as_ptr().add(off) }
                 .cast_mut()
                 .cast::<libc::c_void>(),
-            iov_len: b.len() - off,
+            iov_len: r.end - off,
         });
     }
     // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
@@ -462,7 +490,8 @@ async fn sendmsg_from(
     let make = move |_: &mut OpData| {
         with_fd!(fd, |f| opcode::SendMsg::new(f, hdr_ptr)
             .flags(u32::try_from(libc::MSG_NOSIGNAL).unwrap_or(0))
-            .build())
+            .build()
+            .flags(sqe_flags))
     };
     let (r, data) = run_op(make, OpData::Msg(msg)).await;
     let OpData::Msg(msg) = data else {
@@ -476,32 +505,69 @@ async fn sendmsg_from(
     }
 }
 
+fn whole(bufs: &[IoBuf]) -> Vec<Range<usize>> {
+    bufs.iter().map(|b| 0..b.len()).collect()
+}
+
 /// Send `buf[..len]` of every buffer in order with one sendmsg (may be short). At most
 /// [`MAX_IOVECS`] buffers. Lets a server send a reply header and its payload in one op.
 pub async fn send_vectored(
     fd: impl Into<FileRef>,
     bufs: Vec<IoBuf>,
 ) -> (Result<usize, IoError>, Vec<IoBuf>) {
-    sendmsg_from(fd.into(), bufs, 0, 0).await
+    let ranges = whole(&bufs);
+    sendmsg_from(fd.into(), bufs, &ranges, 0, 0, squeue::Flags::empty()).await
 }
 
 /// Send all bytes of all buffers in order, continuing after short sends.
 pub async fn send_all_vectored(
     fd: impl Into<FileRef>,
+    bufs: Vec<IoBuf>,
+) -> (Result<(), IoError>, Vec<IoBuf>) {
+    let ranges = whole(&bufs);
+    send_all_ranges(fd, bufs, ranges, false).await
+}
+
+/// Send all of `bufs[i][ranges[i]]` in order (one sendmsg, more after short sends).
+///
+/// With `offload` the sendmsg runs on one of the kernel's io-wq worker threads
+/// (IOSQE_ASYNC) instead of inside the reactor's `io_uring_enter`. A socket send copies its
+/// bytes into the socket buffer and, on a local connection, also does the receiver's wake-up:
+/// for large read replies that is most of a reactor's CPU per request, which a worker can
+/// spend on another core while the reactor goes on with the next requests. When the socket
+/// is full the worker arms a poll and the retry runs like any other op.
+pub async fn send_all_ranges(
+    fd: impl Into<FileRef>,
     mut bufs: Vec<IoBuf>,
+    ranges: Vec<Range<usize>>,
+    offload: bool,
 ) -> (Result<(), IoError>, Vec<IoBuf>) {
     let fd = fd.into();
+    let flags = if offload {
+        squeue::Flags::ASYNC
+    } else {
+        squeue::Flags::empty()
+    };
+    if let ([_], [range]) = (bufs.as_slice(), ranges.as_slice()) {
+        // One buffer: a plain send (no message header to build and copy in).
+        let Some(buf) = bufs.pop() else {
+            return (Ok(()), bufs);
+        };
+        let (r, buf) = send_all_range(fd, buf, range.clone(), flags).await;
+        bufs.push(buf);
+        return (r, bufs);
+    }
     let (mut first, mut skip) = (0usize, 0usize);
     loop {
-        // Skip buffers that are fully sent (and empty ones).
-        while first < bufs.len() && skip >= bufs[first].len() {
-            skip -= bufs[first].len();
+        // Skip ranges that are fully sent (and empty ones).
+        while first < ranges.len() && skip >= ranges[first].len() {
+            skip -= ranges[first].len();
             first += 1;
         }
-        if first >= bufs.len() {
+        if first >= ranges.len() {
             return (Ok(()), bufs);
         }
-        let (r, b) = sendmsg_from(fd, bufs, first, skip).await;
+        let (r, b) = sendmsg_from(fd, bufs, &ranges, first, skip, flags).await;
         bufs = b;
         match r {
             Ok(0) => return (Err(os(OpKind::Send, -libc::EPIPE)), bufs),

@@ -29,6 +29,8 @@ use crate::io::IoBuf;
 
 /// Capacity of one send batch of small replies.
 const SEND_BATCH: usize = 64 * 1024;
+/// Most buffers handed to one vectored send (Linux's IOV_MAX is 1024).
+const SEND_IOVECS: usize = 256;
 /// Replies up to this size are copied into the send batch; larger ones are sent zero-copy.
 pub(super) const INLINE_REPLY_MAX: usize = 16 * 1024;
 
@@ -202,25 +204,54 @@ impl Conn {
         })
     }
 
+    /// Whether a send of `len` bytes goes to a kernel worker
+    /// ([`NbdServerConfig::offload_min`](super::super::NbdServerConfig::offload_min)).
+    fn offloads(&self, len: usize) -> bool {
+        let min = self.shared.cfg.offload_min;
+        min > 0 && len >= min
+    }
+
     /// Sends what [`Conn::take_out`] took (nothing on a broken connection) and releases its
-    /// credit. The caller holds `sending`.
+    /// credit. The caller holds `sending`. The batches of small replies and the large replies
+    /// go out together, in order, with one vectored send (a few when there are very many):
+    /// one ring op and one wake-up of the client for everything queued.
     async fn send_taken(&self, t: Taken) {
         let Taken {
-            mut batches,
+            batches,
             credit,
             reqs,
             data,
         } = t;
-        if !batches.is_empty() && !self.broken.get() {
-            let r = if batches.len() == 1 {
-                let (r, b) = self.stream.send_all(batches.remove(0)).await;
-                batches.push(b);
-                r
-            } else {
-                let (r, b) = self.stream.send_all_vectored(batches).await;
-                batches = b;
-                r
-            };
+        let n_batches = batches.len();
+        let mut bufs: Vec<IoBuf> = batches;
+        let mut ranges: Vec<Range<usize>> = bufs.iter().map(|b| 0..b.len()).collect();
+        let mut credits: Vec<u64> = Vec::with_capacity(data.len());
+        for item in data {
+            bufs.push(item.buf);
+            ranges.push(item.range);
+            credits.push(item.credit);
+        }
+        let mut sent: Vec<IoBuf> = Vec::with_capacity(bufs.len());
+        let mut pending_ranges = ranges.into_iter();
+        let mut pending_bufs = bufs.into_iter();
+        loop {
+            let part_bufs: Vec<IoBuf> = pending_bufs.by_ref().take(SEND_IOVECS).collect();
+            if part_bufs.is_empty() {
+                break;
+            }
+            let part_ranges: Vec<Range<usize>> =
+                pending_ranges.by_ref().take(part_bufs.len()).collect();
+            if self.broken.get() {
+                sent.extend(part_bufs);
+                continue;
+            }
+            let bytes: usize = part_ranges.iter().map(|r| r.len()).sum();
+            let offload = self.offloads(bytes);
+            let (r, b) = self
+                .stream
+                .send_all_ranges(part_bufs, part_ranges, offload)
+                .await;
+            sent.extend(b);
             if let Err(e) = r {
                 tracing::debug!(conn = self.id, error = %e, "send failed");
                 self.broken.set(true);
@@ -229,36 +260,17 @@ impl Conn {
         if reqs > 0 {
             self.release(credit, reqs);
         }
+        for c in credits {
+            self.release(c, 1);
+        }
         // Keep one ordinary batch buffer for reuse (not one grown for a huge reply).
-        if let Some(mut b) = batches.pop() {
+        sent.truncate(n_batches);
+        if let Some(mut b) = sent.pop() {
             let mut q = self.out.borrow_mut();
             if b.capacity() == SEND_BATCH && q.spare.is_none() {
                 b.clear();
                 q.spare = Some(b);
             }
-        }
-        for item in data {
-            if !self.broken.get() {
-                let mut buf = item.buf;
-                let mut at = item.range.start;
-                while at < item.range.end {
-                    let (r, b) = self.stream.send_range(buf, at..item.range.end).await;
-                    buf = b;
-                    match r {
-                        Ok(n) if n > 0 => at += n,
-                        Ok(_) => {
-                            self.broken.set(true);
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::debug!(conn = self.id, error = %e, "send failed");
-                            self.broken.set(true);
-                            break;
-                        }
-                    }
-                }
-            }
-            self.release(item.credit, 1);
         }
     }
 
