@@ -4,8 +4,11 @@
 //! Replies up to [`INLINE_REPLY_MAX`] bytes (headers, errors, small reads) are appended to one
 //! batch buffer that goes out in a single send (full batches are set aside and go out together
 //! in one vectored send); larger reads are sent straight from the buffer the backend read into
-//! (the reply header sits in the page before the data). Every reply releases its request's
-//! credit once it is sent (or dropped on a broken connection).
+//! (the reply header sits in the page before the data). Whatever is queued when the writer
+//! runs goes out in one vectored send, and a send carrying large replies is made by a kernel
+//! io-wq worker on another core
+//! ([`NbdServerConfig::offload_min`](super::super::NbdServerConfig::offload_min)). Every reply
+//! releases its request's credit once it is sent (or dropped on a broken connection).
 //!
 //! **Early flush** (off by default, see
 //! [`NbdServerConfig::reply_flush`](super::super::NbdServerConfig::reply_flush)): when a burst of
@@ -204,8 +207,10 @@ impl Conn {
         })
     }
 
-    /// Whether a send of `len` bytes goes to a kernel worker
-    /// ([`NbdServerConfig::offload_min`](super::super::NbdServerConfig::offload_min)).
+    /// Whether a send carrying `len` bytes of large read replies goes to a kernel worker
+    /// ([`NbdServerConfig::offload_min`](super::super::NbdServerConfig::offload_min)). Sends
+    /// of small replies only (however many) stay on the reactor: their cost is the client's
+    /// wake-up, which a worker would only trade for its own.
     fn offloads(&self, len: usize) -> bool {
         let min = self.shared.cfg.offload_min;
         min > 0 && len >= min
@@ -245,8 +250,13 @@ impl Conn {
                 sent.extend(part_bufs);
                 continue;
             }
-            let bytes: usize = part_ranges.iter().map(|r| r.len()).sum();
-            let offload = self.offloads(bytes);
+            let data_bytes: usize = part_ranges
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| sent.len() + i >= n_batches)
+                .map(|(_, r)| r.len())
+                .sum();
+            let offload = self.offloads(data_bytes);
             let (r, b) = self
                 .stream
                 .send_all_ranges(part_bufs, part_ranges, offload)
