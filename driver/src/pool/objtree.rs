@@ -475,3 +475,7 @@ pub fn collect_leaves_from(
     }
     walk(geom, root, geom.levels - 1, 0, from, children, out)
 }
+
+#[cfg(test)]
+#[path = "objtree_tests.rs"]
+mod tests;
