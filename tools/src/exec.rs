@@ -133,6 +133,9 @@ pub fn pool_json(pool: &Pool, view: View) -> Value {
         "hits": stats.cache.hits,
         "misses": stats.cache.misses,
     });
+    // Writes that waited for a sync to get the space of overwritten blocks back: a pool
+    // that counts many runs close to its slop.
+    v["space_waits"] = json!(stats.space_waits);
     v
 }
 

@@ -93,6 +93,9 @@ pub struct PoolStats {
     pub open_txg: u64,
     /// Tree-block cache: entries, bytes, hits, misses.
     pub cache: cache::CacheStats,
+    /// Writes that found the pool short of space and waited for a sync to bring the frees of
+    /// overwritten blocks back (instead of failing with ENOSPC) since import.
+    pub space_waits: u64,
 }
 
 /// A volume as listed.
@@ -575,6 +578,7 @@ impl Pool {
             synced_txg: self.shared.txg.synced_txg(),
             open_txg: self.shared.txg.open_txg(),
             cache: self.shared.cache.stats(),
+            space_waits: self.shared.space_waits(),
         }
     }
 

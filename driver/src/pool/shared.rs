@@ -69,6 +69,9 @@ pub struct Shared {
     pub(crate) suspension: super::health::Suspension,
     /// Passes, deferred frees and time of the syncs so far.
     pub(crate) sync_stats: Mutex<super::txg::SyncStats>,
+    /// Writes that found no space and waited for a sync to bring deferred frees back
+    /// (`Volume::prepare_commit`).
+    space_waits: AtomicU64,
     next_shard: AtomicUsize,
 }
 
@@ -139,6 +142,7 @@ impl Shared {
                 ckpt: Default::default(),
                 suspension: Default::default(),
                 sync_stats: Default::default(),
+                space_waits: AtomicU64::new(0),
                 next_shard: AtomicUsize::new(0),
             }
         })
@@ -434,6 +438,16 @@ impl Shared {
             i = j;
         }
         super::join::try_join_chunks(futs, 64).await
+    }
+
+    /// Counts a write that waited for a sync because the pool was short of space.
+    pub(crate) fn count_space_wait(&self) {
+        self.space_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes so far that waited for a sync because the pool was short of space.
+    pub(crate) fn space_waits(&self) -> u64 {
+        self.space_waits.load(Ordering::Relaxed)
     }
 
     /// Marks txg `txg` as holding changes (FLUSH waits for the highest such txg).

@@ -12,7 +12,7 @@ use ringpool_ondisk::object::ObjectType;
 
 use super::super::blocklock::RangeGuard;
 use super::super::error::{PoolError, Result};
-use super::super::txg::TxgHold;
+use super::super::txg::{TxgHold, TXG_DEFER_SIZE};
 use super::Volume;
 use crate::io::IoBuf;
 
@@ -177,14 +177,45 @@ impl Volume {
         if !delay.is_zero() {
             crate::io::sleep(delay).await;
         }
-        let hold = self
-            .shared
-            .txg
-            .hold_throttled()
-            .await
-            .map_err(PoolError::Suspended)?;
-        let dvas = self.shared.alloc_blocks(bs, nblk, hold.txg())?;
-        Ok(Prepared { sums, hold, dvas })
+        let mut waits = 0u64;
+        loop {
+            let hold = self
+                .shared
+                .txg
+                .hold_throttled()
+                .await
+                .map_err(PoolError::Suspended)?;
+            match self.shared.alloc_blocks(bs, nblk, hold.txg()) {
+                Ok(dvas) => return Ok(Prepared { sums, hold, dvas }),
+                Err(PoolError::NoSpace) if self.space_on_its_way(waits) => {
+                    // Short of space only for now: wait for a sync, as OpenZFS's
+                    // `dsl_dir_tempreserve_space` answers ERESTART and `dmu_tx_assign` waits
+                    // for the next txg. Our own hold goes first, or the sync waits for us.
+                    let txg = hold.txg();
+                    drop(hold);
+                    waits += 1;
+                    self.shared.count_space_wait();
+                    self.shared.wait_synced(txg).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether an allocation that found no space may find it after one more sync (`waits`
+    /// syncs waited for so far). An overwrite allocates its new block at once but its old
+    /// block comes back only [`TXG_DEFER_SIZE`] txgs after the txg that freed it, so a pool
+    /// that random overwrites keep near its slop is short of space for a few txgs at a time
+    /// while its volumes fit with room to spare (a 3 GiB volume on a 4 GiB pool got ENOSPC
+    /// with 500 MiB free). The first sync moves the frees of the open txg to the deferred
+    /// state; after that, waiting helps only while frees are still deferred, and never for
+    /// longer than they stay so: a full pool still answers ENOSPC after a few syncs.
+    fn space_on_its_way(&self, waits: u64) -> bool {
+        match waits {
+            0 => true,
+            w if w <= TXG_DEFER_SIZE + 1 => self.shared.class.stats().total.deferred > 0,
+            _ => false,
+        }
     }
 
     /// The second half of a commit: write `content` to the places `p` reserved, then publish
