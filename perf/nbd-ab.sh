@@ -18,7 +18,8 @@
 # Each side has its own pool file (written through once, then a volume prefilled through NBD)
 # and its own server; the servers stay up for the whole run, the order A/B flips every round.
 # Prints every call (IOPS, p50, p99 in us, the server's CPU us per I/O over the call, ramp
-# and the FLUSH that commits what the call left dirty included) and per job the per-round ratios B/A and their median,
+# and the FLUSH that commits what the call left dirty included, the txg sync thread's share
+# of it, and how long that FLUSH took) and per job the per-round ratios B/A and their median,
 # with the load average at the start and the end.
 set -uo pipefail
 
@@ -115,22 +116,39 @@ server_ticks() {
   awk '{print $14 + $15}' "/proc/${PID[$1]}/stat" 2>/dev/null || echo 0
 }
 
-# One call: prints "IOPS P50 P99 CPU" (us; CPU: the server's CPU time per I/O over the whole
-# call, ramp included).
+# CPU ticks the server's txg sync threads (named txg-<pool>) of side $1 used so far.
+sync_ticks() {
+  local t n=0 c
+  for t in /proc/"${PID[$1]}"/task/*; do
+    [[ $(cat "$t/comm" 2>/dev/null) == txg-* ]] || continue
+    c=$(awk '{print $14 + $15}' "$t/stat" 2>/dev/null) && n=$((n + c))
+  done
+  echo "$n"
+}
+
+# One call: prints "IOPS P50 P99 CPU SYNC FLUSH" (us; CPU: the server's CPU time per I/O over
+# the whole call, ramp included; SYNC: the part of it in the txg sync thread; FLUSH: ms the
+# NBD FLUSH after the job took).
 measure() {
-  local s=$1 job=$2 spec f t0 t1
+  local s=$1 job=$2 spec f t0 t1 s0 s1 f0 f1
   spec=$(job_spec "$job") || die "unknown job $job"
   f=$OUT/$s.$job.json
   t0=$(server_ticks "$s")
+  s0=$(sync_ticks "$s")
   # shellcheck disable=SC2086
   nice -n "$NICE" "${RT[@]}" "$FIO" --name="$job" --ioengine=nbd --uri="${URI[$s]}" $spec --numjobs=1 \
     --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --lat_percentiles=1 \
-    --percentile_list=50:99 --output-format=json --output="$f" >/dev/null 2>&1 || { echo "0 0 0 0"; return; }
+    --percentile_list=50:99 --output-format=json --output="$f" >/dev/null 2>&1 || { echo "0 0 0 0 0 0"; return; }
   # What the job left dirty (write-back) is committed now with an NBD FLUSH, so its sync is
   # counted in this call's CPU and does not run during the other side's next call.
+  # (qemu-io's start-up and connect are in the FLUSH time too: a few ms, the same for A and B.)
+  f0=$(date +%s%N)
   qemu-io -f raw -c flush "${URI[$s]}" >/dev/null 2>&1 || echo "NBD FLUSH of side $s failed" >&2
+  f1=$(date +%s%N)
   t1=$(server_ticks "$s")
-  python3 - "$f" "$((t1 - t0))" "$(getconf CLK_TCK)" "$RUNTIME" "$RAMP" <<'EOF'
+  s1=$(sync_ticks "$s")
+  python3 - "$f" "$((t1 - t0))" "$(getconf CLK_TCK)" "$RUNTIME" "$RAMP" "$((s1 - s0))" \
+    "$(((f1 - f0) / 1000000))" <<'EOF'
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 d = j["read"] if j["read"]["io_bytes"] else j["write"]
@@ -138,7 +156,9 @@ p = d["lat_ns"]["percentile"]
 ticks, hz, run, ramp = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 ios = d["iops"] * (run + ramp)
 cpu = ticks / hz * 1e6 / ios if ios > 0 else 0
-print("%.0f %.1f %.1f %.1f" % (d["iops"], p["50.000000"] / 1e3, p["99.000000"] / 1e3, cpu))
+sync = int(sys.argv[6]) / hz * 1e6 / ios if ios > 0 else 0
+print("%.0f %.1f %.1f %.1f %.2f %s" % (d["iops"], p["50.000000"] / 1e3, p["99.000000"] / 1e3, cpu,
+                                      sync, sys.argv[7]))
 EOF
 }
 
@@ -148,7 +168,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for job in $JOBS; do
     for s in $order; do
       RES[$r.$job.$s]=$(measure "$s" "$job")
-      printf 'round %d %-16s %s  IOPS %7s  p50 %7s  p99 %8s  cpu/IO %6s  load %s\n' "$r" "$job" "$s" \
+      printf 'round %d %-16s %s  IOPS %7s  p50 %7s  p99 %8s  cpu/IO %6s  sync/IO %5s  flush ms %5s  load %s\n' "$r" "$job" "$s" \
         ${RES[$r.$job.$s]} "$(cut -d' ' -f1 /proc/loadavg)"
     done
   done
@@ -156,8 +176,9 @@ done
 say "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for job in $JOBS; do
-  for col in 1 2 3 4; do
-    name=$(case $col in 1) echo "IOPS";; 2) echo "p50";; 3) echo "p99";; 4) echo "cpu";; esac)
+  for col in 1 2 3 4 5 6; do
+    name=$(case $col in 1) echo "IOPS";; 2) echo "p50";; 3) echo "p99";; 4) echo "cpu";; 5) echo "sync";;
+      6) echo "flush";; esac)
     ratios=()
     for r in $(seq 1 "$ROUNDS"); do
       a=$(echo "${RES[$r.$job.A]}" | cut -d' ' -f$col)

@@ -12,9 +12,9 @@ mod pool_common;
 use std::sync::Arc;
 
 use ringpool_driver::io::{self, FaultyEngine};
-use ringpool_driver::pool::{ImportOptions, Pool, PoolError};
+use ringpool_driver::pool::{ImportOptions, Pool, PoolError, PoolOptions};
 
-use pool_common::{copts, engines, iopts, pattern, popts, rcfg};
+use pool_common::{copts, copts_with, engines, iopts, pattern, popts, rcfg};
 
 #[test]
 fn create_write_read_export_import_verify() -> anyhow::Result<()> {
@@ -263,8 +263,22 @@ fn random_small_writes_until_full_never_suspend_the_pool() -> anyhow::Result<()>
 /// pool after about 24,576 writes.)
 #[test]
 fn random_overwrites_of_a_nearly_full_pool_never_suspend_it() -> anyhow::Result<()> {
+    overwrite_churn(popts())
+}
+
+/// The same churn with dirty limits far beyond any memory-sized default (a TiB): the pool's
+/// slop still bounds each txg (`TxgEngine::cap_dirty`), so the sync never runs out of space.
+#[test]
+fn huge_dirty_limits_cannot_overrun_the_slop_of_a_small_pool() -> anyhow::Result<()> {
+    let mut o = popts();
+    o.txg.dirty_sync_bytes = 1 << 40;
+    o.txg.dirty_max_bytes = 1 << 40;
+    overwrite_churn(o)
+}
+
+fn overwrite_churn(opts: PoolOptions) -> anyhow::Result<()> {
     let devs = vec![FaultyEngine::new(512 << 20, 4096)];
-    let pool = Pool::create("churn", engines(&devs), &copts())?;
+    let pool = Pool::create("churn", engines(&devs), &copts_with(opts))?;
     // 450 MiB of 512: few enough free blocks that the churn reaches the reserve however often
     // the txg timer syncs (with 400 MiB a loaded machine's extra syncs sometimes kept every
     // write clear of ENOSPC, and the test then proved nothing).

@@ -124,10 +124,61 @@ mod throttle_tests {
         );
         // A large pool is bounded by the configured limits.
         e.cap_dirty(1 << 40);
+        let cfg = e.config().clone();
         assert_eq!(
             (e.limits().data_sync, e.limits().data_max),
-            (64 << 20, 256 << 20)
+            (cfg.dirty_sync_bytes, cfg.dirty_max_bytes)
         );
+    }
+
+    /// The defaults come from memory (OpenZFS's 10 %, 64 MiB to 4 GiB), sync at half.
+    #[test]
+    fn default_limits_follow_memory() {
+        let cfg = TxgConfig::default();
+        if std::env::var_os("RINGPOOL_TXG_DIRTY_MAX_MIB").is_none() {
+            let ram = physical_memory();
+            assert!(ram > 0, "sysconf knows the memory size");
+            assert_eq!(cfg.dirty_max_bytes, (ram / 10).clamp(64 << 20, 4 << 30));
+        }
+        if std::env::var_os("RINGPOOL_TXG_DIRTY_SYNC_MIB").is_none() {
+            assert_eq!(cfg.dirty_sync_bytes, cfg.dirty_max_bytes / 2);
+        }
+    }
+
+    /// However large the configured limits, a small pool's slop bounds a txg: its data to one
+    /// slop (a sync at half), its metadata to half a slop (a sync at a quarter), so the sync
+    /// cannot need more of the slop than before. Pools up to 4 GiB (slop at most 128 MiB) get
+    /// the limits the fixed 64/256 MiB defaults gave.
+    #[test]
+    fn huge_configured_limits_stay_within_a_small_slop() {
+        let e = TxgEngine::new(
+            1,
+            TxgConfig {
+                dirty_sync_bytes: 1 << 40,
+                dirty_max_bytes: 1 << 41,
+                ..TxgConfig::default()
+            },
+        );
+        for slop in [16u64 << 20, 64 << 20, 128 << 20] {
+            e.cap_dirty(slop);
+            let old_sync = (64u64 << 20).min(slop / 2);
+            let old_max = (256u64 << 20).min(slop);
+            assert_eq!(
+                e.limits(),
+                Limits {
+                    data_sync: old_sync,
+                    data_max: old_max,
+                    meta_sync: slop / 4,
+                    meta_max: slop / 2,
+                },
+                "slop {slop}"
+            );
+        }
+        // A larger slop lets the data grow with it, the metadata still within half of it.
+        e.cap_dirty(320 << 20);
+        let l = e.limits();
+        assert_eq!((l.data_sync, l.data_max), (160 << 20, 320 << 20));
+        assert_eq!((l.meta_sync, l.meta_max), (80 << 20, 160 << 20));
     }
 
     #[test]
