@@ -116,8 +116,8 @@ mod throttle_tests {
         assert_eq!(
             e.limits(),
             Limits {
-                data_sync: 32 << 20,
-                data_max: 64 << 20,
+                data_sync: 64 << 20,
+                data_max: 128 << 20,
                 meta_sync: 16 << 20,
                 meta_max: 32 << 20,
             }
@@ -145,10 +145,9 @@ mod throttle_tests {
         }
     }
 
-    /// However large the configured limits, a small pool's slop bounds a txg: its data to one
-    /// slop (a sync at half), its metadata to half a slop (a sync at a quarter), so the sync
-    /// cannot need more of the slop than before. Pools up to 4 GiB (slop at most 128 MiB) get
-    /// the limits the fixed 64/256 MiB defaults gave.
+    /// However large the configured limits, a small pool's slop bounds a txg: its data to
+    /// `DATA_SLOPS` slops (a sync at half), its metadata, what the sync takes from the slop,
+    /// to half a slop (a sync at a quarter).
     #[test]
     fn huge_configured_limits_stay_within_a_small_slop() {
         let e = TxgEngine::new(
@@ -161,13 +160,11 @@ mod throttle_tests {
         );
         for slop in [16u64 << 20, 64 << 20, 128 << 20] {
             e.cap_dirty(slop);
-            let old_sync = (64u64 << 20).min(slop / 2);
-            let old_max = (256u64 << 20).min(slop);
             assert_eq!(
                 e.limits(),
                 Limits {
-                    data_sync: old_sync,
-                    data_max: old_max,
+                    data_sync: slop * DATA_SLOPS / 2,
+                    data_max: slop * DATA_SLOPS,
                     meta_sync: slop / 4,
                     meta_max: slop / 2,
                 },
@@ -177,7 +174,7 @@ mod throttle_tests {
         // A larger slop lets the data grow with it, the metadata still within half of it.
         e.cap_dirty(320 << 20);
         let l = e.limits();
-        assert_eq!((l.data_sync, l.data_max), (160 << 20, 320 << 20));
+        assert_eq!((l.data_sync, l.data_max), (320 << 20, 640 << 20));
         assert_eq!((l.meta_sync, l.meta_max), (80 << 20, 160 << 20));
     }
 
@@ -185,12 +182,13 @@ mod throttle_tests {
     fn delay_grows_toward_the_limit_and_spaces_writers() {
         let e = engine();
         let h = e.hold().unwrap();
+        let data_max = e.limits().data_max;
         // Below 60% of both limits: no delay.
-        h.add_dirty(30 << 20, 10 << 20);
+        h.add_dirty(data_max / 2, 10 << 20);
         assert_eq!(e.write_delay(), Duration::ZERO);
         // 80% of the data limit: scale * 20 / 20 = 500 us for the first writer, and the next
         // one is let through one step after it.
-        h.add_dirty((64 << 20) * 8 / 10 - (30 << 20), 0);
+        h.add_dirty(data_max * 8 / 10 - data_max / 2, 0);
         let d1 = e.write_delay();
         let d2 = e.write_delay();
         assert!(d1 <= Duration::from_micros(500), "{d1:?}");
