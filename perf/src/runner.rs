@@ -630,12 +630,7 @@ async fn job_main(ctx: JobCtx) -> Result<JobOutcome, String> {
     ticker.abort();
     let cpu = Cpu::now(true).since(cpu0);
     let ring1 = ring_stats().unwrap_or_default();
-    let ring = RingStats {
-        submit_enters: ring1.submit_enters.saturating_sub(ring0.submit_enters),
-        submitted: ring1.submitted.saturating_sub(ring0.submitted),
-        waits: ring1.waits.saturating_sub(ring0.waits),
-        reaped: ring1.reaped.saturating_sub(ring0.reaped),
-    };
+    let ring = ring1.since(&ring0);
     let finish = Instant::now();
     // Close the full intervals; the partial one past the end holds only stragglers.
     job.rotate(finish.min(end));

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use io_uring::squeue;
 
 use crate::io::error::IoError;
-use crate::io::reactor::{current_core, Completion, Core, OpData};
+use crate::io::reactor::{current_core, Completion, Core, OpData, WriteReq};
 
 /// One submitted SQE. Resolves to its [`Completion`], which hands back the resources the op
 /// lent to the kernel. Dropping it before completion orphans the slot: the reactor keeps the
@@ -29,6 +29,21 @@ impl Op {
             return Err((IoError::NotInReactor, data));
         };
         let key = core.driver.borrow_mut().submit(entry, data);
+        Ok(Op {
+            core,
+            key,
+            done: false,
+        })
+    }
+
+    /// Submit a positioned write (whose memory is owned by `data`) to the current reactor,
+    /// which may merge it with adjacent writes of the same turn (the future still resolves to
+    /// this write's own completion).
+    pub(crate) fn submit_write(req: WriteReq, data: OpData) -> Result<Op, (IoError, OpData)> {
+        let Some(core) = current_core() else {
+            return Err((IoError::NotInReactor, data));
+        };
+        let key = core.driver.borrow_mut().submit_write(req, data);
         Ok(Op {
             core,
             key,
@@ -72,6 +87,26 @@ pub(crate) async fn run_op(
     loop {
         let entry = make(&mut data);
         let op = match Op::submit(entry, data) {
+            Ok(op) => op,
+            Err((e, d)) => return (Err(e), d),
+        };
+        let c = op.await;
+        data = c.data;
+        if c.res == -libc::EAGAIN || c.res == -libc::EINTR {
+            continue;
+        }
+        return (Ok(c.res), data);
+    }
+}
+
+/// [`run_op`] for a positioned write: `make` describes the write (see [`Op::submit_write`]).
+pub(crate) async fn run_write_op(
+    mut make: impl FnMut(&mut OpData) -> WriteReq,
+    mut data: OpData,
+) -> (Result<i32, IoError>, OpData) {
+    loop {
+        let req = make(&mut data);
+        let op = match Op::submit_write(req, data) {
             Ok(op) => op,
             Err((e, d)) => return (Err(e), d),
         };

@@ -25,8 +25,10 @@ use io_uring::{opcode, squeue, types};
 
 use crate::io::buf::IoBuf;
 use crate::io::error::{IoError, OpKind};
-use crate::io::op::run_op;
-use crate::io::reactor::{current_registered_arena, MsgData, OpData, SockAddrBuf};
+use crate::io::op::{run_op, run_write_op};
+use crate::io::reactor::{
+    current_registered_arena, flush_staged_writes, MsgData, OpData, SockAddrBuf, WriteReq,
+};
 
 /// Largest single read/write/send/recv submitted; longer transfers are split by the loops.
 const MAX_XFER: usize = 1 << 30;
@@ -115,7 +117,8 @@ async fn read_window(
     }
 }
 
-/// Write `buf[range]` at `offset` (one op).
+/// Write `buf[range]` at `offset` (one op; the reactor may merge it with adjacent writes of
+/// the same turn into one vectored write, see `ReactorConfig::write_aggregate`).
 async fn write_window(
     fd: FileRef,
     buf: IoBuf,
@@ -129,17 +132,25 @@ async fn write_window(
     let ptr = unsafe { buf.as_ptr().add(range.start) };
     let len = to_u32(range.end - range.start);
     let fixed = fixed_index(&buf);
-    let make = move |_: &mut OpData| -> squeue::Entry {
-        match fixed {
+    let make = move |_: &mut OpData| -> WriteReq {
+        let single = match fixed {
             Some(idx) => with_fd!(fd, |f| opcode::WriteFixed::new(f, ptr, len, idx)
                 .offset(offset)
                 .build()),
             None => with_fd!(fd, |f| opcode::Write::new(f, ptr, len)
                 .offset(offset)
                 .build()),
+        };
+        WriteReq {
+            fd,
+            offset,
+            ptr,
+            len,
+            fixed,
+            single,
         }
     };
-    let (r, data) = run_op(make, OpData::Buf(buf)).await;
+    let (r, data) = run_write_op(make, OpData::Buf(buf)).await;
     let OpData::Buf(buf) = data else {
         return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
     };
@@ -249,6 +260,8 @@ pub async fn write_all_at(
 /// fsync (or fdatasync when `datasync`) through the ring.
 pub async fn fsync(fd: impl Into<FileRef>, datasync: bool) -> Result<(), IoError> {
     let fd = fd.into();
+    // Writes made before this fsync reach the SQ before it (see `flush_staged_writes`).
+    flush_staged_writes();
     let flags = if datasync {
         types::FsyncFlags::DATASYNC
     } else {
@@ -271,6 +284,7 @@ pub async fn fallocate(
     len: u64,
 ) -> Result<(), IoError> {
     let fd = fd.into();
+    flush_staged_writes();
     let make = move |_: &mut OpData| {
         with_fd!(fd, |f| opcode::Fallocate::new(f, len)
             .offset(offset)
@@ -293,6 +307,7 @@ const BLOCK_URING_CMD_DISCARD: u32 = 0x1200;
 /// ioctl.
 pub async fn block_discard(fd: impl Into<FileRef>, offset: u64, len: u64) -> Result<(), IoError> {
     let fd = fd.into();
+    flush_staged_writes();
     // The 16-byte command area starts at the SQE's addr3 field, which carries the length.
     let mut cmd = [0u8; 16];
     cmd[..8].copy_from_slice(&len.to_ne_bytes());

@@ -56,6 +56,10 @@ impl Default for PoolOptions {
             entries: 256,
             arena_bytes: 0,
             thread_name: "ringpool-txg".into(),
+            // The sync sizes its own writes (it merges adjacent tree blocks up to 32 KiB, and
+            // measured larger merges to crowd the writers' data writes): the ring does not
+            // merge them further.
+            write_aggregate: 0,
             ..Default::default()
         };
         PoolOptions {

@@ -14,6 +14,8 @@
 //!   small groups as they are made instead of in one burst per loop iteration.
 //! * [`RingStats`] counts the enters and the SQEs they submitted (SQEs per enter is the burst
 //!   size a device sees; the diagnostics ringperf prints).
+//! * Positioned writes are aggregated: those made in one turn to adjacent offsets of one file
+//!   go to the kernel as one vectored write ([`wagg`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -28,6 +30,11 @@ use slab::Slab;
 use crate::io::buf::IoBuf;
 
 use super::{RingInfo, Shared, TaskRunMode};
+
+mod wagg;
+
+pub(crate) use wagg::WriteReq;
+pub use wagg::DEFAULT_WRITE_AGGREGATE;
 
 /// Lowest user_data value reserved for internal ops.
 pub(crate) const RESERVED_MIN: u64 = u64::MAX - 15;
@@ -100,6 +107,8 @@ enum Lifecycle {
 struct Slot {
     life: Lifecycle,
     data: OpData,
+    /// A member of a vectored write in flight (its user_data is not known to the kernel).
+    grouped: bool,
 }
 
 /// Counters of one ring since it was set up.
@@ -113,6 +122,36 @@ pub struct RingStats {
     pub waits: u64,
     /// CQEs reaped.
     pub reaped: u64,
+    /// Positioned writes requested (`ops::write_at` and the loops over it).
+    pub writes: u64,
+    /// Write SQEs made for them: a vectored write of several counts once, a write re-issued
+    /// after its vectored write failed counts again. Fewer than `writes` when aggregated.
+    pub write_sqes: u64,
+    /// Vectored writes of several requested writes.
+    pub vectored_writes: u64,
+    /// Requested writes that went as part of a vectored write.
+    pub merged_writes: u64,
+    /// Vectored writes that failed or came back short, whose members were re-issued alone.
+    pub vectored_fallbacks: u64,
+}
+
+impl RingStats {
+    /// The growth of every counter since `earlier` (a snapshot of the same ring).
+    pub fn since(&self, earlier: &RingStats) -> RingStats {
+        RingStats {
+            submit_enters: self.submit_enters.saturating_sub(earlier.submit_enters),
+            submitted: self.submitted.saturating_sub(earlier.submitted),
+            waits: self.waits.saturating_sub(earlier.waits),
+            reaped: self.reaped.saturating_sub(earlier.reaped),
+            writes: self.writes.saturating_sub(earlier.writes),
+            write_sqes: self.write_sqes.saturating_sub(earlier.write_sqes),
+            vectored_writes: self.vectored_writes.saturating_sub(earlier.vectored_writes),
+            merged_writes: self.merged_writes.saturating_sub(earlier.merged_writes),
+            vectored_fallbacks: self
+                .vectored_fallbacks
+                .saturating_sub(earlier.vectored_fallbacks),
+        }
+    }
 }
 
 pub(crate) struct Driver {
@@ -131,6 +170,7 @@ pub(crate) struct Driver {
     /// Enter the kernel as soon as this many SQEs wait in the SQ (0: once per loop turn).
     submit_batch: usize,
     stats: RingStats,
+    wagg: wagg::Aggregator,
 }
 
 impl std::fmt::Debug for Driver {
@@ -194,6 +234,7 @@ impl Driver {
                         cq_entries: p.cq_entries(),
                         sqpoll: p.is_setup_sqpoll(),
                         registered_buffers: false,
+                        vectored_fixed: false,
                         arena_bytes: 0,
                     };
                     let cq_capacity = usize::try_from(p.cq_entries()).unwrap_or(usize::MAX);
@@ -209,6 +250,7 @@ impl Driver {
                         info,
                         submit_batch: 0,
                         stats: RingStats::default(),
+                        wagg: wagg::Aggregator::new(),
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -238,9 +280,11 @@ impl Driver {
         self.stats
     }
 
-    /// An operation other than the wake-up read is in flight or backlogged.
+    /// An operation other than the wake-up read is in flight, backlogged or staged.
     pub(crate) fn busy(&self) -> bool {
-        self.in_flight > usize::from(self.efd_armed) || !self.backlog.is_empty()
+        self.in_flight > usize::from(self.efd_armed)
+            || !self.backlog.is_empty()
+            || self.wagg.has_staged()
     }
 
     /// Ops that have a slot (in flight, backlogged or completed-but-uncollected).
@@ -253,6 +297,7 @@ impl Driver {
         let key = self.ops.insert(Slot {
             life: Lifecycle::Waiting(None),
             data,
+            grouped: false,
         });
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         debug_assert!(ud < RESERVED_MIN);
@@ -355,6 +400,11 @@ impl Driver {
     /// The future of slot `key` was dropped before collecting its completion.
     pub(crate) fn orphan(&mut self, key: usize) {
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
+        // A staged write: the kernel never saw it either.
+        if self.unstage(key) {
+            self.ops.remove(key);
+            return;
+        }
         // Still only in the local backlog: the kernel never saw it, free at once.
         if let Some(pos) = self.backlog.iter().position(|e| e.get_user_data() == ud) {
             self.backlog.remove(pos);
@@ -367,6 +417,10 @@ impl Driver {
         match slot.life {
             Lifecycle::Done { .. } => {
                 self.ops.remove(key);
+            }
+            Lifecycle::Waiting(_) if slot.grouped => {
+                // Part of a vectored write: freed when that completes (disk I/O does).
+                slot.life = Lifecycle::Orphaned;
             }
             Lifecycle::Waiting(_) => {
                 slot.life = Lifecycle::Orphaned;
@@ -441,6 +495,7 @@ impl Driver {
     /// Returns true if the eventfd fired (remote wake-ups may be queued).
     pub(crate) fn turn(&mut self, wait: bool) -> io::Result<bool> {
         self.arm_eventfd();
+        self.flush_staged();
         self.drain_backlog();
         // Nothing to submit and nothing but the eventfd read in flight: no completion can be
         // pending except a wake-up, which the caller's queues already reflect; skip the syscall.
@@ -458,6 +513,7 @@ impl Driver {
     /// Reap all available CQEs. Returns true if the eventfd read completed.
     fn reap(&mut self) -> bool {
         let mut fired = false;
+        let mut groups: Vec<(usize, i32)> = Vec::new();
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
@@ -472,31 +528,19 @@ impl Driver {
             if ud >= RESERVED_MIN || ud == 0 {
                 continue;
             }
+            if let Some(g) = wagg::group_of(ud) {
+                // Completed after the loop: a failed one pushes SQEs, which needs the ring.
+                groups.push((g, cqe.result()));
+                continue;
+            }
             let Ok(key) = usize::try_from(ud - 1) else {
                 continue;
             };
-            let orphaned = match self.ops.get_mut(key) {
-                Some(slot) => match &mut slot.life {
-                    Lifecycle::Waiting(w) => {
-                        let w = w.take();
-                        slot.life = Lifecycle::Done {
-                            res: cqe.result(),
-                            flags: cqe.flags(),
-                        };
-                        if let Some(w) = w {
-                            w.wake();
-                        }
-                        false
-                    }
-                    Lifecycle::Orphaned => true,
-                    Lifecycle::Done { .. } => false,
-                },
-                None => false,
-            };
-            if orphaned {
-                // The kernel is done with the resources: release them now.
-                drop(self.ops.remove(key));
-            }
+            complete_slot(&mut self.ops, key, cqe.result(), cqe.flags());
+        }
+        drop(cq);
+        for (g, res) in groups {
+            self.complete_group(g, res);
         }
         if fired {
             // Clear before the reactor drains its remote queue, so a wake that races with the
@@ -511,6 +555,7 @@ impl Driver {
     /// Cancel everything and wait (bounded) until the kernel has released every resource.
     pub(crate) fn quiesce(&mut self) -> bool {
         self.backlog.clear();
+        self.wagg.clear_staged();
         // Entries already pushed but never submitted are submitted by the next enter and then
         // cancelled/complete normally; count is in `in_flight`.
         let any = opcode::AsyncCancel2::new(types::CancelBuilder::any())
@@ -550,8 +595,32 @@ impl Drop for Driver {
             );
             let ops = std::mem::take(&mut self.ops);
             std::mem::forget(ops);
+            self.wagg.leak();
             let efd = std::mem::replace(&mut self.efd_buf, Box::new(0));
             std::mem::forget(efd);
         }
+    }
+}
+
+/// Records the completion of slot `key` and wakes its future (or frees an orphan's slot).
+fn complete_slot(ops: &mut Slab<Slot>, key: usize, res: i32, flags: u32) {
+    let orphaned = match ops.get_mut(key) {
+        Some(slot) => match &mut slot.life {
+            Lifecycle::Waiting(w) => {
+                let w = w.take();
+                slot.life = Lifecycle::Done { res, flags };
+                if let Some(w) = w {
+                    w.wake();
+                }
+                false
+            }
+            Lifecycle::Orphaned => true,
+            Lifecycle::Done { .. } => false,
+        },
+        None => false,
+    };
+    if orphaned {
+        // The kernel is done with the resources: release them now.
+        drop(ops.remove(key));
     }
 }
