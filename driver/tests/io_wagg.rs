@@ -211,6 +211,41 @@ fn writes_to_other_places_or_other_devices_are_not_merged() {
             assert_eq!(read(&a, off, BLK).await, block(5, k), "a {k}");
             assert_eq!(read(&b, off + BLK as u64, BLK).await, block(6, k), "b {k}");
         }
+        // A run on one device that ends where a run on the other begins: one vectored write
+        // each, not one over both.
+        let mut writes = Vec::new();
+        for k in 0..4 {
+            let off = (512 << 10) + (k * BLK) as u64;
+            writes.push((a.clone(), off, IoBuf::from_slice(&block(11, k))));
+            let off = off + (4 * BLK) as u64;
+            writes.push((b.clone(), off, IoBuf::from_slice(&block(12, k))));
+        }
+        let (res, d) = write_concurrently(writes).await;
+        assert!(res.iter().all(Result::is_ok));
+        assert_eq!(
+            (d.write_sqes, d.vectored_writes, d.merged_writes),
+            (2, 2, 8),
+            "{d:?}"
+        );
+        let (ga, gb) = (
+            read(&a, 512 << 10, 8 * BLK).await,
+            read(&b, 512 << 10, 8 * BLK).await,
+        );
+        for k in 0..4 {
+            assert_eq!(&ga[k * BLK..(k + 1) * BLK], &block(11, k)[..], "a {k}");
+            assert!(
+                ga[(k + 4) * BLK..(k + 5) * BLK].iter().all(|&x| x == 0),
+                "a {}",
+                k + 4
+            );
+            assert!(gb[k * BLK..(k + 1) * BLK].iter().all(|&x| x == 0), "b {k}");
+            assert_eq!(
+                &gb[(k + 4) * BLK..(k + 5) * BLK],
+                &block(12, k)[..],
+                "b {}",
+                k + 4
+            );
+        }
         // The same adjacent range on both devices: one vectored write each, each device
         // with its own data.
         let mut writes = Vec::new();
