@@ -34,7 +34,7 @@ use super::{RingInfo, Shared, TaskRunMode};
 mod wagg;
 
 pub(crate) use wagg::WriteReq;
-pub use wagg::DEFAULT_WRITE_AGGREGATE;
+pub use wagg::{DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW};
 
 /// Lowest user_data value reserved for internal ops.
 pub(crate) const RESERVED_MIN: u64 = u64::MAX - 15;
@@ -109,6 +109,8 @@ struct Slot {
     data: OpData,
     /// A member of a vectored write in flight (its user_data is not known to the kernel).
     grouped: bool,
+    /// A positioned write to this file (counted in flight per file by the aggregator).
+    write_fd: Option<crate::io::ops::FileRef>,
 }
 
 /// Counters of one ring since it was set up.
@@ -298,6 +300,7 @@ impl Driver {
             life: Lifecycle::Waiting(None),
             data,
             grouped: false,
+            write_fd: None,
         });
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         debug_assert!(ud < RESERVED_MIN);
@@ -495,7 +498,7 @@ impl Driver {
     /// Returns true if the eventfd fired (remote wake-ups may be queued).
     pub(crate) fn turn(&mut self, wait: bool) -> io::Result<bool> {
         self.arm_eventfd();
-        self.flush_staged();
+        self.flush_staged(false);
         self.drain_backlog();
         // Nothing to submit and nothing but the eventfd read in flight: no completion can be
         // pending except a wake-up, which the caller's queues already reflect; skip the syscall.
@@ -536,6 +539,9 @@ impl Driver {
             let Ok(key) = usize::try_from(ud - 1) else {
                 continue;
             };
+            if let Some(fd) = self.ops.get(key).and_then(|s| s.write_fd) {
+                self.wagg.write_done(fd);
+            }
             complete_slot(&mut self.ops, key, cqe.result(), cqe.flags());
         }
         drop(cq);

@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::Mutex;
 
 pub(crate) use driver::{Completion, Driver, MsgData, OpData, SockAddrBuf, WriteReq};
-pub use driver::{RingStats, DEFAULT_WRITE_AGGREGATE};
+pub use driver::{RingStats, DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW};
 pub(crate) use files::{file_for_device, FileRegistrations};
 pub use set::{ReactorHandle, ReactorSet};
 pub use task::{JoinError, JoinHandle};
@@ -105,6 +105,13 @@ pub struct ReactorConfig {
     /// [`DEFAULT_WRITE_AGGREGATE`]; the environment variable `RINGPOOL_WRITE_AGGREGATE_KIB`
     /// sets the default (for A/B runs).
     pub write_aggregate: usize,
+    /// While this many writes to a file are in flight, writes to it made later are held past
+    /// the end of their turn until one completes, and merged with what arrived meanwhile
+    /// (OpenZFS queues writes beyond a device's active limit the same way). 0: writes are
+    /// only held to the end of their turn. A write made while fewer are in flight (every write
+    /// at queue depth 1) is never held longer. The environment variable
+    /// `RINGPOOL_WRITE_AGGREGATE_WINDOW` sets the default (for A/B runs).
+    pub write_aggregate_window: usize,
 }
 
 /// Default of [`ReactorConfig::submit_batch`].
@@ -141,6 +148,10 @@ impl Default for ReactorConfig {
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .map_or(DEFAULT_WRITE_AGGREGATE, |k| k.saturating_mul(1024)),
+            write_aggregate_window: std::env::var("RINGPOOL_WRITE_AGGREGATE_WINDOW")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_WRITE_AGGREGATE_WINDOW),
         }
     }
 }
@@ -298,7 +309,7 @@ impl Core {
         let mut driver = Driver::new(cfg.entries, cfg.sqpoll, cfg.ring_mode, Arc::clone(&shared))
             .map_err(IoError::RingSetup)?;
         driver.set_submit_batch(cfg.submit_batch);
-        driver.set_write_aggregate(cfg.write_aggregate);
+        driver.set_write_aggregate(cfg.write_aggregate, cfg.write_aggregate_window);
         Ok(Rc::new(Core {
             index,
             shared,
@@ -575,7 +586,7 @@ pub fn submit_now() {
 /// reactor.
 pub(crate) fn flush_staged_writes() {
     if let Some(core) = current_core() {
-        core.driver.borrow_mut().flush_staged();
+        core.driver.borrow_mut().flush_staged(true);
     }
 }
 

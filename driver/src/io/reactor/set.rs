@@ -152,6 +152,9 @@ impl ReactorSet {
                     if let Err(e) = core.run(stop) {
                         tracing::error!(reactor = i, "reactor loop failed: {e}");
                     }
+                    // What the ring did over the reactor's life (SQEs per enter, writes per
+                    // write SQE): for diagnostics with RINGPOOL_LOG=debug.
+                    tracing::debug!(reactor = i, stats = ?core.driver.borrow().stats(), "ring counters");
                     drop(guard);
                     drop(core);
                 });
