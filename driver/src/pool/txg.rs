@@ -21,11 +21,16 @@ const TXG_MASK: u64 = 3;
 pub const TXG_DEFER_SIZE: u64 = 2;
 /// Longest single write delay (OpenZFS `zfs_delay_max_ns`, 100 ms).
 const MAX_DELAY: Duration = Duration::from_millis(100);
-/// Data bytes a txg may hold, in slops (see [`TxgEngine::cap_dirty`]). 4k randwrite QD32
-/// over NBD on a 10 GiB pool (slop 320 MiB), quiet, 6 alternated rounds: two slops (a sync at
-/// 320 MiB) over one (160 MiB) cut the sync thread's CPU per write to 0.57x (1.8 to 1.0 us)
-/// for 1.02x the IOPS, 0.95x the p99 and 1.18x the time of the FLUSH after the job (~70 ms).
-const DATA_SLOPS: u64 = 2;
+/// Data bytes a txg may hold, in slops (see [`TxgEngine::cap_dirty`]). One, not two: 4k
+/// randwrite QD32 over NBD on a 10 GiB pool (slop 320 MiB), quiet, 6 alternated rounds: two
+/// slops (a sync at 320 MiB) over one cut the sync thread's CPU per write to 0.57x (1.8 to
+/// 1.0 us) but gave only 1.02x / 1.008x the IOPS (both ways round). On a fuller pool it costs:
+/// the open, syncing and two deferred txgs keep about four txgs of overwrites from the
+/// allocator, which with two slops is more than a 3 GiB volume on a 4 GiB pool has free
+/// (~600 MiB above the slop), so overwrites keep waiting for syncs to give space back
+/// (`Volume::prepare_commit`): 0.675x the IOPS and 1.5x the p99 there in one A/B (loaded,
+/// 4 rounds; 0.95x with the sides swapped).
+const DATA_SLOPS: u64 = 1;
 
 /// Tunables of the txg engine.
 ///
@@ -383,7 +388,8 @@ impl TxgEngine {
     /// at most [`DATA_SLOPS`] slops of data (a sync started at half that): on a pool past
     /// 512 MiB (slop 1/32) about four slops, an eighth of the pool, are then in flight at
     /// worst, and an overwrite that is short of space only because of them waits for the
-    /// syncs that bring them back (`Volume::prepare_commit`) rather than failing. Pools whose
+    /// syncs that bring them back (`Volume::prepare_commit`) rather than failing; the smaller
+    /// that is, the fuller a pool can be before its writers wait. Pools whose
     /// slop is larger than the configured (memory-sized) limits are bounded by those.
     pub fn cap_dirty(&self, reserve: u64) {
         let data_cap = reserve.saturating_mul(DATA_SLOPS);

@@ -116,8 +116,8 @@ mod throttle_tests {
         assert_eq!(
             e.limits(),
             Limits {
-                data_sync: 64 << 20,
-                data_max: 128 << 20,
+                data_sync: (64 << 20) * DATA_SLOPS / 2,
+                data_max: (64 << 20) * DATA_SLOPS,
                 meta_sync: 16 << 20,
                 meta_max: 32 << 20,
             }
@@ -174,7 +174,10 @@ mod throttle_tests {
         // A larger slop lets the data grow with it, the metadata still within half of it.
         e.cap_dirty(320 << 20);
         let l = e.limits();
-        assert_eq!((l.data_sync, l.data_max), (320 << 20, 640 << 20));
+        assert_eq!(
+            (l.data_sync, l.data_max),
+            ((320 << 20) * DATA_SLOPS / 2, (320 << 20) * DATA_SLOPS)
+        );
         assert_eq!((l.meta_sync, l.meta_max), (80 << 20, 160 << 20));
     }
 
