@@ -244,7 +244,16 @@ impl Volume {
             }
             Err(_) => readahead::Fill::Failed,
         };
+        let filled = matches!(fill, readahead::Fill::Ready { .. });
         chunk.finish(fill);
+        // The device has room again: the stream's next chunks (not after a failure, which
+        // the requests see and report on their own path).
+        if !filled {
+            return;
+        }
+        for next in readahead::refill(&self) {
+            crate::io::spawn_local(self.clone().fill_chunk(next));
+        }
     }
 
     /// A read within one block (the common small random read): no batching machinery.
