@@ -44,12 +44,10 @@ pub(super) const CHUNK: u64 = 1 << 20;
 /// Bytes a new stream keeps read ahead of its reader (read in parallel).
 const AHEAD_BYTES: u64 = 4 * CHUNK;
 /// Most bytes a stream keeps read ahead. A stream whose reader catches up with fills that were
-/// started well ahead of it (half its depth or more) doubles its depth up to this: the device
-/// needs more reads in flight. On the virtio disk of perf/README.md, 128 KiB reads at random
-/// places (the blocks of a volume that random writes relocated) deliver 0.87x (median of 6
-/// alternated rounds, 0.62x..1.06x) the bytes of the raw file's sequential 128 KiB reads at
-/// queue depth 8 when 32 are in flight, and 1.0x (0.86x..1.56x) with 64.
-const MAX_AHEAD: u64 = 16 * CHUNK;
+/// started well ahead of it (half its depth or more) doubles its depth up to this. Not more:
+/// the windows of a stream this deep still fit in [`ARENA_BUDGET`] (16 MiB made a quarter of
+/// the windows zeroed heap buffers of scattered pages, see [`MAX_INFLIGHT`]).
+const MAX_AHEAD: u64 = 8 * CHUNK;
 /// Bytes of chunks and windows cached per reactor (spent windows first, then the least
 /// recently used).
 const MAX_BYTES: u64 = MAX_AHEAD + 8 * CHUNK;
@@ -69,10 +67,19 @@ const ARENA_BUDGET: usize = 12 << 20;
 const MIN_RUN: u32 = 3;
 /// Streams remembered per reactor.
 const MAX_STREAMS: usize = 16;
-/// Most bytes of read-ahead fills of one volume at the device at once, per reactor.
+/// Most bytes of read-ahead fills of one volume at the device at once, per reactor (the rest
+/// of a stream's depth is started as fills complete).
+///
+/// Why a bound at all: the device serves the reads it has all at once, each at a share of its
+/// bandwidth, so with a whole 8–16 MiB depth at the device the very window the reader needs
+/// next completed only after ~8 MiB were read (7 ms at 1.1 GB/s: the p99 of 128 KiB QD8
+/// sequential reads on 128 KiB blocks), and the block scheduler merged the queued windows into
+/// 1–4 MiB requests that a virtio ring without indirect descriptors (the disk of
+/// perf/README.md) held one at a time when their pages were scattered (heap windows). 2 MiB
+/// at the device, topped up as each fill completes ([`refill`]): p99 0.3–0.5x and IOPS
+/// 1.1–1.2x of the whole depth at once; 1 MiB left the disk idle between fills, 4 MiB had
+/// twice the p99 of 2 MiB.
 const MAX_INFLIGHT: u64 = 2 << 20;
-/// Most bytes held in the read-ahead chunks of a reactor that are being filled or are ready.
-const MAX_HOLD: u64 = 8 << 20;
 
 /// The fill state of a chunk.
 pub(super) enum Fill {
@@ -227,38 +234,19 @@ impl State {
 }
 
 impl State {
-    /// Bytes of `inner`'s chunks being filled, and bytes of all chunks being filled or ready.
-    fn held(&self, inner: &Arc<VolumeInner>) -> (u64, u64) {
-        let mut pending = 0u64;
-        let mut held = 0u64;
-        for c in &self.chunks {
-            let bytes = c.len.saturating_add(c.pad as u64);
-            if c.pending() {
-                held = held.saturating_add(bytes);
-                if same(&c.vol, inner) {
-                    pending = pending.saturating_add(bytes);
-                }
-            } else if matches!(*c.fill.borrow(), Fill::Ready { .. }) {
-                held = held.saturating_add(bytes);
-            }
-        }
-        (pending, held)
+    /// Bytes of `inner`'s chunks being filled.
+    fn pending(&self, inner: &Arc<VolumeInner>) -> u64 {
+        self.chunks
+            .iter()
+            .filter(|c| same(&c.vol, inner) && c.pending())
+            .map(|c| c.len)
+            .fold(0, u64::saturating_add)
     }
 
     /// Creates the chunks of stream `si` in `[from, ahead_end)` that nobody has started (in
-    /// units of the stream's `unit`), stopping where the volume's fills at the device reach
-    /// [`MAX_INFLIGHT`] bytes or the reactor's filling and ready chunks [`MAX_HOLD`], except
-    /// for the chunks before `need_end` (the reader's request needs them now). Records how far
-    /// the stream got and returns the chunks to fill.
-    ///
-    /// Why the bounds: the device serves every read at the device at once, each at a share of
-    /// its bandwidth, so a read-ahead 8–16 MiB deep made the very next window the reader needs
-    /// complete only after ~8 MiB were read (7 ms at 1.1 GB/s: the p99 of a 128 KiB QD8
-    /// sequential read), and the block layer merged the queued windows into 1–4 MiB requests
-    /// that (a virtio ring without indirect descriptors, windows of scattered heap pages) the
-    /// device then took one at a time. Fills at most 2 MiB deep, topped up as each completes
-    /// ([`refill`]), keep the device busy with small reads that complete in order; the held
-    /// bound keeps the windows in the reactor's registered arena (no heap buffer to zero).
+    /// units of the stream's `unit`), stopping where the volume's fills at the device would
+    /// pass [`MAX_INFLIGHT`] bytes, except for the chunks before `need_end` (the reader's
+    /// request needs them now). Records how far the stream got and returns the chunks to fill.
     #[allow(clippy::too_many_arguments)]
     fn extend(
         &mut self,
@@ -277,7 +265,7 @@ impl State {
         if unit == 0 {
             return Vec::new();
         }
-        let (mut pending, mut held) = self.held(inner);
+        let mut pending = self.pending(inner);
         let tick = self.tick;
         let mut start = Vec::new();
         let mut at = from;
@@ -288,10 +276,8 @@ impl State {
                 .iter()
                 .any(|c| same(&c.vol, inner) && c.overlaps(at, w_end));
             if !taken {
-                let bytes = (w_end - at).saturating_add(unit_pad as u64);
-                let full = pending.saturating_add(bytes) > MAX_INFLIGHT
-                    || held.saturating_add(bytes) > MAX_HOLD;
-                if full && at >= need_end {
+                let bytes = w_end - at;
+                if pending.saturating_add(bytes) > MAX_INFLIGHT && at >= need_end {
                     break;
                 }
                 let c = Rc::new(Chunk {
@@ -306,7 +292,6 @@ impl State {
                     arena: Cell::new(false),
                 });
                 pending = pending.saturating_add(bytes);
-                held = held.saturating_add(bytes);
                 self.chunks.push(Rc::clone(&c));
                 start.push(c);
             }
