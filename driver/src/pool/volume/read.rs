@@ -220,6 +220,9 @@ impl Volume {
                 return;
             }
         };
+        // More than one device read: the chunk does not count against the read-ahead's bound
+        // of bytes at the device (see readahead::MAX_INFLIGHT).
+        chunk.scattered.set(self.runs(&pieces, 0).len() > 1);
         let buf = readahead::buffer(chunk, pad + len);
         let (r, data) = self.read_runs(&pieces, buf, pad).await;
         drop(guard);
