@@ -81,32 +81,30 @@ impl Drop for Op {
 /// Submit and await, resubmitting on EAGAIN/EINTR. `make` builds the SQE from the op's data
 /// (called again for each retry, so pointers always refer to the data's current owner).
 pub(crate) async fn run_op(
-    mut make: impl FnMut(&mut OpData) -> squeue::Entry,
-    mut data: OpData,
+    make: impl FnMut(&mut OpData) -> squeue::Entry,
+    data: OpData,
 ) -> (Result<i32, IoError>, OpData) {
-    loop {
-        let entry = make(&mut data);
-        let op = match Op::submit(entry, data) {
-            Ok(op) => op,
-            Err((e, d)) => return (Err(e), d),
-        };
-        let c = op.await;
-        data = c.data;
-        if c.res == -libc::EAGAIN || c.res == -libc::EINTR {
-            continue;
-        }
-        return (Ok(c.res), data);
-    }
+    resubmitting(make, Op::submit, data).await
 }
 
 /// [`run_op`] for a positioned write: `make` describes the write (see [`Op::submit_write`]).
 pub(crate) async fn run_write_op(
-    mut make: impl FnMut(&mut OpData) -> WriteReq,
+    make: impl FnMut(&mut OpData) -> WriteReq,
+    data: OpData,
+) -> (Result<i32, IoError>, OpData) {
+    resubmitting(make, Op::submit_write, data).await
+}
+
+/// The loop of [`run_op`] and [`run_write_op`]: describe the op with `make`, hand it to the
+/// ring with `submit`, await it, and go round again on EAGAIN/EINTR.
+async fn resubmitting<R>(
+    mut make: impl FnMut(&mut OpData) -> R,
+    submit: impl Fn(R, OpData) -> Result<Op, (IoError, OpData)>,
     mut data: OpData,
 ) -> (Result<i32, IoError>, OpData) {
     loop {
         let req = make(&mut data);
-        let op = match Op::submit_write(req, data) {
+        let op = match submit(req, data) {
             Ok(op) => op,
             Err((e, d)) => return (Err(e), d),
         };
