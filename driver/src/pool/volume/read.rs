@@ -224,7 +224,25 @@ impl Volume {
         // of bytes at the device (see readahead::MAX_INFLIGHT).
         chunk.scattered.set(self.runs(&pieces, 0).len() > 1);
         let buf = readahead::buffer(chunk, pad + len);
-        let (r, data) = self.read_runs(&pieces, buf, pad).await;
+        // Once the device reads are done, the next fills go to the device before this one's
+        // checksums are computed: a virtio disk completes the fills it has in one burst, and
+        // verifying all of them first (~10 us per 128 KiB) left it idle meanwhile.
+        let vol = self.clone();
+        let start_next = move || {
+            chunk.read_done.set(true);
+            let next = readahead::refill(&vol);
+            let any = !next.is_empty();
+            for n in next {
+                crate::io::spawn_local_first(vol.clone().fill_chunk(n));
+            }
+            any
+        };
+        let hook: Option<&dyn Fn() -> bool> = if readahead::early_refill() {
+            Some(&start_next)
+        } else {
+            None
+        };
+        let (r, data) = self.read_runs(&pieces, buf, pad, hook).await;
         drop(guard);
         let fill = match r {
             Ok(bad) => {
@@ -422,7 +440,7 @@ impl Volume {
                 push_hole(&mut holes, p.dst..p.dst + p.len);
             }
         }
-        let (r, mut buf) = self.read_runs(pieces, buf, base).await;
+        let (r, mut buf) = self.read_runs(pieces, buf, base, None).await;
         let bad = match r {
             Ok(bad) => bad,
             Err(e) => return (Err(e), buf),
@@ -460,16 +478,22 @@ impl Volume {
     /// Reads the data pieces into `buf` (each at `base + dst`): one device read per run,
     /// the runs concurrently, every block verified. Returns the blocks that failed their
     /// checksum (for the caller to re-read or report); a device error fails the whole call.
+    ///
+    /// `after_read` is called once every device read has completed, before the last batch is
+    /// verified; when it returns true (it started other tasks' device reads, with
+    /// `spawn_local_first`), this task lets them run and submits their reads first.
     async fn read_runs(
         &self,
         pieces: &[Piece],
         mut buf: IoBuf,
         base: usize,
+        after_read: Option<&dyn Fn() -> bool>,
     ) -> (Result<Vec<(Piece, PoolError)>>, IoBuf) {
         let runs = self.runs(pieces, buf.addr() + base);
         let mut first_err: Option<PoolError> = None;
         let mut bad: Vec<(Piece, PoolError)> = Vec::new();
-        for batch in runs.chunks(READ_WIDTH) {
+        let batches = runs.len().div_ceil(READ_WIDTH);
+        for (bi, batch) in runs.chunks(READ_WIDTH).enumerate() {
             // The largest direct run of the batch reads into the caller's buffer; the others
             // into buffers of their own (concurrent reads cannot share one owned buffer).
             let direct = batch
@@ -496,6 +520,12 @@ impl Volume {
                 }
             }
             let outs = super::super::join::join_all(futs).await;
+            if bi + 1 == batches && after_read.is_some_and(|f| f()) {
+                // Every woken fill task starts its successors before any of them verifies:
+                // the successors were spawned to run first, and each fill yields here once.
+                crate::io::yield_now().await;
+                crate::io::submit_now();
+            }
             let mut landings = Vec::with_capacity(outs.len());
             for (i, (r, b)) in outs.into_iter().enumerate() {
                 if let Err(e) = r {

@@ -86,6 +86,24 @@ const MAX_STREAMS: usize = 16;
 /// are bounded by the stream's depth alone, as before.
 const MAX_INFLIGHT: u64 = 2 << 20;
 
+/// [`MAX_INFLIGHT`], or `RINGPOOL_READAHEAD_INFLIGHT_KIB` from the environment (experiments).
+fn max_inflight() -> u64 {
+    static V: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("RINGPOOL_READAHEAD_INFLIGHT_KIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(MAX_INFLIGHT, |k| k << 10)
+    })
+}
+
+/// Whether a fill starts the next ones as soon as its device reads complete, before verifying
+/// (`RINGPOOL_READAHEAD_EARLY=0` turns it off, for comparisons).
+pub(super) fn early_refill() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("RINGPOOL_READAHEAD_EARLY").map_or(true, |v| v != "0"))
+}
+
 /// The fill state of a chunk.
 pub(super) enum Fill {
     /// Device reads in flight.
@@ -120,6 +138,10 @@ pub(super) struct Chunk {
     /// The fill found the chunk's blocks in more than one place on the devices (set once
     /// its blocks are looked up): it does not count against [`MAX_INFLIGHT`].
     pub(super) scattered: Cell<bool>,
+    /// The fill's device reads completed (its blocks are being verified): it no longer counts
+    /// against [`MAX_INFLIGHT`], so the next fills go to the device before the checksums of
+    /// this one are computed.
+    pub(super) read_done: Cell<bool>,
 }
 
 impl Chunk {
@@ -247,7 +269,9 @@ impl State {
     fn pending(&self, inner: &Arc<VolumeInner>) -> u64 {
         self.chunks
             .iter()
-            .filter(|c| same(&c.vol, inner) && c.pending() && !c.scattered.get())
+            .filter(|c| {
+                same(&c.vol, inner) && c.pending() && !c.scattered.get() && !c.read_done.get()
+            })
             .map(|c| c.len)
             .fold(0, u64::saturating_add)
     }
@@ -286,7 +310,7 @@ impl State {
                 .any(|c| same(&c.vol, inner) && c.overlaps(at, w_end));
             if !taken {
                 let bytes = w_end - at;
-                if pending.saturating_add(bytes) > MAX_INFLIGHT && at >= need_end {
+                if pending.saturating_add(bytes) > max_inflight() && at >= need_end {
                     break;
                 }
                 let c = Rc::new(Chunk {
@@ -300,6 +324,7 @@ impl State {
                     issued_at,
                     arena: Cell::new(false),
                     scattered: Cell::new(false),
+                    read_done: Cell::new(false),
                 });
                 pending = pending.saturating_add(bytes);
                 self.chunks.push(Rc::clone(&c));
