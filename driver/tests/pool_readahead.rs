@@ -412,6 +412,8 @@ struct SlowReads {
     now: Arc<std::sync::atomic::AtomicUsize>,
     max: Arc<std::sync::atomic::AtomicUsize>,
     reads: Arc<std::sync::atomic::AtomicUsize>,
+    /// Reads of exactly 128 KiB (read-ahead windows of 128 KiB blocks, not tree blocks).
+    windows: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl io::BlockEngine for SlowReads {
@@ -428,13 +430,17 @@ impl io::BlockEngine for SlowReads {
     fn read_into(&self, buf: IoBuf, range: std::ops::Range<usize>, offset: u64) -> io::IoFuture {
         use std::sync::atomic::Ordering::SeqCst;
         let (inner, delay) = (self.inner.clone(), self.delay);
-        let (now, max, reads) = (
+        let (now, max, reads, windows) = (
             Arc::clone(&self.now),
             Arc::clone(&self.max),
             Arc::clone(&self.reads),
+            Arc::clone(&self.windows),
         );
         Box::pin(async move {
             reads.fetch_add(1, SeqCst);
+            if range.len() == 128 * 1024 {
+                windows.fetch_add(1, SeqCst);
+            }
             max.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
             io::sleep(delay).await;
             let r = inner.read_into(buf, range, offset).await;
@@ -468,6 +474,7 @@ fn a_stream_keeps_at_most_2_mib_of_fills_at_the_device() -> anyhow::Result<()> {
         now: Arc::default(),
         max: Arc::default(),
         reads: Arc::default(),
+        windows: Arc::default(),
     };
     let (max, reads) = (Arc::clone(&dev.max), Arc::clone(&dev.reads));
     let pool = create_one_shard("radeep", vec![Arc::new(dev)], Duration::from_secs(10))?;
@@ -521,6 +528,7 @@ fn completed_fills_start_the_next_windows_without_new_requests() -> anyhow::Resu
         now: Arc::default(),
         max: Arc::default(),
         reads: Arc::default(),
+        windows: Arc::default(),
     };
     let (max, reads) = (Arc::clone(&dev.max), Arc::clone(&dev.reads));
     let pool = create_one_shard("rapace", vec![Arc::new(dev)], Duration::from_secs(10))?;
@@ -566,6 +574,70 @@ fn completed_fills_start_the_next_windows_without_new_requests() -> anyhow::Resu
             extra <= 24,
             "{extra} device reads for 17 requests served from read-ahead (refills included)"
         );
+        anyhow::Ok(())
+    })??;
+    pool.export()?;
+    Ok(())
+}
+
+/// A fill whose device read completed starts the stream's next windows before its own blocks
+/// are verified (and before the request waiting for it is answered): a virtio disk completes
+/// the fills it has in one burst, and verifying them all first left it idle meanwhile. So the
+/// request that started the read-ahead (16 windows of 128 KiB, all at the device) returns only
+/// after the successors of its window were handed to the device; before, it returned first.
+#[test]
+fn a_fill_starts_the_next_windows_before_it_is_verified() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dev = SlowReads {
+        inner: FaultyEngine::new(256 << 20, 4096),
+        delay: Duration::from_millis(2),
+        now: Arc::default(),
+        max: Arc::default(),
+        reads: Arc::default(),
+        windows: Arc::default(),
+    };
+    let windows = Arc::clone(&dev.windows);
+    let pool = create_one_shard("raearly", vec![Arc::new(dev)], Duration::from_secs(10))?;
+    let size = 16usize << 20;
+    let step = 128 * 1024;
+    let vol = pool.create_volume("v", size as u64, step as u32)?;
+    io::block_on(&rcfg(), async {
+        let model = pattern(6, size);
+        vol.write(0, &model, false).await?;
+        vol.flush().await?;
+        for k in 0..2 {
+            let off = k * step;
+            let got = read_at(&vol, off as u64, step).await?;
+            anyhow::ensure!(got == model[off..off + step], "read at {off} differs");
+        }
+        // The third request starts the read-ahead: its own window and the next 15. It runs as
+        // a task of its own, so it is answered as soon as its window is ready (the test's
+        // future would only be polled after every task already queued).
+        let before = windows.load(SeqCst);
+        let (v, w) = (vol.clone(), Arc::clone(&windows));
+        let third = io::spawn_local(async move {
+            let r = read_at(&v, 2 * step as u64, step).await;
+            (r, w.load(SeqCst))
+        });
+        let (got, seen) = within(Duration::from_secs(20), third).await??;
+        let got = got?;
+        anyhow::ensure!(got == model[2 * step..3 * step], "third read differs");
+        let started = seen - before;
+        anyhow::ensure!(
+            started > 16,
+            "{started} windows at the device when the first one was answered: its successors \
+             were not started before it was verified (16 would be the first batch alone)"
+        );
+        anyhow::ensure!(
+            started <= 40,
+            "{started} windows started, at most 32 expected"
+        );
+        // The windows read ahead still answer the stream.
+        for k in 3..40 {
+            let off = k * step;
+            let got = read_at(&vol, off as u64, step).await?;
+            anyhow::ensure!(got == model[off..off + step], "read at {off} differs");
+        }
         anyhow::Ok(())
     })??;
     pool.export()?;
