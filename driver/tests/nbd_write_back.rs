@@ -173,3 +173,62 @@ fn a_lost_write_fails_the_next_flush_on_every_connection_and_reads_see_the_old_d
     drop((a, b, c, srv));
     assert!(pool.export().is_err(), "the export reports the suspension");
 }
+
+/// Small WRITEs pipelined together are gathered into batches, and with write-back a batch is
+/// acknowledged before its device write too: with the device failing every write, the first
+/// WRITEs still succeed (the later ones find the pool suspended) and the FLUSH after them
+/// reports the loss; before that, with the device working, the same pipelined writes are
+/// read back on another connection and flushed.
+#[test]
+fn pipelined_small_writes_are_written_back_in_batches() {
+    const NBD_EIO: u32 = 5;
+    let (srv, pool, dev) = serve(true);
+    let mut w = Client::connect(&srv, EXPORT, true, false);
+    let n = 256u64;
+    // Scattered 4 KiB blocks of the 8 MiB volume, none written twice.
+    let at = |k: u64| (k * 37 % 2048) * 4096;
+    let pipelined = |w: &mut Client, seed: u64| {
+        for k in 0..n {
+            let data = pattern(4096, u8::try_from((k + seed) % 251).unwrap());
+            w.send(0, cmd::WRITE, k, at(k), 4096, &data);
+        }
+        let mut errors = 0u64;
+        for _ in 0..n {
+            match w.recv(0, &mut Vec::new()) {
+                Reply::Chunk { kind, .. } => {
+                    if kind != 0 {
+                        errors += 1;
+                    }
+                }
+                Reply::Simple { errno, .. } => errors += u64::from(errno != 0),
+            }
+        }
+        errors
+    };
+    assert_eq!(pipelined(&mut w, 0), 0, "every write succeeds");
+    let mut r = Client::connect(&srv, EXPORT, true, false);
+    for k in 0..n {
+        let got = r.read(1000 + k, at(k), 4096).expect("read");
+        assert!(
+            got == pattern(4096, u8::try_from(k % 251).unwrap()),
+            "write {k} read back"
+        );
+    }
+    assert_eq!(flush(&mut w, 999), 0);
+    dev.inject_eio(0..64 << 20, false, true);
+    // The first batches are acknowledged before their device writes fail; the writes after
+    // that find the pool suspended.
+    let failed = pipelined(&mut w, 1);
+    assert!(
+        failed < n,
+        "some writes are acknowledged before their device writes ({failed} of {n} failed)"
+    );
+    assert_eq!(
+        flush(&mut w, 998),
+        NBD_EIO,
+        "the FLUSH after them reports the loss"
+    );
+    drop((w, r, srv));
+    dev.clear_faults();
+    assert!(pool.export().is_err(), "the export reports the suspension");
+}

@@ -232,3 +232,128 @@ fn write_backs_cancelled_with_their_reactor_suspend_the_pool() -> anyhow::Result
     pool.export()?;
     Ok(())
 }
+
+/// A gathered batch written back (`Volume::write_gather_back`, what the NBD server does with
+/// small WRITEs that arrive together): acknowledged before its device write, seen by reads
+/// and block status at once, made durable by the FLUSH after it; the write of the batch that
+/// cannot be gathered (a partial block) is written too, in order after the earlier write it
+/// overlaps.
+#[test]
+fn a_gathered_batch_written_back_is_seen_at_once_and_made_durable_by_flush() -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(64 << 20, 4096);
+    let pool = create_one_shard("wb5", vec![Arc::new(dev.clone())], Duration::from_secs(60))?;
+    let size = 4usize << 20;
+    let vol = pool.create_volume("v", size as u64, BS)?;
+    let bs = BS as usize;
+    // Scattered whole blocks, one of them in a hole (block 700).
+    let blocks = [513usize, 3, 700, 41, 42, 900];
+    let mut model = pattern(1, size);
+    let durable = io::block_on(&rcfg(), async {
+        vol.write(0, &model, false).await?;
+        vol.flush().await?;
+        vol.punch(700 * BS as u64, u64::from(BS), false).await?;
+        model[700 * bs..701 * bs].fill(0);
+        let writes: Vec<(u64, IoBuf)> = blocks
+            .iter()
+            .zip(10u64..)
+            .map(|(&b, seed)| ((b * bs) as u64, IoBuf::from_slice(&pattern(seed, bs))))
+            .collect();
+        let before = dev.event_count();
+        let results = vol.write_gather_back(writes).await;
+        anyhow::ensure!(
+            dev.event_count() == before,
+            "the batch is acknowledged before its device write"
+        );
+        anyhow::ensure!(results.len() == blocks.len(), "one result per write");
+        for ((&b, seed), (r, _)) in blocks.iter().zip(10u64..).zip(results) {
+            r?;
+            model[b * bs..(b + 1) * bs].copy_from_slice(&pattern(seed, bs));
+        }
+        let mut got = vec![0u8; size];
+        vol.read(0, &mut got).await?;
+        anyhow::ensure!(
+            got == model,
+            "a read after the acknowledgement sees the batch"
+        );
+        let st = vol.block_status(700 * BS as u64, u64::from(BS)).await?;
+        anyhow::ensure!(
+            st.iter().all(|e| !e.hole),
+            "the hole written back is data for block status at once: {st:?}"
+        );
+        // A batch with a partial write overlapping an earlier one: gathered and not.
+        let part = pattern(30, 100);
+        let writes = vec![
+            ((3 * bs) as u64, IoBuf::from_slice(&pattern(31, bs))),
+            ((3 * bs + 50) as u64, IoBuf::from_slice(&part)),
+            ((5 * bs) as u64, IoBuf::from_slice(&pattern(32, bs))),
+        ];
+        for (r, _) in vol.write_gather_back(writes).await {
+            r?;
+        }
+        model[3 * bs..4 * bs].copy_from_slice(&pattern(31, bs));
+        model[3 * bs + 50..3 * bs + 150].copy_from_slice(&part);
+        model[5 * bs..6 * bs].copy_from_slice(&pattern(32, bs));
+        vol.read(0, &mut got).await?;
+        anyhow::ensure!(
+            got == model,
+            "the partial write lands after the gathered one"
+        );
+        vol.flush().await?;
+        anyhow::Ok(dev.durable_image())
+    })??;
+    drop(vol);
+    pool.export()?;
+    let pool = Pool::import(
+        vec![Arc::new(FaultyEngine::from_image(durable, 4096))],
+        &pool_common::iopts(),
+    )?;
+    let vol = pool.open_volume("v")?;
+    io::block_on(&rcfg(), async {
+        let mut got = vec![0u8; size];
+        vol.read(0, &mut got).await?;
+        anyhow::ensure!(
+            got == model,
+            "the flushed batches survive a crash after the flush"
+        );
+        anyhow::Ok(())
+    })??;
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
+    Ok(())
+}
+
+/// A gathered batch acknowledged before its device write failed: the pool is suspended and
+/// no FLUSH after it succeeds.
+#[test]
+fn a_gathered_batch_lost_after_its_acknowledgement_fails_the_flush() -> anyhow::Result<()> {
+    let dev = FaultyEngine::new(64 << 20, 4096);
+    let pool = create_one_shard("wb6", vec![Arc::new(dev.clone())], Duration::from_secs(60))?;
+    let vol = pool.create_volume("v", 4 << 20, BS)?;
+    let bs = BS as usize;
+    io::block_on(&rcfg(), async {
+        vol.write(0, &pattern(1, LEN), false).await?;
+        vol.flush().await?;
+        dev.inject_eio(0..64 << 20, false, true);
+        let writes: Vec<(u64, IoBuf)> = [7usize, 2, 19]
+            .iter()
+            .map(|&b| ((b * bs) as u64, IoBuf::from_slice(&pattern(5, bs))))
+            .collect();
+        for (r, _) in vol.write_gather_back(writes).await {
+            r?;
+        }
+        anyhow::ensure!(
+            vol.flush().await.is_err(),
+            "FLUSH after a lost acknowledged batch fails"
+        );
+        anyhow::ensure!(vol.flush().await.is_err(), "and so does the next");
+        anyhow::Ok(())
+    })??;
+    assert!(
+        matches!(pool.health(), PoolHealth::Suspended { .. }),
+        "the pool is suspended"
+    );
+    dev.clear_faults();
+    drop(vol);
+    assert!(pool.export().is_err(), "the export reports the loss");
+    Ok(())
+}

@@ -152,6 +152,12 @@ pub trait ExportBackend: Send + Sync + std::fmt::Debug {
             out
         })
     }
+    /// Like [`ExportBackend::write_batch`], but each write may be acknowledged before its
+    /// data reached the device, under the contract of [`ExportBackend::write_back`] (buffers
+    /// may be kept: empty ones come back). Default: [`ExportBackend::write_batch`].
+    fn write_batch_back(&self, writes: Vec<(u64, IoBuf)>) -> BackendFuture<'_, Vec<WriteResult>> {
+        self.write_batch(writes)
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> BackendFuture<'_, Result<(), BackendError>>;
     /// Discards a range (a hint).

@@ -78,8 +78,9 @@ pub struct NbdServerConfig {
     ///
     /// [`ExportBackend::gathers_writes`]: super::backend::ExportBackend::gathers_writes
     pub gather_writes: bool,
-    /// Hand WRITEs without FUA to the backend's [`ExportBackend::write_back`], which may
-    /// acknowledge them before they reach the device (a ringpool volume does, within a bound;
+    /// Hand WRITEs without FUA to the backend's [`ExportBackend::write_back`] (gathered ones
+    /// to [`ExportBackend::write_batch_back`]), which may acknowledge them before they reach
+    /// the device (a ringpool volume does, within a bound;
     /// durability after FLUSH is unchanged; a device error after the acknowledgement
     /// suspends the pool so that every later FLUSH fails, see `pool/volume/writeback.rs`).
     /// Default on: in alternated A/Bs of 128 KiB sequential writes at QD8 on the 2-vCPU test
@@ -89,6 +90,7 @@ pub struct NbdServerConfig {
     /// `RINGPOOL_NBD_WRITE_BACK=0` in the environment turns the default off.
     ///
     /// [`ExportBackend::write_back`]: super::backend::ExportBackend::write_back
+    /// [`ExportBackend::write_batch_back`]: super::backend::ExportBackend::write_batch_back
     pub write_back: bool,
     /// Once this many small replies are queued on a connection and no send is in flight, the
     /// request task that queued the last one sends them at once instead of leaving them to the

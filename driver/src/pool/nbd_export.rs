@@ -104,6 +104,16 @@ impl ExportBackend for Volume {
         })
     }
 
+    fn write_batch_back(&self, writes: Vec<(u64, IoBuf)>) -> BackendFuture<'_, Vec<WriteResult>> {
+        Box::pin(async move {
+            self.write_gather_back(writes)
+                .await
+                .into_iter()
+                .map(|(r, data)| (r.map_err(|e| to_backend(&e)), data))
+                .collect()
+        })
+    }
+
     fn flush(&self) -> BackendFuture<'_, Result<(), BackendError>> {
         Box::pin(async move { Volume::flush(self).await.map_err(|e| to_backend(&e)) })
     }

@@ -8,6 +8,10 @@
 //! they are busy queues up and is taken by the next task that looks, so batches grow with the
 //! client's queue depth and stay single writes at queue depth 1. Every request keeps its own
 //! reply and its own result.
+//! With write-back on ([`NbdServerConfig::write_back`](super::super::NbdServerConfig::write_back))
+//! a batch goes to
+//! [`ExportBackend::write_batch_back`](super::super::backend::ExportBackend::write_batch_back)
+//! (a lone write to `write_back`), so its replies may go out before its device write.
 //!
 //! A burst is shared out, not swallowed whole: a task takes only its share of what is pending
 //! (split over itself and the tasks that may still start) and starts the next task for the
@@ -101,6 +105,9 @@ async fn task(conn: Rc<Conn>) {
     let g = &conn.gather;
     g.scheduled.set(false);
     let backend = &conn.export.backend;
+    // Write-back (as for WRITEs executed one by one, see `exec`): a batch is acknowledged
+    // once ordered, so the client's next writes need not wait for this batch's device write.
+    let back = conn.shared.cfg.write_back;
     loop {
         let mut batch = take(g);
         if !g.pending.borrow().is_empty() {
@@ -109,7 +116,11 @@ async fn task(conn: Rc<Conn>) {
         }
         if batch.len() == 1 {
             if let Some(w) = batch.pop() {
-                let (r, _data) = backend.write(w.offset, w.data, false).await;
+                let (r, _data) = if back {
+                    backend.write_back(w.offset, w.data).await
+                } else {
+                    backend.write(w.offset, w.data, false).await
+                };
                 conn.queue_result(w.credit, w.cookie, w.roff, r);
             }
             continue;
@@ -124,7 +135,12 @@ async fn task(conn: Rc<Conn>) {
             replies.push((w.cookie, w.roff, w.credit));
             writes.push((w.offset, w.data));
         }
-        let mut results = backend.write_batch(writes).await.into_iter();
+        let results = if back {
+            backend.write_batch_back(writes).await
+        } else {
+            backend.write_batch(writes).await
+        };
+        let mut results = results.into_iter();
         for (cookie, roff, credit) in replies {
             match results.next() {
                 Some((r, _data)) => conn.queue_result(credit, cookie, roff, r),

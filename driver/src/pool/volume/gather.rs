@@ -31,6 +31,26 @@ impl Volume {
     /// result is that of the writes done one by one in the given order, and every failure is
     /// reported by the write it belongs to.
     pub async fn write_gather(&self, writes: Vec<(u64, IoBuf)>) -> Vec<(Result<()>, IoBuf)> {
+        self.gather(writes, false).await
+    }
+
+    /// Like [`write_gather`](Self::write_gather), but the gathered writes are acknowledged as
+    /// soon as they are ordered, as [`write_back`](Self::write_back) does for one write: once
+    /// their blocks are locked, checksummed, their txg held and their new places allocated,
+    /// the device write and the publication go on in a task of their own (within the volume's
+    /// write-back bound; past it, or off a reactor thread, the batch is written the ordinary
+    /// way). The same guarantees hold as for a single write-back: a later read, block-status
+    /// query or write of those blocks waits for their locks, a later FLUSH waits for their
+    /// txg, and a failed device write suspends the pool. Every buffer comes back (the batch
+    /// is written from a copy).
+    ///
+    /// Why: at queue depth 32 a batch otherwise waits for its device write before any of its
+    /// replies goes out, so the client's next writes wait for the disk while the reactor idles.
+    pub async fn write_gather_back(&self, writes: Vec<(u64, IoBuf)>) -> Vec<(Result<()>, IoBuf)> {
+        self.gather(writes, true).await
+    }
+
+    async fn gather(&self, writes: Vec<(u64, IoBuf)>, back: bool) -> Vec<(Result<()>, IoBuf)> {
         let bs = self.bs();
         let n = writes.len();
         let mut slots: Vec<Option<(u64, IoBuf)>> = writes.into_iter().map(Some).collect();
@@ -81,8 +101,13 @@ impl Volume {
                 at += d.len();
                 runs.push((first, usize::try_from(last - first + 1).unwrap_or(0)));
             }
-            let (r, _content) = self.commit_runs(&runs, content).await;
-            drop(guards);
+            let r = if back {
+                self.commit_runs_back(runs, content, guards, total).await
+            } else {
+                let (r, _content) = self.commit_runs(&runs, content).await;
+                drop(guards);
+                r.map(drop)
+            };
             if r.is_ok() {
                 for &i in &chosen {
                     if let Some((_, d)) = slots[i].take() {

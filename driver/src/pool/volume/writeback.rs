@@ -61,8 +61,10 @@
 
 use std::sync::atomic::Ordering;
 
+use super::super::blocklock::RangeGuard;
 use super::super::error::{PoolError, Result};
 use super::super::txg::TxgHold;
+use super::write::Prepared;
 use super::Volume;
 use crate::io::IoBuf;
 
@@ -143,6 +145,57 @@ impl Volume {
                 return (Err(e), Some(data));
             }
         };
+        self.finish_in_background(vec![(first, nblk)], data, prepared, guards, len);
+        (Ok(()), None)
+    }
+
+    /// The write-back of a gathered batch ([`write_gather_back`](Self::write_gather_back)):
+    /// `content` holds the blocks of `runs` back to back, `guards` their locks, `len` its
+    /// bytes. Acknowledged once ordered as [`write_back`](Self::write_back) is; without room
+    /// in the bound (or off a reactor thread) committed the ordinary way before returning.
+    /// An error means nothing was written and every lock is released.
+    pub(super) async fn commit_runs_back(
+        &self,
+        runs: Vec<(u64, usize)>,
+        content: IoBuf,
+        guards: Vec<RangeGuard>,
+        len: u64,
+    ) -> Result<()> {
+        let inflight = &self.inner.write_back_bytes;
+        let eligible =
+            crate::io::in_reactor() && content.addr().is_multiple_of(crate::io::buf::DEFAULT_ALIGN);
+        if !eligible || inflight.fetch_add(len, Ordering::AcqRel) + len > write_back_max() {
+            if eligible {
+                inflight.fetch_sub(len, Ordering::AcqRel);
+            }
+            let (r, _content) = self.commit_runs(&runs, content).await;
+            drop(guards);
+            return r.map(drop);
+        }
+        let nblk: usize = runs.iter().map(|r| r.1).sum();
+        let prepared = match self.prepare_commit(nblk, &content).await {
+            Ok(p) => p,
+            Err(e) => {
+                drop(guards);
+                inflight.fetch_sub(len, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
+        self.finish_in_background(runs, content, prepared, guards, len);
+        Ok(())
+    }
+
+    /// Acknowledges a prepared commit: marks its txg dirty and finishes it (device write,
+    /// publication) in a task of its own, which releases `guards` (the blocks' locks) and the
+    /// `len` bytes the caller counted in the write-back bound once the blocks are published.
+    fn finish_in_background<G: 'static>(
+        &self,
+        runs: Vec<(u64, usize)>,
+        data: IoBuf,
+        prepared: Prepared,
+        guards: G,
+        len: u64,
+    ) {
         // From here a FLUSH waits for this txg, which cannot commit before the task below
         // published the blocks (it holds the txg).
         self.shared.mark_dirty(prepared.txg());
@@ -157,17 +210,13 @@ impl Volume {
             if let Some(d) = test_delay() {
                 crate::io::sleep(d).await;
             }
-            let (r, data) = pending
-                .vol
-                .finish_commit(&[(first, nblk)], data, prepared, true)
-                .await;
+            let (r, data) = pending.vol.finish_commit(&runs, data, prepared, true).await;
             drop(guards);
             drop(data);
             // A failure has suspended the pool (`finish_commit`); nobody waits for this task.
             drop(r);
             pending.done = true;
         });
-        (Ok(()), None)
     }
 
     /// Waits until no write-back write is in flight on blocks `first..=last` (by taking and
