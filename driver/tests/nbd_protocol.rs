@@ -705,3 +705,54 @@ fn minimum_block_size_is_advertised_and_enforced() {
     assert_eq!(c.write(5, 512, &[2u8; 1024]), 0);
     assert_eq!(c.read(6, 0, 2048).unwrap()[512..1536], [2u8; 1024]);
 }
+
+#[test]
+fn a_page_sized_read_over_data_and_a_hole_answers_the_hole_as_a_hole_chunk() {
+    // Reads of a page or more are otherwise sent straight from their read buffer as one data
+    // chunk; with structured replies a read that covers a hole still gets a hole chunk for it.
+    let s = TestServer::start(16 << 20);
+    for extended in [false, true] {
+        let mut c = Client::connect(&s, EXPORT, !extended, extended);
+        let d = pattern(4096, 3);
+        assert_eq!(c.write(1, 1 << 20, &d), 0);
+        for (len, cookie) in [(8192u64, 2u64), (12288, 3)] {
+            c.send(0, cmd::READ, cookie, 1 << 20, len, &[]);
+            let mut chunks = Vec::new();
+            loop {
+                let Reply::Chunk {
+                    cookie: k,
+                    flags,
+                    kind,
+                    payload,
+                } = c.recv(0, &mut Vec::new())
+                else {
+                    panic!("simple reply to a structured read")
+                };
+                assert_eq!(k, cookie);
+                let at = be64(&payload) - (1 << 20);
+                let n = if kind == proto::chunk::OFFSET_HOLE {
+                    u64::from(be32(&payload[8..]))
+                } else {
+                    assert_eq!(kind, proto::chunk::OFFSET_DATA);
+                    assert_eq!(&payload[8..], &d[..], "data of read {cookie}");
+                    u64::try_from(payload.len() - 8).unwrap()
+                };
+                chunks.push((at, n, kind));
+                if flags & 1 == 1 {
+                    break;
+                }
+            }
+            chunks.sort_unstable();
+            assert_eq!(
+                chunks,
+                [
+                    (0, 4096, proto::chunk::OFFSET_DATA),
+                    (4096, len - 4096, proto::chunk::OFFSET_HOLE)
+                ],
+                "read of {len} (extended {extended})"
+            );
+        }
+        c.send(0, cmd::DISC, 9, 0, 0, &[]);
+        assert!(c.closed());
+    }
+}

@@ -15,6 +15,28 @@ use crate::io::IoBuf;
 /// just before it.
 const DATA_OFFSET: usize = 4096;
 
+/// READ replies up to this size (header and data) are copied into the send batch; larger
+/// ones, i.e. every read of a page or more, are sent straight from the buffer the backend read
+/// into, their header in the page before the data ([`DATA_OFFSET`]). On the 2-vCPU test box
+/// the copy of a 4 KiB reply was 3-4 % of the reactor at 4k randread QD32, on the serial
+/// chain from a disk batch's completion to the batch of replies; sending from the read buffer
+/// instead (one iovec per reply in the batch's vectored send) did 1.01-1.04x the IOPS at
+/// 0.96-0.99x the server CPU per read, in A/Bs both ways round (perf/results/README-nbd.md).
+pub(super) const DEFAULT_INLINE_READ_MAX: usize = 4096;
+
+/// [`DEFAULT_INLINE_READ_MAX`], or `RINGPOOL_NBD_INLINE_READ_MAX=N` from the environment (for
+/// comparisons; at most [`INLINE_REPLY_MAX`]).
+fn inline_read_max() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("RINGPOOL_NBD_INLINE_READ_MAX")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_INLINE_READ_MAX)
+            .min(INLINE_REPLY_MAX)
+    })
+}
+
 /// Executes one request and queues its reply.
 pub(super) async fn run(
     conn: Rc<Conn>,
@@ -159,7 +181,7 @@ async fn read(
         conn.queue_small(credit, |v| reply::none_done(v, mode, cookie, roff));
         return;
     }
-    let inline = len + reply::MAX_READ_PREFIX <= INLINE_REPLY_MAX;
+    let inline = len + reply::MAX_READ_PREFIX <= inline_read_max();
     let (start, total) = if inline {
         (0, len)
     } else {
@@ -183,8 +205,12 @@ async fn read(
                 reply::hole_chunk(v, mode, cookie, roff, offset, length, true)
             });
         }
-        ReadLayout::Holes(holes) if structured && !df && inline => {
-            let data = &buf[..len];
+        // Holes are answered as hole chunks up to the batch's reply size, also for reads that
+        // would otherwise be sent from their buffer (a page or more).
+        ReadLayout::Holes(holes)
+            if structured && !df && len + reply::MAX_READ_PREFIX <= INLINE_REPLY_MAX =>
+        {
+            let data = &buf[start..total];
             conn.queue_small(credit, |v| {
                 chunks_with_holes(v, mode, cookie, roff, offset, data, &holes)
             });

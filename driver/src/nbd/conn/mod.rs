@@ -6,9 +6,10 @@
 //!   order. The reader and each request's first poll run ahead of other woken tasks (replies
 //!   being built), so a request reaches the backend as soon as it is parsed.
 //! * Request tasks queue their reply with the **writer** task: replies up to
-//!   [`send::INLINE_REPLY_MAX`] bytes (headers, errors, small reads) are appended to one batch buffer
-//!   that goes out in a single send; larger reads are sent straight from the buffer the backend
-//!   read into (the reply header sits in the page before the data). Optionally, when a burst
+//!   [`send::INLINE_REPLY_MAX`] bytes (headers, errors, reads of less than a page) are appended
+//!   to one batch buffer that goes out in a single send; reads of a page or more are sent
+//!   straight from the buffer the backend read into (the reply header sits in the page before
+//!   the data). Optionally, when a burst
 //!   of completions queues many small replies, the task that queues the
 //!   [`NbdServerConfig::reply_flush`](super::NbdServerConfig::reply_flush)-th sends the batch
 //!   itself at once (the writer would run only after the whole burst).
