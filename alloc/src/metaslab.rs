@@ -16,7 +16,7 @@
 
 use crate::error::AllocError;
 use crate::frag::{fragmentation, segment_weight};
-use crate::range_tree::{RangeTree, SearchLimit, HISTOGRAM_BUCKETS};
+use crate::range_tree::{hist_bucket, RangeTree, SearchLimit, HISTOGRAM_BUCKETS};
 use crate::record::{SmAction, SmRecord};
 
 /// Per-txg arrays are indexed by `txg & TXG_MASK` (ZFS `TXG_SIZE`).
@@ -564,6 +564,47 @@ impl Metaslab {
         self.allocating_txg[slot] = txg;
         self.touched = true;
         Ok(())
+    }
+
+    /// Allocate `size` bytes from a free segment shorter than `reserve_piece`: the first one
+    /// from the cursor of the size's alignment class on, wrapping to the start; `NoSpace` when
+    /// there is none. Such a segment holds no piece of the sync reserve (see
+    /// [`Metaslab::reserve_space`]), so neither the allocation nor its remainder costs the
+    /// reserve anything: `crate::reserve` takes this path first once the reserve is close to the
+    /// slop. The dynamic-fit picker of [`Metaslab::alloc`] cannot be relied on for it: a request
+    /// below the size floor looks for short segments only among the `df_max_search_count` after
+    /// its cursor and then takes the best fit among the indexed, long ones, which the reserve
+    /// check undoes; a nearly full pool then answered ENOSPC with a tenth of it free in short
+    /// holes. The walk is skipped when the size histogram counts no segment that could fit.
+    pub fn alloc_short(&mut self, size: u64, txg: u64) -> Result<u64, AllocError> {
+        let piece = self.cfg.reserve_piece;
+        let no_space = AllocError::NoSpace { size };
+        if size == 0 || size >= piece || !size.is_multiple_of(self.unit()) {
+            return Err(no_space);
+        }
+        let hist = self.allocatable.histogram();
+        if hist[hist_bucket(size)..=hist_bucket(piece - 1)]
+            .iter()
+            .all(|&n| n == 0)
+        {
+            return Err(no_space);
+        }
+        let cursor_idx = size.trailing_zeros() as usize;
+        let cursor = self.cursors[cursor_idx];
+        let fits = |&(_, len): &(u64, u64)| len >= size && len < piece;
+        let found = self.allocatable.iter_from(cursor).find(fits).or_else(|| {
+            self.allocatable
+                .iter()
+                .take_while(|&(start, _)| start < cursor)
+                .find(fits)
+        });
+        let Some((start, _)) = found else {
+            return Err(no_space);
+        };
+        self.claim(start, size, txg)?;
+        self.active_txg = txg;
+        self.cursors[cursor_idx] = start + size;
+        Ok(start)
     }
 
     /// Whether any part of the range is in a tree of free space.

@@ -86,6 +86,15 @@ pub(crate) fn alloc_within(
         return Err(AllocError::NoSpace { size: asize });
     }
     let before = ms.reserve_space();
+    if max_loss.is_some() {
+        // Close to the reserve: a short hole costs it nothing, so one is used first wherever it
+        // is in the metaslab (the ordinary picker may not look at it).
+        match ms.alloc_short(asize, txg) {
+            Ok(off) => return Ok((off, to_i64(ms.reserve_space()) - to_i64(before))),
+            Err(AllocError::NoSpace { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let off = ms.alloc(asize, txg)?;
     let after = ms.reserve_space();
     if let Some(max) = max_loss {
@@ -169,6 +178,82 @@ mod tests {
         // With enough budget it goes through and reports the loss.
         let (_, delta) = alloc_within(&mut ms, unit, 1, Some(unit)).unwrap();
         assert_eq!(delta, -to_i64(unit));
+        ms.verify().unwrap();
+    }
+
+    /// A metaslab of 100 long segments (5 units, each holding a piece of 4 units) from the
+    /// start, then short holes far past the cursor: more segments than the near-fit window.
+    fn long_segments_then_short_holes(unit: u64) -> Metaslab {
+        let cfg = MetaslabConfig {
+            reserve_piece: 4 * unit,
+            size_index_floor: 4 * unit,
+            ..MetaslabConfig::default()
+        };
+        let mut ms = Metaslab::new(0, 0, 0, 1024 * unit, 12, cfg).unwrap();
+        // Units 5, 11, 17, ... 599 used: 100 segments of 5 units.
+        for i in 0..100 {
+            ms.claim((6 * i + 5) * unit, unit, 1).unwrap();
+        }
+        // From 600 on: [1 free, 2 used] x 10 (ten 1-unit holes), then the rest used.
+        for i in 0..10 {
+            ms.claim((600 + 3 * i + 1) * unit, 2 * unit, 1).unwrap();
+        }
+        ms.claim(630 * unit, (1024 - 630) * unit, 1).unwrap();
+        ms
+    }
+
+    #[test]
+    fn at_the_reserve_short_holes_anywhere_in_the_metaslab_are_used() {
+        let unit = 4096u64;
+        for compact in [false, true] {
+            let mut ms = long_segments_then_short_holes(unit);
+            if compact {
+                ms.passivate();
+            }
+            let reserve = ms.reserve_space();
+            assert_eq!(reserve, 100 * 2 * unit);
+            let free = ms.free_space();
+            // No reserve may be lost: the ten short holes serve ten allocations for free.
+            let mut got = Vec::new();
+            for _ in 0..10 {
+                let (off, delta) = alloc_within(&mut ms, unit, 1, Some(0))
+                    .unwrap_or_else(|e| panic!("compact {compact}: {e}"));
+                assert_eq!(delta, 0, "compact {compact}");
+                got.push(off / unit);
+            }
+            got.sort_unstable();
+            let holes: Vec<u64> = (0..10).map(|i| 600 + 3 * i).collect();
+            assert_eq!(got, holes, "compact {compact}");
+            assert_eq!(ms.reserve_space(), reserve);
+            assert_eq!(ms.free_space(), free - 10 * unit);
+            // Then only long segments are left: refused, nothing taken.
+            let r = alloc_within(&mut ms, unit, 1, Some(0));
+            assert!(matches!(r, Err(AllocError::NoSpace { .. })), "{r:?}");
+            assert_eq!(ms.free_space(), free - 10 * unit);
+            // Without a limit the ordinary picker serves from the long segments.
+            let (_, delta) = alloc_within(&mut ms, unit, 1, None).unwrap();
+            assert_eq!(delta, -to_i64(unit));
+            ms.verify().unwrap();
+        }
+    }
+
+    #[test]
+    fn short_holes_are_not_searched_for_requests_of_a_piece_or_without_a_limit() {
+        let unit = 4096u64;
+        let mut ms = long_segments_then_short_holes(unit);
+        // A request of a piece never fits a short hole.
+        assert!(matches!(
+            ms.alloc_short(4 * unit, 1),
+            Err(AllocError::NoSpace { .. })
+        ));
+        // Two units fit no 1-unit hole (the histogram bucket of 4-8 KiB is empty).
+        assert!(matches!(
+            ms.alloc_short(2 * unit, 1),
+            Err(AllocError::NoSpace { .. })
+        ));
+        // Far from the reserve the ordinary picker decides (it takes a long segment here).
+        let (off, _) = alloc_within(&mut ms, unit, 1, None).unwrap();
+        assert!(off < 600 * unit, "{off}");
         ms.verify().unwrap();
     }
 
