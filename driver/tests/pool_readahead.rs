@@ -540,25 +540,32 @@ fn completed_fills_start_the_next_windows_without_new_requests() -> anyhow::Resu
         vol.write(0, &model, false).await?;
         vol.flush().await?;
         // A stream of three requests (the third one starts the read-ahead), then nothing.
+        // Counted from the third request on: on a loaded machine the fills it starts can
+        // complete, and start the next ones, before it returns (counted from its return, this
+        // test saw only the last 5 of them).
+        let mut before = 0;
         for k in 0..3 {
+            if k == 2 {
+                max.store(0, SeqCst);
+                before = reads.load(SeqCst);
+            }
             let off = k * step;
             let got = read_at(&vol, off as u64, step).await?;
             anyhow::ensure!(got == model[off..off + step], "read at {off} differs");
         }
         // The third request started its own window and the next 15 (2 MiB); the other 17 of
         // the 4 MiB depth can only be started by the fills completing (2 ms each).
-        max.store(0, SeqCst);
-        let before = reads.load(SeqCst);
         let mut waited = 0;
-        while reads.load(SeqCst) - before < 17 && waited < 2000 {
+        while reads.load(SeqCst) - before < 33 && waited < 2000 {
             io::sleep(Duration::from_millis(10)).await;
             waited += 10;
         }
         io::sleep(Duration::from_millis(50)).await;
         let (most, ahead) = (max.load(SeqCst), reads.load(SeqCst) - before);
         anyhow::ensure!(
-            (14..=24).contains(&ahead),
-            "{ahead} windows started after the stream paused, expected the 17 left of its depth"
+            (30..=40).contains(&ahead),
+            "{ahead} windows started from the third request on, expected its 16 and the 17 \
+             left of its depth"
         );
         // 16 windows, and a tree block or two a loaded machine's cache may have to read.
         anyhow::ensure!(most <= 20, "{most} fills at the device at once");
