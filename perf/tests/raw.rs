@@ -61,10 +61,15 @@ fn raw_randrw_reports_sane_json_hlog_and_plot() {
     assert!(f64_at(&v, "total.cpu_us_per_io") > 0.0);
     assert_eq!(v["jobs"].as_array().unwrap().len(), 1);
     let intervals = v["intervals"].as_array().unwrap();
+    // One per second of the 3 s run, and one per second the last I/Os took to drain: the
+    // shared disk of a busy machine sometimes stalls for seconds (max 2.8 s seen), and the
+    // run reports those seconds too.
+    let stalled_s = (lat("max_us") / 1e6).ceil() as usize;
     assert!(
-        (2..=4).contains(&intervals.len()),
-        "{} intervals",
-        intervals.len()
+        (2..=4 + stalled_s).contains(&intervals.len()),
+        "{} intervals (longest I/O {} us)",
+        intervals.len(),
+        lat("max_us")
     );
 
     let log = std::fs::read_to_string(&hlog).unwrap();
@@ -236,7 +241,10 @@ fn submit_batch_and_ring_options_reach_the_ring() {
         args.extend_from_slice(extra);
         let (code, v) = ringperf_json(&args);
         assert_eq!(code, Some(0), "{extra:?}: {v}");
-        assert!(f64_at(&v, "total.ios") > 100.0, "{extra:?}: {v}");
+        // More than a few rounds of the queue, unless the disk stalled for a second or more
+        // (the shared disk of a busy machine does; 71 I/Os with a 2.8 s one was seen).
+        let stalled = f64_at(&v, "total.lat.max_us") >= 1e6;
+        assert!(f64_at(&v, "total.ios") > 100.0 || stalled, "{extra:?}: {v}");
         assert_eq!(f64_at(&v, "verify_errors"), 0.0);
         v
     };
