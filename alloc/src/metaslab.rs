@@ -254,18 +254,18 @@ impl Metaslab {
     pub fn free_space(&self) -> u64 {
         self.allocatable.space()
     }
-    /// A lower bound of the allocatable bytes that blocks of `reserve_piece` bytes can use: a
-    /// segment at least that long holds `floor(len / piece)` of them, at least
-    /// `len - (piece - unit)` bytes; a shorter one holds none.
+    /// The allocatable bytes that blocks of `reserve_piece` bytes (rounded up to the unit) can
+    /// use: a segment holds `floor(len / piece)` of them, a shorter one none. Exact, from the
+    /// piece count the free tree keeps. (It used to be the lower bound `len - (piece - unit)`
+    /// per segment, from the segments' count and length: a quarter of the truth for segments
+    /// of one piece. A nearly full pool whose free space was in such segments then refused
+    /// every data block with 18 MiB free above the slop and nothing deferred.)
     pub fn reserve_space(&self) -> u64 {
-        let (count, bytes) = self.allocatable.large_segments();
-        let waste = self.cfg.reserve_piece.saturating_sub(self.unit());
-        bytes.saturating_sub(count.saturating_mul(waste))
+        let (pieces, piece) = self.allocatable.large_pieces();
+        pieces.saturating_mul(piece)
     }
     /// The least reserve space (see [`Metaslab::reserve_space`]) an allocation of `size` bytes
-    /// can cost, whatever segment it takes: 0 below `reserve_piece`; from a piece up it takes a
-    /// segment of at least a piece, which counted its length less one piece's waste, and
-    /// leaves only its remainders, so at least `size` less that waste.
+    /// can cost, whatever segment it takes (see `crate::reserve::min_loss`).
     pub fn min_reserve_loss(&self, size: u64) -> u64 {
         crate::reserve::min_loss(size, self.cfg.reserve_piece, self.unit())
     }

@@ -176,13 +176,15 @@ pub struct RangeTree<U: SegUnit = u32> {
 }
 
 /// Count and units of the segments at least `min` units long (`min` = `u64::MAX`: none
-/// counted). Kept beside the histogram because it cannot say how many bytes lie in the short
-/// segments, and the pool's sync reserve must be measured in pieces of a given size.
+/// counted), and how many pieces of `min` units they hold (`floor(len / min)` each). Kept
+/// beside the histogram because it cannot say how many bytes lie in the short segments, and
+/// the pool's sync reserve must be measured in pieces of a given size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct LargeSegs {
     min: u64,
     count: u64,
     units: u64,
+    pieces: u64,
 }
 
 impl LargeSegs {
@@ -191,6 +193,7 @@ impl LargeSegs {
         if len >= self.min {
             self.count += 1;
             self.units += len;
+            self.pieces += len / self.min;
         }
     }
 
@@ -199,6 +202,7 @@ impl LargeSegs {
         if len >= self.min {
             self.count -= 1;
             self.units -= len;
+            self.pieces -= len / self.min;
         }
     }
 }
@@ -209,6 +213,7 @@ impl Default for LargeSegs {
             min: u64::MAX,
             count: 0,
             units: 0,
+            pieces: 0,
         }
     }
 }
@@ -602,10 +607,7 @@ impl<U: SegUnit> RangeTree<U> {
             ..LargeSegs::default()
         };
         for (_, l) in self.by_start.iter() {
-            if l.get() >= min {
-                large.count += 1;
-                large.units += l.get();
-            }
+            large.add(l.get());
         }
         self.large = large;
     }
@@ -613,6 +615,15 @@ impl<U: SegUnit> RangeTree<U> {
     /// `(count, bytes)` of the segments at least as long as [`RangeTree::set_large_min`] set.
     pub fn large_segments(&self) -> (u64, u64) {
         (self.large.count, self.large.units << self.shift)
+    }
+
+    /// How many ranges of the [`RangeTree::set_large_min`] length the segments can hand out
+    /// (`floor(len / min)` per segment), and that length in bytes.
+    pub fn large_pieces(&self) -> (u64, u64) {
+        if self.large.min == u64::MAX {
+            return (0, 0);
+        }
+        (self.large.pieces, self.large.min << self.shift)
     }
 
     /// Whether `[start, start + len)` lies entirely inside one segment. Invalid ranges are not
@@ -752,6 +763,7 @@ impl<U: SegUnit> RangeTree<U> {
         self.space = 0;
         self.large.count = 0;
         self.large.units = 0;
+        self.large.pieces = 0;
         self.largest_hint = 0;
         self.largest_exact = true;
     }

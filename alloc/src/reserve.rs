@@ -10,15 +10,15 @@
 //! ones); our block pointers have no gang form, so the allocator keeps the reserve whole
 //! instead.
 //!
-//! Every metaslab knows a lower bound of the bytes its free segments can hand out in such
-//! pieces ([`Metaslab::reserve_space`], exact per segment up to one piece's waste, from
-//! counters its free tree keeps). The class sums it like the free-space counter: each shard
+//! Every metaslab knows the bytes its free segments can hand out in such pieces
+//! ([`Metaslab::reserve_space`], from the piece count its free tree keeps). The class sums it like the free-space counter: each shard
 //! publishes the change its allocations made in batches of [`RESERVE_BATCH`], and syncs,
 //! loads and undos publish theirs at once. An ordinary allocation may shrink that sum only
 //! while it stays at least the slop: when it is close ([`max_loss`] returns a limit), each
 //! allocation is measured and undone if it cut into the reserve, so data then fills the
-//! short holes (which cost the reserve nothing) or gets `NoSpace`, and sync-context
-//! allocations ([`crate::AllocClass::Reserved`]) always find their pieces.
+//! short holes (which cost the reserve nothing; [`Metaslab::alloc_short`] finds them) or gets
+//! `NoSpace`, and sync-context allocations ([`crate::AllocClass::Reserved`]) always find their
+//! pieces.
 
 use crate::error::AllocError;
 use crate::metaslab::Metaslab;
@@ -59,14 +59,18 @@ pub(crate) fn max_loss(
 }
 
 /// The least reserve space an allocation of `size` bytes can cost, whatever segment it takes
-/// (`unit`: the allocation unit; 1 when the device is not known yet): 0 below a piece; from a
-/// piece up it takes a segment of at least a piece, which counted its length less one piece's
-/// waste (`piece - unit`), and leaves only its remainders, so at least `size` less that waste.
+/// (`unit`: the allocation unit; 1 when the device is not known yet). In units, with `p` the
+/// piece and `s` the size: a segment of `l` holds `floor(l / p)` pieces and what is left of it
+/// `floor((l - s) / p)` at most, so it loses at least `floor(s / p)` of them (exactly that when
+/// `l mod p >= s mod p`): 0 below a piece.
 pub fn min_loss(size: u64, piece: u64, unit: u64) -> u64 {
-    if piece == 0 || size < piece {
+    let unit = unit.max(1);
+    let p = piece.div_ceil(unit);
+    if p == 0 {
         return 0;
     }
-    size.saturating_sub(piece.saturating_sub(unit))
+    let s = size.div_ceil(unit);
+    (s / p).saturating_mul(p).saturating_mul(unit)
 }
 
 /// Allocate `asize` bytes from `ms` for `txg`: the offset and the change of the metaslab's
@@ -134,14 +138,33 @@ mod tests {
     }
 
     #[test]
-    fn min_loss_is_zero_below_a_piece_and_the_size_less_the_waste_above() {
+    fn min_loss_is_zero_below_a_piece_and_whole_pieces_above() {
         let piece = 16 << 10;
         assert_eq!(min_loss(12 << 10, piece, 4096), 0);
-        assert_eq!(min_loss(piece, piece, 4096), 4096);
-        assert_eq!(min_loss(64 << 10, piece, 4096), 52 << 10);
+        assert_eq!(min_loss(piece, piece, 4096), piece);
+        assert_eq!(min_loss(28 << 10, piece, 4096), piece);
+        assert_eq!(min_loss(64 << 10, piece, 4096), 64 << 10);
         // Device not known: the bound for the smallest unit.
-        assert_eq!(min_loss(64 << 10, piece, 1), (48 << 10) + 1);
+        assert_eq!(min_loss(60 << 10, piece, 1), 48 << 10);
+        // A unit larger than the piece: every unit is a piece.
+        assert_eq!(min_loss(128 << 10, piece, 64 << 10), 128 << 10);
         assert_eq!(min_loss(64 << 10, 0, 4096), 0);
+    }
+
+    /// The exact count, checked against every segment length and request size a metaslab of
+    /// 64 units can have: what an allocation from the start of a segment costs is never below
+    /// `min_loss`, and `min_loss` is reached.
+    #[test]
+    fn min_loss_is_the_least_loss_over_every_segment() {
+        let unit = 4096u64;
+        let p = 4u64;
+        for s in 1..=16u64 {
+            let least = (s..=64)
+                .map(|l| (l / p - (l - s) / p) * p * unit)
+                .min()
+                .unwrap();
+            assert_eq!(min_loss(s * unit, p * unit, unit), least, "size {s} units");
+        }
     }
 
     #[test]
@@ -155,7 +178,7 @@ mod tests {
         // Leave one single-unit hole at 0 and a long segment from 8 units on.
         ms.claim(unit, 7 * unit, 1).unwrap();
         let full = ms.reserve_space();
-        assert_eq!(full, 56 * unit - 3 * unit);
+        assert_eq!(full, 56 * unit);
         // A unit from the long segment costs reserve space: refused with no budget, and
         // nothing changed.
         let free = ms.free_space();
@@ -175,14 +198,22 @@ mod tests {
             Err(e) => panic!("{e}"),
         }
         assert_eq!(ms.reserve_space(), full);
-        // With enough budget it goes through and reports the loss.
-        let (_, delta) = alloc_within(&mut ms, unit, 1, Some(unit)).unwrap();
-        assert_eq!(delta, -to_i64(unit));
+        // A unit of the 56-unit segment costs one of its 14 pieces: refused with a budget of
+        // less than a piece, allowed with a piece.
+        let r = alloc_within(&mut ms, unit, 1, Some(4 * unit - 1));
+        assert!(matches!(r, Err(AllocError::NoSpace { .. })), "{r:?}");
+        let (_, delta) = alloc_within(&mut ms, unit, 1, Some(4 * unit)).unwrap();
+        assert_eq!(delta, -to_i64(4 * unit));
+        // The next three units of what is left of that piece cost nothing.
+        for _ in 0..3 {
+            let (_, delta) = alloc_within(&mut ms, unit, 1, Some(0)).unwrap();
+            assert_eq!(delta, 0);
+        }
         ms.verify().unwrap();
     }
 
-    /// A metaslab of 100 long segments (5 units, each holding a piece of 4 units) from the
-    /// start, then short holes far past the cursor: more segments than the near-fit window.
+    /// A metaslab of 100 segments of exactly one piece (4 units) from the start, then short
+    /// holes far past the cursor: more segments than the near-fit window.
     fn long_segments_then_short_holes(unit: u64) -> Metaslab {
         let cfg = MetaslabConfig {
             reserve_piece: 4 * unit,
@@ -190,10 +221,11 @@ mod tests {
             ..MetaslabConfig::default()
         };
         let mut ms = Metaslab::new(0, 0, 0, 1024 * unit, 12, cfg).unwrap();
-        // Units 5, 11, 17, ... 599 used: 100 segments of 5 units.
+        // Units 4, 9, 14, ... 499 used: 100 segments of 4 units; then 500..600 used.
         for i in 0..100 {
-            ms.claim((6 * i + 5) * unit, unit, 1).unwrap();
+            ms.claim((5 * i + 4) * unit, unit, 1).unwrap();
         }
+        ms.claim(500 * unit, 100 * unit, 1).unwrap();
         // From 600 on: [1 free, 2 used] x 10 (ten 1-unit holes), then the rest used.
         for i in 0..10 {
             ms.claim((600 + 3 * i + 1) * unit, 2 * unit, 1).unwrap();
@@ -211,7 +243,7 @@ mod tests {
                 ms.passivate();
             }
             let reserve = ms.reserve_space();
-            assert_eq!(reserve, 100 * 2 * unit);
+            assert_eq!(reserve, 100 * 4 * unit);
             let free = ms.free_space();
             // No reserve may be lost: the ten short holes serve ten allocations for free.
             let mut got = Vec::new();
@@ -230,9 +262,10 @@ mod tests {
             let r = alloc_within(&mut ms, unit, 1, Some(0));
             assert!(matches!(r, Err(AllocError::NoSpace { .. })), "{r:?}");
             assert_eq!(ms.free_space(), free - 10 * unit);
-            // Without a limit the ordinary picker serves from the long segments.
+            // Without a limit the ordinary picker serves from the long segments (a unit of one
+            // costs its piece).
             let (_, delta) = alloc_within(&mut ms, unit, 1, None).unwrap();
-            assert_eq!(delta, -to_i64(unit));
+            assert_eq!(delta, -to_i64(4 * unit));
             ms.verify().unwrap();
         }
     }
@@ -268,8 +301,8 @@ mod tests {
         // Idle: an allocation attempt builds the by-size index again (counted).
         ms.passivate();
         assert_eq!(ms.min_reserve_loss(3 * unit), 0);
-        assert_eq!(ms.min_reserve_loss(4 * unit), unit);
-        // Any 8 units cost at least 5 units of reserve: with a budget of 4 the metaslab is not
+        assert_eq!(ms.min_reserve_loss(4 * unit), 4 * unit);
+        // Any 8 units cost at least 8 units of reserve: with a budget of 4 the metaslab is not
         // even searched (an allocation would build its by-size index).
         let r = alloc_within(&mut ms, 8 * unit, 1, Some(4 * unit));
         assert!(matches!(r, Err(AllocError::NoSpace { .. })), "{r:?}");

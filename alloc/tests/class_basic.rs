@@ -259,18 +259,14 @@ fn large_request_does_not_evict_the_primary_metaslab() {
     c.verify().unwrap();
 }
 
-/// `reserve_space` counts only space in segments that can hold a 16 KiB block (a lower bound:
-/// each such segment less the 12 KiB a 16 KiB block may leave at its end), and the class's
-/// counter follows every allocation, undo and sync (checked by `verify`).
+/// `reserve_space` counts the 16 KiB blocks the free segments can hold (`floor(len / 16 KiB)`
+/// per segment, exactly), and the class's counter follows every allocation, undo and sync
+/// (checked by `verify`).
 #[test]
 fn reserve_space_counts_only_segments_long_enough() {
     let c = class(1, 1);
-    // Four whole 16 MiB metaslabs, each less the 12 KiB a 16 KiB block may leave at its end.
-    assert_eq!(
-        c.reserve_space(),
-        64 * MIB - 4 * (12 << 10),
-        "fresh: whole metaslabs"
-    );
+    // Four whole 16 MiB metaslabs.
+    assert_eq!(c.reserve_space(), 64 * MIB, "fresh: whole metaslabs");
     let mut blocks = Vec::new();
     while let Ok(e) = c.alloc(4096, 5, 0, AllocClass::Reserved) {
         blocks.push(e);
@@ -286,10 +282,14 @@ fn reserve_space_counts_only_segments_long_enough() {
     c.verify().unwrap();
     assert_eq!(c.reserve_space(), 0);
     // Blocks 1 and 3 back too: blocks 0-4 make one 20 KiB segment, which holds one 16 KiB
-    // block (counted as 20 KiB less 12 KiB: the bound is low, never high).
+    // block.
     c.free_now(blocks[1], 5).unwrap();
     c.free_now(blocks[3], 5).unwrap();
-    assert_eq!(c.reserve_space(), 8 << 10);
+    assert_eq!(c.reserve_space(), 16 << 10);
+    // Blocks 5 and 7 back too (6 is back already): blocks 0-8 make 36 KiB, two of them.
+    c.free_now(blocks[5], 5).unwrap();
+    c.free_now(blocks[7], 5).unwrap();
+    assert_eq!(c.reserve_space(), 32 << 10);
     c.verify().unwrap();
 }
 
@@ -316,7 +316,7 @@ fn ordinary_allocations_leave_the_slop_in_whole_pieces() {
         }
     }
     assert_eq!(c.stats().total.free, 48 * MIB);
-    assert_eq!(c.reserve_space(), 32 * MIB - 2 * (12 << 10));
+    assert_eq!(c.reserve_space(), 32 * MIB);
     let mut data = 0u64;
     while c.alloc(4096, 5, 0, AllocClass::Normal).is_ok() {
         data += 4096;

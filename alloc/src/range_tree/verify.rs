@@ -74,15 +74,18 @@ impl<U: SegUnit> RangeTree<U> {
         if hist != self.hist {
             return bad("histogram differs from segments".into());
         }
-        let (count, units) = segments
+        let (count, units, pieces) = segments
             .iter()
             .map(|&(_, l)| l)
             .filter(|&l| l >= self.large.min)
-            .fold((0, 0), |(c, u), l| (c + 1, u + l));
-        if (count, units) != (self.large.count, self.large.units) {
+            .fold((0, 0, 0), |(c, u, p), l| {
+                (c + 1, u + l, p + l / self.large.min)
+            });
+        if (count, units, pieces) != (self.large.count, self.large.units, self.large.pieces) {
             return bad(format!(
-                "{} segments of {} units counted as large, the tree has {count} of {units}",
-                self.large.count, self.large.units
+                "{} segments of {} units ({} pieces) counted as large, the tree has {count} of \
+                 {units} ({pieces} pieces)",
+                self.large.count, self.large.units, self.large.pieces
             ));
         }
         if space != self.space {
