@@ -345,29 +345,8 @@ fn overwrite_churn(opts: PoolOptions) -> anyhow::Result<()> {
 /// reserve, 416 MiB got ENOSPC with 11 % free and this test had to stay at 400.)
 #[test]
 fn random_overwrites_of_a_volume_that_fits_never_fail() -> anyhow::Result<()> {
-    let devs = vec![FaultyEngine::new(512 << 20, 4096)];
-    let pool = Pool::create("fits", engines(&devs), &copts())?;
-    let size = 432u64 << 20;
-    let vol = pool.create_volume("v", size, 4096)?;
-    let fill = pattern(8, 1 << 20);
-    let blk = pattern(9, 4096);
-    let mut x: u64 = 4242;
-    io::block_on(&rcfg(), async {
-        for off in (0..size).step_by(1 << 20) {
-            vol.write(off, &fill, false).await?;
-        }
-        vol.flush().await?;
-        for i in 0..150_000u32 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let b = x % (size / 4096);
-            if let Err(e) = vol.write(b * 4096, &blk, false).await {
-                panic!("overwrite {i} of block {b}: {e} {:?}", pool.stats().space);
-            }
-        }
-        vol.flush().await
-    })??;
+    let (pool, enospc, first) = overwrite_at_random("fits", 432, 150_000, 4242)?;
+    assert_eq!(enospc, 0, "first ENOSPC: {first}");
     let waits = pool.stats().space_waits;
     assert!(waits > 0, "the overwrites ran the pool short of space");
     assert!(pool.txg().failure().is_none(), "the pool was suspended");
@@ -376,6 +355,50 @@ fn random_overwrites_of_a_volume_that_fits_never_fail() -> anyhow::Result<()> {
     eprintln!("{waits} writes waited for a sync to get space back");
     pool.export()?;
     Ok(())
+}
+
+/// A fresh 512 MiB pool with a volume of `vol_mib` MiB in 4 KiB blocks, written in full, then
+/// `n` random 4 KiB overwrites (xorshift from `seed`): the pool, how many got ENOSPC, and the
+/// first of them with the pool's space then. Any other error fails.
+fn overwrite_at_random(
+    name: &str,
+    vol_mib: u64,
+    n: u32,
+    seed: u64,
+) -> anyhow::Result<(Pool, u32, String)> {
+    let devs = vec![FaultyEngine::new(512 << 20, 4096)];
+    let pool = Pool::create(name, engines(&devs), &copts())?;
+    let size = vol_mib << 20;
+    let vol = pool.create_volume("v", size, 4096)?;
+    let fill = pattern(8, 1 << 20);
+    let blk = pattern(9, 4096);
+    let mut x = seed;
+    let mut enospc = 0u32;
+    let mut first = String::new();
+    io::block_on(&rcfg(), async {
+        for off in (0..size).step_by(1 << 20) {
+            vol.write(off, &fill, false).await?;
+        }
+        vol.flush().await?;
+        for i in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x % (size / 4096);
+            match vol.write(b * 4096, &blk, false).await {
+                Ok(()) => {}
+                Err(e) if e.errno() == libc::ENOSPC => {
+                    if enospc == 0 {
+                        first = format!("overwrite {i} of block {b}: {:?}", pool.stats().space);
+                    }
+                    enospc += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        vol.flush().await
+    })??;
+    Ok((pool, enospc, first))
 }
 
 /// 440 MiB of 512, overwritten at random: about 7 % of the pool is free above the slop, almost
@@ -388,39 +411,14 @@ fn random_overwrites_of_a_volume_that_fits_never_fail() -> anyhow::Result<()> {
 /// out the deferred frees, none did (in three runs side by side).
 #[test]
 fn a_nearly_full_pool_serves_overwrites_from_its_short_holes() -> anyhow::Result<()> {
-    let devs = vec![FaultyEngine::new(512 << 20, 4096)];
-    let pool = Pool::create("holes", engines(&devs), &copts())?;
-    let size = 440u64 << 20;
-    let vol = pool.create_volume("v", size, 4096)?;
-    let fill = pattern(10, 1 << 20);
-    let blk = pattern(11, 4096);
-    let mut x: u64 = 777;
-    let n = 60_000u32;
-    let mut enospc = 0u32;
-    io::block_on(&rcfg(), async {
-        for off in (0..size).step_by(1 << 20) {
-            vol.write(off, &fill, false).await?;
-        }
-        vol.flush().await?;
-        for _ in 0..n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let b = x % (size / 4096);
-            match vol.write(b * 4096, &blk, false).await {
-                Ok(_) => {}
-                Err(e) if e.errno() == libc::ENOSPC => enospc += 1,
-                Err(e) => return Err(e),
-            }
-        }
-        vol.flush().await
-    })??;
+    let n = 60_000;
+    let (pool, enospc, first) = overwrite_at_random("holes", 440, n, 777)?;
     let waits = pool.stats().space_waits;
     eprintln!("{enospc} of {n} overwrites got ENOSPC, {waits} waited for a sync");
     assert!(waits > 0, "the overwrites reached the reserve");
     assert!(
         enospc < n / 100,
-        "{enospc} of {n} overwrites got ENOSPC: {:?}",
+        "{enospc} of {n} overwrites got ENOSPC (first: {first}), space now {:?}",
         pool.stats().space
     );
     assert!(pool.txg().failure().is_none(), "the pool was suspended");
