@@ -416,6 +416,20 @@ struct SlowReads {
     windows: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl SlowReads {
+    /// A 256 MiB device whose reads each take `delay`, with every counter at zero.
+    fn new(delay: Duration) -> SlowReads {
+        SlowReads {
+            inner: FaultyEngine::new(256 << 20, 4096),
+            delay,
+            now: Arc::default(),
+            max: Arc::default(),
+            reads: Arc::default(),
+            windows: Arc::default(),
+        }
+    }
+}
+
 impl io::BlockEngine for SlowReads {
     fn geometry(&self) -> io::Geometry {
         self.inner.geometry()
@@ -468,14 +482,7 @@ impl io::BlockEngine for SlowReads {
 #[test]
 fn a_stream_keeps_at_most_2_mib_of_fills_at_the_device() -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::SeqCst;
-    let dev = SlowReads {
-        inner: FaultyEngine::new(256 << 20, 4096),
-        delay: Duration::from_millis(3),
-        now: Arc::default(),
-        max: Arc::default(),
-        reads: Arc::default(),
-        windows: Arc::default(),
-    };
+    let dev = SlowReads::new(Duration::from_millis(3));
     let (max, reads) = (Arc::clone(&dev.max), Arc::clone(&dev.reads));
     let pool = create_one_shard("radeep", vec![Arc::new(dev)], Duration::from_secs(10))?;
     let size = 64usize << 20;
@@ -522,14 +529,7 @@ fn a_stream_keeps_at_most_2_mib_of_fills_at_the_device() -> anyhow::Result<()> {
 #[test]
 fn completed_fills_start_the_next_windows_without_new_requests() -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::SeqCst;
-    let dev = SlowReads {
-        inner: FaultyEngine::new(256 << 20, 4096),
-        delay: Duration::from_millis(2),
-        now: Arc::default(),
-        max: Arc::default(),
-        reads: Arc::default(),
-        windows: Arc::default(),
-    };
+    let dev = SlowReads::new(Duration::from_millis(2));
     let (max, reads) = (Arc::clone(&dev.max), Arc::clone(&dev.reads));
     let pool = create_one_shard("rapace", vec![Arc::new(dev)], Duration::from_secs(10))?;
     let size = 16usize << 20;
@@ -595,14 +595,7 @@ fn completed_fills_start_the_next_windows_without_new_requests() -> anyhow::Resu
 #[test]
 fn a_fill_starts_the_next_windows_before_it_is_verified() -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::SeqCst;
-    let dev = SlowReads {
-        inner: FaultyEngine::new(256 << 20, 4096),
-        delay: Duration::from_millis(2),
-        now: Arc::default(),
-        max: Arc::default(),
-        reads: Arc::default(),
-        windows: Arc::default(),
-    };
+    let dev = SlowReads::new(Duration::from_millis(2));
     let windows = Arc::clone(&dev.windows);
     let pool = create_one_shard("raearly", vec![Arc::new(dev)], Duration::from_secs(10))?;
     let size = 16usize << 20;

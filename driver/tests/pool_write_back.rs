@@ -54,10 +54,7 @@ fn acknowledged_writes_are_seen_by_reads_and_block_status_and_made_durable_by_fl
     })??;
     drop(vol);
     pool.export()?;
-    let pool = Pool::import(
-        vec![Arc::new(FaultyEngine::from_image(durable, 4096))],
-        &pool_common::iopts(),
-    )?;
+    let pool = import_image(durable)?;
     let vol = pool.open_volume("v")?;
     io::block_on(&rcfg(), async {
         let mut got = vec![0u8; LEN];
@@ -111,10 +108,7 @@ fn a_device_error_after_the_acknowledgement_suspends_the_pool() -> anyhow::Resul
     drop(vol);
     let _ = pool.export();
     // The device still holds the state of the last successful flush.
-    let pool = Pool::import(
-        vec![Arc::new(FaultyEngine::from_image(durable, 4096))],
-        &pool_common::iopts(),
-    )?;
+    let pool = import_image(durable)?;
     let vol = pool.open_volume("v")?;
     io::block_on(&rcfg(), async {
         let mut got = vec![0u8; LEN];
@@ -162,13 +156,7 @@ fn an_export_with_write_backs_in_flight_commits_them() -> anyhow::Result<()> {
     exporter
         .join()
         .map_err(|_| anyhow::anyhow!("export thread panicked"))??;
-    let pool = Pool::import(
-        vec![Arc::new(FaultyEngine::from_image(
-            dev.durable_image(),
-            4096,
-        ))],
-        &pool_common::iopts(),
-    )?;
+    let pool = import_image(dev.durable_image())?;
     let vol = pool.open_volume("v")?;
     io::block_on(&rcfg(), async {
         let mut got = vec![0u8; LEN];
@@ -214,13 +202,7 @@ fn write_backs_cancelled_with_their_reactor_suspend_the_pool() -> anyhow::Result
     assert!(flushed.is_err(), "no FLUSH succeeds after the loss");
     drop(vol);
     assert!(pool.export().is_err(), "the export reports the loss");
-    let pool = Pool::import(
-        vec![Arc::new(FaultyEngine::from_image(
-            dev.durable_image(),
-            4096,
-        ))],
-        &pool_common::iopts(),
-    )?;
+    let pool = import_image(dev.durable_image())?;
     let vol = pool.open_volume("v")?;
     io::block_on(&rcfg(), async {
         let mut got = vec![0u8; LEN];
@@ -303,10 +285,7 @@ fn a_gathered_batch_written_back_is_seen_at_once_and_made_durable_by_flush() -> 
     })??;
     drop(vol);
     pool.export()?;
-    let pool = Pool::import(
-        vec![Arc::new(FaultyEngine::from_image(durable, 4096))],
-        &pool_common::iopts(),
-    )?;
+    let pool = import_image(durable)?;
     let vol = pool.open_volume("v")?;
     io::block_on(&rcfg(), async {
         let mut got = vec![0u8; size];
@@ -356,4 +335,12 @@ fn a_gathered_batch_lost_after_its_acknowledgement_fails_the_flush() -> anyhow::
     drop(vol);
     assert!(pool.export().is_err(), "the export reports the loss");
     Ok(())
+}
+
+/// Imports a pool from a device image (what a crash left on the device).
+fn import_image(image: Vec<u8>) -> anyhow::Result<Pool> {
+    Ok(Pool::import(
+        vec![Arc::new(FaultyEngine::from_image(image, 4096))],
+        &pool_common::iopts(),
+    )?)
 }
