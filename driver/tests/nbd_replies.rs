@@ -39,10 +39,12 @@ struct Gate {
     waiting: Vec<Waker>,
 }
 
-/// A read-only export whose reads wait at a gate that the test opens once every read it sent
-/// is waiting, so they all complete in one burst, like a disk completing a whole queue. When
-/// the last read of the burst completes, it records how many reply bytes the client's socket
-/// already holds.
+/// A read-only export whose reads wait at a gate until `burst` of them are waiting, so they
+/// all complete in one burst, like a disk completing a whole queue. The burst's last read
+/// opens the gate itself, on the reactor's thread, so every read is woken before the reactor
+/// runs any of them (woken from the test's thread, the first could run, reply and be sent by
+/// the writer before the rest were woken). When the last read of the burst completes, it
+/// records how many reply bytes the client's socket already holds.
 #[derive(Debug, Default)]
 struct BurstBackend {
     gate: Mutex<GateDbg>,
@@ -51,6 +53,8 @@ struct BurstBackend {
     client_fd: AtomicI32,
     /// Bytes readable by the client when the burst's last read completed (-1: not yet).
     readable_at_last: AtomicI32,
+    /// Bytes readable by the client when the gate opened (-1: not yet).
+    readable_at_open: AtomicI32,
 }
 
 #[derive(Default)]
@@ -71,18 +75,19 @@ impl BurstBackend {
             burst,
             client_fd: AtomicI32::new(-1),
             readable_at_last: AtomicI32::new(-1),
+            readable_at_open: AtomicI32::new(-1),
             ..BurstBackend::default()
         }
-    }
-
-    fn waiting(&self) -> usize {
-        self.gate.lock().0.waiting.len()
     }
 
     fn open(&self) {
         let wakers = {
             let mut g = self.gate.lock();
             g.0.open = true;
+            let fd = self.client_fd.load(Ordering::SeqCst);
+            if fd >= 0 {
+                self.readable_at_open.store(readable(fd), Ordering::SeqCst);
+            }
             std::mem::take(&mut g.0.waiting)
         };
         for w in wakers {
@@ -119,6 +124,10 @@ impl ExportBackend for BurstBackend {
             std::future::poll_fn(|cx| {
                 let mut g = self.gate.lock();
                 if g.0.open {
+                    Poll::Ready(())
+                } else if u64::try_from(g.0.waiting.len()).unwrap() + 1 >= self.burst {
+                    drop(g);
+                    self.open();
                     Poll::Ready(())
                 } else {
                     g.0.waiting.push(cx.waker().clone());
@@ -210,13 +219,6 @@ fn a_burst_of_completions_is_answered_before_it_is_all_processed() {
     }
     c.s.write_all(&reqs).unwrap();
     let t = Instant::now();
-    while backend.waiting() < usize::try_from(burst).unwrap() {
-        assert!(t.elapsed() < Duration::from_secs(20), "reads never arrived");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // Nothing can be answered before the gate opens.
-    assert_eq!(readable(c.s.as_raw_fd()), 0);
-    backend.open();
     // Read nothing until the burst is processed: what the socket holds then was sent early.
     while backend.readable_at_last.load(Ordering::SeqCst) < 0 {
         assert!(
@@ -232,6 +234,8 @@ fn a_burst_of_completions_is_answered_before_it_is_all_processed() {
         check_data(off, &data);
         assert!(seen.insert(cookie), "one reply per read");
     }
+    // Nothing could be answered before the gate opened.
+    assert_eq!(backend.readable_at_open.load(Ordering::SeqCst), 0);
     let early = backend.readable_at_last.load(Ordering::SeqCst);
     assert!(
         early > 0,
