@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use io_uring::squeue;
 
 use crate::io::error::IoError;
+use crate::io::ops::FileRef;
 use crate::io::reactor::{current_core, Completion, Core, OpData, WriteReq};
 
 /// One submitted SQE. Resolves to its [`Completion`], which hands back the resources the op
@@ -29,6 +30,24 @@ impl Op {
             return Err((IoError::NotInReactor, data));
         };
         let key = core.driver.borrow_mut().submit(entry, data);
+        Ok(Op {
+            core,
+            key,
+            done: false,
+        })
+    }
+
+    /// Submit a positioned read of `fd` (whose target memory is owned by `data`) to the current
+    /// reactor, which holds it while its read window for `fd` is full.
+    pub(crate) fn submit_read(
+        entry: squeue::Entry,
+        data: OpData,
+        fd: FileRef,
+    ) -> Result<Op, (IoError, OpData)> {
+        let Some(core) = current_core() else {
+            return Err((IoError::NotInReactor, data));
+        };
+        let key = core.driver.borrow_mut().submit_read(entry, data, fd);
         Ok(Op {
             core,
             key,
@@ -85,6 +104,15 @@ pub(crate) async fn run_op(
     data: OpData,
 ) -> (Result<i32, IoError>, OpData) {
     resubmitting(make, Op::submit, data).await
+}
+
+/// [`run_op`] for a positioned read of `fd` (see [`Op::submit_read`]).
+pub(crate) async fn run_read_op(
+    make: impl FnMut(&mut OpData) -> squeue::Entry,
+    fd: FileRef,
+    data: OpData,
+) -> (Result<i32, IoError>, OpData) {
+    resubmitting(make, |e, d| Op::submit_read(e, d, fd), data).await
 }
 
 /// [`run_op`] for a positioned write: `make` describes the write (see [`Op::submit_write`]).

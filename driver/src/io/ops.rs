@@ -25,7 +25,7 @@ use io_uring::{opcode, squeue, types};
 
 use crate::io::buf::IoBuf;
 use crate::io::error::{IoError, OpKind};
-use crate::io::op::{run_op, run_write_op};
+use crate::io::op::{run_op, run_read_op, run_write_op};
 use crate::io::reactor::{
     current_registered_arena, flush_staged_writes, MsgData, OpData, SockAddrBuf, WriteReq,
 };
@@ -105,9 +105,9 @@ async fn read_window(
                 .build()),
         }
     };
-    let (r, data) = run_op(make, OpData::Buf(buf)).await;
+    let (r, data) = run_read_op(make, fd, OpData::Buf(buf)).await;
     let OpData::Buf(buf) = data else {
-        // run_op always returns the data it was given.
+        // run_read_op always returns the data it was given.
         return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
     };
     match r {

@@ -31,6 +31,7 @@ use crate::io::buf::IoBuf;
 
 use super::{RingInfo, Shared, TaskRunMode};
 
+mod rwin;
 mod wagg;
 
 pub(crate) use wagg::WriteReq;
@@ -111,6 +112,8 @@ struct Slot {
     grouped: bool,
     /// A positioned write to this file (counted in flight per file by the aggregator).
     write_fd: Option<crate::io::ops::FileRef>,
+    /// A positioned read of this file counted by the read window.
+    read_fd: Option<crate::io::ops::FileRef>,
 }
 
 /// Counters of one ring since it was set up.
@@ -135,6 +138,8 @@ pub struct RingStats {
     pub merged_writes: u64,
     /// Vectored writes that failed or came back short, whose members were re-issued alone.
     pub vectored_fallbacks: u64,
+    /// Reads held back by the read window until earlier reads of their file completed.
+    pub held_reads: u64,
 }
 
 impl RingStats {
@@ -152,6 +157,7 @@ impl RingStats {
             vectored_fallbacks: self
                 .vectored_fallbacks
                 .saturating_sub(earlier.vectored_fallbacks),
+            held_reads: self.held_reads.saturating_sub(earlier.held_reads),
         }
     }
 }
@@ -173,6 +179,7 @@ pub(crate) struct Driver {
     submit_batch: usize,
     stats: RingStats,
     wagg: wagg::Aggregator,
+    rwin: rwin::ReadWindow,
 }
 
 impl std::fmt::Debug for Driver {
@@ -253,6 +260,7 @@ impl Driver {
                         submit_batch: 0,
                         stats: RingStats::default(),
                         wagg: wagg::Aggregator::new(),
+                        rwin: rwin::ReadWindow::new(),
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -287,6 +295,7 @@ impl Driver {
         self.in_flight > usize::from(self.efd_armed)
             || !self.backlog.is_empty()
             || self.wagg.has_staged()
+            || self.rwin.has_held()
     }
 
     /// Ops that have a slot (in flight, backlogged or completed-but-uncollected).
@@ -301,6 +310,7 @@ impl Driver {
             data,
             grouped: false,
             write_fd: None,
+            read_fd: None,
         });
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         debug_assert!(ud < RESERVED_MIN);
@@ -408,6 +418,11 @@ impl Driver {
             self.ops.remove(key);
             return;
         }
+        // A held read: the kernel never saw it either.
+        if self.unhold_read(key) {
+            self.ops.remove(key);
+            return;
+        }
         // Still only in the local backlog: the kernel never saw it, free at once.
         if let Some(pos) = self.backlog.iter().position(|e| e.get_user_data() == ud) {
             self.backlog.remove(pos);
@@ -508,13 +523,19 @@ impl Driver {
         if wait || !idle_ring {
             self.enter(wait)?;
         }
-        let fired = self.reap();
+        let (fired, released) = self.reap();
         self.drain_backlog();
+        if released > 0 && !self.info.sqpoll && !self.ring.submission().is_empty() {
+            // Reads the window held go to the device now, before the tasks this reap woke
+            // (the replies of the reads that completed) run: see `rwin`.
+            self.enter(false)?;
+        }
         Ok(fired)
     }
 
-    /// Reap all available CQEs. Returns true if the eventfd read completed.
-    fn reap(&mut self) -> bool {
+    /// Reap all available CQEs, then push the reads the read window held that now have room.
+    /// Returns whether the eventfd read completed and how many held reads were pushed.
+    fn reap(&mut self) -> (bool, usize) {
         let mut fired = false;
         let mut groups: Vec<(usize, i32)> = Vec::new();
         let mut cq = self.ring.completion();
@@ -539,8 +560,13 @@ impl Driver {
             let Ok(key) = usize::try_from(ud - 1) else {
                 continue;
             };
-            if let Some(fd) = self.ops.get(key).and_then(|s| s.write_fd) {
-                self.wagg.write_done(fd);
+            if let Some(slot) = self.ops.get(key) {
+                if let Some(fd) = slot.write_fd {
+                    self.wagg.write_done(fd);
+                }
+                if let Some(fd) = slot.read_fd {
+                    self.rwin.done(fd);
+                }
             }
             complete_slot(&mut self.ops, key, cqe.result(), cqe.flags());
         }
@@ -548,6 +574,11 @@ impl Driver {
         for (g, res) in groups {
             self.complete_group(g, res);
         }
+        let released = if self.rwin.has_held() {
+            self.release_held_reads()
+        } else {
+            0
+        };
         if fired {
             // Clear before the reactor drains its remote queue, so a wake that races with the
             // drain signals again (see Shared::signal).
@@ -555,13 +586,14 @@ impl Driver {
                 .signal_pending
                 .store(false, std::sync::atomic::Ordering::SeqCst);
         }
-        fired
+        (fired, released)
     }
 
     /// Cancel everything and wait (bounded) until the kernel has released every resource.
     pub(crate) fn quiesce(&mut self) -> bool {
         self.backlog.clear();
         self.wagg.clear_staged();
+        self.rwin.clear_held();
         // Entries already pushed but never submitted are submitted by the next enter and then
         // cancelled/complete normally; count is in `in_flight`.
         let any = opcode::AsyncCancel2::new(types::CancelBuilder::any())

@@ -112,10 +112,18 @@ pub struct ReactorConfig {
     /// at queue depth 1) is never held longer. The environment variable
     /// `RINGPOOL_WRITE_AGGREGATE_WINDOW` sets the default (for A/B runs).
     pub write_aggregate_window: usize,
+    /// Most positioned reads of one file in flight on the ring; later ones wait in the ring's
+    /// queue and go to the kernel, oldest first, as soon as a reap completes earlier ones
+    /// (before the tasks it woke run). 0: no limit. See the driver's `rwin` module. The
+    /// environment variable `RINGPOOL_READ_WINDOW` sets the default.
+    pub read_window: usize,
 }
 
 /// Default of [`ReactorConfig::submit_batch`].
 pub const DEFAULT_SUBMIT_BATCH: usize = 4;
+
+/// Default of [`ReactorConfig::read_window`] (0: reads are never held).
+pub const DEFAULT_READ_WINDOW: usize = 0;
 
 impl Default for ReactorConfig {
     fn default() -> ReactorConfig {
@@ -152,6 +160,10 @@ impl Default for ReactorConfig {
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(DEFAULT_WRITE_AGGREGATE_WINDOW),
+            read_window: std::env::var("RINGPOOL_READ_WINDOW")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_READ_WINDOW),
         }
     }
 }
@@ -310,6 +322,7 @@ impl Core {
             .map_err(IoError::RingSetup)?;
         driver.set_submit_batch(cfg.submit_batch);
         driver.set_write_aggregate(cfg.write_aggregate, cfg.write_aggregate_window);
+        driver.set_read_window(cfg.read_window);
         Ok(Rc::new(Core {
             index,
             shared,

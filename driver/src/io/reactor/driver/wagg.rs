@@ -205,6 +205,7 @@ impl Driver {
             data,
             grouped: false,
             write_fd: Some(req.fd),
+            read_fd: None,
         });
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         self.stats.writes += 1;

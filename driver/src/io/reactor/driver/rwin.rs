@@ -1,0 +1,151 @@
+//! Read window: at most [`super::super::ReactorConfig::read_window`] positioned reads per file
+//! in flight on a ring; later ones wait in the ring's own queue and are handed to the kernel,
+//! oldest first, in the same reap that completes earlier ones, before any task runs.
+//!
+//! Why: the virtio disk of the test box (perf/results/README-nbd.md) completes every read it
+//! holds at once, when it has run out of queued work, and then idles until new reads arrive.
+//! A client at queue depth 32 behind an NBD server gets its 32 replies, turns them around and
+//! sends 32 new requests; from the completion of the batch until the first new read reaches
+//! the disk (the replies' checksums and send, the client's wake-up and its turn-around, the
+//! receive and the lookup) the disk had nothing: ~100 us of a ~480 us cycle. With a window
+//! below the client's depth, the reads past it wait here while the disk works on the window
+//! and go to the disk the moment the window completes, so the disk has work while that
+//! turn-around happens; the reads the client sends meanwhile wait for the next completion.
+//! A ring with fewer reads in flight (queue depth 1, a sequential stream of 8 large reads)
+//! never holds one.
+//!
+//! Held reads keep their slot (and buffer); a held read whose future is dropped is freed
+//! without the kernel ever seeing it. Only reads made through `ops::read_window` count (the
+//! pool's device reads); receives, writes and every other op are never held.
+
+use std::collections::VecDeque;
+
+use io_uring::squeue;
+
+use super::{Driver, Lifecycle, OpData, Slot};
+use crate::io::ops::FileRef;
+
+/// The read window state of one ring.
+pub(super) struct ReadWindow {
+    /// Most reads per file in flight (0: no limit, nothing is counted).
+    pub(super) window: usize,
+    /// Reads in flight per file.
+    inflight: Vec<(FileRef, usize)>,
+    /// Reads waiting for room in their file's window: (slot key, file, SQE with user_data).
+    held: VecDeque<(usize, FileRef, squeue::Entry)>,
+}
+
+impl ReadWindow {
+    pub(super) fn new() -> ReadWindow {
+        ReadWindow {
+            window: 0,
+            inflight: Vec::new(),
+            held: VecDeque::new(),
+        }
+    }
+
+    fn count(&self, fd: FileRef) -> usize {
+        self.inflight
+            .iter()
+            .find(|(f, _)| *f == fd)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn add(&mut self, fd: FileRef) {
+        match self.inflight.iter_mut().find(|(f, _)| *f == fd) {
+            Some((_, n)) => *n += 1,
+            None => self.inflight.push((fd, 1)),
+        }
+    }
+
+    /// A counted read of `fd` completed (its CQE was reaped).
+    pub(super) fn done(&mut self, fd: FileRef) {
+        if let Some(pos) = self.inflight.iter().position(|(f, _)| *f == fd) {
+            let n = &mut self.inflight[pos].1;
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.inflight.swap_remove(pos);
+            }
+        }
+    }
+
+    /// Reads are waiting for room.
+    pub(super) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Forget the held reads (shutdown: their futures are gone).
+    pub(super) fn clear_held(&mut self) {
+        self.held.clear();
+    }
+}
+
+impl Driver {
+    /// Sets the read window (0: reads are never held).
+    pub(crate) fn set_read_window(&mut self, window: usize) {
+        self.rwin.window = window;
+    }
+
+    /// Registers a positioned read of `fd`: the slot takes `data` (which owns the memory
+    /// `entry` points at); the read is pushed at once, or held while the window's worth of
+    /// reads of `fd` is in flight. Returns the slot key.
+    pub(crate) fn submit_read(&mut self, entry: squeue::Entry, data: OpData, fd: FileRef) -> usize {
+        let counted = self.rwin.window > 0;
+        let key = self.ops.insert(Slot {
+            life: Lifecycle::Waiting(None),
+            data,
+            grouped: false,
+            write_fd: None,
+            read_fd: counted.then_some(fd),
+        });
+        let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
+        let entry = entry.user_data(ud);
+        if counted
+            && (self.rwin.count(fd) >= self.rwin.window
+                || self.rwin.held.iter().any(|h| h.1 == fd))
+        {
+            // Behind earlier held reads of the file too, so they go to the kernel in order.
+            self.rwin.held.push_back((key, fd, entry));
+            self.stats.held_reads += 1;
+            return key;
+        }
+        if counted {
+            self.rwin.add(fd);
+        }
+        self.push(entry);
+        key
+    }
+
+    /// Pushes held reads, oldest first, while their file has room in the window. Returns how
+    /// many went to the SQ.
+    pub(super) fn release_held_reads(&mut self) -> usize {
+        let mut released = 0;
+        let mut i = 0;
+        while i < self.rwin.held.len() {
+            let fd = self.rwin.held[i].1;
+            if self.rwin.count(fd) >= self.rwin.window {
+                i += 1;
+                continue;
+            }
+            let Some((_, fd, entry)) = self.rwin.held.remove(i) else {
+                break;
+            };
+            self.rwin.add(fd);
+            self.push(entry);
+            released += 1;
+        }
+        released
+    }
+
+    /// Removes the held read of slot `key`, if it is one (its future was dropped before the
+    /// kernel saw it). Returns whether it was held.
+    pub(super) fn unhold_read(&mut self, key: usize) -> bool {
+        match self.rwin.held.iter().position(|(k, _, _)| *k == key) {
+            Some(pos) => {
+                self.rwin.held.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+}
