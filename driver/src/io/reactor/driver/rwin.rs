@@ -133,6 +133,12 @@ impl Driver {
             self.rwin.add(fd);
             self.push(entry);
             released += 1;
+            if released == 1 && !self.info.sqpoll {
+                // The disk starts on the first read while the others are being prepared
+                // (its submission through the file system takes microseconds per read).
+                // An error (EBUSY, EAGAIN) leaves it queued for the turn's enter.
+                let _ = self.enter(false);
+            }
         }
         released
     }
