@@ -101,8 +101,7 @@ impl Driver {
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         let entry = entry.user_data(ud);
         if counted
-            && (self.rwin.count(fd) >= self.rwin.window
-                || self.rwin.held.iter().any(|h| h.1 == fd))
+            && (self.rwin.count(fd) >= self.rwin.window || self.rwin.held.iter().any(|h| h.1 == fd))
         {
             // Behind earlier held reads of the file too, so they go to the kernel in order.
             self.rwin.held.push_back((key, fd, entry));
