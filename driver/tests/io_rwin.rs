@@ -139,3 +139,33 @@ fn a_held_read_dropped_before_it_was_issued_is_freed() {
     })
     .unwrap();
 }
+
+#[test]
+fn large_reads_are_never_held() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let e = device(dir.path(), 4 << 20);
+    io::block_on(&cfg(1), async move {
+        fill(&e, 64).await;
+        let before = io::ring_stats().unwrap();
+        // Four 64 KiB reads at once with a window of 1: none waits.
+        let big = 16 * BLK;
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                let f = e.read_at(IoBuf::zeroed(big), (i * big) as u64);
+                io::spawn_local(async move {
+                    let (r, b) = f.await;
+                    r.unwrap();
+                    b.to_vec()
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let got = t.await.unwrap();
+            for (j, b) in got.chunks(BLK).enumerate() {
+                assert_eq!(b, &block(i * 16 + j)[..], "read {i} block {j}");
+            }
+        }
+        assert_eq!(io::ring_stats().unwrap().since(&before).held_reads, 0);
+    })
+    .unwrap();
+}

@@ -43,11 +43,12 @@ impl Op {
         entry: squeue::Entry,
         data: OpData,
         fd: FileRef,
+        len: u32,
     ) -> Result<Op, (IoError, OpData)> {
         let Some(core) = current_core() else {
             return Err((IoError::NotInReactor, data));
         };
-        let key = core.driver.borrow_mut().submit_read(entry, data, fd);
+        let key = core.driver.borrow_mut().submit_read(entry, data, fd, len);
         Ok(Op {
             core,
             key,
@@ -106,13 +107,14 @@ pub(crate) async fn run_op(
     resubmitting(make, Op::submit, data).await
 }
 
-/// [`run_op`] for a positioned read of `fd` (see [`Op::submit_read`]).
+/// [`run_op`] for a positioned read of `len` bytes of `fd` (see [`Op::submit_read`]).
 pub(crate) async fn run_read_op(
     make: impl FnMut(&mut OpData) -> squeue::Entry,
     fd: FileRef,
+    len: u32,
     data: OpData,
 ) -> (Result<i32, IoError>, OpData) {
-    resubmitting(make, |e, d| Op::submit_read(e, d, fd), data).await
+    resubmitting(make, |e, d| Op::submit_read(e, d, fd, len), data).await
 }
 
 /// [`run_op`] for a positioned write: `make` describes the write (see [`Op::submit_write`]).

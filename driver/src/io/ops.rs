@@ -105,7 +105,7 @@ async fn read_window(
                 .build()),
         }
     };
-    let (r, data) = run_read_op(make, fd, OpData::Buf(buf)).await;
+    let (r, data) = run_read_op(make, fd, len, OpData::Buf(buf)).await;
     let OpData::Buf(buf) = data else {
         // run_read_op always returns the data it was given.
         return (Err(IoError::Cancelled), IoBuf::with_capacity(0));

@@ -11,8 +11,8 @@
 //! below the client's depth, the reads past it wait here while the disk works on the window
 //! and go to the disk the moment the window completes, so the disk has work while that
 //! turn-around happens; the reads the client sends meanwhile wait for the next completion.
-//! A ring with fewer reads in flight (queue depth 1, a sequential stream of 8 large reads)
-//! never holds one.
+//! A ring with fewer reads in flight (queue depth 1) never holds one; reads longer than
+//! [`WINDOW_MAX_READ`] are never held or counted.
 //!
 //! Held reads keep their slot (and buffer); a held read whose future is dropped is freed
 //! without the kernel ever seeing it. Only reads made through `ops::read_window` count (the
@@ -24,6 +24,13 @@ use io_uring::squeue;
 
 use super::{Driver, Lifecycle, OpData, Slot};
 use crate::io::ops::FileRef;
+
+/// Reads longer than this are neither held nor counted: large reads (a sequential stream, a
+/// read-ahead's chunks) want the disk's depth for bandwidth, and the disk's per-batch
+/// turn-around is what small random reads lose. With every read counted, 128 KiB sequential
+/// reads at QD8 over NBD (volume of 4 KiB blocks, read-ahead on) ran at 0.96x the IOPS and
+/// 1.4x the p99.
+pub(crate) const WINDOW_MAX_READ: u32 = 32 * 1024;
 
 /// The read window state of one ring.
 pub(super) struct ReadWindow {
@@ -89,8 +96,14 @@ impl Driver {
     /// Registers a positioned read of `fd`: the slot takes `data` (which owns the memory
     /// `entry` points at); the read is pushed at once, or held while the window's worth of
     /// reads of `fd` is in flight. Returns the slot key.
-    pub(crate) fn submit_read(&mut self, entry: squeue::Entry, data: OpData, fd: FileRef) -> usize {
-        let counted = self.rwin.window > 0;
+    pub(crate) fn submit_read(
+        &mut self,
+        entry: squeue::Entry,
+        data: OpData,
+        fd: FileRef,
+        len: u32,
+    ) -> usize {
+        let counted = self.rwin.window > 0 && len <= WINDOW_MAX_READ;
         let key = self.ops.insert(Slot {
             life: Lifecycle::Waiting(None),
             data,
