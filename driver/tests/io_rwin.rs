@@ -169,3 +169,30 @@ fn large_reads_are_never_held() {
     })
     .unwrap();
 }
+
+#[test]
+fn reads_made_outside_the_window_are_never_held() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let e = device(dir.path(), 1 << 20);
+    io::block_on(&cfg(1), async move {
+        fill(&e, 8).await;
+        let before = io::ring_stats().unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let f = e.read_at(IoBuf::zeroed(BLK), (i * BLK) as u64);
+                io::spawn_local(async move {
+                    let (r, b) = io::outside_read_window(f).await;
+                    r.unwrap();
+                    b.to_vec()
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap(), block(i), "block {i}");
+        }
+        assert_eq!(io::ring_stats().unwrap().since(&before).held_reads, 0);
+        // The same reads made plainly wait for the window of 1.
+        assert_eq!(read_all(&e, 8).await, 7);
+    })
+    .unwrap();
+}

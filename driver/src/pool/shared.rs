@@ -383,7 +383,8 @@ impl Shared {
         if let Some(v) = self.cache.get(&key) {
             return Ok(v);
         }
-        let data = self.read_verified(d, object, offset).await?;
+        // Outside the read window: the data read waiting for this block cannot be made yet.
+        let data = crate::io::outside_read_window(self.read_verified(d, object, offset)).await?;
         let len = data.len();
         let corrupt = |reason: String| PoolError::Corrupt {
             object: object.to_string(),

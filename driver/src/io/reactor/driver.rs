@@ -32,6 +32,8 @@ use crate::io::buf::IoBuf;
 use super::{RingInfo, Shared, TaskRunMode};
 
 mod rwin;
+
+pub(crate) use rwin::set_outside as set_outside_read_window;
 mod wagg;
 
 pub(crate) use wagg::WriteReq;

@@ -589,6 +589,20 @@ pub fn prefer_current_task() -> bool {
     current_core().is_some_and(|c| c.exec.prefer_current())
 }
 
+/// Runs `fut` with the positioned reads it makes outside the ring's read window (never held,
+/// not counted; see [`ReactorConfig::read_window`]): for reads that gate others, such as the
+/// indirect block a lookup must load before the data read it resolves can be made.
+pub async fn outside_read_window<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    std::future::poll_fn(|cx| {
+        let was = driver::set_outside_read_window(true);
+        let r = fut.as_mut().poll(cx);
+        driver::set_outside_read_window(was);
+        r
+    })
+    .await
+}
+
 /// Submits the operations queued on the current reactor's ring now instead of at the end of
 /// the loop turn (or once [`ReactorConfig::submit_batch`] of them wait). For an operation whose
 /// result somebody else is waiting for while the reactor still has a long turn ahead, e.g. a

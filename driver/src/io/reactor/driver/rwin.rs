@@ -14,10 +14,15 @@
 //! A ring with fewer reads in flight (queue depth 1) never holds one; reads longer than
 //! [`WINDOW_MAX_READ`] are never held or counted.
 //!
+//! Reads made inside [`crate::io::outside_read_window`] (an indirect block a lookup needs
+//! before its data read can even be made) bypass the window: held behind a window of data
+//! reads, a lookup that misses the cache would wait two disk batches instead of one.
+//!
 //! Held reads keep their slot (and buffer); a held read whose future is dropped is freed
 //! without the kernel ever seeing it. Only reads made through `ops::read_window` count (the
 //! pool's device reads); receives, writes and every other op are never held.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use io_uring::squeue;
@@ -31,6 +36,16 @@ use crate::io::ops::FileRef;
 /// reads at QD8 over NBD (volume of 4 KiB blocks, read-ahead on) ran at 0.96x the IOPS and
 /// 1.4x the p99.
 pub(crate) const WINDOW_MAX_READ: u32 = 32 * 1024;
+
+thread_local! {
+    /// Reads made now bypass the window (see [`crate::io::outside_read_window`]).
+    static OUTSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets whether reads made on this thread from now on bypass the window; returns the old value.
+pub(crate) fn set_outside(on: bool) -> bool {
+    OUTSIDE.with(|c| c.replace(on))
+}
 
 /// The read window state of one ring.
 pub(super) struct ReadWindow {
@@ -103,7 +118,7 @@ impl Driver {
         fd: FileRef,
         len: u32,
     ) -> usize {
-        let counted = self.rwin.window > 0 && len <= WINDOW_MAX_READ;
+        let counted = self.rwin.window > 0 && len <= WINDOW_MAX_READ && !OUTSIDE.with(Cell::get);
         let key = self.ops.insert(Slot {
             life: Lifecycle::Waiting(None),
             data,
