@@ -122,13 +122,13 @@ pub struct ReactorConfig {
 /// Default of [`ReactorConfig::submit_batch`].
 pub const DEFAULT_SUBMIT_BATCH: usize = 4;
 
-/// Default of [`ReactorConfig::read_window`]: 16 reads of a file in flight per ring (OpenZFS
-/// lets 10 synchronous reads be active per vdev). Half of a QD32 client's reads then wait in
-/// the ring while the disk works on the other half and reach the disk the moment those
-/// complete: over NBD on the virtio disk of the test box, 4k randread QD32 did 1.12x the IOPS
-/// of no window (every one of 6 alternated rounds above 1.0) at a lower p50 and p99, QD1
-/// unchanged (perf/results/README-nbd.md). `RINGPOOL_READ_WINDOW=0` turns it off.
-pub const DEFAULT_READ_WINDOW: usize = 16;
+/// Default of [`ReactorConfig::read_window`]: 0, reads are never held. With 16 (half of a QD32
+/// client's reads wait in the ring while the disk works on the other half, and reach the disk
+/// the moment that half completes), 4k randread QD32 over NBD on the virtio disk of the test
+/// box did 1.08-1.12x the IOPS of no window at 0.89x the p50 in three A/Bs (both ways round),
+/// but the p99 went up to 1.9x in two of them (perf/results/README-nbd.md): off until the tail
+/// is understood. `RINGPOOL_READ_WINDOW=N` sets it, for comparisons.
+pub const DEFAULT_READ_WINDOW: usize = 0;
 
 impl Default for ReactorConfig {
     fn default() -> ReactorConfig {
