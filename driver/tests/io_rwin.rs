@@ -3,15 +3,12 @@
 //! gets its own data; a held read whose future is dropped is freed; no window holds nothing.
 //! On a real O_DIRECT file in /tmp.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::Poll;
 
-use ringpool_driver::io::{
-    self, BlockEngine, Device, DeviceOptions, DirectIo, IoBuf, ReactorConfig, UringEngine,
-};
+mod io_common;
+
+use io_common::poll_once;
+use ringpool_driver::io::{self, BlockEngine, IoBuf, ReactorConfig, UringEngine};
 
 const BLK: usize = 4096;
 
@@ -26,14 +23,7 @@ fn cfg(window: usize) -> ReactorConfig {
 }
 
 fn device(dir: &Path, size: u64) -> UringEngine {
-    let p = dir.join("d");
-    Device::create_sparse_file(&p, size).unwrap();
-    let opts = DeviceOptions {
-        direct: DirectIo::Required,
-        exclusive: true,
-        ..DeviceOptions::default()
-    };
-    UringEngine::new(Arc::new(Device::open(&p, &opts).unwrap()))
+    io_common::device(dir, "d", size)
 }
 
 fn block(i: usize) -> Vec<u8> {
@@ -51,24 +41,38 @@ async fn fill(e: &UringEngine, n: usize) {
     }
 }
 
-/// Reads blocks `0..n` concurrently (each in its own task, all made in one turn) and checks
-/// every one; returns how many reads the window held.
-async fn read_all(e: &UringEngine, n: usize) -> u64 {
+/// Reads `n` consecutive reads of `len` bytes from offset 0 concurrently (each in its own task,
+/// all made in one turn; `outside`: inside [`io::outside_read_window`]) and checks every block
+/// of every one; returns how many reads the window held.
+async fn read_concurrently(e: &UringEngine, n: usize, len: usize, outside: bool) -> u64 {
     let before = io::ring_stats().unwrap();
     let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let f = e.read_at(IoBuf::zeroed(BLK), (i * BLK) as u64);
+            let f = e.read_at(IoBuf::zeroed(len), (i * len) as u64);
             io::spawn_local(async move {
-                let (r, b) = f.await;
+                let (r, b) = if outside {
+                    io::outside_read_window(f).await
+                } else {
+                    f.await
+                };
                 r.unwrap();
                 b.to_vec()
             })
         })
         .collect();
     for (i, t) in tasks.into_iter().enumerate() {
-        assert_eq!(t.await.unwrap(), block(i), "block {i}");
+        let got = t.await.unwrap();
+        for (j, b) in got.chunks(BLK).enumerate() {
+            let k = i * len / BLK + j;
+            assert_eq!(b, &block(k)[..], "read {i}, block {k}");
+        }
     }
     io::ring_stats().unwrap().since(&before).held_reads
+}
+
+/// Reads blocks `0..n` concurrently, a block per read; returns how many the window held.
+async fn read_all(e: &UringEngine, n: usize) -> u64 {
+    read_concurrently(e, n, BLK, false).await
 }
 
 #[test]
@@ -96,15 +100,6 @@ fn without_a_window_no_read_waits() {
         assert_eq!(read_all(&e, 32).await, 0);
     })
     .unwrap();
-}
-
-/// Polls `f` once (so its read is made) and keeps it for later.
-async fn poll_once<F: Future + ?Sized>(f: &mut Pin<Box<F>>) {
-    std::future::poll_fn(|cx| {
-        let _ = f.as_mut().poll(cx);
-        Poll::Ready(())
-    })
-    .await;
 }
 
 #[test]
@@ -146,26 +141,8 @@ fn large_reads_are_never_held() {
     let e = device(dir.path(), 4 << 20);
     io::block_on(&cfg(1), async move {
         fill(&e, 64).await;
-        let before = io::ring_stats().unwrap();
         // Four 64 KiB reads at once with a window of 1: none waits.
-        let big = 16 * BLK;
-        let tasks: Vec<_> = (0..4)
-            .map(|i| {
-                let f = e.read_at(IoBuf::zeroed(big), (i * big) as u64);
-                io::spawn_local(async move {
-                    let (r, b) = f.await;
-                    r.unwrap();
-                    b.to_vec()
-                })
-            })
-            .collect();
-        for (i, t) in tasks.into_iter().enumerate() {
-            let got = t.await.unwrap();
-            for (j, b) in got.chunks(BLK).enumerate() {
-                assert_eq!(b, &block(i * 16 + j)[..], "read {i} block {j}");
-            }
-        }
-        assert_eq!(io::ring_stats().unwrap().since(&before).held_reads, 0);
+        assert_eq!(read_concurrently(&e, 4, 16 * BLK, false).await, 0);
     })
     .unwrap();
 }
@@ -176,21 +153,7 @@ fn reads_made_outside_the_window_are_never_held() {
     let e = device(dir.path(), 1 << 20);
     io::block_on(&cfg(1), async move {
         fill(&e, 8).await;
-        let before = io::ring_stats().unwrap();
-        let tasks: Vec<_> = (0..8)
-            .map(|i| {
-                let f = e.read_at(IoBuf::zeroed(BLK), (i * BLK) as u64);
-                io::spawn_local(async move {
-                    let (r, b) = io::outside_read_window(f).await;
-                    r.unwrap();
-                    b.to_vec()
-                })
-            })
-            .collect();
-        for (i, t) in tasks.into_iter().enumerate() {
-            assert_eq!(t.await.unwrap(), block(i), "block {i}");
-        }
-        assert_eq!(io::ring_stats().unwrap().since(&before).held_reads, 0);
+        assert_eq!(read_concurrently(&e, 8, BLK, true).await, 0);
         // The same reads made plainly wait for the window of 1.
         assert_eq!(read_all(&e, 8).await, 7);
     })

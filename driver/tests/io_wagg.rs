@@ -3,15 +3,11 @@
 //! write, on a real O_DIRECT file in /tmp; what must not merge does not, and an fsync made
 //! after writes reaches the kernel after them.
 
-use std::future::Future;
-use std::path::Path;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::Poll;
+mod io_common;
 
+use io_common::{device, poll_once};
 use ringpool_driver::io::{
-    self, BlockEngine, Device, DeviceOptions, DirectIo, IoBuf, IoError, ReactorConfig, RingStats,
-    UringEngine,
+    self, BlockEngine, IoBuf, IoError, ReactorConfig, RingStats, UringEngine,
 };
 
 const BLK: usize = 4096;
@@ -24,18 +20,6 @@ fn cfg(aggregate: usize) -> ReactorConfig {
         write_aggregate: aggregate,
         ..ReactorConfig::default()
     }
-}
-
-/// An O_DIRECT device over a new `size`-byte file in `dir` (a real file system: /tmp here).
-fn device(dir: &Path, name: &str, size: u64) -> UringEngine {
-    let p = dir.join(name);
-    Device::create_sparse_file(&p, size).unwrap();
-    let opts = DeviceOptions {
-        direct: DirectIo::Required,
-        exclusive: true,
-        ..DeviceOptions::default()
-    };
-    UringEngine::new(Arc::new(Device::open(&p, &opts).unwrap()))
 }
 
 /// Block `i`'s content: every byte tells the block and the device apart.
@@ -69,15 +53,6 @@ async fn read(e: &UringEngine, off: u64, len: usize) -> Vec<u8> {
     let (r, b) = e.read_at(IoBuf::zeroed(len), off).await;
     r.unwrap();
     b.to_vec()
-}
-
-/// Polls `f` once (so a write is made and staged) and keeps it for later.
-async fn poll_once<F: Future + ?Sized>(f: &mut Pin<Box<F>>) {
-    std::future::poll_fn(|cx| {
-        let _ = f.as_mut().poll(cx);
-        Poll::Ready(())
-    })
-    .await;
 }
 
 #[test]
