@@ -122,13 +122,18 @@ pub struct ReactorConfig {
 /// Default of [`ReactorConfig::submit_batch`].
 pub const DEFAULT_SUBMIT_BATCH: usize = 4;
 
-/// Default of [`ReactorConfig::read_window`]: 0, reads are never held. With 16 (half of a QD32
-/// client's reads wait in the ring while the disk works on the other half, and reach the disk
-/// the moment that half completes), 4k randread QD32 over NBD on the virtio disk of the test
-/// box did 1.08-1.12x the IOPS of no window at 0.89x the p50 in three A/Bs (both ways round),
-/// but the p99 went up to 1.9x in two of them (perf/results/README-nbd.md): off until the tail
-/// is understood. `RINGPOOL_READ_WINDOW=N` sets it, for comparisons.
-pub const DEFAULT_READ_WINDOW: usize = 0;
+/// Default of [`ReactorConfig::read_window`]: 16 small reads of a file in flight per ring (half
+/// of a QD32 client's reads wait in the ring while the disk works on the other half, and reach
+/// the disk the moment that half completes; OpenZFS keeps 10 synchronous reads active per
+/// vdev). On the virtio disk of the test box, which completes all it holds at once and then
+/// idles until new work arrives, 4k randread QD32 over NBD on a quiet machine (load ~1, nice
+/// -10, 8 alternated rounds, both ways round) did 1.06x / 1.15x the IOPS of no window at
+/// 0.90x / 0.84x the p50 and the same p99 (1.02 / 1.00), QD1 unchanged
+/// (perf/results/nbd-read-window-quiet-2026-12-07.txt). Under heavy CPU load (three builds and
+/// A/Bs at once) the p99 went up to 1.9x in two A/Bs of three: the all-32 stalls of the host
+/// then also hold the window's second half. A device that wants more depth per ring (NVMe
+/// queues) should raise it or set `RINGPOOL_READ_WINDOW=0` (no window).
+pub const DEFAULT_READ_WINDOW: usize = 16;
 
 impl Default for ReactorConfig {
     fn default() -> ReactorConfig {
