@@ -31,6 +31,7 @@ use crate::io::buf::IoBuf;
 
 use super::{RingInfo, Shared, TaskRunMode};
 
+mod perfile;
 mod rwin;
 
 pub(crate) use rwin::set_outside as set_outside_read_window;

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 
 use io_uring::squeue;
 
+use super::perfile::PerFile;
 use super::{Driver, Lifecycle, OpData, Slot};
 use crate::io::ops::FileRef;
 
@@ -52,7 +53,7 @@ pub(super) struct ReadWindow {
     /// Most reads per file in flight (0: no limit, nothing is counted).
     pub(super) window: usize,
     /// Reads in flight per file.
-    inflight: Vec<(FileRef, usize)>,
+    inflight: PerFile,
     /// Reads waiting for room in their file's window: (slot key, file, SQE with user_data).
     held: VecDeque<(usize, FileRef, squeue::Entry)>,
 }
@@ -61,34 +62,22 @@ impl ReadWindow {
     pub(super) fn new() -> ReadWindow {
         ReadWindow {
             window: 0,
-            inflight: Vec::new(),
+            inflight: PerFile::default(),
             held: VecDeque::new(),
         }
     }
 
     fn count(&self, fd: FileRef) -> usize {
-        self.inflight
-            .iter()
-            .find(|(f, _)| *f == fd)
-            .map_or(0, |(_, n)| *n)
+        self.inflight.get(fd)
     }
 
     fn add(&mut self, fd: FileRef) {
-        match self.inflight.iter_mut().find(|(f, _)| *f == fd) {
-            Some((_, n)) => *n += 1,
-            None => self.inflight.push((fd, 1)),
-        }
+        self.inflight.add(fd);
     }
 
     /// A counted read of `fd` completed (its CQE was reaped).
     pub(super) fn done(&mut self, fd: FileRef) {
-        if let Some(pos) = self.inflight.iter().position(|(f, _)| *f == fd) {
-            let n = &mut self.inflight[pos].1;
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.inflight.swap_remove(pos);
-            }
-        }
+        self.inflight.done(fd);
     }
 
     /// Reads are waiting for room.

@@ -40,6 +40,7 @@
 
 use io_uring::{opcode, squeue, types};
 
+use super::perfile::PerFile;
 use super::{Driver, Lifecycle, OpData, Slot};
 use crate::io::ops::FileRef;
 
@@ -108,7 +109,7 @@ pub(super) struct Aggregator {
     /// Hold a file's writes past the turn while this many of its writes are in flight (0: no).
     window: usize,
     /// Write SQEs in flight per file (a vectored write counts once).
-    inflight: Vec<(FileRef, usize)>,
+    inflight: PerFile,
     /// The kernel has IORING_OP_WRITEV_FIXED (Linux 6.15+).
     writev_fixed: bool,
     staged: Vec<Staged>,
@@ -121,7 +122,7 @@ impl Aggregator {
         Aggregator {
             limit: 0,
             window: 0,
-            inflight: Vec::new(),
+            inflight: PerFile::default(),
             writev_fixed: false,
             staged: Vec::new(),
             staged_bytes: 0,
@@ -141,27 +142,16 @@ impl Aggregator {
     }
 
     fn inflight(&self, fd: FileRef) -> usize {
-        self.inflight
-            .iter()
-            .find(|(f, _)| *f == fd)
-            .map_or(0, |&(_, n)| n)
+        self.inflight.get(fd)
     }
 
     fn write_pushed(&mut self, fd: FileRef) {
-        match self.inflight.iter_mut().find(|(f, _)| *f == fd) {
-            Some((_, n)) => *n += 1,
-            None => self.inflight.push((fd, 1)),
-        }
+        self.inflight.add(fd);
     }
 
     /// A write SQE to `fd` completed.
     pub(super) fn write_done(&mut self, fd: FileRef) {
-        if let Some(i) = self.inflight.iter().position(|(f, _)| *f == fd) {
-            self.inflight[i].1 = self.inflight[i].1.saturating_sub(1);
-            if self.inflight[i].1 == 0 {
-                self.inflight.swap_remove(i);
-            }
-        }
+        self.inflight.done(fd);
     }
 
     /// Leak the groups' iovecs (the kernel may still read them: see Drop for Driver).
