@@ -54,22 +54,21 @@ fn acknowledged_writes_are_seen_by_reads_and_block_status_and_made_durable_by_fl
     })??;
     drop(vol);
     pool.export()?;
-    let pool = import_image(durable)?;
-    let vol = pool.open_volume("v")?;
-    io::block_on(&rcfg(), async {
-        let mut got = vec![0u8; LEN];
-        vol.read(0, &mut got).await?;
-        anyhow::ensure!(
-            got == new,
-            "the flushed overwrite survives a crash after the flush"
-        );
-        vol.read(1 << 20, &mut got).await?;
-        anyhow::ensure!(got == fresh, "the flushed write into a hole survives too");
-        anyhow::Ok(())
-    })??;
-    assert!(pool.verify()?.is_clean());
-    pool.export()?;
-    Ok(())
+    check_image(
+        durable,
+        vec![
+            (
+                0,
+                new,
+                "the flushed overwrite survives a crash after the flush".into(),
+            ),
+            (
+                1 << 20,
+                fresh,
+                "the flushed write into a hole survives too".into(),
+            ),
+        ],
+    )
 }
 
 #[test]
@@ -108,16 +107,10 @@ fn a_device_error_after_the_acknowledgement_suspends_the_pool() -> anyhow::Resul
     drop(vol);
     let _ = pool.export();
     // The device still holds the state of the last successful flush.
-    let pool = import_image(durable)?;
-    let vol = pool.open_volume("v")?;
-    io::block_on(&rcfg(), async {
-        let mut got = vec![0u8; LEN];
-        vol.read(0, &mut got).await?;
-        anyhow::ensure!(got == pattern(1, LEN), "the last flushed data is intact");
-        anyhow::Ok(())
-    })??;
-    pool.export()?;
-    Ok(())
+    check_image(
+        durable,
+        vec![(0, pattern(1, LEN), "the last flushed data is intact".into())],
+    )
 }
 
 /// A clean export while acknowledged write-backs have not reached the device yet (their
@@ -156,22 +149,18 @@ fn an_export_with_write_backs_in_flight_commits_them() -> anyhow::Result<()> {
     exporter
         .join()
         .map_err(|_| anyhow::anyhow!("export thread panicked"))??;
-    let pool = import_image(dev.durable_image())?;
-    let vol = pool.open_volume("v")?;
-    io::block_on(&rcfg(), async {
-        let mut got = vec![0u8; LEN];
-        for k in 0..n {
-            vol.read(k * LEN as u64, &mut got).await?;
-            anyhow::ensure!(
-                got == pattern(k + 1, LEN),
-                "write {k}, acknowledged before the export, is on disk after it"
-            );
-        }
-        anyhow::Ok(())
-    })??;
-    assert!(pool.verify()?.is_clean());
-    pool.export()?;
-    Ok(())
+    check_image(
+        dev.durable_image(),
+        (0..n)
+            .map(|k| {
+                (
+                    k * LEN as u64,
+                    pattern(k + 1, LEN),
+                    format!("write {k}, acknowledged before the export, is on disk after it"),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Write-back tasks dropped with their reactor (it stopped before they ran) lose acknowledged
@@ -202,17 +191,10 @@ fn write_backs_cancelled_with_their_reactor_suspend_the_pool() -> anyhow::Result
     assert!(flushed.is_err(), "no FLUSH succeeds after the loss");
     drop(vol);
     assert!(pool.export().is_err(), "the export reports the loss");
-    let pool = import_image(dev.durable_image())?;
-    let vol = pool.open_volume("v")?;
-    io::block_on(&rcfg(), async {
-        let mut got = vec![0u8; LEN];
-        vol.read(0, &mut got).await?;
-        anyhow::ensure!(got == pattern(1, LEN), "the last flushed data is intact");
-        anyhow::Ok(())
-    })??;
-    assert!(pool.verify()?.is_clean());
-    pool.export()?;
-    Ok(())
+    check_image(
+        dev.durable_image(),
+        vec![(0, pattern(1, LEN), "the last flushed data is intact".into())],
+    )
 }
 
 /// A gathered batch written back (`Volume::write_gather_back`, what the NBD server does with
@@ -285,20 +267,14 @@ fn a_gathered_batch_written_back_is_seen_at_once_and_made_durable_by_flush() -> 
     })??;
     drop(vol);
     pool.export()?;
-    let pool = import_image(durable)?;
-    let vol = pool.open_volume("v")?;
-    io::block_on(&rcfg(), async {
-        let mut got = vec![0u8; size];
-        vol.read(0, &mut got).await?;
-        anyhow::ensure!(
-            got == model,
-            "the flushed batches survive a crash after the flush"
-        );
-        anyhow::Ok(())
-    })??;
-    assert!(pool.verify()?.is_clean());
-    pool.export()?;
-    Ok(())
+    check_image(
+        durable,
+        vec![(
+            0,
+            model,
+            "the flushed batches survive a crash after the flush".into(),
+        )],
+    )
 }
 
 /// A gathered batch acknowledged before its device write failed: the pool is suspended and
@@ -334,6 +310,25 @@ fn a_gathered_batch_lost_after_its_acknowledgement_fails_the_flush() -> anyhow::
     dev.clear_faults();
     drop(vol);
     assert!(pool.export().is_err(), "the export reports the loss");
+    Ok(())
+}
+
+/// Imports a pool from `image` (what a crash left on the device), checks that each
+/// `(offset, data, what)` reads back as `data`, that the pool verifies clean, and exports it.
+fn check_image(image: Vec<u8>, expect: Vec<(u64, Vec<u8>, String)>) -> anyhow::Result<()> {
+    let pool = import_image(image)?;
+    let vol = pool.open_volume("v")?;
+    io::block_on(&rcfg(), async {
+        for (off, data, what) in &expect {
+            let mut got = vec![0u8; data.len()];
+            vol.read(*off, &mut got).await?;
+            anyhow::ensure!(&got == data, "{what}");
+        }
+        anyhow::Ok(())
+    })??;
+    drop(vol);
+    assert!(pool.verify()?.is_clean());
+    pool.export()?;
     Ok(())
 }
 
