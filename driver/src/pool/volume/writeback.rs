@@ -115,17 +115,12 @@ impl Volume {
             && offset.is_multiple_of(bs)
             && len.is_multiple_of(bs)
             && len <= super::write::BATCH_BYTES
-            && data.addr().is_multiple_of(crate::io::buf::DEFAULT_ALIGN)
-            && crate::io::in_reactor();
-        let inflight = &self.inner.write_back_bytes;
-        if !eligible || inflight.fetch_add(len, Ordering::AcqRel) + len > write_back_max() {
-            if eligible {
-                inflight.fetch_sub(len, Ordering::AcqRel);
-            }
+            && data.addr().is_multiple_of(crate::io::buf::DEFAULT_ALIGN);
+        if !(eligible && self.reserve_write_back(len)) {
             let (r, data) = self.write_buf(offset, data, false).await;
             return (r, Some(data));
         }
-        let release = || inflight.fetch_sub(len, Ordering::AcqRel);
+        let release = || self.inner.write_back_bytes.fetch_sub(len, Ordering::AcqRel);
         if let Err(e) = self
             .check_writable()
             .and_then(|()| self.check_range(offset, len))
@@ -161,13 +156,8 @@ impl Volume {
         guards: Vec<RangeGuard>,
         len: u64,
     ) -> Result<()> {
-        let inflight = &self.inner.write_back_bytes;
-        let eligible =
-            crate::io::in_reactor() && content.addr().is_multiple_of(crate::io::buf::DEFAULT_ALIGN);
-        if !eligible || inflight.fetch_add(len, Ordering::AcqRel) + len > write_back_max() {
-            if eligible {
-                inflight.fetch_sub(len, Ordering::AcqRel);
-            }
+        let eligible = content.addr().is_multiple_of(crate::io::buf::DEFAULT_ALIGN);
+        if !(eligible && self.reserve_write_back(len)) {
             let (r, _content) = self.commit_runs(&runs, content).await;
             drop(guards);
             return r.map(drop);
@@ -177,12 +167,28 @@ impl Volume {
             Ok(p) => p,
             Err(e) => {
                 drop(guards);
-                inflight.fetch_sub(len, Ordering::AcqRel);
+                self.inner.write_back_bytes.fetch_sub(len, Ordering::AcqRel);
                 return Err(e);
             }
         };
         self.finish_in_background(runs, content, prepared, guards, len);
         Ok(())
+    }
+
+    /// Counts `len` bytes of a write-back against the volume's bound, if it is taken on a
+    /// reactor thread (the background task needs one) and the bound has room; the caller
+    /// gives them back once the write is published (or on failure). False: write the ordinary
+    /// way.
+    fn reserve_write_back(&self, len: u64) -> bool {
+        if !crate::io::in_reactor() {
+            return false;
+        }
+        let inflight = &self.inner.write_back_bytes;
+        if inflight.fetch_add(len, Ordering::AcqRel) + len > write_back_max() {
+            inflight.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Acknowledges a prepared commit: marks its txg dirty and finishes it (device write,
