@@ -56,6 +56,9 @@ pub(super) struct ReadWindow {
     inflight: PerFile,
     /// Reads waiting for room in their file's window: (slot key, file, SQE with user_data).
     held: VecDeque<(usize, FileRef, squeue::Entry)>,
+    /// Held reads per file, so a new read learns whether earlier ones of its file wait
+    /// without a walk of `held` on every submission.
+    held_files: PerFile,
 }
 
 impl ReadWindow {
@@ -64,6 +67,7 @@ impl ReadWindow {
             window: 0,
             inflight: PerFile::default(),
             held: VecDeque::new(),
+            held_files: PerFile::default(),
         }
     }
 
@@ -88,6 +92,7 @@ impl ReadWindow {
     /// Forget the held reads (shutdown: their futures are gone).
     pub(super) fn clear_held(&mut self) {
         self.held.clear();
+        self.held_files = PerFile::default();
     }
 }
 
@@ -117,11 +122,11 @@ impl Driver {
         });
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         let entry = entry.user_data(ud);
-        if counted
-            && (self.rwin.count(fd) >= self.rwin.window || self.rwin.held.iter().any(|h| h.1 == fd))
+        if counted && (self.rwin.count(fd) >= self.rwin.window || self.rwin.held_files.get(fd) > 0)
         {
             // Behind earlier held reads of the file too, so they go to the kernel in order.
             self.rwin.held.push_back((key, fd, entry));
+            self.rwin.held_files.add(fd);
             self.stats.held_reads += 1;
             return key;
         }
@@ -146,6 +151,7 @@ impl Driver {
             let Some((_, fd, entry)) = self.rwin.held.remove(i) else {
                 break;
             };
+            self.rwin.held_files.done(fd);
             self.rwin.add(fd);
             self.push(entry);
             released += 1;
@@ -164,7 +170,9 @@ impl Driver {
     pub(super) fn unhold_read(&mut self, key: usize) -> bool {
         match self.rwin.held.iter().position(|(k, _, _)| *k == key) {
             Some(pos) => {
-                self.rwin.held.remove(pos);
+                if let Some((_, fd, _)) = self.rwin.held.remove(pos) {
+                    self.rwin.held_files.done(fd);
+                }
                 true
             }
             None => false,
