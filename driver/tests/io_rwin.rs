@@ -159,3 +159,47 @@ fn reads_made_outside_the_window_are_never_held() {
     })
     .unwrap();
 }
+
+#[test]
+fn each_file_has_its_own_window_and_queue() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let a = io_common::device(dir.path(), "a", 1 << 20);
+    let b = io_common::device(dir.path(), "b", 1 << 20);
+    io::block_on(&cfg(2), async move {
+        fill(&a, 4).await;
+        fill(&b, 4).await;
+        let (_, ops0) = io::reactor_stats().unwrap();
+        let before = io::ring_stats().unwrap();
+        // Four reads of each file, interleaved, made in one turn: two of each wait.
+        let mut of_a = Vec::new();
+        let mut of_b = Vec::new();
+        for i in 0..4 {
+            let mut r = a.read_at(IoBuf::zeroed(BLK), (i * BLK) as u64);
+            poll_once(&mut r).await;
+            of_a.push(r);
+            let mut r = b.read_at(IoBuf::zeroed(BLK), (i * BLK) as u64);
+            poll_once(&mut r).await;
+            of_b.push(r);
+        }
+        assert_eq!(io::ring_stats().unwrap().since(&before).held_reads, 4);
+        // Every held read of `a` is dropped: `b`'s held reads are untouched and all of `b`'s
+        // reads return their own blocks.
+        of_a.truncate(2);
+        for (i, r) in of_b.into_iter().enumerate() {
+            let (res, buf) = r.await;
+            res.unwrap();
+            assert_eq!(buf.to_vec(), block(i), "block {i} of b");
+        }
+        for (i, r) in of_a.into_iter().enumerate() {
+            let (res, buf) = r.await;
+            res.unwrap();
+            assert_eq!(buf.to_vec(), block(i), "block {i} of a");
+        }
+        let (_, ops) = io::reactor_stats().unwrap();
+        assert_eq!(ops, ops0, "no slot left behind");
+        // Both windows are free again.
+        assert_eq!(read_all(&a, 2).await, 0);
+        assert_eq!(read_all(&b, 3).await, 1);
+    })
+    .unwrap();
+}

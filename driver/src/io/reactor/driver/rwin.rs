@@ -54,11 +54,11 @@ pub(super) struct ReadWindow {
     pub(super) window: usize,
     /// Reads in flight per file.
     inflight: PerFile,
-    /// Reads waiting for room in their file's window: (slot key, file, SQE with user_data).
-    held: VecDeque<(usize, FileRef, squeue::Entry)>,
-    /// Held reads per file, so a new read learns whether earlier ones of its file wait
-    /// without a walk of `held` on every submission.
-    held_files: PerFile,
+    /// Reads waiting for room in their file's window, one FIFO per file with reads waiting:
+    /// (file, [(slot key, SQE with user_data)]). A ring drives a handful of files, so a reap
+    /// releases by looking at each file once, not at every held read (hundreds with many
+    /// connections at depth).
+    held: Vec<(FileRef, VecDeque<(usize, squeue::Entry)>)>,
 }
 
 impl ReadWindow {
@@ -66,8 +66,7 @@ impl ReadWindow {
         ReadWindow {
             window: 0,
             inflight: PerFile::default(),
-            held: VecDeque::new(),
-            held_files: PerFile::default(),
+            held: Vec::new(),
         }
     }
 
@@ -89,10 +88,22 @@ impl ReadWindow {
         !self.held.is_empty()
     }
 
+    /// Whether reads of `fd` are waiting.
+    fn holds(&self, fd: FileRef) -> bool {
+        self.held.iter().any(|(f, _)| *f == fd)
+    }
+
+    /// Queues a read of `fd` behind the file's other held reads.
+    fn hold(&mut self, fd: FileRef, key: usize, entry: squeue::Entry) {
+        match self.held.iter_mut().find(|(f, _)| *f == fd) {
+            Some((_, q)) => q.push_back((key, entry)),
+            None => self.held.push((fd, VecDeque::from([(key, entry)]))),
+        }
+    }
+
     /// Forget the held reads (shutdown: their futures are gone).
     pub(super) fn clear_held(&mut self) {
         self.held.clear();
-        self.held_files = PerFile::default();
     }
 }
 
@@ -122,11 +133,9 @@ impl Driver {
         });
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         let entry = entry.user_data(ud);
-        if counted && (self.rwin.count(fd) >= self.rwin.window || self.rwin.held_files.get(fd) > 0)
-        {
+        if counted && (self.rwin.count(fd) >= self.rwin.window || self.rwin.holds(fd)) {
             // Behind earlier held reads of the file too, so they go to the kernel in order.
-            self.rwin.held.push_back((key, fd, entry));
-            self.rwin.held_files.add(fd);
+            self.rwin.hold(fd, key, entry);
             self.stats.held_reads += 1;
             return key;
         }
@@ -137,29 +146,31 @@ impl Driver {
         key
     }
 
-    /// Pushes held reads, oldest first, while their file has room in the window. Returns how
-    /// many went to the SQ.
+    /// Pushes held reads, oldest first within each file, while their file has room in the
+    /// window. Returns how many went to the SQ.
     pub(super) fn release_held_reads(&mut self) -> usize {
         let mut released = 0;
         let mut i = 0;
         while i < self.rwin.held.len() {
-            let fd = self.rwin.held[i].1;
-            if self.rwin.count(fd) >= self.rwin.window {
-                i += 1;
-                continue;
+            let fd = self.rwin.held[i].0;
+            while self.rwin.count(fd) < self.rwin.window {
+                let Some((_, entry)) = self.rwin.held[i].1.pop_front() else {
+                    break;
+                };
+                self.rwin.add(fd);
+                self.push(entry);
+                released += 1;
+                if released == 1 && !self.info.sqpoll {
+                    // The disk starts on the first read while the others are being prepared
+                    // (its submission through the file system takes microseconds per read).
+                    // An error (EBUSY, EAGAIN) leaves it queued for the turn's enter.
+                    let _ = self.enter(false);
+                }
             }
-            let Some((_, fd, entry)) = self.rwin.held.remove(i) else {
-                break;
-            };
-            self.rwin.held_files.done(fd);
-            self.rwin.add(fd);
-            self.push(entry);
-            released += 1;
-            if released == 1 && !self.info.sqpoll {
-                // The disk starts on the first read while the others are being prepared
-                // (its submission through the file system takes microseconds per read).
-                // An error (EBUSY, EAGAIN) leaves it queued for the turn's enter.
-                let _ = self.enter(false);
+            if self.rwin.held[i].1.is_empty() {
+                self.rwin.held.swap_remove(i);
+            } else {
+                i += 1;
             }
         }
         released
@@ -168,14 +179,16 @@ impl Driver {
     /// Removes the held read of slot `key`, if it is one (its future was dropped before the
     /// kernel saw it). Returns whether it was held.
     pub(super) fn unhold_read(&mut self, key: usize) -> bool {
-        match self.rwin.held.iter().position(|(k, _, _)| *k == key) {
-            Some(pos) => {
-                if let Some((_, fd, _)) = self.rwin.held.remove(pos) {
-                    self.rwin.held_files.done(fd);
+        for i in 0..self.rwin.held.len() {
+            let q = &mut self.rwin.held[i].1;
+            if let Some(pos) = q.iter().position(|(k, _)| *k == key) {
+                q.remove(pos);
+                if q.is_empty() {
+                    self.rwin.held.swap_remove(i);
                 }
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 }
