@@ -298,10 +298,14 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     let reactors_n = args
         .reactors
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let defaults = ReactorConfig::default();
     let reactors = ReactorSet::start(ReactorConfig {
         reactors: reactors_n,
+        read_spin: args
+            .read_spin_us
+            .map_or(defaults.read_spin, std::time::Duration::from_micros),
         // Pinned unless RINGPOOL_REACTOR_PIN=0 (see ReactorConfig::pin).
-        ..Default::default()
+        ..defaults
     })
     .context("cannot start the reactors")?;
     let served = Arc::new(Served {

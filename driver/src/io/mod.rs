@@ -40,7 +40,7 @@ pub use reactor::{
     block_on, current_reactor_index, in_reactor, outside_read_window, prefer_current_task,
     reactor_stats, ring_info, ring_stats, spawn_local, spawn_local_first, submit_now,
     try_spawn_local, JoinError, JoinHandle, ReactorConfig, ReactorHandle, ReactorSet, RingInfo,
-    RingStats, TaskRunMode, DEFAULT_READ_WINDOW, DEFAULT_SUBMIT_BATCH, DEFAULT_WRITE_AGGREGATE,
-    DEFAULT_WRITE_AGGREGATE_WINDOW,
+    RingStats, TaskRunMode, DEFAULT_READ_SPIN_US, DEFAULT_READ_WINDOW, DEFAULT_SUBMIT_BATCH,
+    DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW,
 };
 pub use time::{sleep, yield_now, YieldNow};

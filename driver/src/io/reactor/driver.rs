@@ -117,6 +117,9 @@ struct Slot {
     write_fd: Option<crate::io::ops::FileRef>,
     /// A positioned read of this file counted by the read window.
     read_fd: Option<crate::io::ops::FileRef>,
+    /// A positioned read, counted in `Driver::reads_in_flight` until its CQE is reaped or it
+    /// is dropped before the kernel saw it.
+    read: bool,
 }
 
 /// Counters of one ring since it was set up.
@@ -183,6 +186,9 @@ pub(crate) struct Driver {
     stats: RingStats,
     wagg: wagg::Aggregator,
     rwin: rwin::ReadWindow,
+    /// Positioned reads (`submit_read`) made and not yet completed: held by the read window,
+    /// backlogged or with the kernel. What a reactor polls for (`Core::poll_for_read`).
+    reads_in_flight: usize,
 }
 
 impl std::fmt::Debug for Driver {
@@ -203,6 +209,7 @@ impl Driver {
         entries: u32,
         sqpoll_idle_ms: Option<u32>,
         forced: Option<TaskRunMode>,
+        taskrun_flag: bool,
         shared: Arc<Shared>,
     ) -> io::Result<Driver> {
         let entries = entries.clamp(2, 32768).next_power_of_two();
@@ -226,6 +233,12 @@ impl Driver {
             match mode {
                 TaskRunMode::DeferTaskrun => {
                     b.setup_single_issuer().setup_defer_taskrun();
+                    if taskrun_flag {
+                        // The kernel raises IORING_SQ_TASKRUN when completion work is queued,
+                        // so a reactor polling before it sleeps (the `poll` module) sees a
+                        // device read's completion without a syscall per look.
+                        b.setup_taskrun_flag();
+                    }
                 }
                 TaskRunMode::CoopTaskrun => {
                     b.setup_single_issuer()
@@ -264,6 +277,7 @@ impl Driver {
                         stats: RingStats::default(),
                         wagg: wagg::Aggregator::new(),
                         rwin: rwin::ReadWindow::new(),
+                        reads_in_flight: 0,
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -306,6 +320,26 @@ impl Driver {
         self.ops.len()
     }
 
+    /// Positioned reads made on this ring that have not completed (see `Slot::read`).
+    pub(crate) fn reads_in_flight(&self) -> usize {
+        self.reads_in_flight
+    }
+
+    /// Slot `key` leaves before its CQE (the kernel never saw it): uncount it if a read.
+    fn forget_read(&mut self, key: usize) {
+        if self.ops.get(key).is_some_and(|s| s.read) {
+            self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Whether the kernel has something for the reactor, seen without a syscall: CQEs in the
+    /// ring, or completion work queued for this thread (IORING_SQ_TASKRUN, raised under
+    /// TASKRUN_FLAG; with DEFER_TASKRUN a device read's completion arrives that way and only
+    /// becomes a CQE when the thread enters the kernel).
+    pub(crate) fn completion_pending(&mut self) -> bool {
+        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
+    }
+
     /// Register an op: the slot takes `data`; returns the slab key.
     pub(crate) fn submit(&mut self, entry: squeue::Entry, data: OpData) -> usize {
         let key = self.ops.insert(Slot {
@@ -314,6 +348,7 @@ impl Driver {
             grouped: false,
             write_fd: None,
             read_fd: None,
+            read: false,
         });
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         debug_assert!(ud < RESERVED_MIN);
@@ -423,12 +458,14 @@ impl Driver {
         }
         // A held read: the kernel never saw it either.
         if self.unhold_read(key) {
+            self.forget_read(key);
             self.ops.remove(key);
             return;
         }
         // Still only in the local backlog: the kernel never saw it, free at once.
         if let Some(pos) = self.backlog.iter().position(|e| e.get_user_data() == ud) {
             self.backlog.remove(pos);
+            self.forget_read(key);
             self.ops.remove(key);
             return;
         }
@@ -569,6 +606,9 @@ impl Driver {
                 }
                 if let Some(fd) = slot.read_fd {
                     self.rwin.done(fd);
+                }
+                if slot.read {
+                    self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
                 }
             }
             complete_slot(&mut self.ops, key, cqe.result(), cqe.flags());

@@ -16,6 +16,7 @@
 
 mod driver;
 mod files;
+mod poll;
 mod set;
 pub(crate) mod task;
 
@@ -78,15 +79,37 @@ pub struct ReactorConfig {
     pub ring_mode: Option<TaskRunMode>,
     /// Before blocking for a completion, poll the ring up to this long while an operation
     /// other than the wake-up read is in flight (a device read, the next request of a client
-    /// at queue depth 1), instead of putting the thread to sleep and waking it again. Each
-    /// poll yields the CPU first, so a thread queued on this core (the client) runs instead
-    /// of waiting behind the poll. Off by default (zero): on the shared 2-vCPU test box it cut
-    /// the sleeps per QD1 request from 2.0 to 0.5–0.7 and the p50 by 20–40 us in one series
-    /// of runs, and cost 10–20 us of p50 in the next ones (perf/results/README-nbd.md); like
-    /// SQPOLL, it is for machines with cores to spare. The environment variable
+    /// at queue depth 1), instead of putting the thread to sleep and waking it again. The poll
+    /// looks at the ring from user space and stops for a while once it finds itself
+    /// descheduled (see the `poll` module). Off by default (zero): when the client shares the
+    /// reactor's core, polling for its next request only delays it; like SQPOLL, it is for
+    /// machines with cores to spare (perf/results/README-nbd.md). The environment variable
     /// `RINGPOOL_REACTOR_SPIN_US` sets the default. Ignored by [`block_on`] (sync, discard and
     /// CLI threads sleep at once).
     pub spin: std::time::Duration,
+    /// Before blocking for a completion while at least one and at most
+    /// [`ReactorConfig::read_spin_max`] device reads are in flight, watch the ring from user
+    /// space (no syscall per look) for up to this long, instead of putting the thread to sleep
+    /// and waking it again when the read completes (see the `poll` module). Unlike
+    /// [`ReactorConfig::spin`] it never waits for a socket: at queue depth 1 the client is
+    /// itself blocked on the read's reply meanwhile. Off by default (zero): on the 2-vCPU test
+    /// VM the polling reactor's busier CPU made the scheduler move the client to the other
+    /// vCPU, and the two cross-vCPU wake-ups per request that brings cost more than the poll
+    /// saves: QD1 p50 1.09-1.41x over NBD with the client free to move, 0.87x with the client
+    /// pinned to the reactor's CPU
+    /// (perf/results/README-nbd.md, "QD1 on this VM"). The environment variable
+    /// `RINGPOOL_REACTOR_READ_SPIN_US` sets the default; `ringpool serve --read-spin-us`.
+    /// Ignored by [`block_on`].
+    pub read_spin: std::time::Duration,
+    /// Most device reads in flight for [`ReactorConfig::read_spin`] to poll (default 1; the
+    /// environment variable `RINGPOOL_REACTOR_READ_SPIN_MAX` sets the default).
+    pub read_spin_max: usize,
+    /// After a poll before sleeping ([`ReactorConfig::spin`], [`ReactorConfig::read_spin`])
+    /// during which the thread was descheduled, sleep at once for this long (default 100 ms;
+    /// `RINGPOOL_REACTOR_POLL_BACKOFF_MS` sets the default; 0: never give up a poll early):
+    /// another thread wants the core (a build), and under CFS a thread that keeps its core
+    /// busy is made to wait a whole time slice once it has used its share.
+    pub poll_backoff: std::time::Duration,
     /// Enter the kernel as soon as this many SQEs are queued, besides once per loop turn for
     /// whatever is left (0: only once per turn; 1: each operation as it is made, as fio does
     /// with its default `iodepth_batch_submit=1`). Default 4: when a batch of completions wakes
@@ -134,6 +157,8 @@ pub const DEFAULT_SUBMIT_BATCH: usize = 4;
 /// then also hold the window's second half. A device that wants more depth per ring (NVMe
 /// queues) should raise it or set `RINGPOOL_READ_WINDOW=0` (no window).
 pub const DEFAULT_READ_WINDOW: usize = 16;
+/// Default of [`ReactorConfig::read_spin`], in microseconds.
+pub const DEFAULT_READ_SPIN_US: u64 = 0;
 
 impl Default for ReactorConfig {
     fn default() -> ReactorConfig {
@@ -157,6 +182,22 @@ impl Default for ReactorConfig {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
+            ),
+            read_spin: std::time::Duration::from_micros(
+                std::env::var("RINGPOOL_REACTOR_READ_SPIN_US")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(DEFAULT_READ_SPIN_US),
+            ),
+            read_spin_max: std::env::var("RINGPOOL_REACTOR_READ_SPIN_MAX")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(1),
+            poll_backoff: std::time::Duration::from_millis(
+                std::env::var("RINGPOOL_REACTOR_POLL_BACKOFF_MS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(100),
             ),
             submit_batch: std::env::var("RINGPOOL_REACTOR_SUBMIT_BATCH")
                 .ok()
@@ -295,6 +336,8 @@ pub(crate) struct Core {
     arena: RefCell<Option<Arc<Arena>>>,
     files: RefCell<files::FileTable>,
     arena_tried: std::cell::Cell<bool>,
+    /// When the loop may poll the ring before sleeping again (see `poll`).
+    poll: poll::PollState,
     cfg: ReactorConfig,
 }
 
@@ -328,8 +371,16 @@ pub(crate) fn current_registered_arena() -> Option<u64> {
 impl Core {
     fn new(cfg: &ReactorConfig, index: Option<usize>) -> Result<Rc<Core>, IoError> {
         let shared = Shared::new()?;
-        let mut driver = Driver::new(cfg.entries, cfg.sqpoll, cfg.ring_mode, Arc::clone(&shared))
-            .map_err(IoError::RingSetup)?;
+        // Only a reactor that polls before sleeping looks at IORING_SQ_TASKRUN.
+        let polls = index.is_some() && !(cfg.read_spin.is_zero() && cfg.spin.is_zero());
+        let mut driver = Driver::new(
+            cfg.entries,
+            cfg.sqpoll,
+            cfg.ring_mode,
+            polls,
+            Arc::clone(&shared),
+        )
+        .map_err(IoError::RingSetup)?;
         driver.set_submit_batch(cfg.submit_batch);
         driver.set_write_aggregate(cfg.write_aggregate, cfg.write_aggregate_window);
         driver.set_read_window(cfg.read_window);
@@ -341,6 +392,7 @@ impl Core {
             arena: RefCell::new(None),
             files: RefCell::new(files::FileTable::default()),
             arena_tried: std::cell::Cell::new(false),
+            poll: poll::PollState::default(),
             cfg: cfg.clone(),
         }))
     }
@@ -398,6 +450,15 @@ impl Core {
         !self.shared.remote.lock().is_empty() || !self.shared.injected.lock().queue.is_empty()
     }
 
+    /// The loop has something to do without waiting for the ring: a task is runnable, the
+    /// root future was woken or work was shipped in. The loop blocks in the ring only when
+    /// this is false after the last reap (see `poll`).
+    fn has_work(&self) -> bool {
+        !self.exec.is_idle()
+            || self.shared.main_woken.load(Ordering::SeqCst)
+            || self.has_remote_work()
+    }
+
     /// Run the loop until `fut` completes.
     fn run<F: Future>(self: &Rc<Self>, fut: F) -> Result<F::Output, IoError> {
         let mut fut = pin!(fut);
@@ -409,7 +470,6 @@ impl Core {
         let mut cx = Context::from_waker(&main_waker);
         self.shared.main_woken.store(true, Ordering::SeqCst);
         let budget = self.cfg.task_budget.max(1);
-        let spin = self.index.is_some() && !self.cfg.spin.is_zero();
         loop {
             if self.shared.main_woken.swap(false, Ordering::SeqCst) {
                 if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
@@ -418,40 +478,16 @@ impl Core {
             }
             self.drain_remote();
             self.exec.run_ready(budget);
-            let mut idle = self.exec.is_idle()
-                && !self.shared.main_woken.load(Ordering::SeqCst)
-                && !self.has_remote_work();
-            if idle && spin && self.driver.borrow().busy() {
-                idle = self.spin_until_work()?;
+            let mut idle = !self.has_work();
+            if idle {
+                if let Some(limit) = self.poll_limit() {
+                    idle = self.poll_ring(limit)?;
+                }
             }
             let r = self.driver.borrow_mut().turn(idle);
             if let Err(e) = r {
                 return Err(IoError::from_std(OpKind::Other, &e));
             }
-        }
-    }
-
-    /// Polls the ring without blocking for up to `cfg.spin`, until a task became runnable,
-    /// the root future was woken or remote work arrived. Returns whether the loop may still
-    /// block (nothing turned up).
-    fn spin_until_work(self: &Rc<Self>) -> Result<bool, IoError> {
-        let until = std::time::Instant::now() + self.cfg.spin;
-        loop {
-            if let Err(e) = self.driver.borrow_mut().turn(false) {
-                return Err(IoError::from_std(OpKind::Other, &e));
-            }
-            if !self.exec.is_idle()
-                || self.shared.main_woken.load(Ordering::SeqCst)
-                || self.has_remote_work()
-            {
-                return Ok(false);
-            }
-            if !self.driver.borrow().busy() || std::time::Instant::now() >= until {
-                return Ok(true);
-            }
-            // On a shared core the thread we wait for (the client, a device completion's
-            // softirq owner) may be queued behind us: let it run.
-            std::thread::yield_now();
         }
     }
 

@@ -130,7 +130,9 @@ impl Driver {
             grouped: false,
             write_fd: None,
             read_fd: counted.then_some(fd),
+            read: true,
         });
+        self.reads_in_flight += 1;
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         let entry = entry.user_data(ud);
         if counted && (self.rwin.count(fd) >= self.rwin.window || self.rwin.holds(fd)) {

@@ -196,6 +196,7 @@ impl Driver {
             grouped: false,
             write_fd: Some(req.fd),
             read_fd: None,
+            read: false,
         });
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         self.stats.writes += 1;
@@ -417,7 +418,7 @@ mod tests {
         file.write_all(&[0u8; 64 << 10]).unwrap();
         let fd = file.as_raw_fd();
         let shared = super::super::super::Shared::new().unwrap();
-        let mut d = Driver::new(8, None, None, shared).unwrap();
+        let mut d = Driver::new(8, None, None, false, shared).unwrap();
         d.set_write_aggregate(1 << 20, 1);
         // Nothing in flight: the first write goes at the end of its turn.
         let (r, data) = write(fd, 0, &[1u8; 4096]);
