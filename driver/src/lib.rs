@@ -7,5 +7,6 @@
 //! * [`nbd`]: the NBD server on the per-core reactors.
 
 pub mod io;
+pub mod knob;
 pub mod nbd;
 pub mod pool;

@@ -16,9 +16,7 @@ use crate::size::nicenum;
 const LINE_EVERY: Duration = Duration::from_secs(1);
 
 fn line_every() -> Duration {
-    std::env::var("RINGPOOL_PROGRESS_EVERY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    ringpool_driver::knob::env("RINGPOOL_PROGRESS_EVERY_MS")
         .map_or(LINE_EVERY, Duration::from_millis)
 }
 

@@ -321,12 +321,11 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     }
     let socket: PathBuf = args.socket.clone().unwrap_or_else(|| state.nbd_socket());
     // RINGPOOL_NBD_PREFER_IRQ_CPU=0 turns the preference off (for comparisons).
-    let prefer_reactors =
-        if std::env::var("RINGPOOL_NBD_PREFER_IRQ_CPU").is_ok_and(|v| v.trim() == "0") {
-            Vec::new()
-        } else {
-            completion_reactors(&reactors, &known, &names)
-        };
+    let prefer_reactors = if !ringpool_driver::knob::enabled("RINGPOOL_NBD_PREFER_IRQ_CPU") {
+        Vec::new()
+    } else {
+        completion_reactors(&reactors, &known, &names)
+    };
     let mut server = NbdServer::start(
         NbdServerConfig {
             tcp: Some(args.listen),

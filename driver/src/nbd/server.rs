@@ -128,16 +128,11 @@ impl Default for NbdServerConfig {
             handshake: HandshakeConfig::default(),
             tls: None,
             handshake_timeout: Some(Duration::from_secs(10)),
-            gather_writes: std::env::var("RINGPOOL_NBD_GATHER").map_or(true, |v| v.trim() != "0"),
-            write_back: std::env::var("RINGPOOL_NBD_WRITE_BACK").map_or(true, |v| v.trim() != "0"),
-            reply_flush: std::env::var("RINGPOOL_NBD_REPLY_FLUSH")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
+            gather_writes: crate::knob::enabled("RINGPOOL_NBD_GATHER"),
+            write_back: crate::knob::enabled("RINGPOOL_NBD_WRITE_BACK"),
+            reply_flush: crate::knob::env("RINGPOOL_NBD_REPLY_FLUSH")
                 .unwrap_or(DEFAULT_REPLY_FLUSH),
-            offload_min: std::env::var("RINGPOOL_NBD_OFFLOAD")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(DEFAULT_OFFLOAD_MIN),
+            offload_min: crate::knob::env("RINGPOOL_NBD_OFFLOAD").unwrap_or(DEFAULT_OFFLOAD_MIN),
         }
     }
 }

@@ -66,10 +66,7 @@ pub(super) fn physical_memory() -> u64 {
 
 /// `RINGPOOL_TXG_<name>_MIB` from the environment, in bytes (for A/B comparisons only).
 fn env_mib(name: &str) -> Option<u64> {
-    std::env::var(format!("RINGPOOL_TXG_{name}_MIB"))
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|m| m.saturating_mul(1 << 20))
+    crate::knob::env::<u64>(&format!("RINGPOOL_TXG_{name}_MIB")).map(|m| m.saturating_mul(1 << 20))
 }
 
 /// The default data limit of a txg, as OpenZFS sizes `zfs_dirty_data_max`: 10 % of physical

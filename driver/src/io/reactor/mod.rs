@@ -166,55 +166,31 @@ impl Default for ReactorConfig {
             reactors: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            pin: std::env::var("RINGPOOL_REACTOR_PIN").map_or(true, |v| v.trim() != "0"),
+            pin: crate::knob::enabled("RINGPOOL_REACTOR_PIN"),
             entries: 256,
             sqpoll: None,
             arena_bytes: 16 << 20,
             register_buffers: true,
-            task_budget: std::env::var("RINGPOOL_REACTOR_TASK_BUDGET")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(128),
+            task_budget: crate::knob::env("RINGPOOL_REACTOR_TASK_BUDGET").unwrap_or(128),
             thread_name: "ringpool-r".to_string(),
             ring_mode: None,
             spin: std::time::Duration::from_micros(
-                std::env::var("RINGPOOL_REACTOR_SPIN_US")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
+                crate::knob::env("RINGPOOL_REACTOR_SPIN_US").unwrap_or(0),
             ),
             read_spin: std::time::Duration::from_micros(
-                std::env::var("RINGPOOL_REACTOR_READ_SPIN_US")
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(DEFAULT_READ_SPIN_US),
+                crate::knob::env("RINGPOOL_REACTOR_READ_SPIN_US").unwrap_or(DEFAULT_READ_SPIN_US),
             ),
-            read_spin_max: std::env::var("RINGPOOL_REACTOR_READ_SPIN_MAX")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(1),
+            read_spin_max: crate::knob::env("RINGPOOL_REACTOR_READ_SPIN_MAX").unwrap_or(1),
             poll_backoff: std::time::Duration::from_millis(
-                std::env::var("RINGPOOL_REACTOR_POLL_BACKOFF_MS")
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(100),
+                crate::knob::env("RINGPOOL_REACTOR_POLL_BACKOFF_MS").unwrap_or(100),
             ),
-            submit_batch: std::env::var("RINGPOOL_REACTOR_SUBMIT_BATCH")
-                .ok()
-                .and_then(|v| v.parse().ok())
+            submit_batch: crate::knob::env("RINGPOOL_REACTOR_SUBMIT_BATCH")
                 .unwrap_or(DEFAULT_SUBMIT_BATCH),
-            write_aggregate: std::env::var("RINGPOOL_WRITE_AGGREGATE_KIB")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
+            write_aggregate: crate::knob::env::<usize>("RINGPOOL_WRITE_AGGREGATE_KIB")
                 .map_or(DEFAULT_WRITE_AGGREGATE, |k| k.saturating_mul(1024)),
-            write_aggregate_window: std::env::var("RINGPOOL_WRITE_AGGREGATE_WINDOW")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
+            write_aggregate_window: crate::knob::env("RINGPOOL_WRITE_AGGREGATE_WINDOW")
                 .unwrap_or(DEFAULT_WRITE_AGGREGATE_WINDOW),
-            read_window: std::env::var("RINGPOOL_READ_WINDOW")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(DEFAULT_READ_WINDOW),
+            read_window: crate::knob::env("RINGPOOL_READ_WINDOW").unwrap_or(DEFAULT_READ_WINDOW),
         }
     }
 }

@@ -29,9 +29,7 @@ pub(super) const DEFAULT_INLINE_READ_MAX: usize = 4096;
 fn inline_read_max() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        std::env::var("RINGPOOL_NBD_INLINE_READ_MAX")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
+        crate::knob::env("RINGPOOL_NBD_INLINE_READ_MAX")
             .unwrap_or(DEFAULT_INLINE_READ_MAX)
             .min(INLINE_REPLY_MAX)
     })

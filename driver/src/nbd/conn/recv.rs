@@ -24,7 +24,7 @@ const DIRECT_PAYLOAD_MIN: usize = 64 * 1024;
 /// request while the client streams large writes.
 fn recv_exact_after_large_write() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("RINGPOOL_NBD_RECV_EXACT").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| crate::knob::enabled("RINGPOOL_NBD_RECV_EXACT"))
 }
 
 /// The receive side: a buffer with unparsed bytes in `start..end`.

@@ -90,10 +90,7 @@ const MAX_INFLIGHT: u64 = 2 << 20;
 fn max_inflight() -> u64 {
     static V: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *V.get_or_init(|| {
-        std::env::var("RINGPOOL_READAHEAD_INFLIGHT_KIB")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(MAX_INFLIGHT, |k| k << 10)
+        crate::knob::env::<u64>("RINGPOOL_READAHEAD_INFLIGHT_KIB").map_or(MAX_INFLIGHT, |k| k << 10)
     })
 }
 
@@ -101,7 +98,7 @@ fn max_inflight() -> u64 {
 /// (`RINGPOOL_READAHEAD_EARLY=0` turns it off, for comparisons).
 pub(super) fn early_refill() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("RINGPOOL_READAHEAD_EARLY").map_or(true, |v| v != "0"))
+    *V.get_or_init(|| crate::knob::enabled("RINGPOOL_READAHEAD_EARLY"))
 }
 
 /// The fill state of a chunk.

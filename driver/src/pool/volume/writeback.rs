@@ -81,9 +81,7 @@ pub const WRITE_BACK_MAX_BYTES: u64 = 2 << 20;
 fn write_back_max() -> u64 {
     static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        std::env::var("RINGPOOL_WRITE_BACK_MAX_KIB")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        crate::knob::env::<u64>("RINGPOOL_WRITE_BACK_MAX_KIB")
             .map_or(WRITE_BACK_MAX_BYTES, |k| k << 10)
     })
 }
@@ -94,9 +92,7 @@ fn write_back_max() -> u64 {
 fn test_delay() -> Option<std::time::Duration> {
     static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
     *DELAY.get_or_init(|| {
-        std::env::var("RINGPOOL_WRITE_BACK_DELAY_MS")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        crate::knob::env::<u64>("RINGPOOL_WRITE_BACK_DELAY_MS")
             .map(std::time::Duration::from_millis)
     })
 }
