@@ -70,14 +70,6 @@ impl ReadWindow {
         }
     }
 
-    fn count(&self, fd: FileRef) -> usize {
-        self.inflight.get(fd)
-    }
-
-    fn add(&mut self, fd: FileRef) {
-        self.inflight.add(fd);
-    }
-
     /// A counted read of `fd` completed (its CQE was reaped).
     pub(super) fn done(&mut self, fd: FileRef) {
         self.inflight.done(fd);
@@ -135,14 +127,14 @@ impl Driver {
         self.reads_in_flight += 1;
         let ud = u64::try_from(key).unwrap_or(u64::MAX) + 1;
         let entry = entry.user_data(ud);
-        if counted && (self.rwin.count(fd) >= self.rwin.window || self.rwin.holds(fd)) {
+        if counted && (self.rwin.inflight.get(fd) >= self.rwin.window || self.rwin.holds(fd)) {
             // Behind earlier held reads of the file too, so they go to the kernel in order.
             self.rwin.hold(fd, key, entry);
             self.stats.held_reads += 1;
             return key;
         }
         if counted {
-            self.rwin.add(fd);
+            self.rwin.inflight.add(fd);
         }
         self.push(entry);
         key
@@ -155,11 +147,11 @@ impl Driver {
         let mut i = 0;
         while i < self.rwin.held.len() {
             let fd = self.rwin.held[i].0;
-            while self.rwin.count(fd) < self.rwin.window {
+            while self.rwin.inflight.get(fd) < self.rwin.window {
                 let Some((_, entry)) = self.rwin.held[i].1.pop_front() else {
                     break;
                 };
-                self.rwin.add(fd);
+                self.rwin.inflight.add(fd);
                 self.push(entry);
                 released += 1;
                 if released == 1 && !self.info.sqpoll {
