@@ -14,11 +14,8 @@ const BLK: usize = 4096;
 
 fn cfg(window: usize) -> ReactorConfig {
     ReactorConfig {
-        reactors: 1,
-        pin: false,
-        arena_bytes: 4 << 20,
         read_window: window,
-        ..ReactorConfig::default()
+        ..io_common::one_reactor()
     }
 }
 

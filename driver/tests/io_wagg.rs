@@ -14,11 +14,8 @@ const BLK: usize = 4096;
 
 fn cfg(aggregate: usize) -> ReactorConfig {
     ReactorConfig {
-        reactors: 1,
-        pin: false,
-        arena_bytes: 4 << 20,
         write_aggregate: aggregate,
-        ..ReactorConfig::default()
+        ..io_common::one_reactor()
     }
 }
 

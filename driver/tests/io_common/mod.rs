@@ -7,7 +7,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use ringpool_driver::io::{Device, DeviceOptions, DirectIo, UringEngine};
+use ringpool_driver::io::{Device, DeviceOptions, DirectIo, ReactorConfig, UringEngine};
+
+/// One unpinned reactor with a small arena: the base that each test sets its knob on.
+pub fn one_reactor() -> ReactorConfig {
+    ReactorConfig {
+        reactors: 1,
+        pin: false,
+        arena_bytes: 4 << 20,
+        ..ReactorConfig::default()
+    }
+}
 
 /// An O_DIRECT device over a new `size`-byte file `name` in `dir` (a real file system, /tmp:
 /// tmpfs would not enforce O_DIRECT alignment).
