@@ -214,3 +214,58 @@ fn ranged_send_all() {
         .unwrap();
     }
 }
+
+/// The loops that transfer a whole window stop at EOF with how much they did: a socket closed
+/// after part of a message, and a file read past its end.
+#[test]
+fn exact_transfers_report_eof_with_progress() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let path = dir.path().join("sock");
+    let file = dir.path().join("file");
+    std::fs::write(&file, vec![7u8; 6000]).unwrap();
+    io::block_on(&cfg(), async move {
+        let l = net::UnixListener::bind(&path).unwrap();
+        let server = io::spawn_local(async move {
+            let conn = l.accept().await.unwrap();
+            // 100 bytes, then close.
+            let (r, _) = conn.send_all(IoBuf::from_slice(&[1u8; 100])).await;
+            r.unwrap();
+        });
+        let c = net::Stream::connect_unix(&path).await.unwrap();
+        server.await.unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&c);
+        let (r, buf) = io::recv_exact_into(fd, IoBuf::zeroed(300), 10..260).await;
+        match r {
+            Err(IoError::UnexpectedEof {
+                op, done, expected, ..
+            }) => assert_eq!((op, done, expected), (io::OpKind::Recv, 100, 250)),
+            other => panic!("recv past the peer's close: {other:?}"),
+        }
+        assert_eq!(&buf.as_full_slice()[10..110], &[1u8; 100][..]);
+        assert_eq!(
+            &buf.as_full_slice()[110..260],
+            &[0u8; 150][..],
+            "nothing past EOF"
+        );
+
+        let f = std::fs::File::open(&file).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let (r, _) = io::read_exact_at(fd, IoBuf::zeroed(4096), 4000).await;
+        match r {
+            Err(IoError::UnexpectedEof {
+                op,
+                offset,
+                done,
+                expected,
+            }) => assert_eq!(
+                (op, offset, done, expected),
+                (io::OpKind::Read, 4000, 2000, 4096)
+            ),
+            other => panic!("read past the end of the file: {other:?}"),
+        }
+        let (r, buf) = io::read_exact_at(fd, IoBuf::zeroed(4096), 1000).await;
+        r.unwrap();
+        assert!(buf.as_full_slice().iter().all(|&b| b == 7));
+    })
+    .unwrap();
+}

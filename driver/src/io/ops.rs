@@ -71,6 +71,65 @@ fn os(op: OpKind, res: i32) -> IoError {
     }
 }
 
+/// A completion's result as a byte count: negative results are the errno of `op`.
+fn count(r: Result<i32, IoError>, op: OpKind) -> Result<usize, IoError> {
+    match r {
+        Ok(n) if n >= 0 => Ok(usize::try_from(n).unwrap_or(0)),
+        Ok(n) => Err(os(op, n)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The buffer an op was given back from its slot. The op functions always get back the data
+/// they gave, so the other arm is never taken; it maps to `Cancelled` rather than a panic.
+fn given_buf(data: OpData) -> Result<IoBuf, IoError> {
+    match data {
+        OpData::Buf(buf) => Ok(buf),
+        _ => Err(IoError::Cancelled),
+    }
+}
+
+/// The pair an op function returns when its buffer did not come back.
+fn lost_buf(e: IoError) -> (Result<usize, IoError>, IoBuf) {
+    (Err(e), IoBuf::with_capacity(0))
+}
+
+/// Repeat `step` (one op on `buf[at..range.end]`, the `done` bytes before `at` already moved)
+/// until `buf[range]` is transferred. A step that moves 0 bytes ends the loop with `on_zero`,
+/// given how much was done.
+async fn until_full<F, Fut>(
+    mut buf: IoBuf,
+    range: Range<usize>,
+    mut step: F,
+    on_zero: impl Fn(usize) -> IoError,
+) -> (Result<(), IoError>, IoBuf)
+where
+    F: FnMut(IoBuf, Range<usize>, usize) -> Fut,
+    Fut: std::future::Future<Output = (Result<usize, IoError>, IoBuf)>,
+{
+    let mut at = range.start;
+    while at < range.end {
+        let (r, b) = step(buf, at..range.end, at - range.start).await;
+        buf = b;
+        match r {
+            Ok(0) => return (Err(on_zero(at - range.start)), buf),
+            Ok(n) => at += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// The error of a transfer that hit EOF after `done` of `expected` bytes.
+fn eof(op: OpKind, offset: u64, done: usize, expected: usize) -> IoError {
+    IoError::UnexpectedEof {
+        op,
+        offset,
+        done: done as u64,
+        expected: expected as u64,
+    }
+}
+
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n.min(MAX_XFER)).unwrap_or(u32::MAX)
 }
@@ -106,14 +165,9 @@ async fn read_window(
         }
     };
     let (r, data) = run_read_op(make, fd, len, OpData::Buf(buf)).await;
-    let OpData::Buf(buf) = data else {
-        // run_read_op always returns the data it was given.
-        return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
-    };
-    match r {
-        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), buf),
-        Ok(n) => (Err(os(OpKind::Read, n)), buf),
-        Err(e) => (Err(e), buf),
+    match given_buf(data) {
+        Ok(buf) => (count(r, OpKind::Read), buf),
+        Err(e) => lost_buf(e),
     }
 }
 
@@ -151,13 +205,9 @@ async fn write_window(
         }
     };
     let (r, data) = run_write_op(make, OpData::Buf(buf)).await;
-    let OpData::Buf(buf) = data else {
-        return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
-    };
-    match r {
-        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), buf),
-        Ok(n) => (Err(os(OpKind::Write, n)), buf),
-        Err(e) => (Err(e), buf),
+    match given_buf(data) {
+        Ok(buf) => (count(r, OpKind::Write), buf),
+        Err(e) => lost_buf(e),
     }
 }
 
@@ -195,66 +245,36 @@ pub async fn read_exact_at(
 /// alone), continuing after short reads. `range` must lie within the capacity.
 pub async fn read_exact_range(
     fd: impl Into<FileRef>,
-    mut buf: IoBuf,
+    buf: IoBuf,
     range: Range<usize>,
     offset: u64,
 ) -> (Result<(), IoError>, IoBuf) {
     let fd = fd.into();
     let total = range.len();
-    let mut done = 0usize;
-    while done < total {
-        let off = offset + done as u64;
-        let (r, b) = read_window(fd, buf, range.start + done..range.end, off).await;
-        buf = b;
-        match r {
-            Ok(0) => {
-                return (
-                    Err(IoError::UnexpectedEof {
-                        op: OpKind::Read,
-                        offset,
-                        done: done as u64,
-                        expected: total as u64,
-                    }),
-                    buf,
-                )
-            }
-            Ok(n) => done += n,
-            Err(e) => return (Err(e), buf),
-        }
-    }
-    (Ok(()), buf)
+    until_full(
+        buf,
+        range,
+        |buf, rest, done| read_window(fd, buf, rest, offset + done as u64),
+        |done| eof(OpKind::Read, offset, done, total),
+    )
+    .await
 }
 
 /// Write all of `buf[..len]` at `offset`, continuing after short writes.
 pub async fn write_all_at(
     fd: impl Into<FileRef>,
-    mut buf: IoBuf,
+    buf: IoBuf,
     offset: u64,
 ) -> (Result<(), IoError>, IoBuf) {
     let fd = fd.into();
     let total = buf.len();
-    let mut done = 0usize;
-    while done < total {
-        let off = offset + done as u64;
-        let (r, b) = write_window(fd, buf, done..total, off).await;
-        buf = b;
-        match r {
-            Ok(0) => {
-                return (
-                    Err(IoError::UnexpectedEof {
-                        op: OpKind::Write,
-                        offset,
-                        done: done as u64,
-                        expected: total as u64,
-                    }),
-                    buf,
-                )
-            }
-            Ok(n) => done += n,
-            Err(e) => return (Err(e), buf),
-        }
-    }
-    (Ok(()), buf)
+    until_full(
+        buf,
+        0..total,
+        |buf, rest, done| write_window(fd, buf, rest, offset + done as u64),
+        |done| eof(OpKind::Write, offset, done, total),
+    )
+    .await
 }
 
 /// fsync (or fdatasync when `datasync`) through the ring.
@@ -268,11 +288,7 @@ pub async fn fsync(fd: impl Into<FileRef>, datasync: bool) -> Result<(), IoError
         types::FsyncFlags::empty()
     };
     let make = move |_: &mut OpData| with_fd!(fd, |f| opcode::Fsync::new(f).flags(flags).build());
-    match run_op(make, OpData::None).await.0 {
-        Ok(n) if n >= 0 => Ok(()),
-        Ok(n) => Err(os(OpKind::Flush, n)),
-        Err(e) => Err(e),
-    }
+    count(run_op(make, OpData::None).await.0, OpKind::Flush).map(|_| ())
 }
 
 /// fallocate(2) through the ring (`mode` as in fallocate, e.g.
@@ -291,11 +307,7 @@ pub async fn fallocate(
             .mode(mode)
             .build())
     };
-    match run_op(make, OpData::None).await.0 {
-        Ok(n) if n >= 0 => Ok(()),
-        Ok(n) => Err(os(OpKind::Fallocate, n)),
-        Err(e) => Err(e),
-    }
+    count(run_op(make, OpData::None).await.0, OpKind::Fallocate).map(|_| ())
 }
 
 /// `BLOCK_URING_CMD_DISCARD` (`_IO(0x12, 0)`), Linux 6.12+.
@@ -317,11 +329,7 @@ pub async fn block_discard(fd: impl Into<FileRef>, offset: u64, len: u64) -> Res
             .cmd(cmd)
             .build())
     };
-    match run_op(make, OpData::None).await.0 {
-        Ok(n) if n >= 0 => Ok(()),
-        Ok(n) => Err(os(OpKind::Discard, n)),
-        Err(e) => Err(e),
-    }
+    count(run_op(make, OpData::None).await.0, OpKind::Discard).map(|_| ())
 }
 
 /// Receive into `buf[range]` (one op). Returns the byte count (0 = EOF). `len` is unchanged.
@@ -339,13 +347,9 @@ pub async fn recv_into(
     let len = to_u32(range.end - range.start);
     let make = move |_: &mut OpData| with_fd!(fd, |f| opcode::Recv::new(f, ptr, len).build());
     let (r, data) = run_op(make, OpData::Buf(buf)).await;
-    let OpData::Buf(buf) = data else {
-        return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
-    };
-    match r {
-        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), buf),
-        Ok(n) => (Err(os(OpKind::Recv, n)), buf),
-        Err(e) => (Err(e), buf),
+    match given_buf(data) {
+        Ok(buf) => (count(r, OpKind::Recv), buf),
+        Err(e) => lost_buf(e),
     }
 }
 
@@ -363,31 +367,18 @@ pub async fn recv(fd: impl Into<FileRef>, buf: IoBuf) -> (Result<usize, IoError>
 /// Receive until `buf[range]` is full. EOF before that is [`IoError::UnexpectedEof`].
 pub async fn recv_exact_into(
     fd: impl Into<FileRef>,
-    mut buf: IoBuf,
+    buf: IoBuf,
     range: Range<usize>,
 ) -> (Result<(), IoError>, IoBuf) {
     let fd = fd.into();
-    let mut at = range.start;
-    while at < range.end {
-        let (r, b) = recv_into(fd, buf, at..range.end).await;
-        buf = b;
-        match r {
-            Ok(0) => {
-                return (
-                    Err(IoError::UnexpectedEof {
-                        op: OpKind::Recv,
-                        offset: 0,
-                        done: (at - range.start) as u64,
-                        expected: (range.end - range.start) as u64,
-                    }),
-                    buf,
-                )
-            }
-            Ok(n) => at += n,
-            Err(e) => return (Err(e), buf),
-        }
-    }
-    (Ok(()), buf)
+    let total = range.len();
+    until_full(
+        buf,
+        range,
+        |buf, rest, _| recv_into(fd, buf, rest),
+        |done| eof(OpKind::Recv, 0, done, total),
+    )
+    .await
 }
 
 /// Send `buf[range]` once (may be short).
@@ -418,13 +409,9 @@ async fn send_range_flags(
             .flags(sqe_flags))
     };
     let (r, data) = run_op(make, OpData::Buf(buf)).await;
-    let OpData::Buf(buf) = data else {
-        return (Err(IoError::Cancelled), IoBuf::with_capacity(0));
-    };
-    match r {
-        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), buf),
-        Ok(n) => (Err(os(OpKind::Send, n)), buf),
-        Err(e) => (Err(e), buf),
+    match given_buf(data) {
+        Ok(buf) => (count(r, OpKind::Send), buf),
+        Err(e) => lost_buf(e),
     }
 }
 
@@ -443,21 +430,17 @@ pub async fn send_all(fd: impl Into<FileRef>, buf: IoBuf) -> (Result<(), IoError
 /// Send all of `buf[range]` (more sends after short ones).
 async fn send_all_range(
     fd: FileRef,
-    mut buf: IoBuf,
+    buf: IoBuf,
     range: Range<usize>,
     sqe_flags: squeue::Flags,
 ) -> (Result<(), IoError>, IoBuf) {
-    let mut at = range.start;
-    while at < range.end {
-        let (r, b) = send_range_flags(fd, buf, at..range.end, sqe_flags).await;
-        buf = b;
-        match r {
-            Ok(0) => return (Err(os(OpKind::Send, -libc::EPIPE)), buf),
-            Ok(n) => at += n,
-            Err(e) => return (Err(e), buf),
-        }
-    }
-    (Ok(()), buf)
+    until_full(
+        buf,
+        range,
+        |buf, rest, _| send_range_flags(fd, buf, rest, sqe_flags),
+        |_| os(OpKind::Send, -libc::EPIPE),
+    )
+    .await
 }
 
 /// Upper bound on buffers per vectored send (Linux IOV_MAX).
@@ -512,12 +495,7 @@ async fn sendmsg_from(
     let OpData::Msg(msg) = data else {
         return (Err(IoError::Cancelled), Vec::new());
     };
-    let bufs = msg.bufs;
-    match r {
-        Ok(n) if n >= 0 => (Ok(usize::try_from(n).unwrap_or(0)), bufs),
-        Ok(n) => (Err(os(OpKind::Send, n)), bufs),
-        Err(e) => (Err(e), bufs),
-    }
+    (count(r, OpKind::Send), msg.bufs)
 }
 
 fn whole(bufs: &[IoBuf]) -> Vec<Range<usize>> {
@@ -623,11 +601,7 @@ pub(crate) async fn connect_raw(fd: FileRef, addr: SockAddrBuf) -> Result<(), Io
     let ptr = std::ptr::from_ref(&addr.storage).cast::<libc::sockaddr>();
     let len = addr.len;
     let make = move |_: &mut OpData| with_fd!(fd, |f| opcode::Connect::new(f, ptr, len).build());
-    match run_op(make, OpData::Addr(addr)).await.0 {
-        Ok(n) if n >= 0 => Ok(()),
-        Ok(n) => Err(os(OpKind::Connect, n)),
-        Err(e) => Err(e),
-    }
+    count(run_op(make, OpData::Addr(addr)).await.0, OpKind::Connect).map(|_| ())
 }
 
 /// Shut down one or both directions of a socket (plain syscall; never blocks).
