@@ -35,41 +35,19 @@ impl SyncEngine {
             buf.len(),
             buf.addr(),
         )?;
-        let total = buf.len();
-        let mut done = 0usize;
-        while done < total {
-            let off = offset + done as u64;
-            let Ok(off_t) = libc::off_t::try_from(off) else {
-                return Err(self.err(OpKind::Read, off, 0, buf.addr(), libc::EINVAL));
-            };
+        let (total, addr, fd) = (buf.len(), buf.addr(), self.dev.fd());
+        self.transfer(OpKind::Read, offset, total, addr, |done, off| {
             let rest = &mut buf[done..];
             // SAFETY: reads into our exclusive slice, at most its length.
-            let n = unsafe {
+            unsafe {
                 libc::pread(
-                    self.dev.fd(),
+                    fd,
                     rest.as_mut_ptr().cast::<libc::c_void>(),
                     rest.len(),
-                    off_t,
+                    off,
                 )
-            };
-            if n < 0 {
-                let e = last_errno();
-                if e == libc::EINTR || e == libc::EAGAIN {
-                    continue;
-                }
-                return Err(self.err(OpKind::Read, offset, total, buf.addr(), e));
             }
-            if n == 0 {
-                return Err(IoError::UnexpectedEof {
-                    op: OpKind::Read,
-                    offset,
-                    done: done as u64,
-                    expected: total as u64,
-                });
-            }
-            done += usize::try_from(n).unwrap_or(0);
-        }
-        Ok(())
+        })
     }
 
     /// Blocking write of exactly `buf.len()` bytes.
@@ -88,36 +66,12 @@ impl SyncEngine {
             buf.len(),
             buf.addr(),
         )?;
-        let total = buf.len();
-        let mut done = 0usize;
-        while done < total {
-            let off = offset + done as u64;
-            let Ok(off_t) = libc::off_t::try_from(off) else {
-                return Err(self.err(OpKind::Write, off, 0, buf.addr(), libc::EINVAL));
-            };
+        let fd = self.dev.fd();
+        self.transfer(OpKind::Write, offset, buf.len(), buf.addr(), |done, off| {
             let rest = &buf[done..];
             // SAFETY: writes from our slice, at most its length.
-            let n = unsafe {
-                libc::pwrite(
-                    self.dev.fd(),
-                    rest.as_ptr().cast::<libc::c_void>(),
-                    rest.len(),
-                    off_t,
-                )
-            };
-            if n < 0 {
-                let e = last_errno();
-                if e == libc::EINTR || e == libc::EAGAIN {
-                    continue;
-                }
-                return Err(self.err(OpKind::Write, offset, total, buf.addr(), e));
-            }
-            if n == 0 {
-                return Err(self.err(OpKind::Write, off, total, buf.addr(), libc::ENOSPC));
-            }
-            done += usize::try_from(n).unwrap_or(0);
-        }
-        Ok(())
+            unsafe { libc::pwrite(fd, rest.as_ptr().cast::<libc::c_void>(), rest.len(), off) }
+        })
     }
 
     /// Blocking fdatasync.
@@ -125,6 +79,47 @@ impl SyncEngine {
         // SAFETY: plain syscall on our descriptor.
         if unsafe { libc::fdatasync(self.dev.fd()) } != 0 {
             return Err(self.err(OpKind::Flush, 0, 0, 0, last_errno()));
+        }
+        Ok(())
+    }
+
+    /// Move `total` bytes at `offset` with `step(done, file offset)` (one pread/pwrite of the
+    /// rest), retrying EINTR/EAGAIN and continuing after short transfers. A read that returns 0
+    /// hit the end of the file; a write that moves nothing found no room (ENOSPC).
+    fn transfer(
+        &self,
+        op: OpKind,
+        offset: u64,
+        total: usize,
+        addr: usize,
+        mut step: impl FnMut(usize, libc::off_t) -> isize,
+    ) -> Result<(), IoError> {
+        let mut done = 0usize;
+        while done < total {
+            let off = offset + done as u64;
+            let Ok(off_t) = libc::off_t::try_from(off) else {
+                return Err(self.err(op, off, 0, addr, libc::EINVAL));
+            };
+            let n = step(done, off_t);
+            if n < 0 {
+                let e = last_errno();
+                if e == libc::EINTR || e == libc::EAGAIN {
+                    continue;
+                }
+                return Err(self.err(op, offset, total, addr, e));
+            }
+            if n == 0 {
+                return Err(match op {
+                    OpKind::Read => IoError::UnexpectedEof {
+                        op,
+                        offset,
+                        done: done as u64,
+                        expected: total as u64,
+                    },
+                    _ => self.err(op, off, total, addr, libc::ENOSPC),
+                });
+            }
+            done += usize::try_from(n).unwrap_or(0);
         }
         Ok(())
     }
