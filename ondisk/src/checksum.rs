@@ -13,6 +13,7 @@
 
 use std::fmt;
 
+use crate::bytes::{need, Reader};
 use crate::error::{OnDiskError, Result};
 
 /// CRC-32C (Castagnoli, the iSCSI polynomial) of `data`, by the `crc32c` crate (the `crc32`
@@ -129,6 +130,30 @@ pub(crate) fn seal(buf: &mut [u8]) {
     let (body, tail) = buf.split_at_mut(body_len);
     let crc = u64::from(crc32c(body));
     tail.copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Opens a sealed record that starts with the u64 `magic`: its first `sealed_len` bytes of
+/// `buf` end in a seal. All zeroes is [`OnDiskError::Empty`] (a slot never written, told apart
+/// from damage), then the seal is checked before any field is trusted, then the magic. Returns
+/// a reader over `buf` just past the magic.
+pub(crate) fn open_sealed<'a>(
+    buf: &'a [u8],
+    sealed_len: usize,
+    magic: u64,
+    what: &'static str,
+) -> Result<Reader<'a>> {
+    need(buf, sealed_len, what)?;
+    let sealed = &buf[..sealed_len];
+    if sealed.iter().all(|&x| x == 0) {
+        return Err(OnDiskError::Empty { what });
+    }
+    check_seal(sealed, what)?;
+    let mut r = Reader::new(buf, what);
+    let found = r.u64()?;
+    if found != magic {
+        return Err(OnDiskError::BadMagic { what, found });
+    }
+    Ok(r)
 }
 
 /// Checks the seal of `buf` (see [`seal`]).

@@ -38,7 +38,7 @@
 //! reserved zero (6).
 
 use crate::bytes::{len_u64, need, pad8, pad8_len, reserved_zero, PutLe, Reader};
-use crate::checksum::{check_seal, seal, SEAL_SIZE};
+use crate::checksum::{check_seal, open_sealed, seal, SEAL_SIZE};
 use crate::error::{OnDiskError, Result};
 use crate::layout::{
     check_ashift, check_ms_shift, LABEL_HEADER_AREA_SIZE, MAX_DEVICES, MIN_DEVICE_SIZE,
@@ -366,20 +366,7 @@ impl LabelHeader {
 
     /// Decodes and validates a header from the start of `buf` (a header area or the exact bytes).
     pub fn decode(buf: &[u8]) -> Result<LabelHeader> {
-        need(buf, FIXED + SEAL_SIZE, WHAT)?;
-        let fixed = &buf[..FIXED + SEAL_SIZE];
-        if fixed.iter().all(|&x| x == 0) {
-            return Err(OnDiskError::Empty { what: WHAT });
-        }
-        check_seal(fixed, WHAT)?;
-        let mut r = Reader::new(buf, WHAT);
-        let magic = r.u64()?;
-        if magic != LABEL_MAGIC {
-            return Err(OnDiskError::BadMagic {
-                what: WHAT,
-                found: magic,
-            });
-        }
+        let mut r = open_sealed(buf, FIXED + SEAL_SIZE, LABEL_MAGIC, WHAT)?;
         let version = r.u32()?;
         if version != LABEL_VERSION {
             return Err(OnDiskError::UnsupportedVersion {

@@ -26,8 +26,8 @@
 use std::fmt;
 
 use crate::blkptr::{BlockPointer, BLKPTR_SIZE};
-use crate::bytes::{need, Reader};
-use crate::checksum::{check_seal, seal};
+use crate::bytes::need;
+use crate::checksum::{open_sealed, seal};
 use crate::error::{OnDiskError, Result};
 use crate::object::ObjectType;
 
@@ -138,20 +138,9 @@ impl Uberblock {
 
     /// Decodes the uberblock at the start of `buf` (a slot or exactly 128 bytes).
     pub fn decode(buf: &[u8]) -> Result<Uberblock> {
-        need(buf, UBERBLOCK_SIZE, WHAT)?;
-        let b = &buf[..UBERBLOCK_SIZE];
-        if b.iter().all(|&x| x == 0) {
-            return Err(OnDiskError::Empty { what: WHAT });
-        }
-        check_seal(b, WHAT)?;
-        let mut r = Reader::new(b, WHAT);
-        let magic = r.u64()?;
-        if magic != UBERBLOCK_MAGIC {
-            return Err(OnDiskError::BadMagic {
-                what: WHAT,
-                found: magic,
-            });
-        }
+        // Exactly the record: the decoder must not read into what follows it in a slot.
+        let b = buf.get(..UBERBLOCK_SIZE).unwrap_or(buf);
+        let mut r = open_sealed(b, UBERBLOCK_SIZE, UBERBLOCK_MAGIC, WHAT)?;
         let version = r.u64()?;
         if version != UBERBLOCK_VERSION {
             return Err(OnDiskError::UnsupportedVersion {
