@@ -444,3 +444,74 @@ fn lookups_across_level1_blocks_mix_tree_overlay_and_holes() -> anyhow::Result<(
     pool.abandon();
     Ok(())
 }
+
+/// Voluntary context switches so far of this process's thread named `comm`, if there is one.
+fn thread_switches(comm: &str) -> Option<u64> {
+    for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if name.trim_end() != comm {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok());
+    }
+    None
+}
+
+/// A pool that only serves reads leaves its txg sync thread asleep: the thread blocks until a
+/// change starts, not for a timer period at a time (it woke four times a second, on a CPU a
+/// lone reader's requests may be waiting for). A write then wakes it and its timer commits
+/// the write without being asked.
+#[test]
+fn reads_never_wake_the_sync_thread() -> anyhow::Result<()> {
+    let devs = [FaultyEngine::new(64 << 20, 4096)];
+    // A short timer: a sync thread woken by it would wake some fifty times below.
+    let pool = create_one_shard(
+        "quietsync",
+        pool_common::engines(&devs),
+        Duration::from_millis(20),
+    )?;
+    let vol = pool.create_volume("v", 4 << 20, 4096)?;
+    let data = pattern(7, 4 << 20);
+    io::block_on(&rcfg(), async { vol.write(0, &data, false).await })??;
+    pool.sync_blocking()?;
+    // Let the sync thread get back to its wait before counting.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = thread_switches("txg-quietsync").expect("the sync thread runs");
+    let txgs = pool.sync_stats().txgs;
+    let start = std::time::Instant::now();
+    let mut reads = 0u64;
+    io::block_on(&rcfg(), async {
+        let mut buf = vec![0u8; 4096];
+        while start.elapsed() < Duration::from_secs(1) {
+            let off = (reads * 7919 % 1024) * 4096;
+            vol.read(off, &mut buf).await?;
+            assert_eq!(buf[..], data[off as usize..off as usize + 4096]);
+            reads += 1;
+        }
+        anyhow::Ok(())
+    })??;
+    let after = thread_switches("txg-quietsync").expect("the sync thread runs");
+    assert!(reads > 0);
+    assert_eq!(
+        after - before,
+        0,
+        "the sync thread woke during {reads} reads"
+    );
+    assert_eq!(pool.sync_stats().txgs, txgs, "a txg was synced for reads");
+    // A write starts the timer: its txg commits on its own.
+    io::block_on(&rcfg(), async { vol.write(0, &data[..4096], false).await })??;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pool.sync_stats().txgs == txgs && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        pool.sync_stats().txgs > txgs,
+        "the timer never synced the write"
+    );
+    pool.export()?;
+    Ok(())
+}

@@ -117,7 +117,15 @@ struct Inner {
     /// then on no hold is given, since a change made under it would never commit and a write
     /// acknowledged from it would be lost without a word.
     closed: bool,
+    /// When the open txg's timer started: the last sync, or the first change after the sync
+    /// thread found nothing to do.
     last_sync: Instant,
+    /// The sync thread sleeps with nothing in the open txg (no hold, no dirty byte, no queued
+    /// work) and no timer running: the next hold wakes it (see `note_hold`).
+    sync_idle: bool,
+    /// Times the sync thread woke from a wait in `next_to_sync` (for tests: an idle pool's
+    /// sync thread must not wake).
+    sync_wakeups: u64,
 }
 
 /// The txg state machine shared by writers and the sync thread.
@@ -253,6 +261,8 @@ impl TxgEngine {
                 shutdown: false,
                 closed: false,
                 last_sync: Instant::now(),
+                sync_idle: false,
+                sync_wakeups: 0,
             }),
             cv: Condvar::new(),
             limits: Mutex::new(Limits {
@@ -289,6 +299,9 @@ impl TxgEngine {
             meta_sync: meta_max / 2,
             meta_max,
         };
+        // Lower limits may make a sync due now: the sync thread waits for a notification.
+        let _g = self.inner.lock();
+        self.cv.notify_all();
     }
 
     /// The effective dirty limits.
@@ -398,6 +411,7 @@ impl TxgEngine {
         }
         let txg = g.open;
         g.holds[slot(txg)] += 1;
+        self.note_hold(&mut g);
         Ok(TxgHold {
             engine: Arc::clone(self),
             txg,
@@ -518,17 +532,27 @@ impl TxgEngine {
             {
                 break SyncReason::Dirty;
             }
-            let elapsed = g.last_sync.elapsed();
-            if elapsed >= self.cfg.timeout {
-                if dirty > 0 || g.holds[slot(open)] > 0 || has_work(open) {
-                    break SyncReason::Timeout;
-                }
+            if dirty == 0 && g.holds[slot(open)] == 0 && !has_work(open) {
+                // Nothing to commit and no timer to run: sleep until a change starts (every
+                // change, queued work included, takes a hold first, and the first hold wakes
+                // us), a sync is requested, or shutdown. Waking every so often instead cost a
+                // wake-up on a CPU a reader may be waiting for, four times a second.
+                g.sync_idle = true;
+                self.cv.wait(&mut g);
+                g.sync_idle = false;
+                g.sync_wakeups += 1;
+                // The timer of the open txg starts with its first change.
                 g.last_sync = Instant::now();
                 continue;
             }
-            let left = self.cfg.timeout - elapsed;
-            self.cv
-                .wait_for(&mut g, left.min(Duration::from_millis(250)));
+            let elapsed = g.last_sync.elapsed();
+            if elapsed >= self.cfg.timeout {
+                break SyncReason::Timeout;
+            }
+            // Everything else that ends this wait notifies: `add_dirty` past the sync
+            // threshold, `cap_dirty`, `request_sync`, `shutdown`, a failure.
+            self.cv.wait_for(&mut g, self.cfg.timeout - elapsed);
+            g.sync_wakeups += 1;
         };
         // Close the open txg: new holds go to the next one.
         let txg = g.open;
@@ -553,6 +577,20 @@ impl TxgEngine {
         }
         g.syncing = Some(txg);
         Some((txg, reason))
+    }
+
+    /// A hold was just taken (`g` is locked): if the sync thread sleeps with nothing to do,
+    /// wake it so that the open txg's timer starts.
+    fn note_hold(&self, g: &mut Inner) {
+        if g.sync_idle {
+            g.sync_idle = false;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Times the sync thread woke up in [`next_to_sync`](Self::next_to_sync) so far.
+    pub fn sync_wakeups(&self) -> u64 {
+        self.inner.lock().sync_wakeups
     }
 
     /// Close the open txg now (create, import-time syncs): like [`next_to_sync`](Self::next_to_sync)
@@ -689,6 +727,7 @@ impl Future for HoldThrottled {
             return Poll::Pending;
         }
         g.holds[slot(txg)] += 1;
+        this.engine.note_hold(&mut g);
         Poll::Ready(Ok(TxgHold {
             engine: Arc::clone(&this.engine),
             txg,

@@ -242,3 +242,67 @@ mod throttle_tests {
         }
     }
 }
+
+mod idle {
+    use super::super::*;
+
+    /// With nothing held, dirty or queued the sync thread sleeps until a change starts,
+    /// however short the timer: a periodic wake-up for nothing lands on a CPU that a reader
+    /// may be waiting for. The first hold wakes it and starts the open txg's timer, which then
+    /// syncs the change without anybody asking.
+    #[test]
+    fn the_sync_thread_sleeps_until_a_change_starts() {
+        let cfg = TxgConfig {
+            timeout: Duration::from_millis(10),
+            ..TxgConfig::default()
+        };
+        let e = TxgEngine::new(4, cfg);
+        let e2 = Arc::clone(&e);
+        let t = std::thread::spawn(move || e2.next_to_sync(&|_| false));
+        // Thirty timer periods: a thread woken by its timer would have woken here.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(e.sync_wakeups(), 0, "the idle sync thread woke up");
+        assert!(!t.is_finished());
+        let h = e.hold().unwrap();
+        h.add_dirty(4096, 0);
+        drop(h);
+        assert_eq!(t.join().unwrap(), Some((5, SyncReason::Timeout)));
+        assert!(e.sync_wakeups() >= 1);
+        e.sync_done(5);
+        e.shutdown();
+        assert!(e.next_to_sync(&|_| false).is_none());
+    }
+
+    /// Lowered dirty limits can make a sync due without a new byte: `cap_dirty` wakes the
+    /// sync thread, which no longer looks on its own every 250 ms.
+    #[test]
+    fn lowered_limits_start_a_due_sync() {
+        let cfg = TxgConfig {
+            timeout: Duration::from_secs(3600),
+            ..TxgConfig::default()
+        };
+        let e = TxgEngine::new(4, cfg);
+        e.cap_dirty(1 << 40);
+        let h = e.hold().unwrap();
+        h.add_dirty(8 << 20, 0);
+        let e2 = Arc::clone(&e);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(e2.next_to_sync(&|_| false)));
+        drop(h);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "8 MiB is below the sync threshold"
+        );
+        // A small pool's slop: the sync threshold drops to 4 MiB.
+        e.cap_dirty(8 << 20);
+        let got = rx.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            got.ok(),
+            Some(Some((5, SyncReason::Dirty))),
+            "no sync started"
+        );
+        e.sync_done(5);
+        e.shutdown();
+        assert!(e.next_to_sync(&|_| false).is_none());
+    }
+}
