@@ -15,14 +15,22 @@ an NBD server, and prints either
                     one kind merged: CPL (device completions), ISS (device reads issued by
                     ringpool-r*), SEND/SENDMSG/RECV (the reactor's socket ops), fio-req (fio's
                     request sends), >reactor / >fio / *-sleep (context switches), with us
-                    since the first one printed.
+                    since the first one printed;
+  qd1               one fio job at queue depth 1 against ringpool: each request cut into its
+                    phases (fio's send -> reactor on CPU -> device read submitted -> device
+                    completion -> reactor on CPU again -> reply's SEND submitted -> fio on CPU
+                    -> fio's poll returns), their p50/p90/p99 over all requests and per
+                    placement (fio's CPU, the reactor's), and for the slowest 1 %: the phase
+                    that exceeded its median the most, and which other tasks ran meanwhile.
 
 Record with (system-wide, while fio runs; add the events the view needs):
   perf record -a -e block:block_rq_issue -e block:block_rq_complete \
       -e io_uring:io_uring_submit_req -e sched:sched_switch -e syscalls:sys_enter_sendto \
       -o trace.data -- sleep 1
   perf script -i trace.data -F comm,tid,cpu,time,event,trace | perf/nbd_trace.py inflight ringpool-r
-(add `-e irq:irq_handler_entry` for `batches`).
+(add `-e irq:irq_handler_entry` for `batches`; `qd1` needs -e sched:sched_switch
+-e io_uring:io_uring_submit_req -e block:block_rq_complete -e syscalls:sys_enter_sendto
+-e syscalls:sys_exit_poll).
 """
 import re
 import sys
@@ -180,6 +188,107 @@ def timeline(stream, n):
     for ts, k, count in groups[start:start + n]:
         print('%8.0f %-14s x%d' % ((ts - t0) * 1e6, k, count))
 
+# The phases of one QD1 request, as (name, from mark, to mark); see `qd1`.
+QD1_PHASES = (('wake_reactor', 'sent', 'r_on'), ('to_submit', 'r_on', 'submit'),
+              ('device', 'submit', 'dev'), ('wake_reactor2', 'dev', 'r_on2'),
+              ('to_send', 'r_on2', 'send'), ('wake_fio', 'send', 'fio_on'),
+              ('fio_reads', 'fio_on', 'done'))
+
+
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(len(v) * q))]
+
+
+def qd1(stream):
+    reqs = []
+    cur = None
+    for comm, cpu, ts, ev, rest in events(stream):
+        us = ts * 1e6
+        # libnbd sends each 28-byte request header with send(); at QD1 the next one starts
+        # the next request.
+        if comm == 'fio' and ev == 'syscalls:sys_enter_sendto' and 'len: 0x0000001c' in rest:
+            cur = {'sent': us, 'fio_cpu': cpu, 'others': []}
+            reqs.append(cur)
+            continue
+        if cur is None:
+            continue
+        if ev == 'sched:sched_switch':
+            nxt = re.search(r'next_comm=(\S+)', rest).group(1)
+            if nxt.startswith('ringpool-r'):
+                if 'r_on' not in cur:
+                    cur['r_on'], cur['r_cpu'] = us, cpu
+                elif 'dev' in cur and 'r_on2' not in cur:
+                    cur['r_on2'] = us
+            elif nxt == 'fio':
+                if 'send' in cur and 'fio_on' not in cur:
+                    cur['fio_on'] = us
+            elif not nxt.startswith('swapper'):
+                cur['others'].append(nxt)
+        elif ev == 'io_uring:io_uring_submit_req':
+            if 'READ' in rest and 'submit' not in cur:
+                cur['submit'] = us
+            elif 'SEND' in rest and 'dev' in cur and 'send' not in cur:
+                cur['send'] = us
+        elif ev == 'block:block_rq_complete' and 'submit' in cur and 'dev' not in cur:
+            cur['dev'] = us
+        elif comm == 'fio' and ev == 'syscalls:sys_exit_poll' and 'send' in cur \
+                and 'done' not in cur:
+            cur['done'] = us
+    marks = {m for _, a, b in QD1_PHASES for m in (a, b)}
+    full = [r for r in reqs if marks <= r.keys()]
+    if not full:
+        print('no complete request (one device read and one SEND each) in the trace')
+        return
+    total = [r['done'] - r['sent'] for r in full]
+    p99 = pct(total, 0.99)
+    print('%d requests (%d incomplete at the trace edges or not of this shape); '
+          'send to poll return: p50 %.0f p90 %.0f p99 %.0f p99.9 %.0f us'
+          % (len(full), len(reqs) - len(full), pct(total, .5), pct(total, .9), p99,
+             pct(total, .999)))
+    groups = {}
+    for r in full:
+        groups.setdefault((r['fio_cpu'], r['r_cpu']), []).append(r)
+    med = {}
+    print('%-14s %-14s %6s %6s %6s' % ('placement', 'phase', 'p50', 'p90', 'p99'))
+    for key in [None] + sorted(groups):
+        rs = full if key is None else groups[key]
+        label = 'all' if key is None else 'fio %d, r %d' % key
+        t = [r['done'] - r['sent'] for r in rs]
+        print('%-14s %-14s %6.0f %6.0f %6.0f   (%d requests)'
+              % (label, 'total', pct(t, .5), pct(t, .9), pct(t, .99), len(rs)))
+        for name, a, b in QD1_PHASES:
+            v = [r[b] - r[a] for r in rs]
+            if key is not None:
+                med[(key, name)] = pct(v, .5)
+            print('%-14s %-14s %6.0f %6.0f %6.0f' % ('', name, pct(v, .5), pct(v, .9),
+                                                     pct(v, .99)))
+    slow = [r for r in full if r['done'] - r['sent'] >= p99]
+    cause = {}
+    excess = {name: 0.0 for name, _, _ in QD1_PHASES}
+    for r in slow:
+        key = (r['fio_cpu'], r['r_cpu'])
+        ex = {name: r[b] - r[a] - med[(key, name)] for name, a, b in QD1_PHASES}
+        top = max(ex, key=ex.get) + (' (another task ran)' if r['others'] else '')
+        cause[top] = cause.get(top, 0) + 1
+        for name, v in ex.items():
+            excess[name] += max(v, 0.0)
+    print('slowest 1 %% (>= %.0f us, %d requests), by placement: %s'
+          % (p99, len(slow), ', '.join('fio %d r %d: %d' % (k + (sum(
+              1 for r in slow if (r['fio_cpu'], r['r_cpu']) == k),)) for k in sorted(groups))))
+    print('  phase furthest above its median (same placement): ' + ', '.join(
+        '%s %d' % kv for kv in sorted(cause.items(), key=lambda kv: -kv[1])))
+    total_ex = sum(excess.values()) or 1.0
+    print('  share of their time above the medians: ' + ', '.join(
+        '%s %.0f %%' % (n, 100 * v / total_ex) for n, v in
+        sorted(excess.items(), key=lambda kv: -kv[1])))
+    others = {}
+    for r in slow:
+        for o in r['others']:
+            others[o] = others.get(o, 0) + 1
+    print('  other tasks that ran during them: ' + (', '.join(
+        '%s %d' % kv for kv in sorted(others.items(), key=lambda kv: -kv[1])[:8]) or 'none'))
+
 
 def main():
     if len(sys.argv) >= 3 and sys.argv[1] == 'inflight':
@@ -188,6 +297,8 @@ def main():
         batches(sys.stdin, sys.argv[2])
     elif len(sys.argv) >= 2 and sys.argv[1] == 'timeline':
         timeline(sys.stdin, int(sys.argv[2]) if len(sys.argv) > 2 else 80)
+    elif len(sys.argv) >= 2 and sys.argv[1] == 'qd1':
+        qd1(sys.stdin)
     else:
         sys.exit(__doc__)
 
