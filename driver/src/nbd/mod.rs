@@ -32,6 +32,7 @@ mod error;
 pub mod exports;
 pub mod handshake;
 pub mod mem;
+pub mod place;
 pub mod proto;
 pub mod reply;
 pub mod request;
@@ -55,6 +56,7 @@ pub use handshake::{
     TlsPolicy,
 };
 pub use mem::MemBackend;
+pub use place::Placement;
 pub use proto::Errno;
 pub use reply::{Extent, ReplyMode};
 pub use request::{Command, Rejection, Request, RequestDecoder, RequestError};

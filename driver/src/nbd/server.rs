@@ -3,9 +3,10 @@
 //! Listeners (TCP, by default 127.0.0.1:10809, and/or a unix socket) are bound synchronously in
 //! [`NbdServer::start`] so that errors and the actual port come back to the caller. Accepting
 //! runs on the first serving reactor; each accepted connection goes to the serving reactor with
-//! the fewest open connections, among those to a preferred one
-//! ([`NbdServerConfig::prefer_reactors`]), else the first, and lives there for its whole life
-//! (socket I/O through that reactor's ring). So where a lone client is served does not depend
+//! the fewest open connections, among those to the one on its client's CPU (with
+//! [`Placement::Client`]), then to a preferred one ([`NbdServerConfig::prefer_reactors`]), else
+//! the first (see [`super::place`]), and lives there for its whole life (socket I/O through that
+//! reactor's ring). So where a lone client is served does not depend
 //! on how many connections came and went before it (with round robin it did, and two benchmark
 //! scripts measured the same server on different reactors: perf/results/README-nbd.md).
 //! [`NbdServer::shutdown`] stops accepting, answers further handshake options with
@@ -25,6 +26,7 @@ use parking_lot::{Condvar, Mutex};
 use super::conn;
 use super::exports::Exports;
 use super::handshake::{HandshakeConfig, TlsPolicy};
+use super::place::{self, Family, Placement};
 use super::tls::TlsConfig;
 use super::NbdError;
 use crate::io::net::{Stream, TcpListener, UnixListener};
@@ -64,6 +66,11 @@ pub struct NbdServerConfig {
     /// 8–19 % of the IOPS at QD32, where reactor and interrupts then share one CPU
     /// (perf/results/README-nbd.md). Default empty: no preference.
     pub prefer_reactors: Vec<usize>,
+    /// How a connection picks among the reactors with the fewest open connections: the
+    /// preferred ones ([`Placement::Irq`], the default), the one pinned to the client's CPU
+    /// first ([`Placement::Client`]) or the first ([`Placement::None`]).
+    /// `RINGPOOL_NBD_PLACE=irq|client|none` in the environment sets the default.
+    pub placement: Placement,
     /// Handshake limits and switches (its `tls` is set from [`NbdServerConfig::tls`]).
     pub handshake: HandshakeConfig,
     /// NBD_OPT_STARTTLS: the certificate, key and policy (default `None`: no TLS, STARTTLS
@@ -125,6 +132,7 @@ impl Default for NbdServerConfig {
             max_inflight_requests: 512,
             reactors: None,
             prefer_reactors: Vec::new(),
+            placement: crate::knob::env("RINGPOOL_NBD_PLACE").unwrap_or_default(),
             handshake: HandshakeConfig::default(),
             tls: None,
             handshake_timeout: Some(Duration::from_secs(10)),
@@ -162,6 +170,8 @@ pub(crate) struct Shared {
     live: Vec<AtomicUsize>,
     /// Whether each serving reactor is a preferred one.
     preferred: Vec<bool>,
+    /// The CPU each serving reactor is pinned to (`None`: unpinned).
+    cpus: Vec<Option<usize>>,
     /// Reactor index (in the set) of each serving reactor.
     reactor_index: Vec<usize>,
     /// Live connections: a duplicate of each socket, to shut it down from another thread.
@@ -176,13 +186,17 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// The serving reactor for a new connection (a slot of the target list): fewest open
-    /// connections, then preferred, then the first in the list. Only the acceptors place
-    /// connections, so the counts cannot change under it except downwards (closes).
-    fn place(&self) -> usize {
-        (0..self.live.len())
-            .min_by_key(|&i| (self.live[i].load(Ordering::Relaxed), !self.preferred[i], i))
-            .unwrap_or(0)
+    /// The serving reactor for a new connection (a slot of the target list) whose client last
+    /// ran on `client_cpu`: see [`place::choose`]. Only the acceptors place connections, so the
+    /// counts cannot change under it except downwards (closes).
+    fn place(&self, client_cpu: Option<usize>) -> usize {
+        let live: Vec<usize> = self
+            .live
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect();
+        let client = client_cpu.and_then(|c| self.cpus.iter().position(|&r| r == Some(c)));
+        place::choose(&live, &self.preferred, client)
     }
 }
 
@@ -220,6 +234,12 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
             Listener::Unix(l) => l.as_raw_fd(),
+        }
+    }
+    fn family(&self) -> Family {
+        match self {
+            Listener::Tcp(_) => Family::Tcp,
+            Listener::Unix(_) => Family::Unix,
         }
     }
 }
@@ -296,14 +316,18 @@ impl NbdServer {
         }
         let preferred: Vec<bool> = targets
             .iter()
-            .map(|t| cfg.prefer_reactors.contains(&t.index()))
+            .map(|t| cfg.placement != Placement::None && cfg.prefer_reactors.contains(&t.index()))
             .collect();
         if preferred.iter().any(|&p| p) {
             tracing::info!(prefer = ?cfg.prefer_reactors, "NBD connections prefer these reactors");
         }
+        if cfg.placement == Placement::Client {
+            tracing::info!("NBD connections prefer the reactor of their client's CPU");
+        }
         let shared = Arc::new(Shared {
             live: targets.iter().map(|_| AtomicUsize::new(0)).collect(),
             preferred,
+            cpus: targets.iter().map(ReactorHandle::cpu).collect(),
             reactor_index: targets.iter().map(ReactorHandle::index).collect(),
             cfg,
             exports,
@@ -491,7 +515,12 @@ async fn accept_loop(l: Listener, shared: Arc<Shared>, targets: Vec<ReactorHandl
             }
             g.insert(id, dup);
         }
-        let k = shared.place();
+        // Learnt before the handshake: the client has just run its connect and now waits for
+        // the greeting, which the serving reactor sends.
+        let client_cpu = (shared.cfg.placement == Placement::Client)
+            .then(|| place::client_cpu(stream.as_raw_fd(), l.family()))
+            .flatten();
+        let k = shared.place(client_cpu);
         shared.live[k].fetch_add(1, Ordering::Relaxed);
         let guard = ConnGuard {
             shared: Arc::clone(&shared),
@@ -502,6 +531,7 @@ async fn accept_loop(l: Listener, shared: Arc<Shared>, targets: Vec<ReactorHandl
         tracing::debug!(
             conn = id,
             reactor = targets[k].index(),
+            client_cpu = ?client_cpu,
             "connection accepted"
         );
         drop(targets[k].spawn(move || async move {
