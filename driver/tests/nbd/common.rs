@@ -43,13 +43,24 @@ impl TestServer {
         mem: Arc<MemBackend>,
         tweak: impl FnOnce(&mut NbdServerConfig),
     ) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
         let reactors = ReactorSet::start(ReactorConfig {
             reactors,
             pin: false,
             ..ReactorConfig::default()
         })
         .expect("reactors");
+        TestServer::serve_on(reactors, backend, read_only, mem, tweak)
+    }
+
+    /// [`TestServer::start_backend`] on reactors the caller started (e.g. pinned ones).
+    pub fn serve_on(
+        reactors: ReactorSet,
+        backend: Arc<dyn ExportBackend>,
+        read_only: bool,
+        mem: Arc<MemBackend>,
+        tweak: impl FnOnce(&mut NbdServerConfig),
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
         let exports = Arc::new(Exports::new());
         exports.add(EXPORT, backend, read_only).expect("add export");
         let mut cfg = NbdServerConfig {
