@@ -139,7 +139,10 @@ fn pinned_server() -> Option<(TestServer, Vec<usize>)> {
             return None;
         };
         // The pinning is asked for, not checked, by the reactor set: look from its thread.
-        let on = h.spawn(|| async { allowed_cpus() }).join_blocking().unwrap();
+        let on = h
+            .spawn(|| async { allowed_cpus() })
+            .join_blocking()
+            .unwrap();
         if on != [cpu] {
             eprintln!("SKIP: reactor {i} should run on CPU {cpu} only but may run on {on:?}");
             return None;

@@ -292,6 +292,15 @@ pub struct ServeArgs {
     /// RINGPOOL_REACTOR_READ_SPIN_US, else off.
     #[arg(long, value_name = "US")]
     pub read_spin_us: Option<u64>,
+    /// Which reactor serves a new connection, among those with the fewest connections: `irq`
+    /// the one on a CPU that takes the disks' completion interrupts, `client` the one on the
+    /// CPU the client connected from (then as `irq`), `none` the first. `client` pays when the
+    /// client stays on its CPU (pinned), best with --read-spin-us: on a 2-vCPU VM with fio
+    /// pinned, 4k reads at queue depth 1 had 0.61x the p50 latency of `irq` (0.92x without
+    /// the poll); an unpinned client is moved by the scheduler and gains nothing
+    /// (perf/results/README-nbd.md). Default: RINGPOOL_NBD_PLACE, else irq.
+    #[arg(long, value_enum)]
+    pub place: Option<PlaceMode>,
     /// Export every volume read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -311,6 +320,16 @@ pub struct ServeArgs {
 }
 
 /// `ringpool serve --tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlaceMode {
+    /// The reactor of a CPU that takes the devices' completion interrupts.
+    Irq,
+    /// The reactor of the CPU the client connected from.
+    Client,
+    /// The first reactor.
+    None,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
     /// Offer TLS; plain-text clients are served too.

@@ -9,11 +9,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use parking_lot::Mutex;
 use ringpool_driver::io::{ReactorConfig, ReactorSet};
-use ringpool_driver::nbd::{ExportBackend, Exports, NbdServer, NbdServerConfig, TlsConfig};
+use ringpool_driver::nbd::{
+    ExportBackend, Exports, NbdServer, NbdServerConfig, Placement, TlsConfig,
+};
 use ringpool_driver::pool::{Pool, PoolOptions};
 use serde_json::json;
 
-use crate::cli::{ServeArgs, TlsMode};
+use crate::cli::{PlaceMode, ServeArgs, TlsMode};
 use crate::exec::{self, View, VolumeHook};
 use crate::request::{Progress, Request, Response};
 use crate::statedir::{KnownPool, StateDir};
@@ -326,12 +328,20 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     } else {
         completion_reactors(&reactors, &known, &names)
     };
+    let placement = match args.place {
+        Some(PlaceMode::Irq) => Placement::Irq,
+        Some(PlaceMode::Client) => Placement::Client,
+        Some(PlaceMode::None) => Placement::None,
+        // RINGPOOL_NBD_PLACE, else irq.
+        None => NbdServerConfig::default().placement,
+    };
     let mut server = NbdServer::start(
         NbdServerConfig {
             tcp: Some(args.listen),
             unix: Some(socket.clone()),
             prefer_reactors,
             tls,
+            placement,
             ..Default::default()
         },
         Arc::clone(&served.exports),

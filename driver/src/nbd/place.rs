@@ -154,6 +154,21 @@ mod tests {
     }
 
     #[test]
+    fn connections_of_one_client_still_spread() {
+        // nbdcopy's 4 connections come from one process on one CPU: two per reactor, the odd
+        // ones on the client's reactor.
+        let mut live = [0usize; 2];
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let k = choose(&live, &[false, true], Some(0));
+            live[k] += 1;
+            order.push(k);
+        }
+        assert_eq!(order, [0, 1, 0, 1]);
+        assert_eq!(live, [2, 2]);
+    }
+
+    #[test]
     fn placement_names() {
         assert_eq!("client".parse(), Ok(Placement::Client));
         assert_eq!(" irq\n".parse(), Ok(Placement::Irq));
