@@ -78,7 +78,8 @@ pub(crate) fn client_cpu(fd: RawFd, family: Family) -> Option<usize> {
 
 fn incoming_cpu(fd: RawFd) -> Option<usize> {
     let mut cpu: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // A c_int's size always fits a socklen_t.
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
     // SAFETY: `cpu` and `len` outlive the call and `len` is `cpu`'s size; the kernel writes at
     // most `len` bytes. A bad descriptor is an error return, not undefined behaviour.
     let rc = unsafe {
@@ -102,7 +103,8 @@ fn peer_pid(fd: RawFd) -> Option<i32> {
         uid: 0,
         gid: 0,
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // A ucred's size (12) always fits a socklen_t.
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).unwrap_or(12);
     // SAFETY: as in `incoming_cpu`: `cred` and `len` outlive the call, `len` is its size.
     let rc = unsafe {
         libc::getsockopt(
