@@ -68,8 +68,12 @@ pub struct NbdServerConfig {
     pub prefer_reactors: Vec<usize>,
     /// How a connection picks among the reactors with the fewest open connections: the
     /// preferred ones ([`Placement::Irq`], the default), the one pinned to the client's CPU
-    /// first ([`Placement::Client`]) or the first ([`Placement::None`]).
-    /// `RINGPOOL_NBD_PLACE=irq|client|none` in the environment sets the default.
+    /// first ([`Placement::Client`]) or the first ([`Placement::None`]). `Client` pays only for
+    /// a client that stays on its CPU: on the 2-vCPU test box, fio pinned to CPU 0 had a QD1
+    /// read p50 of 0.87–0.92x, and 0.61–0.64x with [`crate::io::ReactorConfig::read_spin`];
+    /// unpinned, the scheduler moved it after connecting and it gained nothing
+    /// (perf/results/README-nbd.md). `RINGPOOL_NBD_PLACE=irq|client|none` in the environment
+    /// sets the default.
     pub placement: Placement,
     /// Handshake limits and switches (its `tls` is set from [`NbdServerConfig::tls`]).
     pub handshake: HandshakeConfig,
@@ -516,7 +520,8 @@ async fn accept_loop(l: Listener, shared: Arc<Shared>, targets: Vec<ReactorHandl
             g.insert(id, dup);
         }
         // Learnt before the handshake: the client has just run its connect and now waits for
-        // the greeting, which the serving reactor sends.
+        // the greeting, which the serving reactor sends. (A unix client costs a read of a small
+        // /proc file on the acceptor's thread, once per connection.)
         let client_cpu = (shared.cfg.placement == Placement::Client)
             .then(|| place::client_cpu(stream.as_raw_fd(), l.family()))
             .flatten();
