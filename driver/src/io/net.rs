@@ -14,6 +14,40 @@ use crate::io::error::{IoError, OpKind};
 use crate::io::ops::{self, FileRef};
 use crate::io::reactor::SockAddrBuf;
 
+/// A socket option's value type for [`get_sockopt`]: plain integers (or a struct of them), so
+/// every byte pattern the kernel writes is a valid value.
+pub(crate) trait SockoptValue: Copy {}
+impl SockoptValue for libc::c_int {}
+impl SockoptValue for libc::ucred {}
+
+/// getsockopt(2) of option `name` at `level` on `fd`; `init` is the value the kernel
+/// overwrites (and what is left of it where it writes less).
+pub(crate) fn get_sockopt<T: SockoptValue>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    init: T,
+) -> Result<T, IoError> {
+    let mut v = init;
+    let mut len =
+        libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX);
+    // SAFETY: the kernel writes at most `len` bytes, `v`'s size, into the live local `v`, and
+    // any bytes make a valid `T` (SockoptValue). A bad descriptor is an error return.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::from_mut(&mut v).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(IoError::last_os(OpKind::Other));
+    }
+    Ok(v)
+}
+
 /// A TCP listener.
 #[derive(Debug)]
 pub struct TcpListener {
@@ -292,21 +326,7 @@ impl Stream {
         if r < 0 {
             return Err(IoError::last_os(OpKind::Other));
         }
-        let mut got: libc::c_int = 0;
-        let mut got_len = len;
-        // SAFETY: getsockopt writes at most `got_len` bytes into the live local `got`.
-        let r = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                std::ptr::from_mut(&mut got).cast::<libc::c_void>(),
-                &mut got_len,
-            )
-        };
-        if r < 0 {
-            return Err(IoError::last_os(OpKind::Other));
-        }
+        let got = get_sockopt(self.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 0)?;
         Ok(usize::try_from(got).unwrap_or(0))
     }
 

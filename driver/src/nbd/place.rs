@@ -10,6 +10,8 @@
 use std::os::fd::RawFd;
 use std::str::FromStr;
 
+use crate::io::net::get_sockopt;
+
 /// How a new connection picks its serving reactor among those with the fewest open
 /// connections (the count always comes first, so several connections still spread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,45 +79,18 @@ pub(crate) fn client_cpu(fd: RawFd, family: Family) -> Option<usize> {
 }
 
 fn incoming_cpu(fd: RawFd) -> Option<usize> {
-    let mut cpu: libc::c_int = -1;
-    // A c_int's size always fits a socklen_t.
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: `cpu` and `len` outlive the call and `len` is `cpu`'s size; the kernel writes at
-    // most `len` bytes. A bad descriptor is an error return, not undefined behaviour.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_INCOMING_CPU,
-            (&raw mut cpu).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
+    let cpu = get_sockopt(fd, libc::SOL_SOCKET, libc::SO_INCOMING_CPU, -1).ok()?;
     usize::try_from(cpu).ok()
 }
 
 fn peer_pid(fd: RawFd) -> Option<i32> {
-    let mut cred = libc::ucred {
+    let none = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
-    // A ucred's size (12) always fits a socklen_t.
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).unwrap_or(12);
-    // SAFETY: as in `incoming_cpu`: `cred` and `len` outlive the call, `len` is its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+    let cred = get_sockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, none).ok()?;
+    (cred.pid > 0).then_some(cred.pid)
 }
 
 fn last_cpu_of(pid: i32) -> Option<usize> {
