@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ringpool_driver::nbd::Placement;
 
 /// ringpool: a user-space block storage engine. Pools of files or block devices, thin
 /// copy-on-write volumes exported over NBD, and OpenZFS-style pool checkpoints.
@@ -299,8 +300,8 @@ pub struct ServeArgs {
     /// pinned, 4k reads at queue depth 1 had 0.61x the p50 latency of `irq` (0.92x without
     /// the poll); an unpinned client is moved by the scheduler and gains nothing
     /// (perf/results/README-nbd.md). Default: RINGPOOL_NBD_PLACE, else irq.
-    #[arg(long, value_enum)]
-    pub place: Option<PlaceMode>,
+    #[arg(long, value_name = "irq|client|none")]
+    pub place: Option<Placement>,
     /// Export every volume read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -320,16 +321,6 @@ pub struct ServeArgs {
 }
 
 /// `ringpool serve --tls`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PlaceMode {
-    /// The reactor of a CPU that takes the devices' completion interrupts.
-    Irq,
-    /// The reactor of the CPU the client connected from.
-    Client,
-    /// The first reactor.
-    None,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
     /// Offer TLS; plain-text clients are served too.

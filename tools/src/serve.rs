@@ -9,13 +9,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use parking_lot::Mutex;
 use ringpool_driver::io::{ReactorConfig, ReactorSet};
-use ringpool_driver::nbd::{
-    ExportBackend, Exports, NbdServer, NbdServerConfig, Placement, TlsConfig,
-};
+use ringpool_driver::nbd::{ExportBackend, Exports, NbdServer, NbdServerConfig, TlsConfig};
 use ringpool_driver::pool::{Pool, PoolOptions};
 use serde_json::json;
 
-use crate::cli::{PlaceMode, ServeArgs, TlsMode};
+use crate::cli::{ServeArgs, TlsMode};
 use crate::exec::{self, View, VolumeHook};
 use crate::request::{Progress, Request, Response};
 use crate::statedir::{KnownPool, StateDir};
@@ -328,26 +326,19 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     } else {
         completion_reactors(&reactors, &known, &names)
     };
-    let placement = match args.place {
-        Some(PlaceMode::Irq) => Placement::Irq,
-        Some(PlaceMode::Client) => Placement::Client,
-        Some(PlaceMode::None) => Placement::None,
-        // RINGPOOL_NBD_PLACE, else irq.
-        None => NbdServerConfig::default().placement,
+    let mut nbd_cfg = NbdServerConfig {
+        tcp: Some(args.listen),
+        unix: Some(socket.clone()),
+        prefer_reactors,
+        tls,
+        ..Default::default()
     };
-    let mut server = NbdServer::start(
-        NbdServerConfig {
-            tcp: Some(args.listen),
-            unix: Some(socket.clone()),
-            prefer_reactors,
-            tls,
-            placement,
-            ..Default::default()
-        },
-        Arc::clone(&served.exports),
-        &reactors,
-    )
-    .map_err(|e| anyhow!("cannot listen: {e}"))?;
+    // Without --place the default stands: RINGPOOL_NBD_PLACE, else irq.
+    if let Some(placement) = args.place {
+        nbd_cfg.placement = placement;
+    }
+    let mut server = NbdServer::start(nbd_cfg, Arc::clone(&served.exports), &reactors)
+        .map_err(|e| anyhow!("cannot listen: {e}"))?;
     let handler = Arc::clone(&served);
     let _control = control::listen(
         &state.control_socket(),
