@@ -107,6 +107,14 @@ fn split_volume(name: &str) -> Result<(String, String)> {
     }
 }
 
+/// The pools a reporting command covers: the one it names, else every pool.
+fn pools_for(state: &StateDir, pool: Option<String>) -> Result<Vec<String>> {
+    match pool {
+        Some(p) => Ok(vec![p]),
+        None => all_pools(state),
+    }
+}
+
 /// Every pool a reporting command without a pool argument covers.
 fn all_pools(state: &StateDir) -> Result<Vec<String>> {
     if let Some(Response::Ok { value }) = control::call(&state.control_socket(), &Request::Pools)? {
@@ -192,10 +200,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             pool,
         } => {
-            let pools = match pool {
-                Some(p) => vec![p],
-                None => all_pools(&state)?,
-            };
+            let pools = pools_for(&state, pool)?;
             if pools.is_empty() && !json {
                 println!("no pools available");
             }
@@ -221,10 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             pool,
         } => {
-            let pools = match pool {
-                Some(p) => vec![p],
-                None => all_pools(&state)?,
-            };
+            let pools = pools_for(&state, pool)?;
             let mut values = Vec::new();
             for p in pools {
                 values.push(ask(&state, Request::List { pool: p })?);
@@ -503,10 +505,7 @@ fn volume(state: &StateDir, cmd: VolumeCommand) -> Result<()> {
             json,
             pool,
         } => {
-            let pools = match pool {
-                Some(p) => vec![p],
-                None => all_pools(state)?,
-            };
+            let pools = pools_for(state, pool)?;
             let mut vols = Vec::new();
             for p in pools {
                 let v = ask(state, Request::VolumeList { pool: p })?;

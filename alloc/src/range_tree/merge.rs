@@ -125,13 +125,10 @@ impl<U: SegUnit> RangeTree<U> {
                 }
                 _ => {
                     if let Some((cs, cl, orig)) = cur.take() {
-                        if orig.is_none() {
-                            merged_max = merged_max.max(Some(cl));
-                        }
                         Self::flush_merged(
                             &mut merged,
                             &mut size_inserts,
-                            (&mut hist, &mut large),
+                            (&mut hist, &mut large, &mut merged_max),
                             (cs, cl, orig.is_some()),
                             self.shift,
                             floor,
@@ -142,13 +139,10 @@ impl<U: SegUnit> RangeTree<U> {
             }
         }
         if let Some((cs, cl, orig)) = cur {
-            if orig.is_none() {
-                merged_max = merged_max.max(Some(cl));
-            }
             Self::flush_merged(
                 &mut merged,
                 &mut size_inserts,
-                (&mut hist, &mut large),
+                (&mut hist, &mut large, &mut merged_max),
                 (cs, cl, orig.is_some()),
                 self.shift,
                 floor,
@@ -190,18 +184,23 @@ impl<U: SegUnit> RangeTree<U> {
     }
 
     /// Emit one output segment of [`RangeTree::bulk_merge`]; a segment that is not an
-    /// untouched original gets its histogram entry, and its size-index entry when it reaches
-    /// `floor`.
+    /// untouched original gets its histogram entry, counts towards the largest merged
+    /// segment, and gets its size-index entry when it reaches `floor`.
     fn flush_merged(
         merged: &mut Vec<(U, U)>,
         size_inserts: &mut Vec<U::SizeKey>,
-        (hist, large): (&mut [u64; HISTOGRAM_BUCKETS], &mut LargeSegs),
+        (hist, large, merged_max): (
+            &mut [u64; HISTOGRAM_BUCKETS],
+            &mut LargeSegs,
+            &mut Option<u64>,
+        ),
         (s, l, untouched): (u64, u64, bool),
         shift: u32,
         floor: u64,
     ) {
         merged.push((U::from_u64(s), U::from_u64(l)));
         if !untouched {
+            *merged_max = (*merged_max).max(Some(l));
             hist[hist_bucket(l << shift)] += 1;
             large.add(l);
             if l >= floor {

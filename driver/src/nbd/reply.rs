@@ -193,9 +193,20 @@ pub fn none_done(out: &mut Vec<u8>, mode: ReplyMode, cookie: u64, req_offset: u6
     }
 }
 
-fn message(msg: &str) -> &[u8] {
+/// `msg` as an ERROR or ERROR_OFFSET chunk carries it (cut to the protocol's longest
+/// string), with its length field.
+fn error_message(msg: &str) -> (&[u8], u16) {
     let b = msg.as_bytes();
-    &b[..b.len().min(proto::MAX_STRING_LEN)]
+    let m = &b[..b.len().min(proto::MAX_STRING_LEN)];
+    let mlen = u16::try_from(m.len()).unwrap_or(0);
+    (&m[..usize::from(mlen)], mlen)
+}
+
+/// The part an ERROR and an ERROR_OFFSET chunk share: errno, message length, message.
+fn push_error_body(out: &mut Vec<u8>, errno: Errno, m: &[u8], mlen: u16) {
+    out.extend_from_slice(&errno.code().to_be_bytes());
+    out.extend_from_slice(&mlen.to_be_bytes());
+    out.extend_from_slice(m);
 }
 
 /// Appends a final error reply: a simple reply with the errno, or an ERROR chunk (with DONE)
@@ -211,9 +222,7 @@ pub fn error(
     match mode {
         ReplyMode::Simple => simple(out, errno.code(), cookie),
         _ => {
-            let m = message(msg);
-            let mlen = u16::try_from(m.len()).unwrap_or(0);
-            let m = &m[..usize::from(mlen)];
+            let (m, mlen) = error_message(msg);
             chunk_header(
                 out,
                 mode,
@@ -223,9 +232,7 @@ pub fn error(
                 req_offset,
                 6 + u64::from(mlen),
             );
-            out.extend_from_slice(&errno.code().to_be_bytes());
-            out.extend_from_slice(&mlen.to_be_bytes());
-            out.extend_from_slice(m);
+            push_error_body(out, errno, m, mlen);
         }
     }
 }
@@ -242,9 +249,7 @@ pub fn error_offset(
     at: u64,
     done: bool,
 ) {
-    let m = message(msg);
-    let mlen = u16::try_from(m.len()).unwrap_or(0);
-    let m = &m[..usize::from(mlen)];
+    let (m, mlen) = error_message(msg);
     chunk_header(
         out,
         mode,
@@ -254,9 +259,7 @@ pub fn error_offset(
         req_offset,
         14 + u64::from(mlen),
     );
-    out.extend_from_slice(&errno.code().to_be_bytes());
-    out.extend_from_slice(&mlen.to_be_bytes());
-    out.extend_from_slice(m);
+    push_error_body(out, errno, m, mlen);
     out.extend_from_slice(&at.to_be_bytes());
 }
 
