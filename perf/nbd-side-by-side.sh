@@ -52,6 +52,10 @@
 #                    nice only ranks threads inside their session's group, and every server
 #                    runs in a session of its own; so the level is also set as the autogroup
 #                    nice of each server's session and of a session per fio call.
+#   CPU_LATENCY_US [unset]  hold a CPU wake-up latency bound of this many us for the whole
+#                    run, for every target alike (/dev/cpu_dma_latency, root only, as tuned's
+#                    latency-performance profile does; 0: idle CPUs poll instead of halting, so
+#                    a wake-up does not wait for a halted vCPU). Written to env.txt.
 #   PERF_RECORD [0]  1: `perf record -g` ringpool during its jobs of the last round
 #                    (perf.<job>.data in its result directory)
 #   KEEP [0]         1: keep the backing file and pool after the run
@@ -99,6 +103,20 @@ done
 
 AUTOGROUP=0
 [[ $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null) == 1 ]] && AUTOGROUP=1
+
+# The CPU latency bound: a process that holds /dev/cpu_dma_latency open with the bound written
+# (the kernel drops the request when it exits); stopped by stop_all.
+CPU_LATENCY_US=${CPU_LATENCY_US:-}
+QOS_PID=""
+if [[ -n $CPU_LATENCY_US ]]; then
+  python3 -c 'import os, signal, struct, sys
+f = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+os.write(f, struct.pack("i", int(sys.argv[1])))
+signal.pause()' "$CPU_LATENCY_US" &
+  QOS_PID=$!
+  sleep 0.5
+  kill -0 "$QOS_PID" 2>/dev/null || die "cannot hold a CPU latency bound of $CPU_LATENCY_US us (root only)"
+fi
 
 # Runs a command at the requested nice level (negative levels need root). With autogroups the
 # command gets a session (hence a group) of its own whose nice is set too: otherwise it would
@@ -275,6 +293,7 @@ stop_all() {
     rm -f "$BACKING" "$POOL_FILE"
     rm -rf "$STATE"
   fi
+  if [[ -n $QOS_PID ]]; then kill "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null; QOS_PID=""; fi
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
@@ -379,7 +398,7 @@ measure() {
   echo "nbdkit: $(nbdkit --version 2>/dev/null | head -1)"
   echo "nbd-server: $(nbd-server -V 2>&1 | head -1)"
   echo "backing: $WORKDIR ($(df --output=fstype "$WORKDIR" | tail -1), $(df --output=source "$WORKDIR" | tail -1)); volume/file $VOL_SIZE, pool file $POOL_SIZE"
-  echo "rounds=$ROUNDS runtime=${RUNTIME}s ramp=${RAMP}s drop_caches=$DROP_CACHES nice=$NICE autogroup=$AUTOGROUP pool_prewrite=$POOL_PREWRITE"
+  echo "rounds=$ROUNDS runtime=${RUNTIME}s ramp=${RAMP}s drop_caches=$DROP_CACHES nice=$NICE autogroup=$AUTOGROUP pool_prewrite=$POOL_PREWRITE cpu_latency_us=${CPU_LATENCY_US:-none}"
   echo "targets: $TARGETS"
   echo "jobs: $JOBS"
 } >"$OUTDIR/env.txt"

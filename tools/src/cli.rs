@@ -302,6 +302,14 @@ pub struct ServeArgs {
     /// (perf/results/README-nbd.md). Default: RINGPOOL_NBD_PLACE, else irq.
     #[arg(long, value_name = "irq|client|none")]
     pub place: Option<Placement>,
+    /// Hold a CPU wake-up latency bound of this many microseconds while serving
+    /// (/dev/cpu_dma_latency, root only; machine-wide): 0 makes idle CPUs poll instead of
+    /// halting. A read at queue depth 1 waits for up to three wake-ups of an idle CPU; on the
+    /// 2-vCPU test VM 0 took its p50 from 93-101 us to 66-76 us (the raw file's from 51-54 to
+    /// 38-41). Costs power, or host CPU on a VM, while the machine idles. Default:
+    /// RINGPOOL_CPU_LATENCY_US, else none.
+    #[arg(long, value_name = "US")]
+    pub cpu_latency_us: Option<u32>,
     /// Export every volume read-only.
     #[arg(long)]
     pub read_only: bool,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod control;
+mod cpu_latency;
 mod exec;
 mod local;
 mod output;

@@ -14,6 +14,7 @@ use ringpool_driver::pool::{Pool, PoolOptions};
 use serde_json::json;
 
 use crate::cli::{ServeArgs, TlsMode};
+use crate::cpu_latency::{self, CpuLatencyRequest};
 use crate::exec::{self, View, VolumeHook};
 use crate::request::{Progress, Request, Response};
 use crate::statedir::{KnownPool, StateDir};
@@ -266,6 +267,26 @@ fn tls_config(args: &ServeArgs) -> Result<Option<TlsConfig>> {
     Ok(Some(cfg))
 }
 
+/// The CPU latency bound of `--cpu-latency-us` (else `RINGPOOL_CPU_LATENCY_US`), if any.
+fn hold_cpu_latency(args: &ServeArgs) -> Result<Option<CpuLatencyRequest>> {
+    let Some(us) = args
+        .cpu_latency_us
+        .or_else(|| ringpool_driver::knob::env("RINGPOOL_CPU_LATENCY_US"))
+    else {
+        return Ok(None);
+    };
+    let req = CpuLatencyRequest::hold(us).with_context(|| {
+        format!(
+            "cannot hold a CPU latency bound of {us} us on {}",
+            cpu_latency::PATH
+        )
+    })?;
+    // The kernel applies the smallest bound any process holds.
+    let effective = cpu_latency::current().ok();
+    tracing::info!(us, ?effective, "CPU latency bound held");
+    Ok(Some(req))
+}
+
 pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
     let tls = tls_config(args)?;
     let signals = block_signals()?;
@@ -275,6 +296,8 @@ pub fn run(state: &StateDir, args: &ServeArgs) -> Result<()> {
             state.root().display()
         );
     }
+    // Held until serve returns; the kernel also drops it when the process dies.
+    let _cpu_latency = hold_cpu_latency(args)?;
     let mut known = state.pools()?;
     let mut names: Vec<String> = if args.pools.is_empty() {
         known.keys().cloned().collect()
