@@ -20,6 +20,8 @@
 #   DIR [/tmp/nbdfloor] on a real file system (O_DIRECT)  SIZE [2G] file and volume size
 #   VOL_BS [128K] ringpool's volume block size  RINGPOOL [<repo>/target/release/ringpool]
 #   KEEP [0] keep DIR's files for the next run
+#   CPU_LATENCY_US [unset] hold a CPU wake-up latency bound of this many us for the whole run,
+#             every target alike (/dev/cpu_dma_latency, root only; 0: idle CPUs poll)
 # Prints every call and, per job and target, the median over the rounds (the order of the
 # targets rotates every round).
 set -uo pipefail
@@ -37,6 +39,7 @@ SIZE=${SIZE:-2G}
 VOL_BS=${VOL_BS:-128K}
 RINGPOOL=${RINGPOOL:-$REPO/target/release/ringpool}
 KEEP=${KEEP:-0}
+CPU_LATENCY_US=${CPU_LATENCY_US:-}
 
 say() { echo "nbd-floor: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -60,10 +63,21 @@ declare -A PID URI
 cleanup() {
   local t
   for t in "${!PID[@]}"; do kill -TERM "${PID[$t]}" 2>/dev/null; wait "${PID[$t]}" 2>/dev/null; done
+  if [[ -n ${QOS_PID:-} ]]; then kill "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null; fi
   [[ $KEEP == 1 ]] || rm -rf "$DIR/raw.img" "$DIR/pool.img" "$DIR/state" "$DIR"/*.sock "$DIR/ready"
   rm -rf "$OUT"
 }
 trap cleanup EXIT
+
+# The bound is held by a process that keeps /dev/cpu_dma_latency open (the kernel drops the
+# request when it exits).
+QOS_PID=""
+if [[ -n $CPU_LATENCY_US ]]; then
+  python3 "$HERE/cpu_latency_hold.py" "$CPU_LATENCY_US" &
+  QOS_PID=$!
+  sleep 0.5
+  kill -0 "$QOS_PID" 2>/dev/null || die "cannot hold a CPU latency bound of $CPU_LATENCY_US us (root only)"
+fi
 
 wait_ready() { # $1 target, $2 what to wait for (a socket path, or a log line prefix in a file)
   local i
@@ -119,7 +133,7 @@ for t in $TARGETS; do
     *) die "unknown target $t" ;;
   esac
 done
-say "targets: $TARGETS; jobs: $JOBS; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "targets: $TARGETS; jobs: $JOBS; cpu_latency_us: ${CPU_LATENCY_US:-none}; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # One call: prints "MiBs IOPS P50 P99" (latencies in us, fio's total latency).
 measure() {

@@ -109,10 +109,7 @@ AUTOGROUP=0
 CPU_LATENCY_US=${CPU_LATENCY_US:-}
 QOS_PID=""
 if [[ -n $CPU_LATENCY_US ]]; then
-  python3 -c 'import os, signal, struct, sys
-f = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
-os.write(f, struct.pack("i", int(sys.argv[1])))
-signal.pause()' "$CPU_LATENCY_US" &
+  python3 "$HERE/cpu_latency_hold.py" "$CPU_LATENCY_US" &
   QOS_PID=$!
   sleep 0.5
   kill -0 "$QOS_PID" 2>/dev/null || die "cannot hold a CPU latency bound of $CPU_LATENCY_US us (root only)"
