@@ -33,11 +33,19 @@ fn serve_holds_the_bound_while_it_runs() {
     env.ok(&["create", "--size", "256M", "qos", img.to_str().unwrap()]);
 
     let plain = Serve::start(&env, free_port(), &[]);
-    assert_eq!(applied(), Some(before), "serve without the flag holds no bound");
+    assert_eq!(
+        applied(),
+        Some(before),
+        "serve without the flag holds no bound"
+    );
     assert_eq!(plain.stop().code(), Some(0));
 
     let held = Serve::start(&env, free_port(), &["--cpu-latency-us", &ask.to_string()]);
-    assert_eq!(applied(), Some(ask), "serve --cpu-latency-us {ask} holds it");
+    assert_eq!(
+        applied(),
+        Some(ask),
+        "serve --cpu-latency-us {ask} holds it"
+    );
     assert_eq!(held.stop().code(), Some(0));
     assert_eq!(applied(), Some(before), "released when serve exits");
 
