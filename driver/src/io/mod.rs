@@ -41,6 +41,8 @@ pub use reactor::{
     reactor_stats, ring_info, ring_stats, spawn_local, spawn_local_first, submit_now,
     try_spawn_local, JoinError, JoinHandle, ReactorConfig, ReactorHandle, ReactorSet, RingInfo,
     RingStats, TaskRunMode, DEFAULT_READ_SPIN_US, DEFAULT_READ_WINDOW, DEFAULT_SUBMIT_BATCH,
-    DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW,
+    DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW, DEFAULT_WRITE_DEFER,
+    DEFAULT_WRITE_DEFER_FOR,
 };
+pub(crate) use reactor::{deferred_writes, writes_wanted};
 pub use time::{sleep, yield_now, YieldNow};

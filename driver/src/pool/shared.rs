@@ -458,6 +458,9 @@ impl Shared {
 
     /// Waits until `txg` is committed.
     pub(crate) async fn wait_synced(&self, txg: u64) -> Result<()> {
+        // The txg waits for the write-backs it holds, whose device writes this reactor may
+        // be deferring to merge them (`crate::io::deferred_writes`): not while this waits.
+        let _wanted = crate::io::writes_wanted();
         self.txg
             .wait_synced(txg)
             .await

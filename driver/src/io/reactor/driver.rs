@@ -4,7 +4,8 @@
 //!   resource the kernel may touch (buffer, timespec, sockaddr) until the op's terminal CQE,
 //!   even when the future that issued it is dropped (the slot becomes `Orphaned` and is freed
 //!   when the CQE arrives; an AsyncCancel is issued to hurry it along).
-//! * `user_data >= RESERVED_MIN` marks internal ops: the armed eventfd read and cancellations.
+//! * `user_data >= RESERVED_MIN` marks internal ops: the armed eventfd read, cancellations and
+//!   the timer of deferred writes.
 //! * CQ overflow protection: `in_flight` counts SQEs handed to the SQ and not yet reaped; an op
 //!   is only pushed while `in_flight < cq_capacity`, otherwise it waits in a local backlog that
 //!   drains as completions are reaped.
@@ -37,8 +38,11 @@ mod rwin;
 pub(crate) use rwin::set_outside as set_outside_read_window;
 mod wagg;
 
-pub(crate) use wagg::WriteReq;
-pub use wagg::{DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW};
+pub(crate) use wagg::{set_deferring, WriteReq};
+pub use wagg::{
+    DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW, DEFAULT_WRITE_DEFER,
+    DEFAULT_WRITE_DEFER_FOR,
+};
 
 /// Lowest user_data value reserved for internal ops.
 pub(crate) const RESERVED_MIN: u64 = u64::MAX - 15;
@@ -46,6 +50,7 @@ pub(crate) const RESERVED_MIN: u64 = u64::MAX - 15;
 const TOKEN_EVENTFD: u64 = u64::MAX;
 /// user_data of AsyncCancel requests (their CQEs are ignored).
 const TOKEN_CANCEL: u64 = u64::MAX - 1;
+// u64::MAX - 2: the write deferral timer (`wagg::TOKEN_DEFER`).
 
 /// `IORING_ENTER_GETEVENTS`: also needed with DEFER_TASKRUN to run completion task work.
 const ENTER_GETEVENTS: u32 = 1;
@@ -587,6 +592,10 @@ impl Driver {
             if ud == TOKEN_EVENTFD {
                 self.efd_armed = false;
                 fired = true;
+                continue;
+            }
+            if ud == wagg::TOKEN_DEFER {
+                self.wagg.timer_fired();
                 continue;
             }
             if ud >= RESERVED_MIN || ud == 0 {

@@ -32,7 +32,10 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::Mutex;
 
 pub(crate) use driver::{Completion, Driver, MsgData, OpData, SockAddrBuf, WriteReq};
-pub use driver::{RingStats, DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW};
+pub use driver::{
+    RingStats, DEFAULT_WRITE_AGGREGATE, DEFAULT_WRITE_AGGREGATE_WINDOW, DEFAULT_WRITE_DEFER,
+    DEFAULT_WRITE_DEFER_FOR,
+};
 pub(crate) use files::{file_for_device, FileRegistrations};
 pub use set::{ReactorHandle, ReactorSet};
 pub use task::{JoinError, JoinHandle};
@@ -135,6 +138,16 @@ pub struct ReactorConfig {
     /// at queue depth 1) is never held longer. The environment variable
     /// `RINGPOOL_WRITE_AGGREGATE_WINDOW` sets the default (for A/B runs).
     pub write_aggregate_window: usize,
+    /// Positioned writes made inside [`deferred_writes`] (write-back device writes, whose
+    /// client was answered already) stay staged, even with nothing in flight, until this
+    /// many bytes of writes to their file are staged, so that a sequential stream reaches the
+    /// device in fewer, larger writes (see the driver's `wagg` module). 0: never deferred.
+    /// Default [`DEFAULT_WRITE_DEFER`]; the environment variable `RINGPOOL_WRITE_DEFER_KIB`
+    /// sets the default (for A/B runs).
+    pub write_defer: usize,
+    /// The longest a deferred write waits for [`ReactorConfig::write_defer`] bytes. Default
+    /// [`DEFAULT_WRITE_DEFER_FOR`]; `RINGPOOL_WRITE_DEFER_US` sets the default.
+    pub write_defer_for: std::time::Duration,
     /// Most positioned reads of one file in flight on the ring; later ones wait in the ring's
     /// queue and go to the kernel, oldest first, as soon as a reap completes earlier ones
     /// (before the tasks it woke run). 0: no limit. See the driver's `rwin` module. The
@@ -190,6 +203,10 @@ impl Default for ReactorConfig {
                 .map_or(DEFAULT_WRITE_AGGREGATE, |k| k.saturating_mul(1024)),
             write_aggregate_window: crate::knob::env("RINGPOOL_WRITE_AGGREGATE_WINDOW")
                 .unwrap_or(DEFAULT_WRITE_AGGREGATE_WINDOW),
+            write_defer: crate::knob::env::<usize>("RINGPOOL_WRITE_DEFER_KIB")
+                .map_or(DEFAULT_WRITE_DEFER, |k| k.saturating_mul(1024)),
+            write_defer_for: crate::knob::env::<u64>("RINGPOOL_WRITE_DEFER_US")
+                .map_or(DEFAULT_WRITE_DEFER_FOR, std::time::Duration::from_micros),
             read_window: crate::knob::env("RINGPOOL_READ_WINDOW").unwrap_or(DEFAULT_READ_WINDOW),
         }
     }
@@ -359,6 +376,7 @@ impl Core {
         .map_err(IoError::RingSetup)?;
         driver.set_submit_batch(cfg.submit_batch);
         driver.set_write_aggregate(cfg.write_aggregate, cfg.write_aggregate_window);
+        driver.set_write_defer(cfg.write_defer, cfg.write_defer_for);
         driver.set_read_window(cfg.read_window);
         Ok(Rc::new(Core {
             index,
@@ -618,6 +636,56 @@ pub async fn outside_read_window<F: Future>(fut: F) -> F::Output {
         r
     })
     .await
+}
+
+/// Runs `fut` with the positioned writes it makes deferred: held by the ring until enough
+/// writes to their file are staged to go merged, or for at most
+/// [`ReactorConfig::write_defer_for`] (see [`ReactorConfig::write_defer`]). For writes
+/// nobody waits on soon: write-back device writes, acknowledged to their client already.
+pub(crate) async fn deferred_writes<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    std::future::poll_fn(|cx| {
+        let was = driver::set_deferring(true);
+        let r = fut.as_mut().poll(cx);
+        driver::set_deferring(was);
+        r
+    })
+    .await
+}
+
+/// Somebody on this reactor waits for writes to reach the device (see [`writes_wanted`]).
+#[derive(Debug)]
+#[must_use = "deferral resumes as soon as this is dropped"]
+pub(crate) struct WritesWanted {
+    counted: bool,
+}
+
+/// While the returned guard lives, no positioned write of the current reactor is deferred
+/// ([`deferred_writes`]), and those deferred already go at once: for whoever is about to wait
+/// on a write-back's device write (a FLUSH waiting for the txg the write-back holds, a read
+/// or a rewrite waiting for its blocks' locks), which may not even have been made yet (its
+/// task has not run). No-op outside a reactor.
+pub(crate) fn writes_wanted() -> WritesWanted {
+    let counted = current_core().is_some_and(|core| {
+        core.driver.borrow_mut().want_writes(true);
+        true
+    });
+    WritesWanted { counted }
+}
+
+impl Drop for WritesWanted {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        // Dropped on the reactor that counted it (futures do not leave their reactor), with
+        // no driver borrow held (as `Op` is); if it were, deferral would just stay off.
+        if let Some(core) = current_core() {
+            if let Ok(mut d) = core.driver.try_borrow_mut() {
+                d.want_writes(false);
+            }
+        }
+    }
 }
 
 /// Submits the operations queued on the current reactor's ring now instead of at the end of

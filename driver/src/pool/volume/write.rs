@@ -96,7 +96,19 @@ impl Volume {
 
     /// Locks blocks `first..=last` (in ascending order, as every writer does: no deadlock).
     pub(super) async fn lock_blocks(&self, first: u64, last: u64) -> RangeGuard {
-        self.inner.locks.lock_range(first..last + 1).await
+        let mut lock = std::pin::pin!(self.inner.locks.lock_range(first..last + 1));
+        let mut wanted = None;
+        std::future::poll_fn(|cx| {
+            let r = std::future::Future::poll(lock.as_mut(), cx);
+            if r.is_pending() && wanted.is_none() {
+                // The holder may be a write-back whose device write this reactor defers or is
+                // about to (`crate::io::deferred_writes`): a read or a rewrite of the blocks
+                // should wait for the device, not for the deferral.
+                wanted = Some(crate::io::writes_wanted());
+            }
+            r
+        })
+        .await
     }
 
     /// Writes blocks `first..=last` of the request (`offset`, `data`).

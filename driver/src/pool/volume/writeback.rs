@@ -212,7 +212,12 @@ impl Volume {
             if let Some(d) = test_delay() {
                 crate::io::sleep(d).await;
             }
-            let (r, data) = pending.vol.finish_commit(&runs, data, prepared, true).await;
+            // Nobody waits on this device write (the client has its answer): the ring may
+            // hold it a little to merge it with the next ones. Whoever comes to wait on it (a
+            // FLUSH, a read or a rewrite of its blocks) sends it (`crate::io::writes_wanted`).
+            let (r, data) =
+                crate::io::deferred_writes(pending.vol.finish_commit(&runs, data, prepared, true))
+                    .await;
             drop(guards);
             drop(data);
             // A failure has suspended the pool (`finish_commit`); nobody waits for this task.
