@@ -25,6 +25,8 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source=perf/nbd-lib.sh
+source "$HERE/nbd-lib.sh"
 DEF_BIN=${RINGPOOL:-$REPO/target/release/ringpool}
 A_BIN=${A_BIN:-$DEF_BIN}
 B_BIN=${B_BIN:-$DEF_BIN}
@@ -47,16 +49,6 @@ if [[ -n ${RT_PRIO:-} ]]; then RT=(chrt -f "$RT_PRIO"); fi
 say() { echo "nbd-ab: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-job_spec() {
-  case $1 in
-    randread4k_qd1)   echo "--rw=randread --bs=4k --iodepth=1" ;;
-    randread4k_qd32)  echo "--rw=randread --bs=4k --iodepth=32" ;;
-    randwrite4k_qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
-    seqread128k_qd8)  echo "--rw=read --bs=128k --iodepth=8" ;;
-    seqwrite128k_qd8) echo "--rw=write --bs=128k --iodepth=8" ;;
-    *) return 1 ;;
-  esac
-}
 
 declare -A PID URI
 mkdir -p "$DIR" || die "cannot create $DIR"

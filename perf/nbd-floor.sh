@@ -28,6 +28,8 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source=perf/nbd-lib.sh
+source "$HERE/nbd-lib.sh"
 TARGETS=${TARGETS:-"baseline null ringpool"}
 JOBS=${JOBS:-"randread4k_qd1 seqwrite128k_qd8"}
 ROUNDS=${ROUNDS:-5}
@@ -44,16 +46,6 @@ CPU_LATENCY_US=${CPU_LATENCY_US:-}
 say() { echo "nbd-floor: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-job_spec() {
-  case $1 in
-    randread4k_qd1)   echo "--rw=randread --bs=4k --iodepth=1" ;;
-    randread4k_qd32)  echo "--rw=randread --bs=4k --iodepth=32" ;;
-    randwrite4k_qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
-    seqread128k_qd8)  echo "--rw=read --bs=128k --iodepth=8" ;;
-    seqwrite128k_qd8) echo "--rw=write --bs=128k --iodepth=8" ;;
-    *) return 1 ;;
-  esac
-}
 
 command -v nbdkit >/dev/null || die "nbdkit is not installed"
 mkdir -p "$DIR" || die "cannot create $DIR"
@@ -73,10 +65,7 @@ trap cleanup EXIT
 # request when it exits).
 QOS_PID=""
 if [[ -n $CPU_LATENCY_US ]]; then
-  python3 "$HERE/cpu_latency_hold.py" "$CPU_LATENCY_US" &
-  QOS_PID=$!
-  sleep 0.5
-  kill -0 "$QOS_PID" 2>/dev/null || die "cannot hold a CPU latency bound of $CPU_LATENCY_US us (root only)"
+  hold_cpu_latency "$CPU_LATENCY_US"
 fi
 
 wait_ready() { # $1 target, $2 what to wait for (a socket path, or a log line prefix in a file)

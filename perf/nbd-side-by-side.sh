@@ -69,6 +69,8 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source=perf/nbd-lib.sh
+source "$HERE/nbd-lib.sh"
 RINGPOOL=${RINGPOOL:-$REPO/target/release/ringpool}
 WORKDIR=${WORKDIR:-/tmp/ringpool-nbdbench}
 VOL_SIZE=${VOL_SIZE:-3G}
@@ -109,10 +111,7 @@ AUTOGROUP=0
 CPU_LATENCY_US=${CPU_LATENCY_US:-}
 QOS_PID=""
 if [[ -n $CPU_LATENCY_US ]]; then
-  python3 "$HERE/cpu_latency_hold.py" "$CPU_LATENCY_US" &
-  QOS_PID=$!
-  sleep 0.5
-  kill -0 "$QOS_PID" 2>/dev/null || die "cannot hold a CPU latency bound of $CPU_LATENCY_US us (root only)"
+  hold_cpu_latency "$CPU_LATENCY_US"
 fi
 
 # Runs a command at the requested nice level (negative levels need root). With autogroups the
@@ -138,19 +137,6 @@ group_nice() {
 declare -A PID URI
 wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
 
-# Which fio arguments a job name stands for.
-job_spec() {
-  case $1 in
-    randread4k_qd1)   echo "--rw=randread --bs=4k --iodepth=1" ;;
-    randread4k_qd32)  echo "--rw=randread --bs=4k --iodepth=32" ;;
-    randwrite4k_qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
-    randrw4k_qd16)    echo "--rw=randrw --rwmixread=70 --bs=4k --iodepth=16" ;;
-    seqread128k_qd1)  echo "--rw=read --bs=128k --iodepth=1" ;;
-    seqread128k_qd8)  echo "--rw=read --bs=128k --iodepth=8" ;;
-    seqwrite128k_qd8) echo "--rw=write --bs=128k --iodepth=8" ;;
-    *) return 1 ;;
-  esac
-}
 
 # Waits until an NBD URI answers (at most ~30 s); $2 is the pid that must stay alive.
 await_uri() {

@@ -9,33 +9,15 @@
 
 mod pool_common;
 
-use pool_common::{create_one_shard, pattern, rcfg, volume_data_blocks};
+use pool_common::{create_one_shard, file_engine, pattern, rcfg, volume_data_blocks};
 use std::cell::RefCell;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringpool_driver::io::{
-    self, BlockEngine, Device, DeviceOptions, DirectIo, FaultyEngine, IoBuf, UringEngine,
-};
+use ringpool_driver::io::{self, FaultyEngine, IoBuf};
 use ringpool_driver::pool::Volume;
-
-/// A file-backed device on /tmp (ext4: real O_DIRECT through the ring).
-fn file_engine(dir: &tempfile::TempDir, size: u64) -> anyhow::Result<Arc<dyn BlockEngine>> {
-    let path = dir.path().join("dev.img");
-    let f = std::fs::File::create(&path)?;
-    f.set_len(size)?;
-    drop(f);
-    let dev = Device::open(
-        &path,
-        &DeviceOptions {
-            direct: DirectIo::Required,
-            ..Default::default()
-        },
-    )?;
-    Ok(Arc::new(UringEngine::new(Arc::new(dev))))
-}
 
 /// Hole ranges of `model` (None = hole) within `[off, off+len)`, relative to `off`.
 fn model_holes(holes: &[bool], bs: usize, off: usize, len: usize) -> Vec<Range<usize>> {
@@ -150,7 +132,7 @@ fn merged_reads_across_holes_and_data_on_a_file() -> anyhow::Result<()> {
     let dir = tempfile::tempdir_in("/tmp")?;
     let pool = create_one_shard(
         "r",
-        vec![file_engine(&dir, 64 << 20)?],
+        vec![file_engine(&dir.path().join("dev.img"), 64 << 20)?],
         Duration::from_secs(10),
     )?;
     let vol = pool.create_volume("v", 8 << 20, 4096)?;
@@ -251,7 +233,7 @@ fn reads_racing_overwrites_never_see_another_blocks_bytes() -> anyhow::Result<()
     // Short txgs: syncs fold overlays into the tree and free old blocks while reads run.
     let pool = create_one_shard(
         "r",
-        vec![file_engine(&dir, 64 << 20)?],
+        vec![file_engine(&dir.path().join("dev.img"), 64 << 20)?],
         Duration::from_millis(20),
     )?;
     let bs = 4096usize;

@@ -6,14 +6,11 @@
 
 mod pool_common;
 
-use pool_common::{create_one_shard, pattern};
+use pool_common::{create_one_shard, file_engine, pattern};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringpool_driver::io::{
-    self, BlockEngine, Device, DeviceOptions, DirectIo, FaultyEngine, IoBuf, ReactorConfig,
-    UringEngine,
-};
+use ringpool_driver::io::{self, FaultyEngine, IoBuf, ReactorConfig};
 use ringpool_driver::pool::Pool;
 
 const BS: u32 = 4096;
@@ -47,15 +44,7 @@ fn reads_rewrites_and_flush_do_not_wait_for_a_deferred_write_back() -> anyhow::R
     within_a_minute(|| {
         let dir = tempfile::tempdir_in("/tmp")?;
         let path = dir.path().join("dev.img");
-        std::fs::File::create(&path)?.set_len(64 << 20)?;
-        let dev = Device::open(
-            &path,
-            &DeviceOptions {
-                direct: DirectIo::Required,
-                ..Default::default()
-            },
-        )?;
-        let engine: Arc<dyn BlockEngine> = Arc::new(UringEngine::new(Arc::new(dev)));
+        let engine = file_engine(&path, 64 << 20)?;
         let pool = create_one_shard("wd", vec![engine], Duration::from_secs(3600))?;
         let vol = pool.create_volume("v", 4 << 20, BS)?;
         let (old, new, a, b) = (

@@ -1,12 +1,29 @@
 //! The pool options, engines and data patterns every pool test binary starts from.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringpool_driver::io::{BlockEngine, FaultyEngine, ReactorConfig};
+use ringpool_driver::io::{
+    BlockEngine, Device, DeviceOptions, DirectIo, FaultyEngine, ReactorConfig, UringEngine,
+};
 use ringpool_driver::pool::verify::BlockInfo;
 use ringpool_driver::pool::{CreateOptions, ImportOptions, Pool, PoolOptions, TxgConfig, Volume};
 use ringpool_ondisk::object::ObjectType;
+
+/// A device file of `size` bytes at `path` (created sparse) behind the io_uring engine, opened
+/// with O_DIRECT as a pool opens its devices.
+pub fn file_engine(path: &Path, size: u64) -> anyhow::Result<Arc<dyn BlockEngine>> {
+    std::fs::File::create(path)?.set_len(size)?;
+    let dev = Device::open(
+        path,
+        &DeviceOptions {
+            direct: DirectIo::Required,
+            ..Default::default()
+        },
+    )?;
+    Ok(Arc::new(UringEngine::new(Arc::new(dev))))
+}
 
 /// One unpinned reactor without a registered arena: what a test thread drives futures with.
 pub fn rcfg() -> ReactorConfig {
