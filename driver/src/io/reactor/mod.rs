@@ -628,14 +628,7 @@ pub fn prefer_current_task() -> bool {
 /// not counted; see [`ReactorConfig::read_window`]): for reads that gate others, such as the
 /// indirect block a lookup must load before the data read it resolves can be made.
 pub async fn outside_read_window<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    std::future::poll_fn(|cx| {
-        let was = driver::set_outside_read_window(true);
-        let r = fut.as_mut().poll(cx);
-        driver::set_outside_read_window(was);
-        r
-    })
-    .await
+    with_flag(driver::set_outside_read_window, fut).await
 }
 
 /// Runs `fut` with the positioned writes it makes deferred: held by the ring until enough
@@ -643,11 +636,18 @@ pub async fn outside_read_window<F: Future>(fut: F) -> F::Output {
 /// [`ReactorConfig::write_defer_for`] (see [`ReactorConfig::write_defer`]). For writes
 /// nobody waits on soon: write-back device writes, acknowledged to their client already.
 pub(crate) async fn deferred_writes<F: Future>(fut: F) -> F::Output {
+    with_flag(driver::set_deferring, fut).await
+}
+
+/// Polls `fut` with a thread-local flag of the ring on (`set` turns it on or off and returns
+/// the old value), restored after every poll: what the ring decides from the flag applies to
+/// the ops `fut` makes, not to other tasks that run in between.
+async fn with_flag<F: Future>(set: fn(bool) -> bool, fut: F) -> F::Output {
     let mut fut = pin!(fut);
     std::future::poll_fn(|cx| {
-        let was = driver::set_deferring(true);
+        let was = set(true);
         let r = fut.as_mut().poll(cx);
-        driver::set_deferring(was);
+        set(was);
         r
     })
     .await
