@@ -20,6 +20,8 @@
 #   DIR [/tmp/nbdfloor] on a real file system (O_DIRECT)  SIZE [2G] file and volume size
 #   VOL_BS [128K] ringpool's volume block size  RINGPOOL [<repo>/target/release/ringpool]
 #   KEEP [0] keep DIR's files for the next run
+#   GUEST_HALT_POLL_NS [unset] set the guest's idle polling for the run and restore it after
+#                  (see perf/nbd-lib.sh; the kernel's default is 200000, this VM boots with 0)
 #   CPU_LATENCY_US [unset] hold a CPU wake-up latency bound of this many us for the whole run,
 #             every target alike (/dev/cpu_dma_latency, root only; 0: idle CPUs poll)
 # Prints every call and, per job and target, the median over the rounds (the order of the
@@ -56,6 +58,7 @@ cleanup() {
   local t
   for t in "${!PID[@]}"; do kill -TERM "${PID[$t]}" 2>/dev/null; wait "${PID[$t]}" 2>/dev/null; done
   if [[ -n ${QOS_PID:-} ]]; then kill "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null; fi
+  restore_guest_halt_poll
   [[ $KEEP == 1 ]] || rm -rf "$DIR/raw.img" "$DIR/pool.img" "$DIR/state" "$DIR"/*.sock "$DIR/ready"
   rm -rf "$OUT"
 }
@@ -66,6 +69,9 @@ trap cleanup EXIT
 QOS_PID=""
 if [[ -n $CPU_LATENCY_US ]]; then
   hold_cpu_latency "$CPU_LATENCY_US"
+fi
+if [[ -n ${GUEST_HALT_POLL_NS:-} ]]; then
+  set_guest_halt_poll "$GUEST_HALT_POLL_NS"
 fi
 
 wait_ready() { # $1 target, $2 what to wait for (a socket path, or a log line prefix in a file)
@@ -122,7 +128,7 @@ for t in $TARGETS; do
     *) die "unknown target $t" ;;
   esac
 done
-say "targets: $TARGETS; jobs: $JOBS; cpu_latency_us: ${CPU_LATENCY_US:-none}; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "targets: $TARGETS; jobs: $JOBS; cpu_latency_us: ${CPU_LATENCY_US:-none}; guest_halt_poll_ns: $(cat "$HALTPOLL_PARAM" 2>/dev/null || echo none); load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # One call: prints "MiBs IOPS P50 P99" (latencies in us, fio's total latency).
 measure() {

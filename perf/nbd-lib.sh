@@ -27,3 +27,22 @@ hold_cpu_latency() {
   sleep 0.5
   kill -0 "$QOS_PID" 2>/dev/null || die "cannot hold a CPU latency bound of $1 us (root only)"
 }
+
+# The guest's idle polling: cpuidle-haltpoll polls an idle vCPU for up to guest_halt_poll_ns
+# before it halts (the kernel's default is 200000; this VM boots with 0, so every idle vCPU
+# halts at once and a wake-up waits for the host to run it again). set_guest_halt_poll N sets it
+# for a run, every target alike, and remembers the old value in HALTPOLL_OLD for
+# restore_guest_halt_poll (call it from the caller's exit trap). Root only.
+HALTPOLL_PARAM=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALTPOLL_OLD=""
+set_guest_halt_poll() {
+  [[ -w $HALTPOLL_PARAM ]] || die "cannot set $HALTPOLL_PARAM (no cpuidle-haltpoll, or not root)"
+  HALTPOLL_OLD=$(cat "$HALTPOLL_PARAM")
+  echo "$1" >"$HALTPOLL_PARAM" || die "cannot write $1 to $HALTPOLL_PARAM"
+}
+restore_guest_halt_poll() {
+  if [[ -n $HALTPOLL_OLD ]]; then
+    echo "$HALTPOLL_OLD" >"$HALTPOLL_PARAM" 2>/dev/null
+    HALTPOLL_OLD=""
+  fi
+}

@@ -56,6 +56,10 @@
 #                    run, for every target alike (/dev/cpu_dma_latency, root only, as tuned's
 #                    latency-performance profile does; 0: idle CPUs poll instead of halting, so
 #                    a wake-up does not wait for a halted vCPU). Written to env.txt.
+#   GUEST_HALT_POLL_NS [unset]  set the guest's idle polling (cpuidle-haltpoll's
+#                    guest_halt_poll_ns; the kernel's default is 200000, this VM boots with 0)
+#                    for the whole run, every target alike, and restore it at the end. Root
+#                    only; written to env.txt.
 #   PERF_RECORD [0]  1: `perf record -g` ringpool during its jobs of the last round
 #                    (perf.<job>.data in its result directory)
 #   KEEP [0]         1: keep the backing file and pool after the run
@@ -112,6 +116,10 @@ CPU_LATENCY_US=${CPU_LATENCY_US:-}
 QOS_PID=""
 if [[ -n $CPU_LATENCY_US ]]; then
   hold_cpu_latency "$CPU_LATENCY_US"
+fi
+GUEST_HALT_POLL_NS=${GUEST_HALT_POLL_NS:-}
+if [[ -n $GUEST_HALT_POLL_NS ]]; then
+  set_guest_halt_poll "$GUEST_HALT_POLL_NS"
 fi
 
 # Runs a command at the requested nice level (negative levels need root). With autogroups the
@@ -277,6 +285,7 @@ stop_all() {
     rm -rf "$STATE"
   fi
   if [[ -n $QOS_PID ]]; then kill "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null; QOS_PID=""; fi
+  restore_guest_halt_poll
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
@@ -381,7 +390,7 @@ measure() {
   echo "nbdkit: $(nbdkit --version 2>/dev/null | head -1)"
   echo "nbd-server: $(nbd-server -V 2>&1 | head -1)"
   echo "backing: $WORKDIR ($(df --output=fstype "$WORKDIR" | tail -1), $(df --output=source "$WORKDIR" | tail -1)); volume/file $VOL_SIZE, pool file $POOL_SIZE"
-  echo "rounds=$ROUNDS runtime=${RUNTIME}s ramp=${RAMP}s drop_caches=$DROP_CACHES nice=$NICE autogroup=$AUTOGROUP pool_prewrite=$POOL_PREWRITE cpu_latency_us=${CPU_LATENCY_US:-none}"
+  echo "rounds=$ROUNDS runtime=${RUNTIME}s ramp=${RAMP}s drop_caches=$DROP_CACHES nice=$NICE autogroup=$AUTOGROUP pool_prewrite=$POOL_PREWRITE cpu_latency_us=${CPU_LATENCY_US:-none} guest_halt_poll_ns=$(cat "$HALTPOLL_PARAM" 2>/dev/null || echo none)"
   echo "targets: $TARGETS"
   echo "jobs: $JOBS"
 } >"$OUTDIR/env.txt"
