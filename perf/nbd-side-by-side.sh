@@ -110,18 +110,6 @@ done
 AUTOGROUP=0
 [[ $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null) == 1 ]] && AUTOGROUP=1
 
-# The CPU latency bound: a process that holds /dev/cpu_dma_latency open with the bound written
-# (the kernel drops the request when it exits); stopped by stop_all.
-CPU_LATENCY_US=${CPU_LATENCY_US:-}
-QOS_PID=""
-if [[ -n $CPU_LATENCY_US ]]; then
-  hold_cpu_latency "$CPU_LATENCY_US"
-fi
-GUEST_HALT_POLL_NS=${GUEST_HALT_POLL_NS:-}
-if [[ -n $GUEST_HALT_POLL_NS ]]; then
-  set_guest_halt_poll "$GUEST_HALT_POLL_NS"
-fi
-
 # Runs a command at the requested nice level (negative levels need root). With autogroups the
 # command gets a session (hence a group) of its own whose nice is set too: otherwise it would
 # share the caller's group, weighted like any build job's group, whatever its nice.
@@ -284,11 +272,24 @@ stop_all() {
     rm -f "$BACKING" "$POOL_FILE"
     rm -rf "$STATE"
   fi
-  if [[ -n $QOS_PID ]]; then kill "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null; QOS_PID=""; fi
+  if [[ -n ${QOS_PID:-} ]]; then kill "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null; QOS_PID=""; fi
   restore_guest_halt_poll
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
+
+# The CPU latency bound: a process that holds /dev/cpu_dma_latency open with the bound written
+# (the kernel drops the request when it exits); stopped by stop_all, like the idle polling
+# is restored there (both are set after the trap, so every exit undoes them).
+CPU_LATENCY_US=${CPU_LATENCY_US:-}
+QOS_PID=""
+if [[ -n $CPU_LATENCY_US ]]; then
+  hold_cpu_latency "$CPU_LATENCY_US"
+fi
+GUEST_HALT_POLL_NS=${GUEST_HALT_POLL_NS:-}
+if [[ -n $GUEST_HALT_POLL_NS ]]; then
+  set_guest_halt_poll "$GUEST_HALT_POLL_NS"
+fi
 
 # ------------------------------------------------------------------ accounting
 # CPU ticks of a server: its own threads plus children it reaped (nbd-server forks one per
