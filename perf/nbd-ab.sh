@@ -49,7 +49,6 @@ if [[ -n ${RT_PRIO:-} ]]; then RT=(chrt -f "$RT_PRIO"); fi
 say() { echo "nbd-ab: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-
 declare -A PID URI
 mkdir -p "$DIR" || die "cannot create $DIR"
 OUT=$(mktemp -d)

@@ -57,22 +57,14 @@ declare -A PID URI
 cleanup() {
   local t
   for t in "${!PID[@]}"; do kill -TERM "${PID[$t]}" 2>/dev/null; wait "${PID[$t]}" 2>/dev/null; done
-  if [[ -n ${QOS_PID:-} ]]; then kill "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null; fi
-  restore_guest_halt_poll
+  undo_machine_conditions
   [[ $KEEP == 1 ]] || rm -rf "$DIR/raw.img" "$DIR/pool.img" "$DIR/state" "$DIR"/*.sock "$DIR/ready"
   rm -rf "$OUT"
 }
 trap cleanup EXIT
 
-# The bound is held by a process that keeps /dev/cpu_dma_latency open (the kernel drops the
-# request when it exits).
-QOS_PID=""
-if [[ -n $CPU_LATENCY_US ]]; then
-  hold_cpu_latency "$CPU_LATENCY_US"
-fi
-if [[ -n ${GUEST_HALT_POLL_NS:-} ]]; then
-  set_guest_halt_poll "$GUEST_HALT_POLL_NS"
-fi
+# CPU_LATENCY_US and GUEST_HALT_POLL_NS (perf/nbd-lib.sh), undone by cleanup.
+apply_machine_conditions
 
 wait_ready() { # $1 target, $2 what to wait for (a socket path, or a log line prefix in a file)
   local i
@@ -128,7 +120,7 @@ for t in $TARGETS; do
     *) die "unknown target $t" ;;
   esac
 done
-say "targets: $TARGETS; jobs: $JOBS; cpu_latency_us: ${CPU_LATENCY_US:-none}; guest_halt_poll_ns: $(cat "$HALTPOLL_PARAM" 2>/dev/null || echo none); load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "targets: $TARGETS; jobs: $JOBS; $(machine_conditions); load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # One call: prints "MiBs IOPS P50 P99" (latencies in us, fio's total latency).
 measure() {

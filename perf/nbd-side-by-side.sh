@@ -133,7 +133,6 @@ group_nice() {
 declare -A PID URI
 wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
 
-
 # Waits until an NBD URI answers (at most ~30 s); $2 is the pid that must stay alive.
 await_uri() {
   local uri=$1 pid=$2 i
@@ -272,24 +271,14 @@ stop_all() {
     rm -f "$BACKING" "$POOL_FILE"
     rm -rf "$STATE"
   fi
-  if [[ -n ${QOS_PID:-} ]]; then kill "$QOS_PID" 2>/dev/null; wait "$QOS_PID" 2>/dev/null; QOS_PID=""; fi
-  restore_guest_halt_poll
+  undo_machine_conditions
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-# The CPU latency bound: a process that holds /dev/cpu_dma_latency open with the bound written
-# (the kernel drops the request when it exits); stopped by stop_all, like the idle polling
-# is restored there (both are set after the trap, so every exit undoes them).
-CPU_LATENCY_US=${CPU_LATENCY_US:-}
-QOS_PID=""
-if [[ -n $CPU_LATENCY_US ]]; then
-  hold_cpu_latency "$CPU_LATENCY_US"
-fi
-GUEST_HALT_POLL_NS=${GUEST_HALT_POLL_NS:-}
-if [[ -n $GUEST_HALT_POLL_NS ]]; then
-  set_guest_halt_poll "$GUEST_HALT_POLL_NS"
-fi
+# CPU_LATENCY_US and GUEST_HALT_POLL_NS (perf/nbd-lib.sh), set after the trap so that every
+# exit undoes them.
+apply_machine_conditions
 
 # ------------------------------------------------------------------ accounting
 # CPU ticks of a server: its own threads plus children it reaped (nbd-server forks one per
@@ -391,7 +380,7 @@ measure() {
   echo "nbdkit: $(nbdkit --version 2>/dev/null | head -1)"
   echo "nbd-server: $(nbd-server -V 2>&1 | head -1)"
   echo "backing: $WORKDIR ($(df --output=fstype "$WORKDIR" | tail -1), $(df --output=source "$WORKDIR" | tail -1)); volume/file $VOL_SIZE, pool file $POOL_SIZE"
-  echo "rounds=$ROUNDS runtime=${RUNTIME}s ramp=${RAMP}s drop_caches=$DROP_CACHES nice=$NICE autogroup=$AUTOGROUP pool_prewrite=$POOL_PREWRITE cpu_latency_us=${CPU_LATENCY_US:-none} guest_halt_poll_ns=$(cat "$HALTPOLL_PARAM" 2>/dev/null || echo none)"
+  echo "rounds=$ROUNDS runtime=${RUNTIME}s ramp=${RAMP}s drop_caches=$DROP_CACHES nice=$NICE autogroup=$AUTOGROUP pool_prewrite=$POOL_PREWRITE $(machine_conditions)"
   echo "targets: $TARGETS"
   echo "jobs: $JOBS"
 } >"$OUTDIR/env.txt"
