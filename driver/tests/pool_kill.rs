@@ -80,9 +80,15 @@ fn kill_child() -> anyhow::Result<()> {
             pending.push((blk, seq));
             if pending.len() >= 6 {
                 vol.flush().await?;
+                // One write per batch: `writeln!` on a File is a write per piece, and a kill
+                // between them left a line without its newline, which the next round's first
+                // line was appended to (a bogus "flushed" seq the check then demanded).
+                let mut lines = String::new();
                 for (b, s) in pending.drain(..) {
-                    writeln!(log, "{b} {s}").map_err(|e| PoolError::Invalid(e.to_string()))?;
+                    lines.push_str(&format!("{b} {s}\n"));
                 }
+                log.write_all(lines.as_bytes())
+                    .map_err(|e| PoolError::Invalid(e.to_string()))?;
             }
         }
         #[allow(unreachable_code)]
@@ -96,13 +102,30 @@ fn flushed_lines(dir: &Path) -> usize {
     std::fs::read(dir.join("flushed.log")).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
 }
 
+/// Cuts a torn tail (bytes after the last newline: the child was killed mid-write) off the
+/// log, so that it is not counted and the next round's lines start on a line of their own.
+fn drop_torn_tail(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("flushed.log");
+    let Ok(b) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let keep = b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+    if keep < b.len() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)?
+            .set_len(u64::try_from(keep)?)?;
+    }
+    Ok(())
+}
+
 fn check(dir: &Path) -> anyhow::Result<usize> {
+    drop_torn_tail(dir)?;
     let mut required: HashMap<u64, u64> = HashMap::new();
     if let Ok(s) = std::fs::read_to_string(dir.join("flushed.log")) {
         for line in s.lines() {
             let mut it = line.split_whitespace();
             if let (Some(b), Some(q)) = (it.next(), it.next()) {
-                // A torn last line (killed mid-write) is ignored.
                 if let (Ok(b), Ok(q)) = (b.parse::<u64>(), q.parse::<u64>()) {
                     let e = required.entry(b).or_insert(0);
                     *e = (*e).max(q);
